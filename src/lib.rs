@@ -1,0 +1,7 @@
+//! `om`: a cluster agent daemon whose cluster state is a replicated state machine on Raft.
+//!
+//! The binary (`src/main.rs`) is thin; everything it does lives in this library so that
+//! integration tests, benchmarks and the fuzzer call the same code.
+
+pub mod listener;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Node listener (in progress).
