@@ -1,0 +1,45 @@
+//! Durable storage for `om`'s Raft: the log, the vote, and state machine snapshots.
+//!
+//! One implementation of openraft's `RaftLogStorage` ([`LogStore`]) and `RaftStateMachine`
+//! ([`MachineStore`]) runs over a [`Backend`], the only thing that differs between production
+//! and the simulator:
+//! - [`SledBackend`]: sled 0.34 on disk, for the daemon;
+//! - [`MemBackend`]: memory, with an explicit [`MemBackend::crash`] that drops every write not
+//!   yet synced, for the simulator and tests.
+//!
+//! What a store promises openraft: `save_vote`, `append` (before its callback) and `truncate`
+//! return only after [`Backend::sync`]; `committed` and `purge` are written without a sync
+//! (losing them is safe: the committed index is re-learned from the leader, and purged
+//! entries are ignored below `last_purged`). `last_purged` is written before the entries are
+//! removed. The state machine lives in memory ([`raft::SharedMachine`]); it becomes durable
+//! as a snapshot (one synced write holding the data, `last_applied` and the membership
+//! together), and on open the store restores the last snapshot and openraft re-applies the
+//! committed log after it.
+
+mod backend;
+mod log_store;
+mod machine_store;
+mod mem;
+mod sled_backend;
+
+pub use backend::Backend;
+pub use backend::MetaKey;
+pub use backend::Op;
+pub use log_store::LogStore;
+pub use machine_store::MachineStore;
+pub use mem::MemBackend;
+pub use mem::MemFaults;
+pub use sled_backend::SledBackend;
+
+use std::sync::Arc;
+
+use raft::SharedMachine;
+
+/// Opens the log store and state machine over `backend`, restoring the last snapshot.
+pub fn open<B: Backend>(
+    backend: B,
+) -> Result<(LogStore<B>, MachineStore<B>, Arc<SharedMachine>), std::io::Error> {
+    let machine = SharedMachine::new();
+    let sm = MachineStore::open(backend.clone(), machine.clone())?;
+    Ok((LogStore::new(backend), sm, machine))
+}

@@ -1,0 +1,556 @@
+//! `apply`: the pure transition function of the cluster state.
+//!
+//! A command is validated in full before anything is written, so a refused command leaves the
+//! state exactly as it was; an accepted one reports every field it changed as an event.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::command::Command;
+use crate::event::Event;
+use crate::state::ClusterState;
+use crate::state::GlobalExpect;
+use crate::state::Instance;
+use crate::state::MonitorStatus;
+use crate::state::NodeMonitor;
+use crate::state::NodeRecord;
+use crate::state::Service;
+use crate::types::node_id;
+
+/// Largest service config text accepted, in bytes.
+pub const MAX_CONFIG_LEN: usize = 1 << 20;
+/// Largest cluster parameter value accepted, in bytes.
+pub const MAX_PARAM_LEN: usize = 4096;
+
+/// What an accepted command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// How many fields changed (the number of change events).
+    pub changed: usize,
+    /// The service config version after a create or update.
+    pub version: Option<u64>,
+}
+
+/// Why a command was refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub enum CommandError {
+    #[error("the cluster is not bootstrapped yet")]
+    NotBootstrapped,
+    #[error("the cluster is already bootstrapped as {cluster:?}")]
+    AlreadyBootstrapped { cluster: String },
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: String,
+        name: String,
+        reason: String,
+    },
+    #[error("invalid address {addr:?}: expected host:port with a port in 1..=65535")]
+    InvalidAddr { addr: String },
+    #[error("node {node:?} is not a cluster member")]
+    NodeNotFound { node: String },
+    #[error("node {node:?} is already a cluster member")]
+    NodeExists { node: String },
+    #[error("node name {node:?} hashes to the same raft id as member {other:?}; pick another name")]
+    NodeIdCollision { node: String, other: String },
+    #[error("node {node:?} is the last member: a cluster cannot be left empty")]
+    LastNode { node: String },
+    #[error("service {svc:?} does not exist")]
+    ServiceNotFound { svc: String },
+    #[error("service {svc:?} already exists")]
+    ServiceExists { svc: String },
+    #[error("service {svc:?} config is at version {actual}, not {expected}: reload and edit again")]
+    VersionConflict {
+        svc: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("invalid config for service {svc:?}: {reason}")]
+    InvalidConfig { svc: String, reason: String },
+    #[error("service {svc:?}: setting {field} needs a node")]
+    MissingNode { svc: String, field: String },
+    #[error("invalid cluster parameter {key:?}: {reason}")]
+    InvalidParam { key: String, reason: String },
+}
+
+/// Applies `cmd` to `state`: the result, and the events describing what changed.
+///
+/// Pure and deterministic: the same state and command give the same result everywhere.
+pub fn apply(state: &mut ClusterState, cmd: &Command) -> (Result<Outcome, CommandError>, Vec<Event>) {
+    let mut events = Vec::new();
+    let result = match validate(state, cmd) {
+        Ok(()) => {
+            let version = mutate(state, cmd, &mut events);
+            Ok(Outcome {
+                changed: events.len(),
+                version,
+            })
+        }
+        Err(e) => {
+            events.push(Event::Error {
+                command: cmd.name().to_string(),
+                message: e.to_string(),
+            });
+            Err(e)
+        }
+    };
+    if cfg!(debug_assertions) {
+        state.check_invariants();
+    }
+    (result, events)
+}
+
+fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
+    if !s.is_bootstrapped() && !matches!(cmd, Command::Bootstrap { .. }) {
+        return Err(CommandError::NotBootstrapped);
+    }
+    match cmd {
+        Command::Bootstrap {
+            cluster,
+            node,
+            addr,
+            ..
+        } => {
+            if s.is_bootstrapped() {
+                return Err(CommandError::AlreadyBootstrapped {
+                    cluster: s.name.clone(),
+                });
+            }
+            check_name("cluster", cluster)?;
+            check_name("node", node)?;
+            check_addr(addr)
+        }
+        Command::Join { node, addr, .. } => {
+            check_name("node", node)?;
+            check_addr(addr)?;
+            if s.nodes.contains_key(node) {
+                return Err(CommandError::NodeExists { node: node.clone() });
+            }
+            let id = node_id(node);
+            if let Some((other, _)) = s.nodes.iter().find(|(_, r)| r.id == id) {
+                return Err(CommandError::NodeIdCollision {
+                    node: node.clone(),
+                    other: other.clone(),
+                });
+            }
+            Ok(())
+        }
+        Command::Leave { node } => {
+            member(s, node)?;
+            if s.nodes.len() == 1 {
+                return Err(CommandError::LastNode { node: node.clone() });
+            }
+            Ok(())
+        }
+        Command::SetNodeAddr { node, addr } => {
+            member(s, node)?;
+            check_addr(addr)
+        }
+        Command::SetNodeMonitor { node, .. } => member(s, node),
+        Command::SetServiceMonitor {
+            svc,
+            node,
+            status,
+            local_expect,
+            global_expect,
+            ..
+        } => {
+            service(s, svc)?;
+            match node {
+                Some(n) => member(s, n)?,
+                None if status.is_some() => return Err(missing_node(svc, "status")),
+                None if local_expect.is_some() => return Err(missing_node(svc, "local_expect")),
+                None => {}
+            }
+            if let Some(GlobalExpect::PlacedAt(n)) = global_expect {
+                member(s, n)?;
+            }
+            Ok(())
+        }
+        Command::Clear { svc, node } => {
+            service(s, svc)?;
+            node.as_ref().map_or(Ok(()), |n| member(s, n))
+        }
+        Command::CreateService { svc, config } => {
+            check_name("service", svc)?;
+            if s.services.contains_key(svc) {
+                return Err(CommandError::ServiceExists { svc: svc.clone() });
+            }
+            check_config(svc, config)
+        }
+        Command::UpdateService {
+            svc,
+            config,
+            expected_version,
+        } => {
+            let current = service(s, svc)?;
+            if let Some(expected) = expected_version {
+                if *expected != current.version {
+                    return Err(CommandError::VersionConflict {
+                        svc: svc.clone(),
+                        expected: *expected,
+                        actual: current.version,
+                    });
+                }
+            }
+            check_config(svc, config)
+        }
+        Command::DeleteService { svc } => service(s, svc).map(|_| ()),
+        Command::SetClusterParam { key, value } => check_param(key, value.as_deref()),
+        Command::ReportInstance { svc, node, .. } => {
+            service(s, svc)?;
+            member(s, node)
+        }
+    }
+}
+
+/// Applies a validated command; returns the service version it set, if any.
+fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u64> {
+    match cmd {
+        Command::Bootstrap {
+            cluster,
+            node,
+            addr,
+            at_ms,
+        } => {
+            ev.push(Event::change("cluster.name", None, Some(cluster.clone())));
+            s.name = cluster.clone();
+            add_node(s, node, addr, *at_ms, ev);
+        }
+        Command::Join { node, addr, at_ms } => add_node(s, node, addr, *at_ms, ev),
+        Command::Leave { node } => {
+            let rec = s.nodes.remove(node).expect("validated");
+            ev.push(Event::change(format!("nodes.{node}"), Some(rec.addr), None));
+            s.node_monitors.remove(node);
+            for (svc, service) in s.services.iter_mut() {
+                if service.instances.remove(node).is_some() {
+                    ev.push(Event::change(
+                        format!("services.{svc}.instances.{node}"),
+                        Some("present".into()),
+                        None,
+                    ));
+                }
+                if service.global_expect == GlobalExpect::PlacedAt(node.clone()) {
+                    let path = format!("services.{svc}.global_expect");
+                    set(ev, path, &mut service.global_expect, GlobalExpect::None);
+                }
+            }
+        }
+        Command::SetNodeAddr { node, addr } => {
+            let rec = s.nodes.get_mut(node).expect("validated");
+            set(ev, format!("nodes.{node}.addr"), &mut rec.addr, addr.clone());
+        }
+        Command::SetNodeMonitor {
+            node,
+            status,
+            local_expect,
+            frozen,
+        } => {
+            let m = s.node_monitors.get_mut(node).expect("validated");
+            let p = format!("node_monitors.{node}");
+            set_opt(ev, format!("{p}.status"), &mut m.status, *status);
+            set_opt(ev, format!("{p}.local_expect"), &mut m.local_expect, *local_expect);
+            set_opt(ev, format!("{p}.frozen"), &mut m.frozen, *frozen);
+        }
+        Command::SetServiceMonitor {
+            svc,
+            node,
+            status,
+            local_expect,
+            global_expect,
+            reset_retries,
+        } => {
+            let service = s.services.get_mut(svc).expect("validated");
+            let p = format!("services.{svc}");
+            set_opt(
+                ev,
+                format!("{p}.global_expect"),
+                &mut service.global_expect,
+                global_expect.clone(),
+            );
+            if let Some(n) = node {
+                let inst = instance(service, svc, n, ev);
+                let ip = format!("{p}.instances.{n}");
+                set_opt(ev, format!("{ip}.status"), &mut inst.status, *status);
+                set_opt(ev, format!("{ip}.local_expect"), &mut inst.local_expect, *local_expect);
+            }
+            if *reset_retries {
+                for (n, inst) in service.instances.iter_mut() {
+                    if node.as_ref().is_none_or(|want| want == n) {
+                        reset_restarts(ev, &format!("{p}.instances.{n}"), inst);
+                    }
+                }
+            }
+        }
+        Command::Clear { svc, node } => {
+            let service = s.services.get_mut(svc).expect("validated");
+            for (n, inst) in service.instances.iter_mut() {
+                if node.as_ref().is_some_and(|want| want != n) {
+                    continue;
+                }
+                let ip = format!("services.{svc}.instances.{n}");
+                if matches!(inst.status, MonitorStatus::StartFailed | MonitorStatus::StopFailed) {
+                    set(ev, format!("{ip}.status"), &mut inst.status, MonitorStatus::Idle);
+                }
+                reset_restarts(ev, &ip, inst);
+            }
+        }
+        Command::CreateService { svc, config } => {
+            ev.push(Event::change(
+                format!("services.{svc}.version"),
+                None,
+                Some("1".into()),
+            ));
+            s.services.insert(
+                svc.clone(),
+                Service {
+                    config: config.clone(),
+                    version: 1,
+                    ..Service::default()
+                },
+            );
+            return Some(1);
+        }
+        Command::UpdateService { svc, config, .. } => {
+            let service = s.services.get_mut(svc).expect("validated");
+            if service.config == *config {
+                return Some(service.version);
+            }
+            service.config = config.clone();
+            let next = service.version + 1;
+            set(ev, format!("services.{svc}.version"), &mut service.version, next);
+            return Some(next);
+        }
+        Command::DeleteService { svc } => {
+            let old = s.services.remove(svc).expect("validated");
+            ev.push(Event::change(
+                format!("services.{svc}.version"),
+                Some(old.version.to_string()),
+                None,
+            ));
+        }
+        Command::SetClusterParam { key, value } => {
+            let path = format!("params.{key}");
+            let old = match value {
+                Some(v) => s.params.insert(key.clone(), v.clone()),
+                None => s.params.remove(key),
+            };
+            if old != *value {
+                ev.push(Event::change(path, old, value.clone()));
+            }
+        }
+        Command::ReportInstance {
+            svc,
+            node,
+            avail,
+            status,
+            frozen,
+            restarts,
+            at_ms,
+        } => {
+            let service = s.services.get_mut(svc).expect("validated");
+            let inst = instance(service, svc, node, ev);
+            let ip = format!("services.{svc}.instances.{node}");
+            set(ev, format!("{ip}.avail"), &mut inst.avail, *avail);
+            set_opt(ev, format!("{ip}.status"), &mut inst.status, *status);
+            set_opt(ev, format!("{ip}.frozen"), &mut inst.frozen, *frozen);
+            if inst.restarts != *restarts {
+                ev.push(Event::change(
+                    format!("{ip}.restarts"),
+                    Some(total(&inst.restarts).to_string()),
+                    Some(total(restarts).to_string()),
+                ));
+                inst.restarts = restarts.clone();
+            }
+            inst.updated_at_ms = *at_ms;
+        }
+    }
+    None
+}
+
+fn add_node(s: &mut ClusterState, node: &str, addr: &str, at_ms: u64, ev: &mut Vec<Event>) {
+    s.nodes.insert(
+        node.to_string(),
+        NodeRecord {
+            addr: addr.to_string(),
+            joined_at_ms: at_ms,
+            id: node_id(node),
+        },
+    );
+    s.node_monitors.insert(node.to_string(), NodeMonitor::default());
+    ev.push(Event::change(format!("nodes.{node}"), None, Some(addr.to_string())));
+}
+
+/// The instance of `svc` on `node`, created (with an event) if the node had none.
+fn instance<'a>(
+    service: &'a mut Service,
+    svc: &str,
+    node: &str,
+    ev: &mut Vec<Event>,
+) -> &'a mut Instance {
+    if !service.instances.contains_key(node) {
+        ev.push(Event::change(
+            format!("services.{svc}.instances.{node}"),
+            None,
+            Some("present".into()),
+        ));
+    }
+    service.instances.entry(node.to_string()).or_default()
+}
+
+fn reset_restarts(ev: &mut Vec<Event>, instance_path: &str, inst: &mut Instance) {
+    if !inst.restarts.is_empty() {
+        ev.push(Event::change(
+            format!("{instance_path}.restarts"),
+            Some(total(&inst.restarts).to_string()),
+            Some("0".into()),
+        ));
+        inst.restarts.clear();
+    }
+}
+
+fn total(restarts: &std::collections::BTreeMap<String, u32>) -> u64 {
+    restarts.values().map(|v| u64::from(*v)).sum()
+}
+
+fn set<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T, new: T) {
+    if *slot != new {
+        ev.push(Event::change(path, Some(slot.to_string()), Some(new.to_string())));
+        *slot = new;
+    }
+}
+
+fn set_opt<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T, new: Option<T>) {
+    if let Some(new) = new {
+        set(ev, path, slot, new);
+    }
+}
+
+fn member(s: &ClusterState, node: &str) -> Result<(), CommandError> {
+    if s.nodes.contains_key(node) {
+        Ok(())
+    } else {
+        Err(CommandError::NodeNotFound {
+            node: node.to_string(),
+        })
+    }
+}
+
+fn service<'a>(s: &'a ClusterState, svc: &str) -> Result<&'a Service, CommandError> {
+    s.services.get(svc).ok_or_else(|| CommandError::ServiceNotFound {
+        svc: svc.to_string(),
+    })
+}
+
+fn missing_node(svc: &str, field: &str) -> CommandError {
+    CommandError::MissingNode {
+        svc: svc.to_string(),
+        field: field.to_string(),
+    }
+}
+
+/// Node, service and cluster names: 1 to 64 of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+pub fn check_name(kind: &str, name: &str) -> Result<(), CommandError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 64 {
+        Some("it is longer than 64 bytes")
+    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        Some("it must start with a letter or a digit")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        Some("allowed characters are letters, digits, '_', '.' and '-'")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(r) => Err(CommandError::InvalidName {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            reason: r.to_string(),
+        }),
+    }
+}
+
+fn check_addr(addr: &str) -> Result<(), CommandError> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::InvalidAddr {
+            addr: addr.to_string(),
+        })
+    }
+}
+
+fn check_config(svc: &str, config: &str) -> Result<(), CommandError> {
+    let reason = if config.trim().is_empty() {
+        "it is empty".to_string()
+    } else if config.len() > MAX_CONFIG_LEN {
+        format!("it is {} bytes, the limit is {MAX_CONFIG_LEN}", config.len())
+    } else {
+        return Ok(());
+    };
+    Err(CommandError::InvalidConfig {
+        svc: svc.to_string(),
+        reason,
+    })
+}
+
+/// Cluster parameters: `section.key`, lower case; a few known keys have a closed value set.
+fn check_param(key: &str, value: Option<&str>) -> Result<(), CommandError> {
+    let bad = |reason: String| {
+        Err(CommandError::InvalidParam {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    let Some((section, name)) = key.split_once('.') else {
+        return bad("expected section.key".into());
+    };
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 64
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_#.-".contains(&b))
+    };
+    if !word(section) || !word(name) {
+        return bad("section and key are 1 to 64 of [a-z0-9_#.-]".into());
+    }
+    if key == "cluster.name" {
+        return bad("the cluster name is fixed at bootstrap".into());
+    }
+    let Some(v) = value else { return Ok(()) };
+    if v.len() > MAX_PARAM_LEN {
+        return bad(format!("value is longer than {MAX_PARAM_LEN} bytes"));
+    }
+    match key {
+        "node.split_action" if !matches!(v, "stop" | "none") => {
+            bad(format!("value {v:?} is not one of: stop, none"))
+        }
+        "node.down_timeout" if parse_duration_ms(v).is_none() => bad(format!(
+            "value {v:?} is not a duration (e.g. 5s, 500ms, 1m)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses `500ms`, `5s`, `1m`, or a bare number of seconds, into milliseconds.
+pub fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (v, 1000)
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}

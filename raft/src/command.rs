@@ -1,0 +1,98 @@
+//! `Command`: every change to the cluster, as it travels in the Raft log.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::state::Avail;
+use crate::state::GlobalExpect;
+use crate::state::LocalExpect;
+use crate::state::MonitorStatus;
+use crate::state::NodeExpect;
+use crate::state::NodeStatus;
+
+/// A cluster change. Fields that carry time carry the proposer's wall clock, so that
+/// [`crate::apply`] stays a pure function of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Names the cluster and makes `node` its first member. Valid once, on an empty state.
+    Bootstrap {
+        cluster: String,
+        node: String,
+        addr: String,
+        at_ms: u64,
+    },
+    /// Adds `node` to `cluster.nodes` (its Raft membership is changed before this commits).
+    Join {
+        node: String,
+        addr: String,
+        at_ms: u64,
+    },
+    /// Removes `node` from `cluster.nodes`, with its monitor and instances.
+    Leave { node: String },
+    /// Changes a member's listener address (a live `listener.port` change).
+    SetNodeAddr { node: String, addr: String },
+    /// Sets fields of a node monitor; `None` leaves a field as it is.
+    SetNodeMonitor {
+        node: String,
+        status: Option<NodeStatus>,
+        local_expect: Option<NodeExpect>,
+        frozen: Option<bool>,
+    },
+    /// Sets fields of a service monitor: `global_expect` on the service, the others on the
+    /// instance of `node` (required when one of them is set).
+    SetServiceMonitor {
+        svc: String,
+        node: Option<String>,
+        status: Option<MonitorStatus>,
+        local_expect: Option<LocalExpect>,
+        global_expect: Option<GlobalExpect>,
+        reset_retries: bool,
+    },
+    /// Clears `start failed` / `stop failed` and the restart counts, on one node or all.
+    Clear { svc: String, node: Option<String> },
+    /// Creates a service with its config text (version 1).
+    CreateService { svc: String, config: String },
+    /// Replaces a service's config; with `expected_version`, only if it is still that version.
+    UpdateService {
+        svc: String,
+        config: String,
+        expected_version: Option<u64>,
+    },
+    /// Removes a service and its instances.
+    DeleteService { svc: String },
+    /// Sets (`Some`) or removes (`None`) a cluster parameter.
+    SetClusterParam { key: String, value: Option<String> },
+    /// A node reports the state of its instance of `svc`.
+    ReportInstance {
+        svc: String,
+        node: String,
+        avail: Avail,
+        status: Option<MonitorStatus>,
+        frozen: Option<bool>,
+        restarts: BTreeMap<String, u32>,
+        at_ms: u64,
+    },
+}
+
+impl Command {
+    /// The command's name, as logged and counted.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::Join { .. } => "join",
+            Command::Leave { .. } => "leave",
+            Command::SetNodeAddr { .. } => "set_node_addr",
+            Command::SetNodeMonitor { .. } => "set_node_monitor",
+            Command::SetServiceMonitor { .. } => "set_service_monitor",
+            Command::Clear { .. } => "clear",
+            Command::CreateService { .. } => "create_service",
+            Command::UpdateService { .. } => "update_service",
+            Command::DeleteService { .. } => "delete_service",
+            Command::SetClusterParam { .. } => "set_cluster_param",
+            Command::ReportInstance { .. } => "report_instance",
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! `ClusterState`: what every node agrees on, and the value sets of its fields.
+//!
+//! All maps are `BTreeMap` so that iteration, serialization and therefore snapshots and event
+//! order are the same on every node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A string outside a field's allowed set; its message names the field, value and choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("invalid {field} {value:?}: allowed values are {allowed}")]
+pub struct BadValue {
+    /// Which field was being parsed.
+    pub field: String,
+    /// The rejected input.
+    pub value: String,
+    /// The allowed values, comma separated.
+    pub allowed: String,
+}
+
+/// Declares a closed set of values spelled as OpenSVC spells them on the wire and the CLI.
+macro_rules! value_set {
+    ($(#[$meta:meta])* $name:ident, $field:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire and CLI spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = BadValue;
+
+            fn from_str(s: &str) -> Result<Self, BadValue> {
+                // "start failed" and "start_failed" are both accepted: shells dislike spaces.
+                let wanted = s.replace('_', " ");
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == wanted)
+                    .ok_or_else(|| BadValue {
+                        field: $field.to_string(),
+                        value: s.to_string(),
+                        allowed: $name::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                    })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+value_set!(
+    /// The node monitor status: what the node's monitor is doing.
+    NodeStatus, "node monitor status" {
+        #[default]
+        Idle => "idle",
+        Freezing => "freezing",
+        Thawing => "thawing",
+        FreezeFailed => "freeze failed",
+        ThawFailed => "thaw failed",
+        Maintenance => "maintenance",
+        Shutting => "shutting",
+        Down => "down",
+    }
+);
+
+value_set!(
+    /// What a node's monitor tries to make the node: thawed (orchestrates) or frozen.
+    NodeExpect, "node local_expect" {
+        #[default]
+        Thawed => "thawed",
+        Frozen => "frozen",
+    }
+);
+
+value_set!(
+    /// The service monitor status of one instance.
+    MonitorStatus, "service monitor status" {
+        #[default]
+        Idle => "idle",
+        Ready => "ready",
+        Starting => "starting",
+        Stopping => "stopping",
+        Restarting => "restarting",
+        StartFailed => "start failed",
+        StopFailed => "stop failed",
+        Freezing => "freezing",
+        Thawing => "thawing",
+        Deleting => "deleting",
+    }
+);
+
+value_set!(
+    /// What an instance's monitor tries to make the local instance.
+    LocalExpect, "service local_expect" {
+        #[default]
+        None => "none",
+        Started => "started",
+        Stopped => "stopped",
+    }
+);
+
+value_set!(
+    /// An instance's availability as last reported by its node.
+    Avail, "avail" {
+        #[default]
+        Unknown => "unknown",
+        Up => "up",
+        Down => "down",
+        Warn => "warn",
+        NotApplicable => "n/a",
+    }
+);
+
+/// The cluster-wide target of a service, which the leader's orchestrator works towards.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum GlobalExpect {
+    /// No target: the orchestrator follows the service's `orchestrate` policy.
+    #[default]
+    None,
+    /// Running on as many nodes as the topology wants.
+    Started,
+    /// Stopped everywhere.
+    Stopped,
+    /// Frozen everywhere: the orchestrator leaves it alone.
+    Frozen,
+    /// Thawed everywhere.
+    Thawed,
+    /// Running on its preferred node (giveback).
+    Placed,
+    /// Running on this node (switch).
+    PlacedAt(String),
+    /// The pending global_expect is abandoned.
+    Aborted,
+    /// Stopped everywhere, then its config removed.
+    Deleted,
+}
+
+impl GlobalExpect {
+    const NAMES: &'static str =
+        "none, started, stopped, frozen, thawed, placed, placed@<node>, aborted, deleted";
+}
+
+impl fmt::Display for GlobalExpect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GlobalExpect::None => f.write_str("none"),
+            GlobalExpect::Started => f.write_str("started"),
+            GlobalExpect::Stopped => f.write_str("stopped"),
+            GlobalExpect::Frozen => f.write_str("frozen"),
+            GlobalExpect::Thawed => f.write_str("thawed"),
+            GlobalExpect::Placed => f.write_str("placed"),
+            GlobalExpect::PlacedAt(n) => write!(f, "placed@{n}"),
+            GlobalExpect::Aborted => f.write_str("aborted"),
+            GlobalExpect::Deleted => f.write_str("deleted"),
+        }
+    }
+}
+
+impl FromStr for GlobalExpect {
+    type Err = BadValue;
+
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        Ok(match s {
+            "none" => GlobalExpect::None,
+            "started" => GlobalExpect::Started,
+            "stopped" => GlobalExpect::Stopped,
+            "frozen" => GlobalExpect::Frozen,
+            "thawed" => GlobalExpect::Thawed,
+            "placed" => GlobalExpect::Placed,
+            "aborted" => GlobalExpect::Aborted,
+            "deleted" => GlobalExpect::Deleted,
+            other => match other.strip_prefix("placed@") {
+                Some(node) if !node.is_empty() => GlobalExpect::PlacedAt(node.to_string()),
+                _ => {
+                    return Err(BadValue {
+                        field: "global_expect".into(),
+                        value: s.into(),
+                        allowed: GlobalExpect::NAMES.into(),
+                    })
+                }
+            },
+        })
+    }
+}
+
+impl Serialize for GlobalExpect {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GlobalExpect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One cluster member as the state machine knows it (`cluster.nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `host:port` of its listener.
+    pub addr: String,
+    /// Proposer's wall clock (ms since the epoch) when it joined; informational.
+    pub joined_at_ms: u64,
+    /// The Raft id derived from its name.
+    pub id: u64,
+}
+
+/// A node's monitor: what it is doing and what it is asked to be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMonitor {
+    /// What the monitor is doing.
+    pub status: NodeStatus,
+    /// What the monitor is asked to make the node.
+    pub local_expect: NodeExpect,
+    /// Whether the node is frozen now.
+    pub frozen: bool,
+}
+
+/// One service instance: the service as seen on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The instance's monitor status; `start failed` and `stop failed` are the failure flags.
+    pub status: MonitorStatus,
+    /// What the node's monitor must make this instance.
+    pub local_expect: LocalExpect,
+    /// Availability as last reported by the node.
+    pub avail: Avail,
+    /// Whether this instance is frozen.
+    pub frozen: bool,
+    /// Restarts attempted per resource id since the last clear.
+    pub restarts: BTreeMap<String, u32>,
+    /// Reporter's wall clock (ms) at the last report.
+    pub updated_at_ms: u64,
+}
+
+/// A service: its config text, and its instances per node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// The config as the operator wrote it (what `get_service_config` serves).
+    pub config: String,
+    /// Bumped on every config change; `UpdateService` can require the version it edited.
+    pub version: u64,
+    /// The cluster-wide target.
+    pub global_expect: GlobalExpect,
+    /// Instances by node name.
+    pub instances: BTreeMap<String, Instance>,
+}
+
+/// The whole replicated cluster state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// `cluster.name`, fixed at bootstrap; empty before.
+    pub name: String,
+    /// Cluster parameters (`section.key` -> value).
+    pub params: BTreeMap<String, String>,
+    /// Members by node name (`cluster.nodes`).
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Node monitors by node name; every member has one.
+    pub node_monitors: BTreeMap<String, NodeMonitor>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+impl ClusterState {
+    /// Whether a `Bootstrap` command has been applied.
+    pub fn is_bootstrapped(&self) -> bool {
+        !self.name.is_empty()
+    }
+
+    /// Panics if a structural invariant does not hold; called after every apply in debug builds.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.nodes.keys().collect::<Vec<_>>(),
+            self.node_monitors.keys().collect::<Vec<_>>(),
+            "every member has exactly one node monitor"
+        );
+        if self.is_bootstrapped() {
+            assert!(!self.nodes.is_empty(), "a bootstrapped cluster has a member");
+        }
+        for (svc, s) in &self.services {
+            for node in s.instances.keys() {
+                assert!(
+                    self.nodes.contains_key(node),
+                    "instance {svc}@{node} is on a member"
+                );
+            }
+            if let GlobalExpect::PlacedAt(n) = &s.global_expect {
+                assert!(self.nodes.contains_key(n), "{svc} placed@{n} names a member");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_and_print_alike() {
+        for v in MonitorStatus::ALL {
+            assert_eq!(v.as_str().parse::<MonitorStatus>().unwrap(), *v);
+        }
+        assert_eq!(
+            "start_failed".parse::<MonitorStatus>().unwrap(),
+            MonitorStatus::StartFailed
+        );
+        let e = "bogus".parse::<NodeExpect>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid node local_expect \"bogus\": allowed values are thawed, frozen"
+        );
+        assert_eq!(
+            "placed@n2".parse::<GlobalExpect>().unwrap(),
+            GlobalExpect::PlacedAt("n2".into())
+        );
+        assert!("placed@".parse::<GlobalExpect>().is_err());
+    }
+}

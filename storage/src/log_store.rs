@@ -1,0 +1,189 @@
+//! `LogStore`: openraft's `RaftLogStorage` over a [`Backend`].
+
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+
+use openraft::storage::LogFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::Entry;
+use openraft::LogId;
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::StorageError;
+use openraft::StorageIOError;
+use openraft::Vote;
+use raft::NodeId;
+use raft::TypeConfig;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::backend::MetaKey;
+use crate::backend::Op;
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// The Raft log, vote and committed index, stored in a [`Backend`].
+#[derive(Debug, Clone)]
+pub struct LogStore<B> {
+    backend: B,
+}
+
+impl<B: Backend> LogStore<B> {
+    /// A log store over `backend`.
+    pub fn new(backend: B) -> LogStore<B> {
+        LogStore { backend }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: MetaKey) -> std::io::Result<Option<T>> {
+        match self.backend.meta(key)? {
+            None => Ok(None),
+            Some(bytes) => rmp_serde::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: MetaKey, value: &T) -> std::io::Result<()> {
+        let bytes = rmp_serde::to_vec(value).map_err(std::io::Error::other)?;
+        self.backend.write(vec![Op::PutMeta(key, bytes)])
+    }
+
+    fn last_purged(&self) -> std::io::Result<Option<LogId<NodeId>>> {
+        self.get_meta(MetaKey::LastPurged)
+    }
+}
+
+fn decode(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
+    let e: Entry<TypeConfig> = rmp_serde::from_slice(bytes)
+        .map_err(|err| StorageIOError::read_log_at_index(index, &err))?;
+    assert_eq!(e.log_id.index, index, "log entry stored under its own index");
+    Ok(e)
+}
+
+impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        // Entries at or below last_purged may linger after a crash mid-purge: never serve them.
+        let floor = self
+            .last_purged()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+            .map_or(0, |l| l.index + 1);
+        let raw = self
+            .backend
+            .entries(start.max(floor), end)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        raw.iter().map(|(i, b)| decode(*i, b)).collect()
+    }
+}
+
+impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
+    type LogReader = LogStore<B>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let last_purged = self.last_purged().map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = match self.backend.last_entry().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((i, bytes)) if last_purged.is_none_or(|p| i > p.index) => {
+                Some(decode(i, &bytes)?.log_id)
+            }
+            _ => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        self.put_meta(MetaKey::Vote, vote)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        // The vote must be durable before we answer anyone with it: double voting otherwise.
+        self.backend
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        Ok(self
+            .get_meta(MetaKey::Vote)
+            .map_err(|e| StorageIOError::read_vote(&e))?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.put_meta(MetaKey::Committed, &committed)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(MetaKey::Committed)
+            .map_err(|e| StorageIOError::read(&e))?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        for e in entries {
+            let bytes = rmp_serde::to_vec(&e).map_err(|err| StorageIOError::write_logs(&err))?;
+            batch.push((e.log_id.index, bytes));
+        }
+        self.backend
+            .write(vec![Op::PutEntries(batch)])
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // openraft counts an entry towards the commit quorum once the callback runs: only
+        // after it is durable.
+        let synced = self.backend.sync().await;
+        let failed = synced.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        callback.log_io_completed(synced);
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        self.backend
+            .write(vec![Op::RemoveFrom(log_id.index)])
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.backend
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        if let Some(prev) = self.last_purged().map_err(|e| StorageIOError::read_logs(&e))? {
+            assert!(prev <= log_id, "purge never goes back: {prev} then {log_id}");
+        }
+        self.put_meta(MetaKey::LastPurged, &log_id)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.backend
+            .write(vec![Op::RemoveUpTo(log_id.index)])
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
