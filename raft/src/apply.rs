@@ -51,7 +51,9 @@ pub enum CommandError {
     NodeNotFound { node: String },
     #[error("node {node:?} is already a cluster member")]
     NodeExists { node: String },
-    #[error("node name {node:?} hashes to the same raft id as member {other:?}; pick another name")]
+    #[error(
+        "node name {node:?} hashes to the same raft id as member {other:?}; pick another name"
+    )]
     NodeIdCollision { node: String, other: String },
     #[error("node {node:?} is the last member: a cluster cannot be left empty")]
     LastNode { node: String },
@@ -59,7 +61,9 @@ pub enum CommandError {
     ServiceNotFound { svc: String },
     #[error("service {svc:?} already exists")]
     ServiceExists { svc: String },
-    #[error("service {svc:?} config is at version {actual}, not {expected}: reload and edit again")]
+    #[error(
+        "service {svc:?} config is at version {actual}, not {expected}: reload and edit again"
+    )]
     VersionConflict {
         svc: String,
         expected: u64,
@@ -76,7 +80,10 @@ pub enum CommandError {
 /// Applies `cmd` to `state`: the result, and the events describing what changed.
 ///
 /// Pure and deterministic: the same state and command give the same result everywhere.
-pub fn apply(state: &mut ClusterState, cmd: &Command) -> (Result<Outcome, CommandError>, Vec<Event>) {
+pub fn apply(
+    state: &mut ClusterState,
+    cmd: &Command,
+) -> (Result<Outcome, CommandError>, Vec<Event>) {
     let mut events = Vec::new();
     let result = match validate(state, cmd) {
         Ok(()) => {
@@ -238,7 +245,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         }
         Command::SetNodeAddr { node, addr } => {
             let rec = s.nodes.get_mut(node).expect("validated");
-            set(ev, format!("nodes.{node}.addr"), &mut rec.addr, addr.clone());
+            set(
+                ev,
+                format!("nodes.{node}.addr"),
+                &mut rec.addr,
+                addr.clone(),
+            );
         }
         Command::SetNodeMonitor {
             node,
@@ -249,7 +261,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             let m = s.node_monitors.get_mut(node).expect("validated");
             let p = format!("node_monitors.{node}");
             set_opt(ev, format!("{p}.status"), &mut m.status, *status);
-            set_opt(ev, format!("{p}.local_expect"), &mut m.local_expect, *local_expect);
+            set_opt(
+                ev,
+                format!("{p}.local_expect"),
+                &mut m.local_expect,
+                *local_expect,
+            );
             set_opt(ev, format!("{p}.frozen"), &mut m.frozen, *frozen);
         }
         Command::SetServiceMonitor {
@@ -272,7 +289,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 let inst = instance(service, svc, n, ev);
                 let ip = format!("{p}.instances.{n}");
                 set_opt(ev, format!("{ip}.status"), &mut inst.status, *status);
-                set_opt(ev, format!("{ip}.local_expect"), &mut inst.local_expect, *local_expect);
+                set_opt(
+                    ev,
+                    format!("{ip}.local_expect"),
+                    &mut inst.local_expect,
+                    *local_expect,
+                );
             }
             if *reset_retries {
                 for (n, inst) in service.instances.iter_mut() {
@@ -289,8 +311,16 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                     continue;
                 }
                 let ip = format!("services.{svc}.instances.{n}");
-                if matches!(inst.status, MonitorStatus::StartFailed | MonitorStatus::StopFailed) {
-                    set(ev, format!("{ip}.status"), &mut inst.status, MonitorStatus::Idle);
+                if matches!(
+                    inst.status,
+                    MonitorStatus::StartFailed | MonitorStatus::StopFailed
+                ) {
+                    set(
+                        ev,
+                        format!("{ip}.status"),
+                        &mut inst.status,
+                        MonitorStatus::Idle,
+                    );
                 }
                 reset_restarts(ev, &ip, inst);
             }
@@ -318,7 +348,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             }
             service.config = config.clone();
             let next = service.version + 1;
-            set(ev, format!("services.{svc}.version"), &mut service.version, next);
+            set(
+                ev,
+                format!("services.{svc}.version"),
+                &mut service.version,
+                next,
+            );
             return Some(next);
         }
         Command::DeleteService { svc } => {
@@ -377,8 +412,13 @@ fn add_node(s: &mut ClusterState, node: &str, addr: &str, at_ms: u64, ev: &mut V
             id: node_id(node),
         },
     );
-    s.node_monitors.insert(node.to_string(), NodeMonitor::default());
-    ev.push(Event::change(format!("nodes.{node}"), None, Some(addr.to_string())));
+    s.node_monitors
+        .insert(node.to_string(), NodeMonitor::default());
+    ev.push(Event::change(
+        format!("nodes.{node}"),
+        None,
+        Some(addr.to_string()),
+    ));
 }
 
 /// The instance of `svc` on `node`, created (with an event) if the node had none.
@@ -415,12 +455,21 @@ fn total(restarts: &std::collections::BTreeMap<String, u32>) -> u64 {
 
 fn set<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T, new: T) {
     if *slot != new {
-        ev.push(Event::change(path, Some(slot.to_string()), Some(new.to_string())));
+        ev.push(Event::change(
+            path,
+            Some(slot.to_string()),
+            Some(new.to_string()),
+        ));
         *slot = new;
     }
 }
 
-fn set_opt<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T, new: Option<T>) {
+fn set_opt<T: PartialEq + ToString>(
+    ev: &mut Vec<Event>,
+    path: String,
+    slot: &mut T,
+    new: Option<T>,
+) {
     if let Some(new) = new {
         set(ev, path, slot, new);
     }
@@ -437,9 +486,11 @@ fn member(s: &ClusterState, node: &str) -> Result<(), CommandError> {
 }
 
 fn service<'a>(s: &'a ClusterState, svc: &str) -> Result<&'a Service, CommandError> {
-    s.services.get(svc).ok_or_else(|| CommandError::ServiceNotFound {
-        svc: svc.to_string(),
-    })
+    s.services
+        .get(svc)
+        .ok_or_else(|| CommandError::ServiceNotFound {
+            svc: svc.to_string(),
+        })
 }
 
 fn missing_node(svc: &str, field: &str) -> CommandError {
@@ -492,7 +543,10 @@ fn check_config(svc: &str, config: &str) -> Result<(), CommandError> {
     let reason = if config.trim().is_empty() {
         "it is empty".to_string()
     } else if config.len() > MAX_CONFIG_LEN {
-        format!("it is {} bytes, the limit is {MAX_CONFIG_LEN}", config.len())
+        format!(
+            "it is {} bytes, the limit is {MAX_CONFIG_LEN}",
+            config.len()
+        )
     } else {
         return Ok(());
     };

@@ -96,7 +96,10 @@ impl SharedMachine {
     }
 
     /// Applies entries in order, publishes their events, and returns one reply per entry.
-    pub fn apply_entries<'a>(&self, entries: impl IntoIterator<Item = &'a Entry<TypeConfig>>) -> Vec<Reply> {
+    pub fn apply_entries<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a Entry<TypeConfig>>,
+    ) -> Vec<Reply> {
         let mut replies = Vec::new();
         let mut records = Vec::new();
         let last = {

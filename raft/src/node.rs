@@ -169,17 +169,28 @@ impl Node {
 
     /// Makes `ids` voters (they must be learners already), keeping the other voters.
     pub async fn add_voters(&self, ids: BTreeSet<NodeId>) -> Result<u64, ProposeError> {
-        self.change_membership(ChangeMembers::AddVoterIds(ids)).await
+        self.change_membership(ChangeMembers::AddVoterIds(ids))
+            .await
     }
 
     /// Removes `ids` from the voters and the learners.
     pub async fn remove_members(&self, ids: BTreeSet<NodeId>) -> Result<u64, ProposeError> {
-        self.change_membership(ChangeMembers::RemoveVoters(ids.clone())).await?;
-        let learners: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().learner_ids().filter(|l| ids.contains(l)).collect();
+        self.change_membership(ChangeMembers::RemoveVoters(ids.clone()))
+            .await?;
+        let learners: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .filter(|l| ids.contains(l))
+            .collect();
         if learners.is_empty() {
             return Ok(self.raft.metrics().borrow().last_log_index.unwrap_or(0));
         }
-        self.change_membership(ChangeMembers::RemoveNodes(learners)).await
+        self.change_membership(ChangeMembers::RemoveNodes(learners))
+            .await
     }
 
     async fn change_membership(

@@ -311,7 +311,10 @@ impl ClusterState {
             "every member has exactly one node monitor"
         );
         if self.is_bootstrapped() {
-            assert!(!self.nodes.is_empty(), "a bootstrapped cluster has a member");
+            assert!(
+                !self.nodes.is_empty(),
+                "a bootstrapped cluster has a member"
+            );
         }
         for (svc, s) in &self.services {
             for node in s.instances.keys() {
@@ -321,7 +324,10 @@ impl ClusterState {
                 );
             }
             if let GlobalExpect::PlacedAt(n) = &s.global_expect {
-                assert!(self.nodes.contains_key(n), "{svc} placed@{n} names a member");
+                assert!(
+                    self.nodes.contains_key(n),
+                    "{svc} placed@{n} names a member"
+                );
             }
         }
     }

@@ -16,6 +16,9 @@
 //! together), and on open the store restores the last snapshot and openraft re-applies the
 //! committed log after it.
 
+// openraft's StorageError is large and its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 mod backend;
 mod log_store;
 mod machine_store;
@@ -35,10 +38,11 @@ use std::sync::Arc;
 
 use raft::SharedMachine;
 
+/// A store opened by [`open`]: the log, the state machine, and the applied state they share.
+pub type Opened<B> = (LogStore<B>, MachineStore<B>, Arc<SharedMachine>);
+
 /// Opens the log store and state machine over `backend`, restoring the last snapshot.
-pub fn open<B: Backend>(
-    backend: B,
-) -> Result<(LogStore<B>, MachineStore<B>, Arc<SharedMachine>), std::io::Error> {
+pub fn open<B: Backend>(backend: B) -> Result<Opened<B>, std::io::Error> {
     let machine = SharedMachine::new();
     let sm = MachineStore::open(backend.clone(), machine.clone())?;
     Ok((LogStore::new(backend), sm, machine))

@@ -40,7 +40,9 @@ impl<B: Backend> LogStore<B> {
     fn get_meta<T: DeserializeOwned>(&self, key: MetaKey) -> std::io::Result<Option<T>> {
         match self.backend.meta(key)? {
             None => Ok(None),
-            Some(bytes) => rmp_serde::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+            Some(bytes) => rmp_serde::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
         }
     }
 
@@ -57,7 +59,10 @@ impl<B: Backend> LogStore<B> {
 fn decode(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
     let e: Entry<TypeConfig> = rmp_serde::from_slice(bytes)
         .map_err(|err| StorageIOError::read_log_at_index(index, &err))?;
-    assert_eq!(e.log_id.index, index, "log entry stored under its own index");
+    assert_eq!(
+        e.log_id.index, index,
+        "log entry stored under its own index"
+    );
     Ok(e)
 }
 
@@ -93,8 +98,14 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     type LogReader = LogStore<B>;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let last_purged = self.last_purged().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last = match self.backend.last_entry().map_err(|e| StorageIOError::read_logs(&e))? {
+        let last_purged = self
+            .last_purged()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = match self
+            .backend
+            .last_entry()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        {
             Some((i, bytes)) if last_purged.is_none_or(|p| i > p.index) => {
                 Some(decode(i, &bytes)?.log_id)
             }
@@ -156,7 +167,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
         // openraft counts an entry towards the commit quorum once the callback runs: only
         // after it is durable.
         let synced = self.backend.sync().await;
-        let failed = synced.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        let failed = synced.as_ref().err().map(StorageIOError::write_logs);
         callback.log_io_completed(synced);
         match failed {
             Some(e) => Err(e.into()),
@@ -176,8 +187,14 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        if let Some(prev) = self.last_purged().map_err(|e| StorageIOError::read_logs(&e))? {
-            assert!(prev <= log_id, "purge never goes back: {prev} then {log_id}");
+        if let Some(prev) = self
+            .last_purged()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        {
+            assert!(
+                prev <= log_id,
+                "purge never goes back: {prev} then {log_id}"
+            );
         }
         self.put_meta(MetaKey::LastPurged, &log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;

@@ -64,13 +64,16 @@ impl<B: Backend> MachineStore<B> {
     fn stored(&self) -> std::io::Result<Option<StoredSnapshot>> {
         match self.backend.meta(MetaKey::Snapshot)? {
             None => Ok(None),
-            Some(b) => rmp_serde::from_slice(&b).map(Some).map_err(std::io::Error::other),
+            Some(b) => rmp_serde::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
         }
     }
 
     async fn store(&self, snap: &StoredSnapshot) -> std::io::Result<()> {
         let bytes = rmp_serde::to_vec(snap).map_err(std::io::Error::other)?;
-        self.backend.write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
+        self.backend
+            .write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
         self.backend.sync().await
     }
 }

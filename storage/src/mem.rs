@@ -164,9 +164,11 @@ mod tests {
     #[tokio::test]
     async fn crash_drops_only_unsynced_writes() {
         let b = MemBackend::new();
-        b.write(vec![Op::PutEntries(vec![(1, vec![1]), (2, vec![2])])]).unwrap();
+        b.write(vec![Op::PutEntries(vec![(1, vec![1]), (2, vec![2])])])
+            .unwrap();
         b.sync().await.unwrap();
-        b.write(vec![Op::PutEntries(vec![(3, vec![3])]), Op::RemoveUpTo(1)]).unwrap();
+        b.write(vec![Op::PutEntries(vec![(3, vec![3])]), Op::RemoveUpTo(1)])
+            .unwrap();
         assert_eq!(b.entries(0, 10).unwrap().len(), 2);
         assert_eq!(b.crash(), 2);
         let left: Vec<u64> = b.entries(0, 10).unwrap().into_iter().map(|e| e.0).collect();

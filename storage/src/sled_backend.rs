@@ -79,7 +79,11 @@ impl Backend for SledBackend {
     }
 
     fn meta(&self, key: MetaKey) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(key.as_bytes()).map_err(to_io)?.map(|v| v.to_vec()))
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(to_io)?
+            .map(|v| v.to_vec()))
     }
 
     fn entries(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
