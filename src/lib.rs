@@ -3,5 +3,9 @@
 //! The binary (`src/main.rs`) is thin; everything it does lives in this library so that
 //! integration tests, benchmarks and the fuzzer call the same code.
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod listener;
 pub mod wire;

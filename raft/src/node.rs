@@ -167,6 +167,17 @@ impl Node {
         Ok(resp.log_id.index)
     }
 
+    /// Adds `member` as a learner without waiting for it to catch up; returns the log index
+    /// of the membership entry.
+    pub async fn add_learner_nowait(&self, id: NodeId, member: Member) -> Result<u64, ProposeError> {
+        let resp = self
+            .raft
+            .add_learner(id, member, false)
+            .await
+            .map_err(write_error)?;
+        Ok(resp.log_id.index)
+    }
+
     /// Makes `ids` voters (they must be learners already), keeping the other voters.
     pub async fn add_voters(&self, ids: BTreeSet<NodeId>) -> Result<u64, ProposeError> {
         self.change_membership(ChangeMembers::AddVoterIds(ids))

@@ -1,0 +1,213 @@
+//! `om bench`: committed commands per second and latency at several concurrencies, and the
+//! failover time, measured over the real wire against real daemons.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::json;
+use serde_json::Value;
+
+use super::local::LocalCluster;
+use super::CliError;
+use super::Format;
+use crate::config::NodeConfig;
+use crate::config::Paths;
+use crate::wire::ClientOptions;
+use crate::wire::Keyring;
+
+/// `om bench` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Start a local cluster of this many nodes (else use the node under --root).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Seconds per concurrency level.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent clients, comma separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Skip the failover measurement.
+    #[arg(long)]
+    no_failover: bool,
+}
+
+struct Target {
+    keyring: Keyring,
+    sender: String,
+    leader_addr: String,
+    leader: String,
+}
+
+async fn find_target(paths: &Paths) -> Result<Target, CliError> {
+    let (_, cfg) = NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+    let st = super::call(paths, "daemon_status", json!({}), Duration::from_secs(10)).await?;
+    let leader = st["cluster"]["leader"]
+        .as_str()
+        .ok_or_else(|| CliError("the cluster has no leader".into()))?
+        .to_string();
+    let leader_addr = st["nodes"][&leader]["address"]
+        .as_str()
+        .ok_or_else(|| CliError(format!("no address for leader {leader}")))?
+        .to_string();
+    Ok(Target {
+        keyring: Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes()),
+        sender: cfg.name,
+        leader_addr,
+        leader,
+    })
+}
+
+/// Results of one concurrency level.
+fn level_json(clients: usize, lat: &mut [Duration], elapsed: Duration, errors: u64) -> Value {
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    json!({
+        "clients": clients,
+        "committed": lat.len(),
+        "errors": errors,
+        "per_second": lat.len() as f64 / elapsed.as_secs_f64(),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    })
+}
+
+async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = ClientOptions::new(&t.leader_addr, t.keyring.clone(), &t.sender).build();
+        let leader = t.leader.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let r = client
+                    .request(
+                        "set_node_monitor",
+                        json!({"node": leader, "local_expect": "thawed"}),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                match r {
+                    Ok(resp) if resp.is_ok() => lat.push(t0.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    level_json(clients, &mut lat, start.elapsed(), errors)
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
+    let root = std::env::var_os("OSVC_ROOT").map(PathBuf::from);
+    let mut cluster = None;
+    let paths = match args.nodes {
+        Some(n) => {
+            if n < 1 {
+                return Err(CliError("--nodes must be at least 1".into()));
+            }
+            let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
+            let mut c = LocalCluster::prepare(bin, n, None).map_err(|e| CliError(e.to_string()))?;
+            eprintln!("starting a local {n}-node cluster under {}", c.base().display());
+            c.start_all().await.map_err(CliError)?;
+            c.join_all(&mut |l| eprintln!("{l}")).await.map_err(CliError)?;
+            let p = c.nodes[0].paths.clone();
+            cluster = Some(c);
+            p
+        }
+        None => Paths::new(root.unwrap_or_else(|| PathBuf::from("/"))),
+    };
+    let target = find_target(&paths).await?;
+    eprintln!("leader {} at {}", target.leader, target.leader_addr);
+    let mut levels = Vec::new();
+    for &c in &args.clients {
+        eprintln!("{c} clients for {}s ...", args.seconds);
+        levels.push(run_level(&target, c, args.seconds).await);
+    }
+    let mut failover = Value::Null;
+    if !args.no_failover {
+        match cluster.as_mut() {
+            Some(c) if c.nodes.len() >= 3 => failover = measure_failover(c, &target).await?,
+            _ => eprintln!("failover is measured only on a cluster started with --nodes 3 or more"),
+        }
+    }
+    let out = json!({ "levels": levels, "failover": failover });
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
+        Format::Table => {
+            println!("{:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}", "clients", "committed", "commands/s", "p50 ms", "p99 ms", "max ms", "errors");
+            for l in &levels {
+                println!(
+                    "{:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                    l["clients"], l["committed"], l["per_second"].as_f64().unwrap_or(0.0),
+                    l["p50_ms"].as_f64().unwrap_or(0.0), l["p99_ms"].as_f64().unwrap_or(0.0),
+                    l["max_ms"].as_f64().unwrap_or(0.0), l["errors"]
+                );
+            }
+            if !failover.is_null() {
+                println!("failover: leader killed -> next committed write in {} ms", failover["ms"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills the leader and times the first write committed by a survivor.
+async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, CliError> {
+    let survivors: Vec<(String, String)> = c
+        .nodes
+        .iter()
+        .filter(|n| n.name != t.leader)
+        .map(|n| (n.name.clone(), n.addr()))
+        .collect();
+    let clients: Vec<_> = survivors
+        .iter()
+        .map(|(_, addr)| Arc::new(ClientOptions::new(addr, t.keyring.clone(), &t.sender).build()))
+        .collect();
+    // Warm the connections so the measure is Raft's, not TCP's.
+    for cl in &clients {
+        let _ = cl.request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await;
+    }
+    eprintln!("killing leader {} ...", t.leader);
+    let start = Instant::now();
+    c.node(&t.leader).expect("leader is local").kill();
+    let mut attempts = 0;
+    loop {
+        for (cl, (name, _)) in clients.iter().zip(&survivors) {
+            attempts += 1;
+            let r = cl
+                .request("set_node_monitor", json!({"node": name, "local_expect": "thawed"}), Duration::from_millis(500))
+                .await;
+            if matches!(&r, Ok(resp) if resp.is_ok()) {
+                let ms = start.elapsed().as_secs_f64() * 1000.0;
+                return Ok(json!({ "ms": ms, "attempts": attempts, "via": name }));
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(CliError("no write committed within 30s of the leader's death".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

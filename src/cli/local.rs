@@ -1,0 +1,251 @@
+//! A cluster of real `om` daemons on loopback, each under its own root: what `om demo`,
+//! `om bench --nodes N` and the integration tests run.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::json;
+use serde_json::Value;
+
+use crate::config::Paths;
+use crate::control::ControlClient;
+
+/// One daemon process of a local cluster.
+pub struct LocalNode {
+    /// Its node name.
+    pub name: String,
+    /// Its listener port on 127.0.0.1.
+    pub port: u16,
+    /// Its root directory.
+    pub paths: Paths,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a control request and returns the data, or the error message.
+    pub async fn call(&self, action: &str, options: Value, timeout: Duration) -> Result<Value, String> {
+        let resp = ControlClient::new(&self.paths)
+            .request(action, options, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.is_ok() {
+            Ok(resp.data)
+        } else {
+            Err(resp.error.unwrap_or_else(|| format!("status {}", resp.status)))
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the daemon with SIGKILL (no goodbye to the cluster).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.paths.control_socket());
+    }
+
+    /// Starts the daemon process (again).
+    pub fn start(&mut self, bin: &Path) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.root.join("daemon.log"))?;
+        let child = Command::new(bin)
+            .arg("--root")
+            .arg(&self.paths.root)
+            .args(["node", "daemon", "run"])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the daemon answers `daemon_status` (up to `timeout`).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.call("daemon_status", json!({"local": true}), Duration::from_secs(2)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("{} not ready after {timeout:?}: {e}; log: {}", self.name, self.log_tail()))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The last lines of the daemon's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.paths.root.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A set of local daemons under one base directory.
+pub struct LocalCluster {
+    /// The `om` binary the daemons run.
+    pub bin: PathBuf,
+    /// The nodes, `n1`, `n2`, ...
+    pub nodes: Vec<LocalNode>,
+    base: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalCluster {
+    /// Writes node.conf for `count` nodes under a new temporary directory (or `base`).
+    pub fn prepare(bin: PathBuf, count: usize, base: Option<PathBuf>) -> std::io::Result<LocalCluster> {
+        let (tmp, base) = match base {
+            Some(b) => (None, b),
+            None => {
+                let t = tempfile::Builder::new().prefix("om-cluster-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let mut nodes = Vec::new();
+        for i in 1..=count {
+            let name = format!("n{i}");
+            let paths = Paths::new(base.join(&name));
+            let port = free_port()?;
+            std::fs::create_dir_all(paths.root.join("etc"))?;
+            std::fs::write(
+                paths.node_conf(),
+                format!("[node]\nname = {name}\n\n[listener]\naddr = 127.0.0.1\nport = {port}\n"),
+            )?;
+            nodes.push(LocalNode {
+                name,
+                port,
+                paths,
+                child: None,
+            });
+        }
+        Ok(LocalCluster {
+            bin,
+            nodes,
+            base,
+            _tmp: tmp,
+        })
+    }
+
+    /// Where the nodes' roots are.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Starts every daemon and waits until each answers.
+    pub async fn start_all(&mut self) -> Result<(), String> {
+        for n in &mut self.nodes {
+            n.start(&self.bin).map_err(|e| format!("cannot start {}: {e}", n.name))?;
+        }
+        for n in &self.nodes {
+            n.wait_ready(Duration::from_secs(20)).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins every node but the first to the first one's cluster, one at a time, with the
+    /// real join request; `progress` is told what happens.
+    pub async fn join_all(&self, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+        let first = &self.nodes[0];
+        let secret = crate::config::NodeConfig::load(&first.paths.node_conf())
+            .map_err(|e| e.to_string())?
+            .1
+            .secret;
+        for n in &self.nodes[1..] {
+            progress(&format!("{} joins {} ...", n.name, first.name));
+            join(n, &secret, &first.addr(), progress).await?;
+        }
+        Ok(())
+    }
+
+    /// The name of the current leader, as the first reachable node reports it.
+    pub async fn leader(&self) -> Option<String> {
+        for n in &self.nodes {
+            if let Ok(st) = n.call("daemon_status", json!({}), Duration::from_secs(3)).await {
+                if let Some(l) = st["cluster"]["leader"].as_str() {
+                    return Some(l.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    /// The node called `name`.
+    pub fn node(&mut self, name: &str) -> Option<&mut LocalNode> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+}
+
+/// Makes `node` join the cluster reachable at `target` with `secret`, and waits until it
+/// is a voting member that has applied its own `Join`.
+pub async fn join(node: &LocalNode, secret: &str, target: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    node.call("join", json!({"secret": secret, "node": target}), Duration::from_secs(40))
+        .await
+        .map_err(|e| format!("{} join: {e}", node.name))?;
+    progress("  join accepted, catching up with the leader");
+    wait_member(node, Duration::from_secs(60), progress).await
+}
+
+/// Waits until `node` sees itself in `cluster.nodes` as a follower or leader.
+pub async fn wait_member(node: &LocalNode, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if let Ok(st) = node.call("daemon_status", json!({"local": true}), Duration::from_secs(3)).await {
+            let me = &st["self"];
+            let line = format!(
+                "  {}: role {}, applied {}",
+                node.name,
+                me["role"].as_str().unwrap_or("?"),
+                me["last_applied"]
+            );
+            if line != last {
+                progress(&line);
+                last = line;
+            }
+        }
+        if let Ok(st) = node.call("daemon_status", json!({}), Duration::from_secs(3)).await {
+            let in_nodes = st["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(node.name.as_str())));
+            let role = st["nodes"][node.name.as_str()]["role"].as_str().unwrap_or("");
+            if in_nodes && (role == "follower" || role == "leader") {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{} is not a member after {timeout:?}; log:\n{}", node.name, node.log_tail()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,360 @@
+//! The command line: parses arguments, talks to the local daemon over the control socket,
+//! prints tables or JSON, and turns every error into one clear message.
+
+mod bench;
+mod demo;
+pub mod local;
+pub mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+use serde_json::json;
+use serde_json::Value;
+
+use crate::config::Paths;
+use crate::control::ControlClient;
+
+/// `om`: cluster agent.
+#[derive(Debug, Parser)]
+#[command(name = "om", version, about = "Cluster agent daemon and its command line")]
+pub struct Cli {
+    /// Root directory for etc/ and var/ (default: $OSVC_ROOT, else /).
+    #[arg(long, global = true, env = "OSVC_ROOT", default_value = "/")]
+    pub root: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub cmd: Top,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human tables.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Top {
+    /// Node and daemon commands.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Start a local 3-node cluster on loopback, show it, kill its leader, show it again.
+    Demo {
+        /// Stop after the show instead of running until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Measure committed commands per second, latency and failover time.
+    Bench(bench::BenchArgs),
+}
+
+/// `om node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Daemon control.
+    Daemon {
+        #[command(subcommand)]
+        cmd: DaemonCmd,
+    },
+    /// Print the cluster's applied events (`--follow` to keep printing new ones).
+    Events {
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// `om node daemon ...`
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Run the daemon in the foreground.
+    Run,
+    /// Start the daemon in the background (or one of its threads with --thread-id).
+    Start {
+        #[arg(long)]
+        thread_id: Option<String>,
+    },
+    /// Stop the daemon, leaving services running (or one thread with --thread-id).
+    Stop {
+        #[arg(long)]
+        thread_id: Option<String>,
+    },
+    /// Stop local service instances, then the daemon.
+    Shutdown,
+    /// Stop then start the daemon.
+    Restart,
+    /// Show the cluster data.
+    Status,
+    /// Join the cluster that node N belongs to.
+    Join {
+        /// The cluster's secret.
+        #[arg(long)]
+        secret: String,
+        /// A member: its name (default port) or host:port.
+        #[arg(long)]
+        node: String,
+    },
+    /// Leave the cluster.
+    Leave,
+    /// The listener's blacklist.
+    Blacklist {
+        #[command(subcommand)]
+        cmd: BlacklistCmd,
+    },
+}
+
+/// `om node daemon blacklist ...`
+#[derive(Debug, Subcommand)]
+pub enum BlacklistCmd {
+    /// Show the blacklisted senders and their invalid frame counts.
+    Status,
+    /// Empty the blacklist.
+    Clear,
+}
+
+/// A CLI failure: printed as `om: <message>` with exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl From<crate::control::ControlError> for CliError {
+    fn from(e: crate::control::ControlError) -> CliError {
+        CliError(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("om: {e}");
+            1
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,sled=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::new(&cli.root);
+    let format = cli.format;
+    match cli.cmd {
+        Top::Demo { exit, nodes } => demo::run(nodes, exit).await,
+        Top::Bench(args) => bench::run(args, format).await,
+        Top::Node { cmd: NodeCmd::Events { follow } } => events(&paths, follow, format).await,
+        Top::Node { cmd: NodeCmd::Daemon { cmd } } => daemon_cmd(&paths, cmd, format).await,
+    }
+}
+
+async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) -> Result<Value> {
+    let resp = ControlClient::new(paths).request(action, options, timeout).await?;
+    if resp.is_ok() {
+        Ok(resp.data)
+    } else {
+        Err(CliError(resp.error.unwrap_or_else(|| format!("{action} failed with status {}", resp.status))))
+    }
+}
+
+fn print(format: Format, data: &Value, table: impl FnOnce(&Value) -> String) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+        Format::Table => print!("{}", table(data)),
+    }
+}
+
+async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()> {
+    let t = Duration::from_secs(10);
+    match cmd {
+        DaemonCmd::Run => {
+            let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+            init_tracing(&cfg.log_level);
+            let daemon = crate::daemon::Daemon::open(paths.clone())
+                .await
+                .map_err(|e| CliError(e.to_string()))?;
+            tracing::info!(node = %daemon.name(), root = %paths.root.display(), "daemon running");
+            daemon.run().await.map_err(|e| CliError(e.to_string()))
+        }
+        DaemonCmd::Start { thread_id: Some(id) } => {
+            let data = call(paths, "daemon_start", json!({"thread_id": id}), t).await?;
+            print(format, &data, render::kv);
+            Ok(())
+        }
+        DaemonCmd::Start { thread_id: None } => start_background(paths).await,
+        DaemonCmd::Stop { thread_id: Some(id) } => {
+            let data = call(paths, "daemon_stop", json!({"thread_id": id}), t).await?;
+            print(format, &data, render::kv);
+            Ok(())
+        }
+        DaemonCmd::Stop { thread_id: None } => stop_and_wait(paths, "daemon_stop").await,
+        DaemonCmd::Shutdown => stop_and_wait(paths, "daemon_shutdown").await,
+        DaemonCmd::Restart => {
+            stop_and_wait(paths, "daemon_stop").await?;
+            start_background(paths).await
+        }
+        DaemonCmd::Status => {
+            let data = call(paths, "daemon_status", json!({}), t).await?;
+            print(format, &data, render::status_table);
+            Ok(())
+        }
+        DaemonCmd::Join { secret, node } => {
+            eprintln!("asking {node} to admit this node ...");
+            let data = call(paths, "join", json!({"secret": secret, "node": node}), Duration::from_secs(40)).await?;
+            eprintln!(
+                "accepted into cluster {} (leader {}); catching up ...",
+                data["cluster"].as_str().unwrap_or("?"),
+                data["leader"].as_str().unwrap_or("?")
+            );
+            let me = crate::config::NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?.1.name;
+            wait_joined(paths, &me).await?;
+            eprintln!("{me} is a member of cluster {}", data["cluster"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        DaemonCmd::Leave => {
+            let data = call(paths, "leave", json!({}), Duration::from_secs(40)).await?;
+            print(format, &data, render::kv);
+            Ok(())
+        }
+        DaemonCmd::Blacklist { cmd } => {
+            let action = match cmd {
+                BlacklistCmd::Status => "blacklist_status",
+                BlacklistCmd::Clear => "blacklist_clear",
+            };
+            let data = call(paths, action, json!({}), t).await?;
+            print(format, &data, |d| serde_json::to_string_pretty(d).unwrap_or_default() + "\n");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_joined(paths: &Paths, me: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        if let Ok(st) = call(paths, "daemon_status", json!({}), Duration::from_secs(3)).await {
+            let role = st["nodes"][me]["role"].as_str().unwrap_or("?").to_string();
+            let applied = st["nodes"][me]["last_applied"].clone();
+            let line = format!("  role {role}, applied index {applied}");
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            let member = st["cluster"]["nodes"].as_array().is_some_and(|a| a.iter().any(|n| n == me));
+            if member && (role == "follower" || role == "leader") {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError("not a voting member after 60s: see the daemon log".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_background(paths: &Paths) -> Result<()> {
+    if ControlClient::new(paths).request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await.is_ok() {
+        return Err(CliError("the daemon is already running".into()));
+    }
+    let log = paths.log_file();
+    std::fs::create_dir_all(log.parent().expect("log has a parent")).map_err(|e| CliError(e.to_string()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| CliError(format!("{}: {e}", log.display())))?;
+    let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(bin)
+        .arg("--root")
+        .arg(&paths.root)
+        .args(["node", "daemon", "run"])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().map_err(|e| CliError(e.to_string()))?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError(format!("cannot start the daemon: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    eprint!("starting the daemon ");
+    loop {
+        if ControlClient::new(paths).request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await.is_ok() {
+            eprintln!(" running; log: {}", log.display());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            eprintln!();
+            return Err(CliError(format!("the daemon did not answer within 20s; see {}", log.display())));
+        }
+        eprint!(".");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn stop_and_wait(paths: &Paths, action: &str) -> Result<()> {
+    call(paths, action, json!({}), Duration::from_secs(10)).await?;
+    eprint!("stopping the daemon ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while paths.control_socket().exists() {
+        if Instant::now() >= deadline {
+            eprintln!();
+            return Err(CliError("the daemon did not stop within 30s".into()));
+        }
+        eprint!(".");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(" stopped");
+    Ok(())
+}
+
+async fn events(paths: &Paths, follow: bool, format: Format) -> Result<()> {
+    let mut since = 0;
+    loop {
+        let wait = if follow { 10_000 } else { 0 };
+        let data = call(paths, "events", json!({"since": since, "wait_ms": wait}), Duration::from_secs(15)).await?;
+        for e in data["events"].as_array().into_iter().flatten() {
+            match format {
+                Format::Json => println!("{e}"),
+                Format::Table => {
+                    let ev = &e["event"];
+                    let text = match ev["kind"].as_str() {
+                        Some("change") => format!("{} {} -> {}", ev["path"].as_str().unwrap_or(""), ev["old"], ev["new"]),
+                        Some("error") => format!("error {}: {}", ev["command"].as_str().unwrap_or(""), ev["message"].as_str().unwrap_or("")),
+                        _ => ev["message"].as_str().unwrap_or("").to_string(),
+                    };
+                    println!("{:>6} {:>6}  {text}", e["seq"], e["index"]);
+                }
+            }
+        }
+        since = data["next"].as_u64().unwrap_or(since);
+        if !follow {
+            return Ok(());
+        }
+    }
+}
+

@@ -1,0 +1,299 @@
+//! node.conf: where it lives, what keys it may hold, and their typed, validated values.
+
+mod ini;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use ini::IniDoc;
+pub use ini::SyntaxError;
+
+/// Default listener port.
+pub const DEFAULT_PORT: u16 = 1214;
+/// Default largest accepted frame, in bytes.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Every path of one node, all under a single root (`--root` / `OSVC_ROOT`, default `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The root everything else is under.
+    pub root: PathBuf,
+}
+
+impl Paths {
+    /// Paths under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+
+    /// `<root>/etc/node.conf`.
+    pub fn node_conf(&self) -> PathBuf {
+        self.root.join("etc/node.conf")
+    }
+
+    /// `<root>/var/raft`: the sled database.
+    pub fn raft_dir(&self) -> PathBuf {
+        self.root.join("var/raft")
+    }
+
+    /// `<root>/var/run`: control socket and pid file.
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("var/run")
+    }
+
+    /// `<root>/var/run/om.sock`: the local control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir().join("om.sock")
+    }
+
+    /// `<root>/var/run/om.pid`.
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir().join("om.pid")
+    }
+
+    /// `<root>/var/log/om.log`: the daemon's log when started in the background.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("var/log/om.log")
+    }
+
+    /// `<root>/var`: daemon data (jobs, service logs).
+    pub fn var_dir(&self) -> PathBuf {
+        self.root.join("var")
+    }
+}
+
+/// A node.conf that cannot be used, naming the line or key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Syntax { path: String, source: SyntaxError },
+    #[error("unknown parameter {key:?}; known parameters: {known}")]
+    UnknownKey { key: String, known: String },
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// One known parameter: its `section.key`, its default (as text) and what it means.
+pub struct Param {
+    /// `section.key`.
+    pub key: &'static str,
+    /// Default, as written in node.conf; empty when there is none.
+    pub default: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+/// Every parameter node.conf may hold.
+pub const PARAMS: &[Param] = &[
+    Param { key: "node.name", default: "", help: "node name (default: the hostname)" },
+    Param { key: "node.down_timeout", default: "5s", help: "a peer unreachable this long is marked down" },
+    Param { key: "node.split_action", default: "stop", help: "stop|none: what a node cut off from the majority does to its failover instances" },
+    Param { key: "node.log_level", default: "info", help: "error|warn|info|debug|trace" },
+    Param { key: "listener.addr", default: "0.0.0.0", help: "listener IP address" },
+    Param { key: "listener.port", default: "1214", help: "listener TCP port" },
+    Param { key: "listener.max_frame", default: "16777216", help: "largest frame accepted, in bytes (1024..=1073741824)" },
+    Param { key: "listener.replay_window", default: "60s", help: "frames older or newer than this are refused" },
+    Param { key: "cluster.name", default: "", help: "cluster name (set by bootstrap or join)" },
+    Param { key: "cluster.secret", default: "", help: "shared secret the frames are encrypted with" },
+    Param { key: "cluster.nodes", default: "", help: "space-separated member names" },
+];
+
+/// The typed view of node.conf that the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `node.name`.
+    pub name: String,
+    /// `node.down_timeout`.
+    pub down_timeout: Duration,
+    /// `node.split_action` is `stop`.
+    pub split_stop: bool,
+    /// `node.log_level`.
+    pub log_level: String,
+    /// `listener.addr`.
+    pub listener_addr: IpAddr,
+    /// `listener.port`.
+    pub listener_port: u16,
+    /// `listener.max_frame`.
+    pub max_frame: usize,
+    /// `listener.replay_window`.
+    pub replay_window: Duration,
+    /// `cluster.name` (empty before bootstrap or join).
+    pub cluster_name: String,
+    /// `cluster.secret` (empty before bootstrap or join).
+    pub secret: String,
+    /// `cluster.nodes`.
+    pub nodes: Vec<String>,
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<(IniDoc, NodeConfig), ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let doc = IniDoc::parse(&text).map_err(|source| ConfigError::Syntax {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg = NodeConfig::from_doc(&doc)?;
+        Ok((doc, cfg))
+    }
+
+    /// Validates every entry of `doc` and builds the typed config.
+    pub fn from_doc(doc: &IniDoc) -> Result<NodeConfig, ConfigError> {
+        for (section, key, value) in doc.entries() {
+            validate(&format!("{section}.{key}"), &value)?;
+        }
+        let get = |key: &str| -> String {
+            let (s, k) = key.split_once('.').expect("known keys have a section");
+            doc.get(s, k)
+                .map(str::to_string)
+                .unwrap_or_else(|| default_of(key).to_string())
+        };
+        let name = match get("node.name") {
+            n if n.is_empty() => hostname(),
+            n => n,
+        };
+        Ok(NodeConfig {
+            name,
+            down_timeout: duration(&get("node.down_timeout")).expect("validated"),
+            split_stop: get("node.split_action") == "stop",
+            log_level: get("node.log_level"),
+            listener_addr: get("listener.addr").parse().expect("validated"),
+            listener_port: get("listener.port").parse().expect("validated"),
+            max_frame: get("listener.max_frame").parse().expect("validated"),
+            replay_window: duration(&get("listener.replay_window")).expect("validated"),
+            cluster_name: get("cluster.name"),
+            secret: get("cluster.secret"),
+            nodes: get("cluster.nodes").split_whitespace().map(str::to_string).collect(),
+        })
+    }
+
+    /// Whether this node has a cluster identity (name and secret).
+    pub fn has_cluster(&self) -> bool {
+        !self.cluster_name.is_empty() && !self.secret.is_empty()
+    }
+}
+
+fn default_of(key: &str) -> &'static str {
+    PARAMS.iter().find(|p| p.key == key).map_or("", |p| p.default)
+}
+
+/// Checks that `key` is a known parameter and `value` a valid value for it.
+pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
+    if !PARAMS.iter().any(|p| p.key == key) {
+        return Err(ConfigError::UnknownKey {
+            key: key.to_string(),
+            known: PARAMS.iter().map(|p| p.key).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let bad = |reason: &str| {
+        Err(ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    let name_ok = |v: &str| raft::apply::check_name("node", v).is_ok();
+    match key {
+        "node.name" if !value.is_empty() && !name_ok(value) => {
+            bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
+        }
+        "node.down_timeout" | "listener.replay_window" if duration(value).is_none() => {
+            bad("expected a duration such as 5s, 500ms or 1m")
+        }
+        "node.split_action" if !matches!(value, "stop" | "none") => bad("allowed values are stop, none"),
+        "node.log_level" if !matches!(value, "error" | "warn" | "info" | "debug" | "trace") => {
+            bad("allowed values are error, warn, info, debug, trace")
+        }
+        "listener.addr" if value.parse::<IpAddr>().is_err() => bad("expected an IP address"),
+        "listener.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => bad("expected a port in 1..=65535"),
+        "listener.max_frame"
+            if !value
+                .parse::<usize>()
+                .is_ok_and(|n| (1024..=1 << 30).contains(&n)) =>
+        {
+            bad("expected a byte count in 1024..=1073741824")
+        }
+        "cluster.name" if !value.is_empty() && !name_ok(value) => {
+            bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
+        }
+        "cluster.secret" if !value.is_empty() && value.len() < 8 => bad("a secret has at least 8 characters"),
+        "cluster.nodes" => match value.split_whitespace().find(|n| !name_ok(n)) {
+            Some(_) => bad("expected space-separated node names"),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn duration(v: &str) -> Option<Duration> {
+    raft::apply::parse_duration_ms(v).map(Duration::from_millis)
+}
+
+/// This machine's hostname, or `localhost` if it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Writes `doc` to `path` atomically (temp file + rename), creating the directory.
+pub fn save(path: &Path, doc: &IniDoc) -> Result<(), ConfigError> {
+    let err = |e: std::io::Error| ConfigError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("conf.tmp");
+    std::fs::write(&tmp, doc.to_string()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let doc = IniDoc::parse("[node]\nname = n1\n[listener]\nport = 1300\n").unwrap();
+        let cfg = NodeConfig::from_doc(&doc).unwrap();
+        assert_eq!(cfg.name, "n1");
+        assert_eq!(cfg.listener_port, 1300);
+        assert_eq!(cfg.max_frame, DEFAULT_MAX_FRAME);
+        assert_eq!(cfg.down_timeout, Duration::from_secs(5));
+        assert!(!cfg.has_cluster());
+
+        let doc = IniDoc::parse("[listener]\nport = 70000\n").unwrap();
+        assert_eq!(
+            NodeConfig::from_doc(&doc).unwrap_err().to_string(),
+            "invalid value \"70000\" for listener.port: expected a port in 1..=65535"
+        );
+        let doc = IniDoc::parse("[listener]\nprot = 1\n").unwrap();
+        assert!(matches!(
+            NodeConfig::from_doc(&doc).unwrap_err(),
+            ConfigError::UnknownKey { .. }
+        ));
+    }
+}

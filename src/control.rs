@@ -1,0 +1,155 @@
+//! The local control socket (`<root>/var/run/om.sock`, mode 0600): JSON lines, one request
+//! `{action, options}` per line and one response `{status, data, error}` per line, with the
+//! same bodies as the wire. The CLI uses it to talk to its own node.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufReader;
+use tokio::net::UnixListener;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use crate::config::Paths;
+use crate::daemon::actions::Origin;
+use crate::daemon::Daemon;
+use crate::daemon::DaemonError;
+use crate::wire::status as code;
+use crate::wire::Request;
+use crate::wire::Response;
+
+/// Largest request line accepted on the control socket.
+const MAX_LINE: usize = 64 << 20;
+
+/// Why the CLI could not get an answer from its daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the om daemon is not running on this node (no answer on {path}); start it with `om node daemon start`")]
+    NotRunning { path: String },
+    #[error("control socket {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("no answer from the daemon within {0:?}")]
+    Timeout(Duration),
+    #[error("bad answer from the daemon: {0}")]
+    BadAnswer(String),
+}
+
+/// Refuses to start a second daemon on the same root; removes a stale socket.
+pub fn check_not_running(paths: &Paths) -> Result<(), DaemonError> {
+    let sock = paths.control_socket();
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        let pid = std::fs::read_to_string(paths.pid_file())
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        return Err(DaemonError::AlreadyRunning { pid });
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+/// The bound control socket.
+#[derive(Clone)]
+pub struct ControlServer {
+    listener: Arc<UnixListener>,
+}
+
+impl ControlServer {
+    /// Binds `path` with mode 0600.
+    pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlServer {
+            listener: Arc::new(listener),
+        })
+    }
+
+    /// Accepts connections until `stop` turns true.
+    pub async fn serve(&self, daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        loop {
+            tokio::select! {
+                r = self.listener.accept() => {
+                    let (stream, _) = r.map_err(|e| format!("accept: {e}"))?;
+                    let d = daemon.clone();
+                    tokio::spawn(async move { serve_conn(d, stream).await });
+                }
+                _ = stop.changed() => {
+                    if *stop.borrow() { return Ok(()); }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_conn(daemon: Arc<Daemon>, stream: UnixStream) {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n > MAX_LINE => return,
+            Ok(_) => {}
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => daemon.handle(Origin::Control, req).await,
+            Err(e) => Response::err(code::BAD_PAYLOAD, format!("bad request line: {e}")),
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+        out.push(b'\n');
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection to the local daemon's control socket.
+pub struct ControlClient {
+    path: PathBuf,
+}
+
+impl ControlClient {
+    /// A client for the daemon under `paths`.
+    pub fn new(paths: &Paths) -> ControlClient {
+        ControlClient {
+            path: paths.control_socket(),
+        }
+    }
+
+    /// Sends one request and waits up to `timeout` for its answer.
+    pub async fn request(&self, action: &str, options: Value, timeout: Duration) -> Result<Response, ControlError> {
+        let path = self.path.display().to_string();
+        let stream = UnixStream::connect(&self.path)
+            .await
+            .map_err(|_| ControlError::NotRunning { path: path.clone() })?;
+        let io = |e: std::io::Error| ControlError::Io {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let work = async {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = serde_json::to_vec(&Request::new(action, options)).expect("request serializes");
+            line.push(b'\n');
+            wr.write_all(&line).await.map_err(io)?;
+            let mut answer = String::new();
+            BufReader::new(rd).read_line(&mut answer).await.map_err(io)?;
+            if answer.is_empty() {
+                return Err(ControlError::BadAnswer("the daemon closed the connection".into()));
+            }
+            serde_json::from_str::<Response>(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ControlError::Timeout(timeout))?
+    }
+}

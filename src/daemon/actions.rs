@@ -1,0 +1,550 @@
+//! Request handling: every action of protocol v1, for the listener and the control socket.
+//!
+//! Both doors give the same `{action, options}` body and get the same `{status, data,
+//! error}` answer. What differs is who asks: the local root user (control socket), a cluster
+//! member, or a node that is not a member yet (which may only ask to `join`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::node_id;
+use raft::state::GlobalExpect;
+use raft::state::LocalExpect;
+use raft::state::MonitorStatus;
+use raft::state::NodeExpect;
+use raft::state::NodeStatus;
+use raft::Command;
+use raft::Member;
+use raft::ProposeError;
+use serde_json::json;
+use serde_json::Value;
+
+use super::Daemon;
+use super::StopKind;
+use crate::wire::status as code;
+use crate::wire::ClientOptions;
+use crate::wire::Keyring;
+use crate::wire::Request;
+use crate::wire::Response;
+
+/// Who sent a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The local control socket (root on this host).
+    Control,
+    /// Another node, authenticated by the listener.
+    Peer {
+        /// The sender's node name.
+        sender: String,
+        /// Where the frame came from.
+        addr: SocketAddr,
+        /// Whether the sender is a cluster member.
+        member: bool,
+    },
+}
+
+/// A failed action: a status code and a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    /// Response status (see [`crate::wire::status`]).
+    pub status: i32,
+    /// What went wrong, and what to do about it when we know.
+    pub message: String,
+}
+
+impl ActionError {
+    /// An error with `status` and `message`.
+    pub fn new(status: i32, message: impl Into<String>) -> ActionError {
+        ActionError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> ActionError {
+        ActionError::new(code::BAD_REQUEST, message)
+    }
+}
+
+impl From<ProposeError> for ActionError {
+    fn from(e: ProposeError) -> ActionError {
+        let status = match &e {
+            ProposeError::NotLeader { .. } | ProposeError::Stopped(_) => code::UNAVAILABLE,
+            ProposeError::MembershipBusy(_) => code::UNAVAILABLE,
+            ProposeError::Rejected(_) | ProposeError::Membership(_) => code::ERROR,
+        };
+        ActionError::new(status, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, ActionError>;
+
+/// Every action name this daemon serves, as listed in docs/PROTOCOL.md.
+pub const ACTIONS: &[&str] = &[
+    "daemon_status",
+    "daemon_stop",
+    "daemon_start",
+    "daemon_shutdown",
+    "blacklist_status",
+    "blacklist_clear",
+    "join",
+    "leave",
+    "set_node_monitor",
+    "get_node_monitor",
+    "set_service_monitor",
+    "get_service_monitor",
+    "clear",
+    "get_service_config",
+    "set_service_config",
+    "events",
+    "raft_append",
+    "raft_vote",
+    "raft_snapshot",
+    "raft_propose",
+];
+
+fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ActionError::bad(format!(
+            "option {key} must be a string, got {other}"
+        ))),
+    }
+}
+
+fn req_str<'a>(o: &'a Value, key: &str) -> Result<&'a str> {
+    opt_str(o, key)?.ok_or_else(|| ActionError::bad(format!("missing option {key}")))
+}
+
+fn opt_bool(o: &Value, key: &str) -> Result<Option<bool>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ActionError::bad(format!(
+            "option {key} must be true or false, got {other}"
+        ))),
+    }
+}
+
+fn opt_u64(o: &Value, key: &str) -> Result<Option<u64>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ActionError::bad(format!("option {key} must be a non-negative integer, got {v}"))),
+    }
+}
+
+/// Parses an optional option with `FromStr`, turning its error into a bad-request message.
+fn opt_parse<T: std::str::FromStr>(o: &Value, key: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    opt_str(o, key)?
+        .map(|s| s.parse::<T>().map_err(|e| ActionError::bad(e.to_string())))
+        .transpose()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| ActionError::bad(format!("cannot decode {what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
+}
+
+impl Daemon {
+    /// Serves one request.
+    pub async fn handle(self: &Arc<Self>, origin: Origin, req: Request) -> Response {
+        if let Origin::Peer { sender, member: true, .. } = &origin {
+            self.peers.saw(sender);
+        }
+        match self.dispatch(&origin, req).await {
+            Ok(data) => Response::ok(data),
+            Err(e) => Response::err(e.status, e.message),
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, origin: &Origin, req: Request) -> Result<Value> {
+        let o = &req.options;
+        if let Origin::Peer { member: false, .. } = origin {
+            if req.action != "join" {
+                return Err(ActionError::new(
+                    code::FORBIDDEN,
+                    format!("{} is only served to cluster members; a new node may only join", req.action),
+                ));
+            }
+        }
+        let from_peer = matches!(origin, Origin::Peer { .. });
+        match req.action.as_str() {
+            "daemon_status" => self.status(opt_bool(o, "local")?.unwrap_or(false)).await,
+            "daemon_stop" | "daemon_shutdown" => {
+                if opt_str(o, "thread_id")?.is_some() {
+                    return self.thread_action(&req.action, o).await;
+                }
+                let kind = if req.action == "daemon_stop" {
+                    StopKind::Stop
+                } else {
+                    StopKind::Shutdown
+                };
+                self.request_stop(kind);
+                Ok(json!({ "stopping": self.name() }))
+            }
+            "daemon_start" => self.thread_action(&req.action, o).await,
+            "blacklist_status" => Ok(self.listener.blacklist().status()),
+            "blacklist_clear" => {
+                let cleared = self.listener.blacklist().blacklisted_count();
+                self.listener.blacklist().clear();
+                Ok(json!({ "cleared": cleared }))
+            }
+            "join" => match origin {
+                Origin::Control => self.join_cluster(o).await,
+                Origin::Peer { sender, addr, member } => self.admit(sender, *addr, *member, o).await,
+            },
+            "leave" => match origin {
+                Origin::Control => self.leave_cluster().await,
+                Origin::Peer { .. } => self.evict(req_str(o, "node")?).await,
+            },
+            "set_node_monitor" => {
+                let node = opt_str(o, "node")?.map_or_else(|| self.name(), str::to_string);
+                let cmd = Command::SetNodeMonitor {
+                    node,
+                    status: opt_parse::<NodeStatus>(o, "status")?,
+                    local_expect: opt_parse::<NodeExpect>(o, "local_expect")?,
+                    frozen: opt_bool(o, "frozen")?,
+                };
+                encode(&self.propose(cmd).await?)
+            }
+            "get_node_monitor" => {
+                let node = self.node()?;
+                let monitors = node.read(|s| s.node_monitors.clone());
+                match opt_str(o, "node")? {
+                    None => encode(&monitors),
+                    Some(n) => monitors
+                        .get(n)
+                        .map(encode)
+                        .unwrap_or_else(|| Err(ActionError::bad(format!("node {n:?} is not a cluster member")))),
+                }
+            }
+            "set_service_monitor" => {
+                let cmd = Command::SetServiceMonitor {
+                    svc: req_str(o, "svcname")?.to_string(),
+                    node: opt_str(o, "node")?.map(str::to_string),
+                    status: opt_parse::<MonitorStatus>(o, "status")?,
+                    local_expect: opt_parse::<LocalExpect>(o, "local_expect")?,
+                    global_expect: opt_parse::<GlobalExpect>(o, "global_expect")?,
+                    reset_retries: opt_bool(o, "reset_retries")?.unwrap_or(false),
+                };
+                encode(&self.propose(cmd).await?)
+            }
+            "get_service_monitor" => {
+                let node = self.node()?;
+                match opt_str(o, "svcname")? {
+                    None => node.read(|s| {
+                        encode(
+                            &s.services
+                                .iter()
+                                .map(|(k, v)| (k.clone(), json!({"global_expect": v.global_expect, "instances": v.instances})))
+                                .collect::<serde_json::Map<_, _>>(),
+                        )
+                    }),
+                    Some(svc) => node.read(|s| match s.services.get(svc) {
+                        Some(v) => encode(&json!({"global_expect": v.global_expect, "instances": v.instances})),
+                        None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
+                    }),
+                }
+            }
+            "clear" => {
+                let cmd = Command::Clear {
+                    svc: req_str(o, "svcname")?.to_string(),
+                    node: opt_str(o, "node")?.map(str::to_string),
+                };
+                encode(&self.propose(cmd).await?)
+            }
+            "get_service_config" => {
+                let svc = req_str(o, "svcname")?;
+                let node = self.node()?;
+                node.read(|s| match s.services.get(svc) {
+                    Some(v) => Ok(json!({ "svcname": svc, "config": v.config, "version": v.version })),
+                    None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
+                })
+            }
+            "set_service_config" => {
+                let svc = req_str(o, "svcname")?.to_string();
+                let exists = self.node()?.read(|s| s.services.contains_key(&svc));
+                let cmd = if opt_bool(o, "delete")?.unwrap_or(false) {
+                    Command::DeleteService { svc }
+                } else {
+                    let config = req_str(o, "config")?.to_string();
+                    let expected_version = opt_u64(o, "version")?;
+                    if exists || expected_version.is_some() {
+                        Command::UpdateService {
+                            svc,
+                            config,
+                            expected_version,
+                        }
+                    } else {
+                        Command::CreateService { svc, config }
+                    }
+                };
+                encode(&self.propose(cmd).await?)
+            }
+            "events" => {
+                let since = opt_u64(o, "since")?.unwrap_or(0);
+                let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));
+                let events = self.events.since(since, wait).await;
+                let next = events.last().map_or(since.max(0), |e| e.seq);
+                Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
+            }
+            "raft_append" if from_peer => {
+                let rpc = decode(req.options, "raft_append")?;
+                let resp = self.node()?.raft.append_entries(rpc).await;
+                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
+            }
+            "raft_vote" if from_peer => {
+                let rpc = decode(req.options, "raft_vote")?;
+                let resp = self.node()?.raft.vote(rpc).await;
+                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
+            }
+            "raft_snapshot" if from_peer => {
+                let rpc = decode(req.options, "raft_snapshot")?;
+                let resp = self.node()?.raft.install_snapshot(rpc).await;
+                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
+            }
+            "raft_propose" if from_peer => {
+                let cmd: Command = decode(o.get("command").cloned().unwrap_or(Value::Null), "command")?;
+                // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
+                let committed = self.node()?.propose(cmd).await?;
+                encode(&committed)
+            }
+            a if a.starts_with("raft_") => Err(ActionError::new(
+                code::FORBIDDEN,
+                format!("{a} is served to cluster peers only"),
+            )),
+            other => Err(ActionError::new(
+                code::UNKNOWN_ACTION,
+                format!("unknown action {other:?}; known actions: {}", ACTIONS.join(", ")),
+            )),
+        }
+    }
+
+    async fn thread_action(&self, action: &str, o: &Value) -> Result<Value> {
+        let id = req_str(o, "thread_id")?;
+        let r = if action == "daemon_start" {
+            self.threads.start(id)
+        } else {
+            self.threads.stop(id).await
+        };
+        r.map_err(|e| ActionError::bad(e.to_string()))?;
+        Ok(json!({ "thread_id": id, "state": self.threads.state(id) }))
+    }
+
+    /// Control-socket `join`: makes this node join the cluster `node` belongs to.
+    async fn join_cluster(self: &Arc<Self>, o: &Value) -> Result<Value> {
+        let secret = req_str(o, "secret")?;
+        let target = req_str(o, "node")?;
+        let target = if target.contains(':') {
+            target.to_string()
+        } else {
+            format!("{target}:{}", crate::config::DEFAULT_PORT)
+        };
+        let me = self.name();
+        let cfg = self.config();
+        // A node outside the cluster does not know its name: it seals with an empty one.
+        let keyring = Keyring::new("", secret.as_bytes());
+        let client = ClientOptions::new(&target, keyring, me.clone()).build();
+        let options = json!({ "node": me, "port": cfg.listener_port,
+            "addr": if cfg.listener_addr.is_unspecified() { Value::Null } else { json!(format!("{}:{}", cfg.listener_addr, cfg.listener_port)) } });
+        let resp = client
+            .request("join", options, Duration::from_secs(30))
+            .await
+            .map_err(|e| {
+                ActionError::new(
+                    code::UNAVAILABLE,
+                    format!("join request to {target} failed: {e} (a node closes the connection on frames it cannot decrypt: check the secret)"),
+                )
+            })?;
+        if !resp.is_ok() {
+            return Err(ActionError::new(
+                resp.status,
+                format!("{target} refused the join: {}", resp.error.unwrap_or_default()),
+            ));
+        }
+        let data = resp.data;
+        let cluster = data.get("cluster").cloned().unwrap_or(Value::Null);
+        let name = req_str(&cluster, "name")?.to_string();
+        let nodes: Vec<String> = decode(cluster.get("nodes").cloned().unwrap_or(Value::Null), "cluster.nodes")?;
+        let listener = data.get("listener").cloned().unwrap_or(json!({}));
+        tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
+        self.wipe_raft().await?;
+        let secret = secret.to_string();
+        let cfg = self.edit_config(|doc| {
+            doc.set("cluster", "name", &name);
+            doc.set("cluster", "secret", &secret);
+            doc.set("cluster", "nodes", &nodes.join(" "));
+            if let Some(obj) = listener.as_object() {
+                for (k, v) in obj {
+                    if let Some(v) = v.as_str() {
+                        doc.set("listener", k, v);
+                    }
+                }
+            }
+        })?;
+        self.set_keyring(Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes()));
+        self.start_raft()
+            .await
+            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        self.refresh_members();
+        Ok(json!({ "cluster": name, "nodes": nodes, "leader": data.get("leader") }))
+    }
+
+    /// Wire `join`: admits `node` into this cluster (on the leader; forwarded otherwise).
+    async fn admit(self: &Arc<Self>, sender: &str, peer: SocketAddr, member: bool, o: &Value) -> Result<Value> {
+        let joiner = req_str(o, "node")?.to_string();
+        if !member && joiner != sender {
+            return Err(ActionError::new(
+                code::FORBIDDEN,
+                format!("sender {sender:?} cannot ask to join as {joiner:?}"),
+            ));
+        }
+        raft::apply::check_name("node", &joiner).map_err(|e| ActionError::bad(e.to_string()))?;
+        let addr = match opt_str(o, "addr")? {
+            Some(a) => a.to_string(),
+            None => {
+                let port = opt_u64(o, "port")?.ok_or_else(|| ActionError::bad("missing option port"))?;
+                format!("{}:{port}", peer.ip())
+            }
+        };
+        let node = self.node()?;
+        let metrics = node.metrics();
+        if metrics.current_leader != Some(node.id) {
+            let leader = metrics
+                .current_leader
+                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
+                .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
+            return self
+                .peers
+                .call(&leader.addr, "join", json!({ "node": joiner, "addr": addr }), Duration::from_secs(30))
+                .await
+                .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}")));
+        }
+        let guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
+            ActionError::new(code::UNAVAILABLE, "another membership change is in progress; retry when it is done")
+        })?;
+        let id = node_id(&joiner);
+        let taken = node.read(|s| s.nodes.contains_key(&joiner))
+            || metrics.membership_config.membership().get_node(&id).is_some();
+        if taken {
+            return Err(ActionError::bad(format!("node name {joiner:?} is already taken in cluster {}", self.config().cluster_name)));
+        }
+        if let Some(other) = node.read(|s| s.nodes.iter().find(|(_, r)| r.id == id).map(|(n, _)| n.clone())) {
+            return Err(ActionError::bad(format!("node name {joiner:?} collides with member {other:?}; pick another name")));
+        }
+        let learner_at = node.add_learner_nowait(id, Member::new(&joiner, &addr)).await?;
+        let mut nodes: Vec<String> = node.read(|s| s.nodes.keys().cloned().collect());
+        nodes.push(joiner.clone());
+        let d = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = d.promote(&joiner, &addr, learner_at).await {
+                tracing::error!(node = %joiner, "join failed, removing the learner: {e}");
+                let _ = d.node().map(|n| async move { n.remove_members(BTreeSet::from([id])).await });
+            }
+        });
+        let cfg = self.config();
+        Ok(json!({
+            "cluster": { "name": cfg.cluster_name, "nodes": nodes },
+            "listener": {
+                "max_frame": cfg.max_frame.to_string(),
+                "replay_window": format!("{}ms", cfg.replay_window.as_millis()),
+            },
+            "leader": self.name(),
+        }))
+    }
+
+    /// Waits for a learner to catch up, makes it a voter and commits its `Join`.
+    async fn promote(&self, joiner: &str, addr: &str, learner_at: u64) -> Result<()> {
+        let node = self.node()?;
+        let id = node_id(joiner);
+        node.raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index >= learner_at)
+                },
+                "learner caught up",
+            )
+            .await
+            .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("{joiner} did not catch up: {e}")))?;
+        node.add_voters(BTreeSet::from([id])).await?;
+        self.propose(Command::Join {
+            node: joiner.to_string(),
+            addr: addr.to_string(),
+            at_ms: crate::wire::now_ms(),
+        })
+        .await?;
+        tracing::info!(node = %joiner, "joined");
+        Ok(())
+    }
+
+    /// Control-socket `leave`: removes this node from its cluster; it becomes a cluster of one.
+    async fn leave_cluster(self: &Arc<Self>) -> Result<Value> {
+        let me = self.name();
+        if self.node()?.read(|s| s.nodes.len()) <= 1 {
+            return Err(ActionError::bad(format!("{me} is the only member of its cluster: nothing to leave")));
+        }
+        self.evict(&me).await?;
+        self.wipe_raft().await?;
+        self.edit_config(|doc| doc.set("cluster", "nodes", &me))?;
+        self.start_raft()
+            .await
+            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        self.refresh_members();
+        Ok(json!({ "left": me }))
+    }
+
+    /// Wire `leave` (and the local part of `om node daemon leave`): removes `node` from the
+    /// Raft membership and from `cluster.nodes`, on the leader.
+    async fn evict(self: &Arc<Self>, name: &str) -> Result<Value> {
+        let node = self.node()?;
+        let metrics = node.metrics();
+        if metrics.current_leader != Some(node.id) {
+            let leader = metrics
+                .current_leader
+                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
+                .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
+            return self
+                .peers
+                .call(&leader.addr, "leave", json!({ "node": name }), Duration::from_secs(30))
+                .await
+                .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}")));
+        }
+        let _guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
+            ActionError::new(code::UNAVAILABLE, "another membership change is in progress; retry when it is done")
+        })?;
+        let id = node_id(name);
+        let in_state = node.read(|s| s.nodes.contains_key(name));
+        let in_raft = metrics.membership_config.membership().get_node(&id).is_some();
+        if !in_state && !in_raft {
+            return Err(ActionError::bad(format!("node {name:?} is not a cluster member")));
+        }
+        if in_state && node.read(|s| s.nodes.len()) == 1 {
+            return Err(ActionError::bad(format!("{name} is the last member: a cluster cannot be left empty")));
+        }
+        if in_raft {
+            node.remove_members(BTreeSet::from([id])).await?;
+        }
+        if in_state {
+            self.propose(Command::Leave { node: name.to_string() }).await?;
+        }
+        Ok(json!({ "left": name }))
+    }
+}

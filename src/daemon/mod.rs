@@ -1,0 +1,564 @@
+//! The `om` daemon: one Raft member serving the listener and the control socket.
+//!
+//! It owns the node's lifecycle: reading node.conf, opening the sled store, starting Raft
+//! (bootstrapping a one-node cluster when alone), swapping its Raft state on join and leave,
+//! and stopping cleanly. Request handling lives in [`actions`].
+
+pub mod actions;
+pub mod events;
+pub mod peers;
+pub mod raftnet;
+pub mod status;
+pub mod threads;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::Weak;
+use std::time::Duration;
+use std::time::Instant;
+
+use raft::node_id;
+use raft::node::Committed;
+use raft::Command;
+use raft::Member;
+use raft::Node;
+use raft::ProposeError;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config;
+use crate::config::IniDoc;
+use crate::config::NodeConfig;
+use crate::config::Paths;
+use crate::wire::now_ms;
+use crate::wire::status as code;
+use crate::wire::Keyring;
+use crate::listener::BoxFuture;
+use crate::listener::Handler;
+use crate::listener::Listener;
+use crate::listener::ListenerConfig;
+use crate::listener::ListenerHandle;
+use crate::listener::RequestCtx;
+use crate::wire::Request;
+use crate::wire::Response;
+use actions::ActionError;
+use actions::Origin;
+use events::EventLog;
+use peers::Peers;
+use raftnet::RaftNet;
+use threads::Supervisor;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the raft store in {path}: {reason}")]
+    Store { path: String, reason: String },
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("control socket {path}: {reason}")]
+    Control { path: String, reason: String },
+    #[error("another daemon is running on this root (pid {pid})")]
+    AlreadyRunning { pid: u32 },
+}
+
+/// How the daemon was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    /// Leave local service instances running (planned restart).
+    Stop,
+    /// Stop local service instances first.
+    Shutdown,
+}
+
+/// Raft timing for a LAN/loopback cluster: failover well under a second.
+pub fn raft_config(cluster: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        max_payload_entries: 512,
+        // Chunks travel as MessagePack arrays inside frames: keep them well under max_frame.
+        snapshot_max_chunk_size: 256 * 1024,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        ..Default::default()
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    /// Where this node's files are.
+    pub paths: Paths,
+    config: RwLock<(IniDoc, NodeConfig)>,
+    node: RwLock<Option<Node>>,
+    node_gen: watch::Sender<u64>,
+    /// Connections to the other nodes.
+    pub peers: Arc<Peers>,
+    /// Node names the listener accepts frames from (besides `join`).
+    pub members: Arc<RwLock<BTreeSet<String>>>,
+    /// The daemon's threads.
+    pub threads: Supervisor,
+    /// Serializes membership changes driven by this node while it leads.
+    membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Recent applied events.
+    pub events: EventLog,
+    stop: watch::Sender<Option<StopKind>>,
+    /// The listener's state (blacklist, counters, keyring), kept across rebinds.
+    pub listener: Listener,
+    bound: tokio::sync::Mutex<Option<ListenerHandle>>,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Loads node.conf (creating a one-node cluster identity if it has none) and opens Raft.
+    pub async fn open(paths: Paths) -> Result<Arc<Daemon>, DaemonError> {
+        let (mut doc, mut cfg) = NodeConfig::load(&paths.node_conf())?;
+        if !cfg.has_cluster() {
+            // A node that was never in a cluster starts as a cluster of its own, the way a
+            // fresh OpenSVC node does; `join` replaces this identity.
+            doc.set("node", "name", &cfg.name);
+            doc.set("cluster", "name", "default");
+            doc.set("cluster", "secret", &random_secret());
+            doc.set("cluster", "nodes", &cfg.name);
+            config::save(&paths.node_conf(), &doc)?;
+            cfg = NodeConfig::from_doc(&doc)?;
+        }
+        let keyring = Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
+        let members: BTreeSet<String> = cfg.nodes.iter().cloned().chain([cfg.name.clone()]).collect();
+        let members = Arc::new(RwLock::new(members));
+        let daemon = Arc::new_cyclic(|me: &Weak<Daemon>| Daemon {
+            listener: Listener::new(
+                cfg.name.clone(),
+                keyring.clone(),
+                members.clone(),
+                Arc::new(ListenerDoor(me.clone())),
+            ),
+            bound: tokio::sync::Mutex::new(None),
+            peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
+            members,
+            paths,
+            config: RwLock::new((doc, cfg)),
+            node: RwLock::new(None),
+            node_gen: watch::channel(0).0,
+            threads: Supervisor::new(),
+            membership_lock: Arc::new(tokio::sync::Mutex::new(())),
+            events: EventLog::default(),
+            stop: watch::channel(None).0,
+            started: Instant::now(),
+        });
+        daemon.start_raft().await?;
+        Ok(daemon)
+    }
+
+    /// The current config.
+    pub fn config(&self) -> NodeConfig {
+        self.config.read().unwrap().1.clone()
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> String {
+        self.config.read().unwrap().1.name.clone()
+    }
+
+    /// How long the daemon has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The address peers reach this node's listener at.
+    pub fn advertised_addr(&self) -> String {
+        let cfg = self.config();
+        let host = if cfg.listener_addr.is_unspecified() {
+            cfg.name.clone()
+        } else {
+            cfg.listener_addr.to_string()
+        };
+        format!("{host}:{}", cfg.listener_port)
+    }
+
+    /// The Raft node, if Raft is running.
+    pub fn node(&self) -> Result<Node, ActionError> {
+        self.node
+            .read()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "raft is not running on this node"))
+    }
+
+    /// Opens the store and starts Raft; bootstraps a one-node cluster if this node is alone.
+    async fn start_raft(&self) -> Result<(), DaemonError> {
+        let cfg = self.config();
+        let dir = self.paths.raft_dir();
+        let store_err = |reason: String| DaemonError::Store {
+            path: dir.display().to_string(),
+            reason,
+        };
+        let backend = open_sled(&dir).await.map_err(|e| store_err(e.to_string()))?;
+        let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
+        let net = RaftNet {
+            peers: self.peers.clone(),
+        };
+        let node = Node::start(node_id(&cfg.name), raft_config(&cfg.cluster_name), net, log, sm, machine)
+            .await
+            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let alone = cfg.nodes.iter().all(|n| *n == cfg.name);
+        if !node.is_initialized().await && alone {
+            tracing::info!(cluster = %cfg.cluster_name, "initializing a one-node cluster");
+            node.initialize(Member::new(&cfg.name, self.advertised_addr()))
+                .await
+                .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        }
+        *self.node.write().unwrap() = Some(node.clone());
+        self.node_gen.send_modify(|g| *g += 1);
+        if alone {
+            self.bootstrap_state(&node, &cfg).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the `Bootstrap` command of a new one-node cluster, once it leads.
+    async fn bootstrap_state(&self, node: &Node, cfg: &NodeConfig) -> Result<(), DaemonError> {
+        if node.read(|s| s.is_bootstrapped()) {
+            return Ok(());
+        }
+        let _ = node
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(node.id, "one-node cluster elects itself")
+            .await;
+        let cmd = Command::Bootstrap {
+            cluster: cfg.cluster_name.clone(),
+            node: cfg.name.clone(),
+            addr: self.advertised_addr(),
+            at_ms: now_ms(),
+        };
+        match node.propose(cmd).await {
+            Ok(_) | Err(ProposeError::Rejected(raft::CommandError::AlreadyBootstrapped { .. })) => Ok(()),
+            Err(e) => Err(DaemonError::Raft(format!("bootstrap: {e}"))),
+        }
+    }
+
+    /// Stops Raft and deletes its store (the node is moving to another cluster).
+    async fn wipe_raft(&self) -> Result<(), ActionError> {
+        let old = self.node.write().unwrap().take();
+        if let Some(node) = old {
+            node.shutdown().await;
+        }
+        let dir = self.paths.raft_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                ActionError::new(code::ERROR, format!("cannot remove {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites node.conf with `edit` applied, and makes it the running config.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut IniDoc)) -> Result<NodeConfig, ActionError> {
+        let mut guard = self.config.write().unwrap();
+        let mut doc = guard.0.clone();
+        edit(&mut doc);
+        let cfg = NodeConfig::from_doc(&doc).map_err(|e| ActionError::new(code::BAD_REQUEST, e.to_string()))?;
+        config::save(&self.paths.node_conf(), &doc).map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        *guard = (doc, cfg.clone());
+        Ok(cfg)
+    }
+
+    /// Proposes `cmd`, forwarding it to the leader when this node does not lead, and
+    /// retrying while an election runs (up to 10 s).
+    pub async fn propose(&self, cmd: Command) -> Result<Committed, ActionError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let node = self.node()?;
+            let err = match node.propose(cmd.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(ProposeError::NotLeader { leader: Some(leader), .. }) => {
+                    let options = json!({ "command": cmd });
+                    match self
+                        .peers
+                        .call(&leader.addr, "raft_propose", options, Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(data) => {
+                            return serde_json::from_value(data)
+                                .map_err(|e| ActionError::new(code::ERROR, format!("bad answer from {leader}: {e}")))
+                        }
+                        Err(peers::PeerError::Failed { status, message, .. })
+                            if status != code::UNAVAILABLE =>
+                        {
+                            return Err(ActionError::new(status, message))
+                        }
+                        Err(e) => ActionError::new(code::UNAVAILABLE, e.to_string()),
+                    }
+                }
+                Err(e) => ActionError::from(e),
+            };
+            if err.status != code::UNAVAILABLE || Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks the daemon to stop; `run` returns once it has.
+    pub fn request_stop(&self, kind: StopKind) {
+        self.stop.send_replace(Some(kind));
+    }
+
+    /// Recomputes the listener's member set: node.conf, the replicated nodes, Raft membership.
+    fn refresh_members(&self) {
+        let cfg = self.config();
+        let mut set: BTreeSet<String> = cfg.nodes.iter().cloned().chain([cfg.name.clone()]).collect();
+        if let Ok(node) = self.node() {
+            node.read(|s| set.extend(s.nodes.keys().cloned()));
+            let m = node.metrics();
+            set.extend(m.membership_config.nodes().map(|(_, mb)| mb.name.clone()));
+        }
+        *self.members.write().unwrap() = set;
+    }
+
+    /// Keeps node.conf's `cluster.nodes` equal to the replicated member list.
+    fn sync_conf_nodes(&self) {
+        let Ok(node) = self.node() else { return };
+        if !node.read(|s| s.is_bootstrapped()) {
+            return;
+        }
+        let nodes = node.read(|s| s.nodes.keys().cloned().collect::<Vec<_>>());
+        if nodes != self.config().nodes {
+            let value = nodes.join(" ");
+            if let Err(e) = self.edit_config(|doc| doc.set("cluster", "nodes", &value)) {
+                tracing::warn!("cannot update cluster.nodes in node.conf: {e}");
+            }
+        }
+    }
+
+    /// Follows applied events: the event log, the member set, node.conf's node list.
+    async fn pump_events(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        let mut generation = self.node_gen.subscribe();
+        loop {
+            self.refresh_members();
+            self.sync_conf_nodes();
+            let Ok(node) = self.node() else {
+                tokio::select! {
+                    _ = generation.changed() => continue,
+                    _ = stop.changed() => return Ok(()),
+                }
+            };
+            let mut rx = node.subscribe();
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(rec) => {
+                            let touches_members = matches!(&rec.event,
+                                raft::Event::Change { path, .. } if path.starts_with("nodes."))
+                                || matches!(&rec.event, raft::Event::Log { .. });
+                            self.events.push(rec);
+                            if touches_members {
+                                self.refresh_members();
+                                self.sync_conf_nodes();
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!("event pump lagged by {n} events");
+                            self.refresh_members();
+                            self.sync_conf_nodes();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = generation.changed() => break,
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Runs until stopped: the listener, the control socket and the background threads.
+    pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
+        crate::control::check_not_running(&self.paths)?;
+        std::fs::create_dir_all(self.paths.run_dir()).map_err(|e| DaemonError::Control {
+            path: self.paths.run_dir().display().to_string(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(self.paths.pid_file(), std::process::id().to_string()).ok();
+
+        self.start_listener().await?;
+        let control = crate::control::ControlServer::bind(&self.paths.control_socket()).map_err(|e| {
+            DaemonError::Control {
+                path: self.paths.control_socket().display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let d = self.clone();
+        self.threads.spawn(
+            "control",
+            Arc::new(move |stop| {
+                let d = d.clone();
+                let control = control.clone();
+                Box::pin(async move { control.serve(d, stop).await })
+            }),
+        );
+        let d = self.clone();
+        self.threads.spawn(
+            "raft",
+            Arc::new(move |stop| Box::pin(d.clone().pump_events(stop))),
+        );
+        let d = self.clone();
+        tokio::spawn(async move { d.leave_maintenance().await });
+
+        let mut stop = self.stop.subscribe();
+        let kind = loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    if let Some(k) = *stop.borrow() { break k; }
+                }
+                _ = tokio::signal::ctrl_c() => break StopKind::Stop,
+                _ = sigterm() => break StopKind::Stop,
+            }
+        };
+        tracing::info!(?kind, "daemon stopping");
+        self.advertise_maintenance().await;
+        for id in threads::THREAD_IDS.iter().rev() {
+            let _ = self.threads.stop(id).await;
+        }
+        if let Some(l) = self.bound.lock().await.take() {
+            l.shutdown().await;
+        }
+        if let Ok(node) = self.node() {
+            node.shutdown().await;
+        }
+        let _ = std::fs::remove_file(self.paths.control_socket());
+        let _ = std::fs::remove_file(self.paths.pid_file());
+        Ok(())
+    }
+
+    /// Binds the listener on the configured address (closing a previous binding first).
+    pub async fn start_listener(&self) -> Result<(), DaemonError> {
+        let cfg = self.config();
+        let lc = ListenerConfig {
+            addr: cfg.listener_addr.to_string(),
+            port: cfg.listener_port,
+            max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
+            replay_window: cfg.replay_window,
+            ..ListenerConfig::default()
+        };
+        let mut bound = self.bound.lock().await;
+        if let Some(old) = bound.take() {
+            old.shutdown().await;
+        }
+        let handle = self.listener.start(&lc).await.map_err(|e| DaemonError::Listen {
+            addr: format!("{}:{}", lc.addr, lc.port),
+            reason: e.to_string(),
+        })?;
+        *bound = Some(handle);
+        Ok(())
+    }
+
+    /// On a planned stop, tell the cluster this node is in maintenance (best effort, 2 s).
+    async fn advertise_maintenance(&self) {
+        let cmd = Command::SetNodeMonitor {
+            node: self.name(),
+            status: Some(raft::state::NodeStatus::Maintenance),
+            local_expect: None,
+            frozen: None,
+        };
+        if tokio::time::timeout(Duration::from_secs(2), self.propose(cmd)).await.is_err() {
+            tracing::warn!("could not advertise maintenance within 2s");
+        }
+    }
+
+    /// After a restart, clear the maintenance status this node advertised when it stopped.
+    async fn leave_maintenance(&self) {
+        for _ in 0..600 {
+            if let Ok(node) = self.node() {
+                let me = self.name();
+                let status = node.read(|s| s.node_monitors.get(&me).map(|m| m.status));
+                match status {
+                    Some(raft::state::NodeStatus::Maintenance) => {
+                        let cmd = Command::SetNodeMonitor {
+                            node: me,
+                            status: Some(raft::state::NodeStatus::Idle),
+                            local_expect: None,
+                            frozen: None,
+                        };
+                        if self.propose(cmd).await.is_ok() {
+                            return;
+                        }
+                    }
+                    Some(_) => return,
+                    None => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The listener's IP for address fix-ups.
+    pub fn listener_ip(&self) -> IpAddr {
+        self.config().listener_addr
+    }
+
+    /// Installs a new cluster keyring everywhere and forgets old blacklist verdicts.
+    pub fn set_keyring(&self, keyring: Keyring) {
+        self.peers.set_keyring(keyring.clone());
+        self.listener.set_keyring(keyring);
+        self.listener.blacklist().clear();
+    }
+}
+
+/// The listener's door into the daemon (weak, so the daemon can be dropped).
+struct ListenerDoor(Weak<Daemon>);
+
+impl Handler for ListenerDoor {
+    fn handle(&self, ctx: RequestCtx, req: Request) -> BoxFuture<Response> {
+        let daemon = self.0.upgrade();
+        Box::pin(async move {
+            match daemon {
+                Some(d) => {
+                    let origin = Origin::Peer {
+                        sender: ctx.sender,
+                        addr: ctx.peer,
+                        member: ctx.member,
+                    };
+                    d.handle(origin, req).await
+                }
+                None => Response::err(code::UNAVAILABLE, "the daemon is stopping"),
+            }
+        })
+    }
+}
+
+async fn sigterm() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    match signal(SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Opens sled, waiting briefly for a previous handle's lock to be released.
+async fn open_sled(dir: &std::path::Path) -> std::io::Result<storage::SledBackend> {
+    let mut last = None;
+    for _ in 0..50 {
+        match storage::SledBackend::open(dir) {
+            Ok(b) => return Ok(b),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.expect("tried at least once"))
+}
+
+/// 32 random hex characters.
+pub fn random_secret() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,127 @@
+//! Talking to other nodes: one long-lived encrypted connection per peer address, the
+//! keyring frames are sealed with, and when each peer was last heard from.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::wire::Client;
+use crate::wire::ClientOptions;
+use crate::wire::Keyring;
+use crate::wire::Request;
+use crate::wire::Response;
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// No answer: connection refused or closed, or timed out.
+    #[error("{addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The peer answered with an error status.
+    #[error("{addr} answered {action} with status {status}: {message}")]
+    Failed {
+        addr: String,
+        action: String,
+        status: i32,
+        message: String,
+    },
+}
+
+/// The connections to the other nodes.
+pub struct Peers {
+    me: RwLock<String>,
+    keyring: RwLock<Keyring>,
+    clients: Mutex<BTreeMap<String, Client>>,
+    seen: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Peers {
+    /// Peers seen from node `me`, sealing with `keyring`.
+    pub fn new(me: String, keyring: Keyring) -> Peers {
+        Peers {
+            me: RwLock::new(me),
+            keyring: RwLock::new(keyring),
+            clients: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Replaces the keyring (join, secret change); open connections are dropped.
+    pub fn set_keyring(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap() = keyring;
+        self.clients.lock().unwrap().clear();
+    }
+
+    /// The keyring frames are sealed with.
+    pub fn keyring(&self) -> Keyring {
+        self.keyring.read().unwrap().clone()
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> String {
+        self.me.read().unwrap().clone()
+    }
+
+    fn client(&self, addr: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap();
+        clients
+            .entry(addr.to_string())
+            .or_insert_with(|| ClientOptions::new(addr, self.keyring(), self.me()).build())
+            .clone()
+    }
+
+    /// Sends `action` to the node at `addr` and returns the data of a successful answer.
+    pub async fn call(
+        &self,
+        addr: &str,
+        action: &str,
+        options: Value,
+        timeout: Duration,
+    ) -> Result<Value, PeerError> {
+        let resp = self.call_raw(addr, Request::new(action, options), timeout).await?;
+        if resp.is_ok() {
+            Ok(resp.data)
+        } else {
+            Err(PeerError::Failed {
+                addr: addr.to_string(),
+                action: action.to_string(),
+                status: resp.status,
+                message: resp.error.unwrap_or_default(),
+            })
+        }
+    }
+
+    /// Sends a request and returns the peer's response as is.
+    pub async fn call_raw(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        let client = self.client(addr);
+        client
+            .request(&req.action, req.options, timeout)
+            .await
+            .map_err(|e| PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Records that `node` was heard from now.
+    pub fn saw(&self, node: &str) {
+        self.seen
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// How long ago `node` was last heard from.
+    pub fn last_seen(&self, node: &str) -> Option<Duration> {
+        self.seen.lock().unwrap().get(node).map(|t| t.elapsed())
+    }
+}
