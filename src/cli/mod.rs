@@ -347,7 +347,7 @@ async fn events(paths: &Paths, follow: bool, format: Format) -> Result<()> {
                         Some("error") => format!("error {}: {}", ev["command"].as_str().unwrap_or(""), ev["message"].as_str().unwrap_or("")),
                         _ => ev["message"].as_str().unwrap_or("").to_string(),
                     };
-                    println!("{:>6} {:>6}  {text}", e["seq"], e["index"]);
+                    println!("{:>6} {:>6}  {text}", e["seq"].to_string(), e["index"].to_string());
                 }
             }
         }

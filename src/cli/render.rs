@@ -20,7 +20,13 @@ pub fn status_table(st: &Value) -> String {
     let nodes = st["nodes"].as_object().unwrap_or(&empty);
     let names: Vec<&String> = nodes.keys().collect();
     let leader = s(&st["cluster"]["leader"]);
-    let col = names.iter().map(|n| n.len()).max().unwrap_or(4).max(10) + 2;
+    let col = nodes
+        .iter()
+        .map(|(n, v)| n.len().max(v["address"].as_str().map_or(0, str::len)))
+        .max()
+        .unwrap_or(4)
+        .max(10)
+        + 2;
     let label = 22;
     let row = |out: &mut String, title: &str, f: &dyn Fn(&Value) -> String| {
         let _ = write!(out, " {title:<label$}");

@@ -361,7 +361,7 @@ impl Daemon {
         let options = json!({ "node": me, "port": cfg.listener_port,
             "addr": if cfg.listener_addr.is_unspecified() { Value::Null } else { json!(format!("{}:{}", cfg.listener_addr, cfg.listener_port)) } });
         let resp = client
-            .request("join", options, Duration::from_secs(30))
+            .request("join", options, Duration::from_secs(10))
             .await
             .map_err(|e| {
                 ActionError::new(

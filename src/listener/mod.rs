@@ -1,1 +1,602 @@
-//! Node listener (in progress).
+//! The node listener: one TCP port serving wire protocol v1 frames.
+//!
+//! Connections are long-lived and carry many frames both ways. Each connection has a reader
+//! (which validates frames in order) and a writer (which sends responses, batching them).
+//! Requests run as separate tasks, so a connection pipelines: many requests in flight,
+//! responses in completion order, matched by the `reqid` they echo. At most
+//! [`ListenerConfig::max_inflight`] requests run per connection; past that the reader stops
+//! reading (TCP backpressure).
+//!
+//! # Validation order (per frame)
+//!
+//! 1. framing: the length is checked against `max_frame` before the body is read; an
+//!    oversize frame closes the connection. The empty packet calls
+//!    [`Handler::dequeue_actions`].
+//! 2. header: version, sender name (frames with a broken header have no sender to blame:
+//!    they are only counted).
+//! 3. blacklist: a blacklisted (sender, source address) pair is dropped here, before any
+//!    crypto.
+//! 4. membership: whether the sender is in `cluster.nodes` is looked up now, but a
+//!    non-member is still decrypted, because the action is encrypted and `join` must be
+//!    accepted from non-members; a non-member asking for anything but `join` is refused
+//!    as [`ErrorKind::UnknownSender`](crate::wire::ErrorKind::UnknownSender) after decoding (step 7).
+//! 5. decryption (AES-256-GCM with the HKDF key): failure is [`ErrorKind::Auth`](crate::wire::ErrorKind::Auth).
+//! 6. replay: timestamp outside the window is [`ErrorKind::Stale`](crate::wire::ErrorKind::Stale), a `(sender, msg_id)`
+//!    already seen is [`ErrorKind::Replayed`](crate::wire::ErrorKind::Replayed).
+//! 7. payload: the body must decode as a request ([`ErrorKind::BadPayload`](crate::wire::ErrorKind::BadPayload)); then the
+//!    membership rule of step 4 applies.
+//!
+//! Every refused frame is counted in [`Metrics`] by kind. Refusals from step 5 on count
+//! toward the blacklist of the (sender, address) pair; a valid frame resets that count.
+//! When the refusal happens after decryption and the `reqid` is known, the listener answers
+//! with an error response: [`status::STALE`], [`status::FORBIDDEN`] (unknown sender) or
+//! [`status::BAD_PAYLOAD`]; replays, authentication failures and responses sent to the
+//! listener get no answer.
+//!
+//! The [`Listener`] holds the state that survives restarts (blacklist, metrics, replay
+//! memory, keyring); [`Listener::start`] binds a port and returns a [`ListenerHandle`] whose
+//! [`ListenerHandle::shutdown`] closes the port and every connection. Start again, maybe on
+//! another port, with the same `Listener`.
+
+pub mod blacklist;
+pub mod metrics;
+
+pub use blacklist::{Blacklist, BlacklistEntry, PairState, BLACKLIST_THRESHOLD};
+pub use metrics::{Metrics, MetricsSnapshot};
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::wire::{
+    now_ms, read_frame, status, Body, Envelope, EnvelopeHead, Frame, Keyring, ReplayGuard, Request,
+    Response, WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, DEFAULT_REPLAY_WINDOW_MS,
+};
+
+/// The only action accepted from a sender that is not in `cluster.nodes`.
+pub const JOIN_ACTION: &str = "join";
+
+/// A boxed, sendable future (what [`Handler::handle`] returns).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Size of the per-connection read and write buffers.
+const IO_BUF: usize = 64 * 1024;
+/// Response frames queued per connection before handler tasks wait.
+const WRITE_QUEUE: usize = 1024;
+
+/// Listener settings (`listener.*` in node.conf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind (`listener.addr`), an IP or a host name; `0.0.0.0` or `::` for all.
+    pub addr: String,
+    /// Port to bind (`listener.port`); 0 picks a free port (tests).
+    pub port: u16,
+    /// Largest frame accepted (`listener.max_frame`, default 16 MiB).
+    pub max_frame: u32,
+    /// Replay window (default 60 s).
+    pub replay_window: Duration,
+    /// Requests running at once per connection before the reader waits (default 1024).
+    pub max_inflight: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            addr: "0.0.0.0".into(),
+            port: DEFAULT_PORT,
+            max_frame: DEFAULT_MAX_FRAME,
+            replay_window: Duration::from_millis(DEFAULT_REPLAY_WINDOW_MS),
+            max_inflight: 1024,
+        }
+    }
+}
+
+/// Who sent a request, handed to the [`Handler`] with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCtx {
+    /// Sender nodename (authenticated: it is part of the AAD).
+    pub sender: String,
+    /// Source address and port of the connection.
+    pub peer: SocketAddr,
+    /// The request id the response will echo.
+    pub reqid: u64,
+    /// Whether the sender was in `cluster.nodes` (false only for `join`).
+    pub member: bool,
+}
+
+/// What the daemon plugs into the listener to execute requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Executes one valid request; the returned response is sent back with the same reqid.
+    fn handle(&self, ctx: RequestCtx, req: Request) -> BoxFuture<Response>;
+
+    /// Called on an empty packet ("dequeue actions"); must not block (signal a task).
+    fn dequeue_actions(&self) {}
+}
+
+/// Which nodenames are in `cluster.nodes`.
+pub trait Membership: Send + Sync + 'static {
+    /// Whether `nodename` is a cluster member.
+    fn is_member(&self, nodename: &str) -> bool;
+}
+
+impl Membership for RwLock<BTreeSet<String>> {
+    fn is_member(&self, nodename: &str) -> bool {
+        self.read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(nodename)
+    }
+}
+
+impl Membership for BTreeSet<String> {
+    fn is_member(&self, nodename: &str) -> bool {
+        self.contains(nodename)
+    }
+}
+
+/// Listener state kept across restarts; cheap to clone.
+#[derive(Clone)]
+pub struct Listener {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    nodename: String,
+    keyring: RwLock<Keyring>,
+    members: Arc<dyn Membership>,
+    handler: Arc<dyn Handler>,
+    blacklist: Blacklist,
+    metrics: Metrics,
+    replay: Mutex<ReplayGuard>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("nodename", &self.shared.nodename)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running listener: its bound address, and the way to stop it.
+///
+/// Dropping the handle also stops the listener.
+#[derive(Debug)]
+pub struct ListenerHandle {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ListenerHandle {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether the accept loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Closes the port and every connection, and waits until they are closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// What validation decided for one non-empty frame.
+#[derive(Debug)]
+enum Verdict {
+    Dispatch(RequestCtx, Request),
+    Reply(u64, Response, bool),
+    Drop,
+}
+
+impl Listener {
+    /// Listener state for node `nodename` (the responder name in every response frame).
+    pub fn new(
+        nodename: impl Into<String>,
+        keyring: Keyring,
+        members: Arc<dyn Membership>,
+        handler: Arc<dyn Handler>,
+    ) -> Listener {
+        Listener {
+            shared: Arc::new(Shared {
+                nodename: nodename.into(),
+                keyring: RwLock::new(keyring),
+                members,
+                handler,
+                blacklist: Blacklist::default(),
+                metrics: Metrics::default(),
+                replay: Mutex::new(ReplayGuard::default()),
+            }),
+        }
+    }
+
+    /// Replaces the keyring (cluster secret or name change); applies to the next frame.
+    pub fn set_keyring(&self, keyring: Keyring) {
+        *self
+            .shared
+            .keyring
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = keyring;
+    }
+
+    /// The blacklist (`blacklist_status` and `blacklist_clear` use it).
+    pub fn blacklist(&self) -> &Blacklist {
+        &self.shared.blacklist
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The responder nodename.
+    pub fn nodename(&self) -> &str {
+        &self.shared.nodename
+    }
+
+    /// Binds `config.addr:config.port` and serves until the handle is shut down or dropped.
+    pub async fn start(&self, config: &ListenerConfig) -> io::Result<ListenerHandle> {
+        let tcp = TcpListener::bind((config.addr.as_str(), config.port)).await?;
+        let local_addr = tcp.local_addr()?;
+        self.shared
+            .replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_window_ms(config.replay_window.as_millis() as u64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(
+            self.shared.clone(),
+            tcp,
+            stop_rx,
+            ConnLimits {
+                max_frame: config.max_frame,
+                max_inflight: config.max_inflight.max(1),
+            },
+        ));
+        tracing::info!(addr = %local_addr, "listener started");
+        Ok(ListenerHandle {
+            local_addr,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    max_frame: u32,
+    max_inflight: usize,
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    tcp: TcpListener,
+    mut stop: oneshot::Receiver<()>,
+    limits: ConnLimits,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    conns.spawn(serve_conn(shared.clone(), stream, peer, limits));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(tcp);
+    conns.shutdown().await;
+    tracing::info!("listener stopped");
+}
+
+/// Aborts a task when dropped (the writer of a connection whose reader was aborted).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Decrements the open-connections gauge when the connection ends, however it ends.
+struct OpenGauge<'a>(&'a Metrics);
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0
+            .open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, limits: ConnLimits) {
+    let m = &shared.metrics;
+    Metrics::incr(&m.connections);
+    Metrics::incr(&m.open_connections);
+    let _gauge = OpenGauge(m);
+    let _ = stream.set_nodelay(true);
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(IO_BUF, rd);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let mut writer = AbortOnDrop(tokio::spawn(conn_writer(rx, wr)));
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight));
+    let graceful = loop {
+        let mut frame = match read_frame(&mut rd, limits.max_frame).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break true,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                m.reject(e.kind());
+                break false;
+            }
+        };
+        Metrics::incr(&m.frames);
+        if frame.is_empty() {
+            Metrics::incr(&m.empty_packets);
+            shared.handler.dequeue_actions();
+            continue;
+        }
+        match shared.validate(&mut frame, peer) {
+            Verdict::Drop => {}
+            Verdict::Reply(reqid, resp, member) => {
+                let frame = shared.seal_response(reqid, resp, member);
+                Metrics::incr(&m.responses);
+                if tx.send(frame).await.is_err() {
+                    break false;
+                }
+            }
+            Verdict::Dispatch(ctx, req) => {
+                drop(frame);
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break false;
+                };
+                Metrics::incr(&m.requests);
+                let shared = shared.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reqid = ctx.reqid;
+                    let member = ctx.member;
+                    let mut guard = PanicGuard {
+                        shared: &shared,
+                        tx: &tx,
+                        reqid,
+                        member,
+                        armed: true,
+                    };
+                    let resp = shared.handler.handle(ctx, req).await;
+                    guard.armed = false;
+                    let frame = shared.seal_response(reqid, resp, member);
+                    Metrics::incr(&shared.metrics.responses);
+                    let _ = tx.send(frame).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+    drop(tx);
+    drop(rd);
+    if graceful {
+        // The peer finished sending: let in-flight responses go out, then the writer
+        // closes the socket. Otherwise dropping `writer` aborts it and closes at once.
+        let _ = (&mut writer.0).await;
+    }
+}
+
+/// Answers `INTERNAL` if a handler panics before producing its response.
+struct PanicGuard<'a> {
+    shared: &'a Shared,
+    tx: &'a mpsc::Sender<Vec<u8>>,
+    reqid: u64,
+    member: bool,
+    armed: bool,
+}
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && std::thread::panicking() {
+            let resp = Response::err(status::INTERNAL, "request handler panicked");
+            let frame = self.shared.seal_response(self.reqid, resp, self.member);
+            Metrics::incr(&self.shared.metrics.responses);
+            let _ = self.tx.try_send(frame);
+        }
+    }
+}
+
+async fn conn_writer(mut rx: mpsc::Receiver<Vec<u8>>, wr: OwnedWriteHalf) {
+    let mut w = BufWriter::with_capacity(IO_BUF, wr);
+    while let Some(frame) = rx.recv().await {
+        if w.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = rx.try_recv() {
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+impl Shared {
+    fn keyring(&self) -> Keyring {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The keyring a sender's frames are opened with: the cluster's for members; for a node
+    /// outside the cluster (which does not know the cluster name yet), the same secrets with
+    /// an empty cluster name. The response is sealed with the same keyring.
+    fn keyring_for(&self, member: bool) -> Keyring {
+        let k = self.keyring();
+        if member {
+            k
+        } else {
+            k.joining()
+        }
+    }
+
+    fn seal_response(&self, reqid: u64, resp: Response, member: bool) -> Vec<u8> {
+        let keyring = self.keyring_for(member);
+        match keyring.seal(&self.nodename, &Envelope::response(reqid, resp)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(reqid, error = %e, "cannot seal response");
+                let resp = Response::err(status::INTERNAL, format!("cannot encode response: {e}"));
+                keyring
+                    .seal(&self.nodename, &Envelope::response(reqid, resp))
+                    .expect("a small error response always seals")
+            }
+        }
+    }
+
+    /// Counts a refusal that can be blamed on a (sender, address) pair.
+    fn invalid(&self, sender: &str, ip: IpAddr, e: &WireError) {
+        self.metrics.reject(e.kind());
+        tracing::debug!(sender, %ip, error = %e, "invalid frame");
+        if self.blacklist.record_invalid(sender, ip) {
+            Metrics::incr(&self.metrics.blacklisted);
+            tracing::warn!(sender, %ip, "blacklisted after {BLACKLIST_THRESHOLD} consecutive invalid frames");
+        }
+    }
+
+    fn replay_check(&self, sender: &str, head: &EnvelopeHead) -> Result<(), WireError> {
+        self.replay.lock().unwrap_or_else(|p| p.into_inner()).check(
+            sender,
+            head.ts_ms,
+            head.msg_id,
+            now_ms(),
+        )
+    }
+
+    fn validate(&self, frame: &mut Frame, peer: SocketAddr) -> Verdict {
+        let ip = peer.ip();
+        let sender = match frame.sender() {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.reject(e.kind());
+                return Verdict::Drop;
+            }
+        };
+        if self.blacklist.check_and_count_drop(sender, ip) {
+            Metrics::incr(&self.metrics.dropped_blacklisted);
+            return Verdict::Drop;
+        }
+        let member = self.members.is_member(sender);
+        Metrics::incr(&self.metrics.decrypt_attempts);
+        let keyring = self.keyring_for(member);
+        let d = match keyring.decrypt(frame.body_mut()) {
+            Ok(d) => d,
+            Err(e) => {
+                // The header parsed above, so the sender is readable again.
+                let sender = frame.sender().unwrap_or_default().to_owned();
+                self.invalid(&sender, ip, &e);
+                return Verdict::Drop;
+            }
+        };
+        let sender = d.sender;
+        let env = match Envelope::decode(d.plaintext) {
+            Ok(env) => env,
+            Err(e) => {
+                // Replay is checked before the payload: decode the head alone.
+                return match EnvelopeHead::decode(d.plaintext) {
+                    Ok(head) => match self.replay_check(sender, &head) {
+                        Err(re) => self.refuse_replay(sender, ip, head.reqid, re, member),
+                        Ok(()) => {
+                            self.invalid(sender, ip, &e);
+                            Verdict::Reply(
+                                head.reqid,
+                                Response::err(status::BAD_PAYLOAD, e.to_string()),
+                                member,
+                            )
+                        }
+                    },
+                    Err(_) => {
+                        self.invalid(sender, ip, &e);
+                        Verdict::Drop
+                    }
+                };
+            }
+        };
+        let head = EnvelopeHead {
+            ts_ms: env.ts_ms,
+            msg_id: env.msg_id,
+            reqid: env.reqid,
+        };
+        if let Err(re) = self.replay_check(sender, &head) {
+            return self.refuse_replay(sender, ip, head.reqid, re, member);
+        }
+        let req = match env.body {
+            Body::Request(r) => r,
+            Body::Response(_) => {
+                let e = WireError::BadPayload("a response was sent to the listener".into());
+                self.invalid(sender, ip, &e);
+                return Verdict::Drop;
+            }
+        };
+        if !member && req.action != JOIN_ACTION {
+            let e = WireError::UnknownSender(sender.to_owned());
+            self.invalid(sender, ip, &e);
+            return Verdict::Reply(head.reqid, Response::err(status::FORBIDDEN, e.to_string()), member);
+        }
+        self.blacklist.record_valid(sender, ip);
+        Verdict::Dispatch(
+            RequestCtx {
+                sender: sender.to_owned(),
+                peer,
+                reqid: head.reqid,
+                member,
+            },
+            req,
+        )
+    }
+
+    fn refuse_replay(&self, sender: &str, ip: IpAddr, reqid: u64, e: WireError, member: bool) -> Verdict {
+        self.invalid(sender, ip, &e);
+        match e {
+            WireError::Stale { .. } => Verdict::Reply(
+                reqid,
+                Response::err(status::STALE, format!("{e}; check the clocks")),
+                member,
+            ),
+            _ => Verdict::Drop,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Real `om` daemons on loopback: forming a cluster by join, growing and shrinking it,
+//! writing through followers, losing the leader, restarting a node, refusing a bad secret.
+
+use std::time::Duration;
+
+use om::cli::local::join;
+use om::cli::local::wait_member;
+use om::cli::local::LocalCluster;
+use serde_json::json;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+
+fn cluster(n: usize) -> LocalCluster {
+    LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), n, None).expect("prepare cluster")
+}
+
+fn quiet(_: &str) {}
+
+async fn status(c: &LocalCluster, i: usize) -> Value {
+    c.nodes[i].call("daemon_status", json!({}), T).await.expect("status")
+}
+
+fn secret_of(c: &LocalCluster) -> String {
+    om::config::NodeConfig::load(&c.nodes[0].paths.node_conf()).unwrap().1.secret
+}
+
+fn members(st: &Value) -> Vec<String> {
+    st["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until node `i` has applied at least `index`.
+async fn wait_applied(c: &LocalCluster, i: usize, index: u64) {
+    for _ in 0..200 {
+        if let Ok(st) = c.nodes[i].call("daemon_status", json!({"local": true}), T).await {
+            if st["self"]["last_applied"].as_u64().unwrap_or(0) >= index {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} did not apply {index}", c.nodes[i].name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_grow_shrink_and_write_through_followers() {
+    let mut c = cluster(5);
+    c.start_all().await.unwrap();
+    let secret = secret_of(&c);
+    let first = c.nodes[0].addr();
+    for i in 1..3 {
+        join(&c.nodes[i], &secret, &first, &mut quiet).await.unwrap();
+    }
+    let st = status(&c, 0).await;
+    assert_eq!(members(&st), ["n1", "n2", "n3"]);
+    assert_eq!(st["cluster"]["leader"], "n1");
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(st["nodes"][n]["reachable"], true, "{n}: {st}");
+        assert_eq!(st["nodes"][n]["membership"], "voter");
+    }
+
+    // Writes through a follower are forwarded to the leader and committed.
+    let r = c.nodes[2]
+        .call("set_service_config", json!({"svcname": "web", "config": "[DEFAULT]\nnodes = n1 n2\n"}), T)
+        .await
+        .unwrap();
+    let idx = r["index"].as_u64().unwrap();
+    for i in 0..3 {
+        wait_applied(&c, i, idx).await;
+        let cfg = c.nodes[i].call("get_service_config", json!({"svcname": "web"}), T).await.unwrap();
+        assert_eq!(cfg["version"], 1);
+    }
+
+    // A 4th joins through a follower; a 5th joins, then leaves.
+    join(&c.nodes[3], &secret, &c.nodes[1].addr(), &mut quiet).await.unwrap();
+    join(&c.nodes[4], &secret, &first, &mut quiet).await.unwrap();
+    assert_eq!(members(&status(&c, 0).await), ["n1", "n2", "n3", "n4", "n5"]);
+    c.nodes[4].call("leave", json!({}), Duration::from_secs(40)).await.unwrap();
+    let st = status(&c, 0).await;
+    assert_eq!(members(&st), ["n1", "n2", "n3", "n4"]);
+    assert!(st["nodes"].get("n5").is_none(), "n5 is gone from the raft membership: {st}");
+    // node.conf follows the replicated member list on every remaining node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..4 {
+        let cfg = om::config::NodeConfig::load(&c.nodes[i].paths.node_conf()).unwrap().1;
+        assert_eq!(cfg.nodes, ["n1", "n2", "n3", "n4"], "{}", c.nodes[i].name);
+    }
+    // The node that left is a cluster of its own again.
+    let alone = status(&c, 4).await;
+    assert_eq!(members(&alone), ["n5"]);
+    assert_eq!(alone["cluster"]["leader"], "n5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
+    let mut c = cluster(3);
+    c.start_all().await.unwrap();
+    c.join_all(&mut quiet).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let via = i % 3;
+        let svc = format!("svc{i}");
+        let r = c.nodes[via]
+            .call("set_service_config", json!({"svcname": svc, "config": format!("v{i}")}), T)
+            .await
+            .unwrap();
+        acked.push((svc, r["index"].as_u64().unwrap()));
+    }
+    let leader = c.leader().await.unwrap();
+    c.node(&leader).unwrap().kill();
+    let survivors: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != leader).collect();
+
+    // A new leader commits new writes.
+    let mut new_write = None;
+    for _ in 0..100 {
+        if let Ok(r) = c.nodes[survivors[0]]
+            .call("set_service_config", json!({"svcname": "after", "config": "x"}), Duration::from_secs(3))
+            .await
+        {
+            new_write = Some(r["index"].as_u64().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_write = new_write.expect("the survivors commit after losing the leader");
+    let st = status(&c, survivors[1]).await;
+    assert_ne!(st["cluster"]["leader"], json!(leader));
+    assert!(st["cluster"]["leader"].is_string());
+    for &i in &survivors {
+        wait_applied(&c, i, new_write).await;
+        for (svc, _) in &acked {
+            let cfg = c.nodes[i].call("get_service_config", json!({"svcname": svc}), T).await;
+            assert!(cfg.is_ok(), "acknowledged {svc} lost on {}", c.nodes[i].name);
+        }
+    }
+
+    // The killed node restarts from its sled store and catches up.
+    let bin = c.bin.clone();
+    let node = c.node(&leader).unwrap();
+    node.start(&bin).unwrap();
+    node.wait_ready(T).await.unwrap();
+    let i = c.nodes.iter().position(|n| n.name == leader).unwrap();
+    wait_applied(&c, i, new_write).await;
+    wait_member(&c.nodes[i], T, &mut quiet).await.unwrap();
+    let cfg = c.nodes[i].call("get_service_config", json!({"svcname": "after"}), T).await.unwrap();
+    assert_eq!(cfg["config"], "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_with_wrong_secret_is_refused_and_changes_nothing() {
+    let mut c = cluster(2);
+    c.start_all().await.unwrap();
+    let before = status(&c, 0).await;
+    let err = c.nodes[1]
+        .call("join", json!({"secret": "not-the-secret", "node": c.nodes[0].addr()}), Duration::from_secs(40))
+        .await
+        .unwrap_err();
+    assert!(err.contains("check the secret"), "{err}");
+    let after = status(&c, 0).await;
+    assert_eq!(members(&after), members(&before));
+    assert_eq!(members(&after), ["n1"]);
+    // The joiner is still a working cluster of its own.
+    assert_eq!(members(&status(&c, 1).await), ["n2"]);
+    // And a join under a taken name is refused by name.
+    let secret = secret_of(&c);
+    let st = c.nodes[0].call("blacklist_status", json!({}), T).await.unwrap();
+    assert!(st.to_string().contains("n2"), "the bad frames were counted: {st}");
+    c.nodes[0].call("blacklist_clear", json!({}), T).await.unwrap();
+    join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut quiet).await.unwrap();
+    assert_eq!(members(&status(&c, 0).await), ["n1", "n2"]);
+}
