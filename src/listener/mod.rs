@@ -19,12 +19,14 @@
 //! 4. membership: whether the sender is in `cluster.nodes` is looked up now, but a
 //!    non-member is still decrypted, because the action is encrypted and `join` must be
 //!    accepted from non-members; a non-member asking for anything but `join` is refused
-//!    as [`ErrorKind::UnknownSender`](crate::wire::ErrorKind::UnknownSender) after decoding (step 7).
-//! 5. decryption (AES-256-GCM with the HKDF key): failure is [`ErrorKind::Auth`](crate::wire::ErrorKind::Auth).
-//! 6. replay: timestamp outside the window is [`ErrorKind::Stale`](crate::wire::ErrorKind::Stale), a `(sender, msg_id)`
-//!    already seen is [`ErrorKind::Replayed`](crate::wire::ErrorKind::Replayed).
-//! 7. payload: the body must decode as a request ([`ErrorKind::BadPayload`](crate::wire::ErrorKind::BadPayload)); then the
-//!    membership rule of step 4 applies.
+//!    as [`UnknownSender`](crate::wire::ErrorKind::UnknownSender) after decoding (step 7).
+//! 5. decryption (AES-256-GCM with the HKDF key): failure is
+//!    [`Auth`](crate::wire::ErrorKind::Auth).
+//! 6. replay: a timestamp outside the window is [`Stale`](crate::wire::ErrorKind::Stale),
+//!    a `(sender, msg_id)` already seen is [`Replayed`](crate::wire::ErrorKind::Replayed).
+//! 7. payload: the body must decode as a request
+//!    ([`BadPayload`](crate::wire::ErrorKind::BadPayload)); then the membership rule of
+//!    step 4 applies.
 //!
 //! Every refused frame is counted in [`Metrics`] by kind. Refusals from step 5 on count
 //! toward the blacklist of the (sender, address) pair; a valid frame resets that count.

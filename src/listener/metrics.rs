@@ -1,0 +1,123 @@
+//! Listener counters (atomics), readable while the listener runs.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::wire::ErrorKind;
+
+/// Counters of a listener; shared by its connections and kept across restarts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// TCP connections accepted.
+    pub connections: AtomicU64,
+    /// Connections currently open.
+    pub open_connections: AtomicU64,
+    /// Frames read (empty packets included).
+    pub frames: AtomicU64,
+    /// Empty packets (dequeue actions).
+    pub empty_packets: AtomicU64,
+    /// Frames dropped before decryption because their (sender, address) pair is blacklisted.
+    pub dropped_blacklisted: AtomicU64,
+    /// Decryption attempts (one per frame that passed framing and the blacklist).
+    pub decrypt_attempts: AtomicU64,
+    /// Requests handed to the handler.
+    pub requests: AtomicU64,
+    /// Response frames queued for sending (handler answers and error answers).
+    pub responses: AtomicU64,
+    /// Pairs that got blacklisted.
+    pub blacklisted: AtomicU64,
+    rejected: [AtomicU64; ErrorKind::COUNT],
+}
+
+/// A copy of the counters, serializable for status output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsSnapshot {
+    /// See [`Metrics::connections`].
+    pub connections: u64,
+    /// See [`Metrics::open_connections`].
+    pub open_connections: u64,
+    /// See [`Metrics::frames`].
+    pub frames: u64,
+    /// See [`Metrics::empty_packets`].
+    pub empty_packets: u64,
+    /// See [`Metrics::dropped_blacklisted`].
+    pub dropped_blacklisted: u64,
+    /// See [`Metrics::decrypt_attempts`].
+    pub decrypt_attempts: u64,
+    /// See [`Metrics::requests`].
+    pub requests: u64,
+    /// See [`Metrics::responses`].
+    pub responses: u64,
+    /// See [`Metrics::blacklisted`].
+    pub blacklisted: u64,
+    /// Rejected frames per error kind name (kinds with a zero count are left out).
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a rejected frame.
+    pub fn reject(&self, kind: ErrorKind) {
+        self.rejected[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames rejected with this kind.
+    pub fn rejected(&self, kind: ErrorKind) -> u64 {
+        get(&self.rejected[kind.index()])
+    }
+
+    /// Frames rejected, all kinds together.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(get).sum()
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            connections: get(&self.connections),
+            open_connections: get(&self.open_connections),
+            frames: get(&self.frames),
+            empty_packets: get(&self.empty_packets),
+            dropped_blacklisted: get(&self.dropped_blacklisted),
+            decrypt_attempts: get(&self.decrypt_attempts),
+            requests: get(&self.requests),
+            responses: get(&self.responses),
+            blacklisted: get(&self.blacklisted),
+            rejected: ErrorKind::ALL
+                .iter()
+                .map(|k| (k.name(), self.rejected(*k)))
+                .filter(|(_, n)| *n != 0)
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_kind() {
+        let m = Metrics::default();
+        m.reject(ErrorKind::Auth);
+        m.reject(ErrorKind::Auth);
+        m.reject(ErrorKind::Stale);
+        Metrics::incr(&m.frames);
+        assert_eq!(m.rejected(ErrorKind::Auth), 2);
+        assert_eq!(m.rejected(ErrorKind::Replayed), 0);
+        assert_eq!(m.rejected_total(), 3);
+        let s = m.snapshot();
+        assert_eq!(s.frames, 1);
+        assert_eq!(s.rejected.get("auth"), Some(&2));
+        assert_eq!(s.rejected.get("replayed"), None);
+    }
+}

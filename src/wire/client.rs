@@ -1,0 +1,536 @@
+//! Client side of wire protocol v1: one long-lived, pipelined connection to one node.
+//!
+//! A [`Client`] is a cheap, cloneable handle. Every request gets a fresh `reqid`; requests
+//! from any number of tasks share the connection, a writer task coalesces their frames,
+//! and a reader task hands each response to the waiting request by `reqid`, so responses
+//! may come back in any order. No lock is held across an await on the request path (a
+//! short mutex guards the pending map; an async mutex serializes only reconnects).
+//!
+//! When the connection breaks, the requests waiting on it fail with
+//! [`ClientError::Closed`] and the next request reconnects. Requests are never retried
+//! behind the caller's back, because an action may not be idempotent.
+//!
+//! Responses are authenticated with the keyring and must carry a timestamp inside the
+//! replay window. Replayed responses cannot be delivered: each `reqid` is answered once and
+//! reqids are never reused by a client (the counter starts at a random point so they do not
+//! repeat across restarts either).
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use super::envelope::{now_ms, Body, Envelope, Request, Response};
+use super::error::WireError;
+use super::frame::DEFAULT_MAX_FRAME;
+use super::io::{read_frame, EMPTY_PACKET};
+use super::keyring::Keyring;
+use super::replay::DEFAULT_REPLAY_WINDOW_MS;
+
+/// Frames queued for the writer task before `request` waits (backpressure).
+const WRITE_QUEUE: usize = 1024;
+/// Size of the socket read and write buffers.
+const IO_BUF: usize = 64 * 1024;
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection could not be established.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The node address.
+        addr: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// No response within the timeout (connecting included).
+    #[error("request `{action}` to {addr} timed out after {after:?}")]
+    Timeout {
+        /// The node address.
+        addr: String,
+        /// The action requested.
+        action: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The connection broke or was refused before the response arrived.
+    #[error("connection to {addr} lost before `{action}` was answered: {reason}")]
+    Closed {
+        /// The node address.
+        addr: String,
+        /// The action requested.
+        action: String,
+        /// What broke the connection.
+        reason: String,
+    },
+    /// The request could not be sealed (bad nodename, too large, ...).
+    #[error("cannot encode `{action}` for {addr}: {source}")]
+    Encode {
+        /// The node address.
+        addr: String,
+        /// The action requested.
+        action: String,
+        /// The sealing error.
+        source: WireError,
+    },
+}
+
+/// How to reach a node; build a [`Client`] with [`ClientOptions::connect`] or
+/// [`ClientOptions::build`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    addr: String,
+    keyring: Keyring,
+    nodename: String,
+    bind: Option<IpAddr>,
+    max_frame: u32,
+    connect_timeout: Duration,
+    replay_window_ms: u64,
+}
+
+impl ClientOptions {
+    /// Options to reach `addr` ("host:port") as `nodename`, sealing with `keyring`.
+    pub fn new(addr: impl Into<String>, keyring: Keyring, nodename: impl Into<String>) -> Self {
+        ClientOptions {
+            addr: addr.into(),
+            keyring,
+            nodename: nodename.into(),
+            bind: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            connect_timeout: Duration::from_secs(5),
+            replay_window_ms: DEFAULT_REPLAY_WINDOW_MS,
+        }
+    }
+
+    /// Binds the local end of the connection to `ip` (source address selection).
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
+
+    /// Largest response frame accepted (default 16 MiB).
+    pub fn max_frame(mut self, max_frame: u32) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// Upper bound on connecting (default 5 s); a request's own timeout also applies.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Accepted clock difference for response timestamps (default 60 s).
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.replay_window_ms = window.as_millis() as u64;
+        self
+    }
+
+    /// A client that connects on its first request.
+    pub fn build(self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                next_reqid: AtomicU64::new(u64::from(rand::random::<u32>()) + 1),
+                conn: Mutex::new(None),
+                connect_lock: tokio::sync::Mutex::new(()),
+                opts: self,
+            }),
+        }
+    }
+
+    /// A client connected now (fails if the node is unreachable).
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let client = self.build();
+        client.connection().await?;
+        Ok(client)
+    }
+}
+
+/// A cloneable handle on one pipelined connection to one node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    opts: ClientOptions,
+    next_reqid: AtomicU64,
+    conn: Mutex<Option<Arc<Conn>>>,
+    connect_lock: tokio::sync::Mutex<()>,
+}
+
+/// One TCP connection; dropping the last handle ends its writer, which ends its reader.
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::Sender<Vec<u8>>,
+    shared: Arc<ConnShared>,
+}
+
+type Waiter = oneshot::Sender<Result<Response, String>>;
+
+#[derive(Debug)]
+struct ConnShared {
+    closed: AtomicBool,
+    pending: Mutex<Pending>,
+    close_notify: Notify,
+    local: SocketAddr,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    closed: Option<String>,
+    waiters: HashMap<u64, Waiter>,
+}
+
+impl ConnShared {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection broken and fails every waiting request with `reason`.
+    fn close(&self, reason: String) {
+        let waiters = {
+            let mut p = self.pending.lock().expect("pending lock");
+            if p.closed.is_some() {
+                return;
+            }
+            p.closed = Some(reason.clone());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut p.waiters)
+        };
+        for (_, w) in waiters {
+            let _ = w.send(Err(reason.clone()));
+        }
+        self.close_notify.notify_one();
+    }
+}
+
+/// Removes a waiter when its request finishes or is cancelled (timeout, dropped future).
+struct WaiterGuard<'a> {
+    shared: &'a ConnShared,
+    reqid: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.waiters.remove(&self.reqid);
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `addr` ("host:port") as `my_nodename`.
+    pub async fn connect(
+        addr: impl Into<String>,
+        keyring: Keyring,
+        my_nodename: impl Into<String>,
+    ) -> Result<Client, ClientError> {
+        ClientOptions::new(addr, keyring, my_nodename)
+            .connect()
+            .await
+    }
+
+    /// The node address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.inner.opts.addr
+    }
+
+    /// The local address of the current connection, if connected.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let g = self.inner.conn.lock().expect("conn lock");
+        g.as_ref()
+            .filter(|c| !c.shared.is_closed())
+            .map(|c| c.shared.local)
+    }
+
+    /// Whether a connection is currently open.
+    pub fn is_connected(&self) -> bool {
+        self.local_addr().is_some()
+    }
+
+    /// Sends a request and waits for its response, at most `timeout` (connecting included).
+    pub async fn request(
+        &self,
+        action: &str,
+        options: Value,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.request_inner(action, options)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.inner.opts.addr.clone(),
+                action: action.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn request_inner(&self, action: &str, options: Value) -> Result<Response, ClientError> {
+        let opts = &self.inner.opts;
+        let reqid = self.inner.next_reqid.fetch_add(1, Ordering::Relaxed);
+        let env = Envelope::request(reqid, Request::new(action, options));
+        let frame =
+            opts.keyring
+                .seal(&opts.nodename, &env)
+                .map_err(|source| ClientError::Encode {
+                    addr: opts.addr.clone(),
+                    action: action.to_owned(),
+                    source,
+                })?;
+        drop(env);
+        let closed = |reason: String| ClientError::Closed {
+            addr: opts.addr.clone(),
+            action: action.to_owned(),
+            reason,
+        };
+        // A connection can break between taking it and registering: retry once on a new one.
+        let mut attempts = 0;
+        let (conn, rx) = loop {
+            attempts += 1;
+            let conn = self.connection_for(action).await?;
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut p = conn.shared.pending.lock().expect("pending lock");
+                if let Some(reason) = &p.closed {
+                    if attempts < 2 {
+                        continue;
+                    }
+                    return Err(closed(reason.clone()));
+                }
+                p.waiters.insert(reqid, tx);
+            }
+            break (conn, rx);
+        };
+        let guard = WaiterGuard {
+            shared: &conn.shared,
+            reqid,
+        };
+        if conn.tx.send(frame).await.is_err() {
+            return Err(closed("writer stopped".into()));
+        }
+        let answer = rx.await;
+        if answer.is_ok() {
+            // Whoever answered already removed the waiter: skip the guard's lock.
+            std::mem::forget(guard);
+        }
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(reason)) => Err(closed(reason)),
+            Err(_) => Err(closed("connection dropped".into())),
+        }
+    }
+
+    /// Sends the empty packet, which makes the node dequeue its actions; no response comes.
+    pub async fn send_empty(&self) -> Result<(), ClientError> {
+        let action = "<empty packet>";
+        let conn = self.connection_for(action).await?;
+        conn.tx
+            .send(EMPTY_PACKET.to_vec())
+            .await
+            .map_err(|_| ClientError::Closed {
+                addr: self.inner.opts.addr.clone(),
+                action: action.to_owned(),
+                reason: "writer stopped".into(),
+            })
+    }
+
+    /// Closes the current connection (the next request reconnects).
+    pub fn disconnect(&self) {
+        let conn = self.inner.conn.lock().expect("conn lock").take();
+        if let Some(c) = conn {
+            c.shared.close("closed by client".into());
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
+        self.connection_for("<connect>").await
+    }
+
+    async fn connection_for(&self, action: &str) -> Result<Arc<Conn>, ClientError> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _serial = self.inner.connect_lock.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let opts = &self.inner.opts;
+        let stream = match tokio::time::timeout(opts.connect_timeout, dial(opts)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: opts.addr.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    addr: opts.addr.clone(),
+                    action: action.to_owned(),
+                    after: opts.connect_timeout,
+                })
+            }
+        };
+        let conn = spawn_conn(stream, opts).map_err(|source| ClientError::Connect {
+            addr: opts.addr.clone(),
+            source,
+        })?;
+        *self.inner.conn.lock().expect("conn lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn current(&self) -> Option<Arc<Conn>> {
+        let g = self.inner.conn.lock().expect("conn lock");
+        g.as_ref().filter(|c| !c.shared.is_closed()).cloned()
+    }
+}
+
+async fn dial(opts: &ClientOptions) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(opts.addr.as_str()).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = opts.bind {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(addr).await {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address resolved")))
+}
+
+fn spawn_conn(stream: TcpStream, opts: &ClientOptions) -> io::Result<Arc<Conn>> {
+    let local = stream.local_addr()?;
+    let (rd, wr) = stream.into_split();
+    let shared = Arc::new(ConnShared {
+        closed: AtomicBool::new(false),
+        pending: Mutex::new(Pending::default()),
+        close_notify: Notify::new(),
+        local,
+    });
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let reader = tokio::spawn(reader_loop(
+        BufReader::with_capacity(IO_BUF, rd),
+        shared.clone(),
+        opts.keyring.clone(),
+        opts.max_frame,
+        opts.replay_window_ms,
+    ));
+    tokio::spawn(writer_loop(rx, wr, shared.clone(), reader.abort_handle()));
+    Ok(Arc::new(Conn { tx, shared }))
+}
+
+async fn reader_loop(
+    mut rd: BufReader<OwnedReadHalf>,
+    shared: Arc<ConnShared>,
+    keyring: Keyring,
+    max_frame: u32,
+    window_ms: u64,
+) {
+    let reason = loop {
+        match read_frame(&mut rd, max_frame).await {
+            Ok(None) => break "connection closed by the node".to_string(),
+            Ok(Some(f)) if f.is_empty() => continue,
+            Ok(Some(mut f)) => match open_response(&keyring, f.body_mut(), window_ms) {
+                Ok((reqid, resp)) => {
+                    let waiter = shared
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .waiters
+                        .remove(&reqid);
+                    if let Some(w) = waiter {
+                        let _ = w.send(Ok(resp));
+                    }
+                }
+                Err(e) => break format!("invalid response frame: {e}"),
+            },
+            Err(e) => break e.to_string(),
+        }
+    };
+    shared.close(reason);
+}
+
+fn open_response(
+    keyring: &Keyring,
+    body: &mut [u8],
+    window_ms: u64,
+) -> Result<(u64, Response), WireError> {
+    let d = keyring.decrypt(body)?;
+    let env = Envelope::decode(d.plaintext)?;
+    let now = now_ms();
+    if env.ts_ms.abs_diff(now) > window_ms {
+        return Err(WireError::Stale {
+            ts_ms: env.ts_ms,
+            now_ms: now,
+            window_ms,
+        });
+    }
+    match env.body {
+        Body::Response(r) => Ok((env.reqid, r)),
+        Body::Request(_) => Err(WireError::BadPayload(
+            "a request arrived where a response was expected".into(),
+        )),
+    }
+}
+
+async fn writer_loop(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    wr: OwnedWriteHalf,
+    shared: Arc<ConnShared>,
+    reader: tokio::task::AbortHandle,
+) {
+    let mut w = BufWriter::with_capacity(IO_BUF, wr);
+    let mut client_gone = false;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shared.close_notify.notified() => break,
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => {
+                    client_gone = true;
+                    break;
+                }
+            },
+        };
+        let mut res = w.write_all(&frame).await;
+        while res.is_ok() {
+            match rx.try_recv() {
+                Ok(f) => res = w.write_all(&f).await,
+                Err(_) => break,
+            }
+        }
+        if res.is_ok() {
+            res = w.flush().await;
+        }
+        if let Err(e) = res {
+            shared.close(format!("write failed: {e}"));
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+    if client_gone || shared.is_closed() {
+        reader.abort();
+        shared.close("connection closed".into());
+    }
+}
