@@ -3,6 +3,8 @@
 use std::fmt::Debug;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::OnceLock;
 
 use openraft::storage::LogFlushed;
 use openraft::storage::RaftLogStorage;
@@ -18,6 +20,7 @@ use raft::NodeId;
 use raft::TypeConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::backend::MetaKey;
@@ -26,15 +29,33 @@ use crate::backend::Op;
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 /// The Raft log, vote and committed index, stored in a [`Backend`].
+///
+/// `append` writes the entries and hands its callback to a flusher task, so openraft can
+/// submit the next entries while the previous ones are being synced; the flusher makes one
+/// sync cover every append queued behind it (group commit) and only then runs their
+/// callbacks, in order.
 #[derive(Debug, Clone)]
 pub struct LogStore<B> {
     backend: B,
+    flusher: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
 }
 
 impl<B: Backend> LogStore<B> {
     /// A log store over `backend`.
     pub fn new(backend: B) -> LogStore<B> {
-        LogStore { backend }
+        LogStore {
+            backend,
+            flusher: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The flusher's queue, starting the flusher on first use (inside the runtime).
+    fn flusher(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+        self.flusher.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(flush_loop(self.backend.clone(), rx));
+            tx
+        })
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: MetaKey) -> std::io::Result<Option<T>> {
@@ -53,6 +74,25 @@ impl<B: Backend> LogStore<B> {
 
     fn last_purged(&self) -> std::io::Result<Option<LogId<NodeId>>> {
         self.get_meta(MetaKey::LastPurged)
+    }
+}
+
+/// Syncs once for every batch of queued appends, then acknowledges them in order.
+async fn flush_loop<B: Backend>(backend: B, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let synced = backend.sync().await;
+        for callback in batch.drain(..) {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
     }
 }
 
@@ -165,14 +205,11 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
             .write(vec![Op::PutEntries(batch)])
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // openraft counts an entry towards the commit quorum once the callback runs: only
-        // after it is durable.
-        let synced = self.backend.sync().await;
-        let failed = synced.as_ref().err().map(StorageIOError::write_logs);
-        callback.log_io_completed(synced);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
+        // after it is durable, which the flusher sees to.
+        if let Err(mpsc::error::SendError(callback)) = self.flusher().send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
