@@ -28,6 +28,13 @@
 //!    ([`BadPayload`](crate::wire::ErrorKind::BadPayload)); then the membership rule of
 //!    step 4 applies.
 //!
+//! A frame that fails authentication also closes its connection (after the requests
+//! already running on it are answered): its sender does not hold the key, and closing makes
+//! a misconfigured peer fail at once instead of timing out. Frames from senders that are not
+//! in `cluster.nodes` are opened with the keyring of an empty cluster name
+//! ([`Keyring::joining`]): a joiner knows the secret but not the cluster name; the answer
+//! to such a frame is sealed the same way.
+//!
 //! Every refused frame is counted in [`Metrics`] by kind. Refusals from step 5 on count
 //! toward the blacklist of the (sender, address) pair; a valid frame resets that count.
 //! When the refusal happens after decryption and the `reqid` is known, the listener answers
@@ -211,9 +218,14 @@ impl Drop for ListenerHandle {
 /// What validation decided for one non-empty frame.
 #[derive(Debug)]
 enum Verdict {
+    /// Run the request.
     Dispatch(RequestCtx, Request),
+    /// Answer with this error (reqid, response, sender is a member).
     Reply(u64, Response, bool),
+    /// Ignore the frame.
     Drop,
+    /// Ignore the frame and close the connection once in-flight requests are answered.
+    Close,
 }
 
 impl Listener {
@@ -373,6 +385,7 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, li
         }
         match shared.validate(&mut frame, peer) {
             Verdict::Drop => {}
+            Verdict::Close => break true,
             Verdict::Reply(reqid, resp, member) => {
                 let frame = shared.seal_response(reqid, resp, member);
                 Metrics::incr(&m.responses);
@@ -530,7 +543,9 @@ impl Shared {
                 // The header parsed above, so the sender is readable again.
                 let sender = frame.sender().unwrap_or_default().to_owned();
                 self.invalid(&sender, ip, &e);
-                return Verdict::Drop;
+                // Nothing more from this connection can be authenticated: closing tells a
+                // misconfigured peer at once instead of letting its requests time out.
+                return Verdict::Close;
             }
         };
         let sender = d.sender;
@@ -576,7 +591,11 @@ impl Shared {
         if !member && req.action != JOIN_ACTION {
             let e = WireError::UnknownSender(sender.to_owned());
             self.invalid(sender, ip, &e);
-            return Verdict::Reply(head.reqid, Response::err(status::FORBIDDEN, e.to_string()), member);
+            return Verdict::Reply(
+                head.reqid,
+                Response::err(status::FORBIDDEN, e.to_string()),
+                member,
+            );
         }
         self.blacklist.record_valid(sender, ip);
         Verdict::Dispatch(
@@ -590,7 +609,14 @@ impl Shared {
         )
     }
 
-    fn refuse_replay(&self, sender: &str, ip: IpAddr, reqid: u64, e: WireError, member: bool) -> Verdict {
+    fn refuse_replay(
+        &self,
+        sender: &str,
+        ip: IpAddr,
+        reqid: u64,
+        e: WireError,
+        member: bool,
+    ) -> Verdict {
         self.invalid(sender, ip, &e);
         match e {
             WireError::Stale { .. } => Verdict::Reply(

@@ -1,0 +1,708 @@
+//! Listener: validation order, per-kind rejection counters, blacklist, pipelining,
+//! dequeue, stop/restart, and the client against it. Real TCP on loopback.
+
+use om::listener::{BoxFuture, Handler, Listener, ListenerConfig, ListenerHandle, RequestCtx};
+use om::wire::{
+    now_ms, read_frame, status, ClientError, ClientOptions, Envelope, ErrorKind, Keyring, Request,
+    Response, EMPTY_PACKET,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+const LO1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const LO2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const T: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct TestHandler {
+    dequeued: AtomicU64,
+    handled: AtomicU64,
+}
+
+impl Handler for TestHandler {
+    fn handle(&self, ctx: RequestCtx, req: Request) -> BoxFuture<Response> {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            match req.action.as_str() {
+                "sleep" => {
+                    let ms = req.options["ms"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Response::ok(json!({"reqid": ctx.reqid, "options": req.options}))
+                }
+                "panic" => panic!("handler exploded"),
+                "whoami" => Response::ok(json!({
+                    "sender": ctx.sender,
+                    "ip": ctx.peer.ip().to_string(),
+                    "member": ctx.member,
+                })),
+                _ => Response::ok(json!({"action": req.action, "options": req.options})),
+            }
+        })
+    }
+
+    fn dequeue_actions(&self) {
+        self.dequeued.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Fixture {
+    listener: Listener,
+    handle: Option<ListenerHandle>,
+    handler: Arc<TestHandler>,
+    keyring: Keyring,
+    members: Arc<RwLock<BTreeSet<String>>>,
+}
+
+const MAX_FRAME: u32 = 64 * 1024;
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let keyring = Keyring::new("test", "good-secret");
+        let members: BTreeSet<String> = ["n1", "n2", "n3", "me"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let members = Arc::new(RwLock::new(members));
+        let handler = Arc::new(TestHandler::default());
+        let listener = Listener::new("me", keyring.clone(), members.clone(), handler.clone());
+        let handle = listener.start(&config(0)).await.unwrap();
+        Fixture {
+            listener,
+            handle: Some(handle),
+            handler,
+            keyring,
+            members,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.handle.as_ref().unwrap().local_addr()
+    }
+
+    fn client(&self, me: &str, src: IpAddr) -> om::wire::Client {
+        ClientOptions::new(self.addr().to_string(), self.keyring.clone(), me)
+            .bind(src)
+            .build()
+    }
+
+    fn rejected(&self, kind: ErrorKind) -> u64 {
+        self.listener.metrics().rejected(kind)
+    }
+
+    fn decrypts(&self) -> u64 {
+        self.listener
+            .metrics()
+            .decrypt_attempts
+            .load(Ordering::SeqCst)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.listener
+            .metrics()
+            .dropped_blacklisted
+            .load(Ordering::SeqCst)
+    }
+}
+
+fn config(port: u16) -> ListenerConfig {
+    ListenerConfig {
+        addr: "127.0.0.1".into(),
+        port,
+        max_frame: MAX_FRAME,
+        ..ListenerConfig::default()
+    }
+}
+
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + T;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn connect_from(addr: SocketAddr, src: IpAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(src, 0)).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+fn request_frame(k: &Keyring, sender: &str, reqid: u64, action: &str, options: Value) -> Vec<u8> {
+    k.seal(
+        sender,
+        &Envelope::request(reqid, Request::new(action, options)),
+    )
+    .unwrap()
+}
+
+enum Read {
+    Frame(u64, Response),
+    Closed,
+    Nothing,
+}
+
+/// Reads one response (opened with `k`), or reports a close or silence within `wait`.
+async fn read_one(stream: &mut BufReader<TcpStream>, k: &Keyring, wait: Duration) -> Read {
+    match tokio::time::timeout(wait, read_frame(stream, u32::MAX)).await {
+        Err(_) => Read::Nothing,
+        Ok(Ok(None)) | Ok(Err(_)) => Read::Closed,
+        Ok(Ok(Some(f))) => {
+            let o = k.open(&f.to_wire()).expect("listener responses open");
+            assert_eq!(o.sender, "me");
+            Read::Frame(o.envelope.reqid, o.envelope.as_response().unwrap().clone())
+        }
+    }
+}
+
+async fn send(stream: &mut BufReader<TcpStream>, bytes: &[u8]) {
+    stream.get_mut().write_all(bytes).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_responses_come_back_out_of_order_matched_by_reqid() {
+    let fx = Fixture::start().await;
+    let mut s = BufReader::new(connect_from(fx.addr(), LO1).await);
+    let mut both = request_frame(&fx.keyring, "n1", 1, "sleep", json!({"ms": 400}));
+    both.extend(request_frame(
+        &fx.keyring,
+        "n1",
+        2,
+        "sleep",
+        json!({"ms": 0}),
+    ));
+    send(&mut s, &both).await;
+    let Read::Frame(first, r1) = read_one(&mut s, &fx.keyring, T).await else {
+        panic!("no first response")
+    };
+    let Read::Frame(second, r2) = read_one(&mut s, &fx.keyring, T).await else {
+        panic!("no second response")
+    };
+    assert_eq!(
+        (first, second),
+        (2, 1),
+        "the fast request overtakes the slow one"
+    );
+    assert_eq!(r1.data["reqid"], 2);
+    assert_eq!(r2.data["options"]["ms"], 400);
+
+    // Many tasks share one client connection.
+    let client = fx.client("n1", LO1);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let ms = (i * 7919) % 23;
+            let r = c
+                .request("sleep", json!({"ms": ms, "i": i}), T)
+                .await
+                .unwrap();
+            assert!(r.is_ok());
+            assert_eq!(r.data["options"]["i"], i);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fx.listener.metrics().connections.load(Ordering::SeqCst), 2);
+    assert_eq!(fx.listener.metrics().rejected_total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_at_once() {
+    let fx = Fixture::start().await;
+    let mut tasks = Vec::new();
+    for c in 0..32u64 {
+        let client = fx.client(["n1", "n2", "n3"][c as usize % 3], LO1);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20u64 {
+                let r = client
+                    .request("echo", json!({"c": c, "i": i}), T)
+                    .await
+                    .unwrap();
+                assert_eq!(r.data["options"], json!({"c": c, "i": i}));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fx.handler.handled.load(Ordering::SeqCst), 640);
+    assert_eq!(fx.listener.metrics().connections.load(Ordering::SeqCst), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_refused_with_its_own_kind_and_counted() {
+    let fx = Fixture::start().await;
+    let k = &fx.keyring;
+    let open = |s: BufReader<TcpStream>| s;
+    let new_conn = || async { BufReader::new(connect_from(fx.addr(), LO1).await) };
+
+    // Wrong secret: Auth, and the connection is closed.
+    let mut s = open(new_conn().await);
+    send(
+        &mut s,
+        &request_frame(&Keyring::new("test", "bad"), "n1", 1, "x", json!({})),
+    )
+    .await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Closed));
+    assert_eq!(fx.rejected(ErrorKind::Auth), 1);
+
+    // Wrong cluster name: Auth too.
+    let mut s = open(new_conn().await);
+    send(
+        &mut s,
+        &request_frame(
+            &Keyring::new("other", "good-secret"),
+            "n2",
+            1,
+            "x",
+            json!({}),
+        ),
+    )
+    .await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Closed));
+    assert_eq!(fx.rejected(ErrorKind::Auth), 2);
+
+    // Replay: the same bytes twice; the first is served, the second dropped in silence.
+    let mut s = open(new_conn().await);
+    let f = request_frame(k, "n3", 7, "echo", json!({"a": 1}));
+    send(&mut s, &f).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Frame(7, r) if r.is_ok()));
+    send(&mut s, &f).await;
+    assert!(matches!(
+        read_one(&mut s, k, Duration::from_millis(300)).await,
+        Read::Nothing
+    ));
+    assert_eq!(fx.rejected(ErrorKind::Replayed), 1);
+
+    // Stale: 61 s old, answered with STALE (the reqid is known after decryption).
+    let mut env = Envelope::request(8, Request::new("echo", json!({})));
+    env.ts_ms = now_ms() - 61_000;
+    send(&mut s, &k.seal("n3", &env).unwrap()).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Frame(8, r) if r.status == status::STALE));
+    // and from the future
+    env.ts_ms = now_ms() + 61_000;
+    env.reqid = 9;
+    send(&mut s, &k.seal("n3", &env).unwrap()).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Frame(9, r) if r.status == status::STALE));
+    assert_eq!(fx.rejected(ErrorKind::Stale), 2);
+
+    // Unknown sender asking for anything but join: FORBIDDEN. Non-members use the
+    // joining keyring (they do not know the cluster name).
+    let joiner = k.joining();
+    let mut s = open(new_conn().await);
+    send(
+        &mut s,
+        &request_frame(&joiner, "stranger", 10, "daemon_status", json!({})),
+    )
+    .await;
+    assert!(
+        matches!(read_one(&mut s, &joiner, T).await, Read::Frame(10, r) if r.status == status::FORBIDDEN)
+    );
+    assert_eq!(fx.rejected(ErrorKind::UnknownSender), 1);
+    // ... while join is served, flagged as from a non-member.
+    send(
+        &mut s,
+        &request_frame(&joiner, "stranger", 11, "join", json!({"node": "stranger"})),
+    )
+    .await;
+    let Read::Frame(11, r) = read_one(&mut s, &joiner, T).await else {
+        panic!("join from a non-member not served")
+    };
+    assert_eq!(r.data["action"], "join");
+    // A non-member sealing with the cluster name is not understood.
+    send(&mut s, &request_frame(k, "stranger", 12, "join", json!({}))).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Closed));
+    assert_eq!(fx.rejected(ErrorKind::Auth), 3);
+
+    // Bad payload behind valid crypto: garbage (dropped) and a bad body with a good head
+    // (answered BAD_PAYLOAD with its reqid).
+    let mut s = open(new_conn().await);
+    send(
+        &mut s,
+        &k.seal_plaintext("n2", b"\xc1 not msgpack").unwrap(),
+    )
+    .await;
+    let bad_body = rmp_serde::to_vec_named(&json!({
+        "ts_ms": now_ms(), "msg_id": 5, "reqid": 13, "body": {"action": 1}
+    }))
+    .unwrap();
+    let bad_frame = k.seal_plaintext("n2", &bad_body).unwrap();
+    send(&mut s, &bad_frame).await;
+    assert!(
+        matches!(read_one(&mut s, k, T).await, Read::Frame(13, r) if r.status == status::BAD_PAYLOAD)
+    );
+    // Replay and staleness are judged before the payload: a replayed bad frame is a
+    // replay (no answer), a stale bad frame is stale. (Sent as "me": n2 is at 3
+    // consecutive invalid frames and must stay below the blacklist threshold.)
+    let bad_frame = k.seal_plaintext("me", &bad_body).unwrap();
+    send(&mut s, &bad_frame).await;
+    assert!(
+        matches!(read_one(&mut s, k, T).await, Read::Frame(13, r) if r.status == status::BAD_PAYLOAD)
+    );
+    send(&mut s, &bad_frame).await;
+    wait_for("replayed bad payload", || {
+        fx.rejected(ErrorKind::Replayed) == 2
+    })
+    .await;
+    let stale_bad_body = rmp_serde::to_vec_named(&json!({
+        "ts_ms": now_ms() - 120_000, "msg_id": 6, "reqid": 21, "body": {"action": 1}
+    }))
+    .unwrap();
+    send(&mut s, &k.seal_plaintext("me", &stale_bad_body).unwrap()).await;
+    assert!(
+        matches!(read_one(&mut s, k, T).await, Read::Frame(21, r) if r.status == status::STALE)
+    );
+    // A response sent to the listener is a bad payload too (no answer).
+    send(
+        &mut s,
+        &k.seal("n2", &Envelope::response(14, Response::ok(json!(1))))
+            .unwrap(),
+    )
+    .await;
+    wait_for("bad payloads", || fx.rejected(ErrorKind::BadPayload) == 4).await;
+
+    // Header defects: bad version, empty and non-UTF-8 sender, too short.
+    let mut s = open(new_conn().await);
+    let mut f = request_frame(k, "n1", 15, "x", json!({}));
+    f[4] = 2;
+    send(&mut s, &f).await;
+    let mut f = request_frame(k, "n1", 16, "x", json!({}));
+    f[6] = 0xff;
+    send(&mut s, &f).await;
+    let mut f = request_frame(k, "n1", 17, "x", json!({}));
+    f[5] = 0;
+    send(&mut s, &f).await;
+    send(&mut s, &[0, 0, 0, 3, 1, 1, b'x']).await;
+    wait_for("header defects", || {
+        fx.rejected(ErrorKind::BadVersion) == 1
+            && fx.rejected(ErrorKind::BadSender) == 2
+            && fx.rejected(ErrorKind::TooShort) == 1
+    })
+    .await;
+    // Framing is intact after header defects: the connection still serves.
+    send(&mut s, &request_frame(k, "n1", 18, "echo", json!({}))).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Frame(18, _)));
+
+    // Oversize: refused on the length alone, connection closed without reading the body.
+    let mut s = open(new_conn().await);
+    send(&mut s, &(MAX_FRAME + 1).to_be_bytes()).await;
+    assert!(matches!(read_one(&mut s, k, T).await, Read::Closed));
+    assert_eq!(fx.rejected(ErrorKind::Oversize), 1);
+
+    // Truncated: the stream ends inside a frame.
+    let mut s = open(new_conn().await);
+    let f = request_frame(k, "n1", 19, "x", json!({}));
+    send(&mut s, &f[..f.len() - 3]).await;
+    s.get_mut().shutdown().await.unwrap();
+    wait_for("truncated", || fx.rejected(ErrorKind::Truncated) == 1).await;
+
+    let m = fx.listener.metrics();
+    let expected = [
+        (ErrorKind::Auth, 3),
+        (ErrorKind::Replayed, 2),
+        (ErrorKind::Stale, 3),
+        (ErrorKind::UnknownSender, 1),
+        (ErrorKind::BadPayload, 4),
+        (ErrorKind::BadVersion, 1),
+        (ErrorKind::BadSender, 2),
+        (ErrorKind::TooShort, 1),
+        (ErrorKind::Oversize, 1),
+        (ErrorKind::Truncated, 1),
+    ];
+    for (kind, n) in expected {
+        assert_eq!(m.rejected(kind), n, "{kind}");
+    }
+    assert_eq!(
+        m.rejected_total(),
+        expected.iter().map(|(_, n)| n).sum::<u64>()
+    );
+    // Served: echo 7, join 11, echo 18.
+    assert_eq!(fx.handler.handled.load(Ordering::SeqCst), 3);
+    // No pair reached 5 invalid frames.
+    assert_eq!(fx.listener.blacklist().blacklisted_count(), 0);
+}
+
+/// Sends one frame on a fresh connection from `src` and returns what came back.
+async fn one_shot(fx: &Fixture, src: IpAddr, frame: &[u8], wait: Duration) -> Read {
+    let mut s = BufReader::new(connect_from(fx.addr(), src).await);
+    send(&mut s, frame).await;
+    read_one(&mut s, &fx.keyring, wait).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_invalid_frames_blacklist_the_pair_and_the_sixth_is_not_decrypted() {
+    let fx = Fixture::start().await;
+    let bad = Keyring::new("test", "wrong");
+    for i in 1..=5u64 {
+        let r = one_shot(&fx, LO1, &request_frame(&bad, "n2", i, "x", json!({})), T).await;
+        assert!(matches!(r, Read::Closed));
+        wait_for("auth rejections", || fx.rejected(ErrorKind::Auth) == i).await;
+    }
+    assert!(fx.listener.blacklist().is_blacklisted("n2", LO1));
+    assert_eq!(fx.listener.metrics().blacklisted.load(Ordering::SeqCst), 1);
+    let decrypts = fx.decrypts();
+    assert_eq!(decrypts, 5);
+
+    // The 6th frame, even a valid one, is dropped before decryption.
+    let f = request_frame(&fx.keyring, "n2", 6, "echo", json!({}));
+    let r = one_shot(&fx, LO1, &f, Duration::from_millis(300)).await;
+    assert!(matches!(r, Read::Nothing));
+    wait_for("drop", || fx.dropped() == 1).await;
+    assert_eq!(
+        fx.decrypts(),
+        decrypts,
+        "no decryption for a blacklisted pair"
+    );
+    assert_eq!(fx.rejected(ErrorKind::Auth), 5);
+    assert_eq!(fx.handler.handled.load(Ordering::SeqCst), 0);
+
+    let st = fx.listener.blacklist().status();
+    assert_eq!(st["n2"]["count"], 5);
+    assert_eq!(st["n2"]["blacklisted"], true);
+    assert_eq!(
+        st["n2"]["addrs"]["127.0.0.1"],
+        json!({"count": 5, "blacklisted": true, "dropped": 1})
+    );
+    // Other members and other addresses are unaffected.
+    let c = fx.client("n1", LO1);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+    let c = fx.client("n2", LO2);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+
+    // clear empties it; the pair is served again.
+    fx.listener.blacklist().clear();
+    assert_eq!(fx.listener.blacklist().status(), json!({}));
+    let c = fx.client("n2", LO1);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+    assert_eq!(fx.dropped(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forger_from_another_address_cannot_blacklist_a_member() {
+    let fx = Fixture::start().await;
+    let forged = Keyring::new("test", "guess");
+    for i in 1..=8u64 {
+        // Once blacklisted, frames are dropped in silence: do not wait long for an answer.
+        let wait = if i <= 5 {
+            T
+        } else {
+            Duration::from_millis(100)
+        };
+        let frame = request_frame(&forged, "n1", i, "x", json!({}));
+        one_shot(&fx, LO2, &frame, wait).await;
+    }
+    wait_for("forger blacklisted", || {
+        fx.listener.blacklist().is_blacklisted("n1", LO2)
+    })
+    .await;
+    wait_for("forger drops", || fx.dropped() == 3).await;
+    assert!(!fx.listener.blacklist().is_blacklisted("n1", LO1));
+    let st = fx.listener.blacklist().status();
+    assert_eq!(
+        st["n1"]["addrs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["127.0.0.2"]
+    );
+    // The real n1 on 127.0.0.1 is served.
+    let c = fx.client("n1", LO1);
+    let r = c.request("whoami", json!({}), T).await.unwrap();
+    assert_eq!(
+        r.data,
+        json!({"sender": "n1", "ip": "127.0.0.1", "member": true})
+    );
+    // Even with the right key, n1 from the forger's address stays dropped.
+    let c = fx.client("n1", LO2);
+    let e = c
+        .request("whoami", json!({}), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_frame_resets_the_consecutive_count() {
+    let fx = Fixture::start().await;
+    let bad = Keyring::new("test", "wrong");
+    let invalid = |i| request_frame(&bad, "n3", i, "x", json!({}));
+    for i in 0..4 {
+        one_shot(&fx, LO1, &invalid(i), T).await;
+    }
+    wait_for("4 invalid", || fx.rejected(ErrorKind::Auth) == 4).await;
+    let r = one_shot(
+        &fx,
+        LO1,
+        &request_frame(&fx.keyring, "n3", 9, "echo", json!({})),
+        T,
+    )
+    .await;
+    assert!(matches!(r, Read::Frame(9, _)));
+    assert_eq!(fx.listener.blacklist().get("n3", LO1), None);
+    for i in 0..4 {
+        one_shot(&fx, LO1, &invalid(10 + i), T).await;
+    }
+    wait_for("8 invalid", || fx.rejected(ErrorKind::Auth) == 8).await;
+    assert!(!fx.listener.blacklist().is_blacklisted("n3", LO1));
+    assert_eq!(fx.listener.blacklist().status()["n3"]["count"], 4);
+    one_shot(&fx, LO1, &invalid(20), T).await;
+    wait_for("blacklisted", || {
+        fx.listener.blacklist().is_blacklisted("n3", LO1)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_packets_dequeue_actions() {
+    let fx = Fixture::start().await;
+    let c = fx.client("n1", LO1);
+    c.send_empty().await.unwrap();
+    c.send_empty().await.unwrap();
+    wait_for("two dequeues", || {
+        fx.handler.dequeued.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // A raw empty packet between two requests on one connection.
+    let mut s = BufReader::new(connect_from(fx.addr(), LO1).await);
+    let mut bytes = request_frame(&fx.keyring, "n1", 1, "echo", json!({}));
+    bytes.extend_from_slice(&EMPTY_PACKET);
+    bytes.extend(request_frame(&fx.keyring, "n1", 2, "echo", json!({})));
+    send(&mut s, &bytes).await;
+    assert!(matches!(
+        read_one(&mut s, &fx.keyring, T).await,
+        Read::Frame(..)
+    ));
+    assert!(matches!(
+        read_one(&mut s, &fx.keyring, T).await,
+        Read::Frame(..)
+    ));
+    assert_eq!(fx.handler.dequeued.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        fx.listener.metrics().empty_packets.load(Ordering::SeqCst),
+        3
+    );
+    assert_eq!(fx.handler.handled.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_closes_the_port_and_start_rebinds() {
+    let mut fx = Fixture::start().await;
+    let addr = fx.addr();
+    let c = fx.client("n1", LO1);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+    // Put n2 on the blacklist: it must survive the restart.
+    for i in 0..5 {
+        one_shot(
+            &fx,
+            LO1,
+            &request_frame(&Keyring::new("test", "x"), "n2", i, "x", json!({})),
+            T,
+        )
+        .await;
+    }
+    wait_for("n2 blacklisted", || {
+        fx.listener.blacklist().is_blacklisted("n2", LO1)
+    })
+    .await;
+
+    fx.handle.take().unwrap().shutdown().await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "port still open after shutdown"
+    );
+    let e = c.request("echo", json!({}), T).await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Closed { .. } | ClientError::Connect { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+
+    // Same port again: the client reconnects on its next request.
+    let h = fx.listener.start(&config(addr.port())).await.unwrap();
+    assert_eq!(h.local_addr(), addr);
+    let r = c.request("echo", json!({"again": true}), T).await;
+    let r = match r {
+        Ok(r) => r,
+        // The first request may still see the old, closed connection.
+        Err(ClientError::Closed { .. }) => {
+            c.request("echo", json!({"again": true}), T).await.unwrap()
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(r.data["options"]["again"], true);
+    assert!(fx.listener.blacklist().is_blacklisted("n2", LO1));
+    h.shutdown().await;
+
+    // Another port.
+    let h = fx.listener.start(&config(0)).await.unwrap();
+    assert_ne!(h.local_addr(), addr);
+    let c2 = ClientOptions::new(h.local_addr().to_string(), fx.keyring.clone(), "n3").build();
+    assert!(c2.request("echo", json!({}), T).await.unwrap().is_ok());
+    assert!(TcpStream::connect(addr).await.is_err());
+    drop(h);
+    // Dropping the handle stops it too.
+    wait_for("port closed after drop", || {
+        std::net::TcpStream::connect(h_addr(&c2)).is_err()
+    })
+    .await;
+}
+
+fn h_addr(c: &om::wire::Client) -> SocketAddr {
+    c.addr().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeout_names_the_address_and_action() {
+    let fx = Fixture::start().await;
+    let c = fx.client("n1", LO1);
+    let e = c
+        .request("sleep", json!({"ms": 3000}), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ClientError::Timeout { .. }), "{msg}");
+    assert!(
+        msg.contains(&fx.addr().to_string()) && msg.contains("`sleep`"),
+        "{msg}"
+    );
+    // The connection is still usable; the late response is ignored.
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+    // Nobody listening: a connect error naming the address.
+    let dead = ClientOptions::new("127.0.0.1:1", fx.keyring.clone(), "n1").build();
+    let e = dead.request("echo", json!({}), T).await.unwrap_err();
+    assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_internal() {
+    let fx = Fixture::start().await;
+    let c = fx.client("n1", LO1);
+    let r = c.request("panic", json!({}), T).await.unwrap();
+    assert_eq!(r.status, status::INTERNAL);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_apply_to_the_next_frame() {
+    let fx = Fixture::start().await;
+    let c = fx.client("n4", LO1);
+    let e = c.request("echo", json!({}), T).await.unwrap_err();
+    // n4 seals with the cluster keyring but is not a member: it is opened with the
+    // joining keyring, fails authentication, and the connection is closed.
+    assert!(matches!(e, ClientError::Closed { .. }), "{e}");
+    fx.members.write().unwrap().insert("n4".into());
+    let r = c.request("whoami", json!({}), T).await.unwrap();
+    assert_eq!(r.data["member"], true);
+}
