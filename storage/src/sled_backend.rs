@@ -25,6 +25,8 @@ impl SledBackend {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // We sync when openraft needs it; sled's own timer would only add fsyncs.
+            .flush_every_ms(None)
             .open()
             .map_err(to_io)?;
         let log = db.open_tree("log").map_err(to_io)?;
