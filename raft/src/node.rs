@@ -88,6 +88,8 @@ impl Node {
         let config = config
             .validate()
             .map_err(|e| ProposeError::Stopped(format!("invalid raft config: {e}")))?;
+        // A restarted leader must win a new election: see `restart`.
+        let log = crate::restart::RestartAsFollower::new(id, log);
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| ProposeError::Stopped(e.to_string()))?;
@@ -169,13 +171,23 @@ impl Node {
 
     /// Adds `member` as a learner without waiting for it to catch up; returns the log index
     /// of the membership entry.
-    pub async fn add_learner_nowait(&self, id: NodeId, member: Member) -> Result<u64, ProposeError> {
+    pub async fn add_learner_nowait(
+        &self,
+        id: NodeId,
+        member: Member,
+    ) -> Result<u64, ProposeError> {
         let resp = self
             .raft
             .add_learner(id, member, false)
             .await
             .map_err(write_error)?;
         Ok(resp.log_id.index)
+    }
+
+    /// Changes the address recorded for member `id` (its listener moved).
+    pub async fn set_member(&self, id: NodeId, member: Member) -> Result<u64, ProposeError> {
+        self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])))
+            .await
     }
 
     /// Makes `ids` voters (they must be learners already), keeping the other voters.

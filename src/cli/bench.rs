@@ -130,9 +130,14 @@ pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
             }
             let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
             let mut c = LocalCluster::prepare(bin, n, None).map_err(|e| CliError(e.to_string()))?;
-            eprintln!("starting a local {n}-node cluster under {}", c.base().display());
+            eprintln!(
+                "starting a local {n}-node cluster under {}",
+                c.base().display()
+            );
             c.start_all().await.map_err(CliError)?;
-            c.join_all(&mut |l| eprintln!("{l}")).await.map_err(CliError)?;
+            c.join_all(&mut |l| eprintln!("{l}"))
+                .await
+                .map_err(CliError)?;
             let p = c.nodes[0].paths.clone();
             cluster = Some(c);
             p
@@ -157,17 +162,27 @@ pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
         Format::Table => {
-            println!("{:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}", "clients", "committed", "commands/s", "p50 ms", "p99 ms", "max ms", "errors");
+            println!(
+                "{:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}",
+                "clients", "committed", "commands/s", "p50 ms", "p99 ms", "max ms", "errors"
+            );
             for l in &levels {
                 println!(
                     "{:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                    l["clients"], l["committed"], l["per_second"].as_f64().unwrap_or(0.0),
-                    l["p50_ms"].as_f64().unwrap_or(0.0), l["p99_ms"].as_f64().unwrap_or(0.0),
-                    l["max_ms"].as_f64().unwrap_or(0.0), l["errors"]
+                    l["clients"],
+                    l["committed"],
+                    l["per_second"].as_f64().unwrap_or(0.0),
+                    l["p50_ms"].as_f64().unwrap_or(0.0),
+                    l["p99_ms"].as_f64().unwrap_or(0.0),
+                    l["max_ms"].as_f64().unwrap_or(0.0),
+                    l["errors"]
                 );
             }
             if !failover.is_null() {
-                println!("failover: leader killed -> next committed write in {} ms", failover["ms"]);
+                println!(
+                    "failover: leader killed -> next committed write in {} ms",
+                    failover["ms"]
+                );
             }
         }
     }
@@ -188,7 +203,13 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, Cli
         .collect();
     // Warm the connections so the measure is Raft's, not TCP's.
     for cl in &clients {
-        let _ = cl.request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await;
+        let _ = cl
+            .request(
+                "daemon_status",
+                json!({"local": true}),
+                Duration::from_secs(2),
+            )
+            .await;
     }
     eprintln!("killing leader {} ...", t.leader);
     let start = Instant::now();
@@ -198,7 +219,11 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, Cli
         for (cl, (name, _)) in clients.iter().zip(&survivors) {
             attempts += 1;
             let r = cl
-                .request("set_node_monitor", json!({"node": name, "local_expect": "thawed"}), Duration::from_millis(500))
+                .request(
+                    "set_node_monitor",
+                    json!({"node": name, "local_expect": "thawed"}),
+                    Duration::from_millis(500),
+                )
                 .await;
             if matches!(&r, Ok(resp) if resp.is_ok()) {
                 let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -206,7 +231,9 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, Cli
             }
         }
         if start.elapsed() > Duration::from_secs(30) {
-            return Err(CliError("no write committed within 30s of the leader's death".into()));
+            return Err(CliError(
+                "no write committed within 30s of the leader's death".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -33,7 +33,12 @@ impl LocalNode {
     }
 
     /// Sends a control request and returns the data, or the error message.
-    pub async fn call(&self, action: &str, options: Value, timeout: Duration) -> Result<Value, String> {
+    pub async fn call(
+        &self,
+        action: &str,
+        options: Value,
+        timeout: Duration,
+    ) -> Result<Value, String> {
         let resp = ControlClient::new(&self.paths)
             .request(action, options, timeout)
             .await
@@ -41,13 +46,17 @@ impl LocalNode {
         if resp.is_ok() {
             Ok(resp.data)
         } else {
-            Err(resp.error.unwrap_or_else(|| format!("status {}", resp.status)))
+            Err(resp
+                .error
+                .unwrap_or_else(|| format!("status {}", resp.status)))
         }
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Kills the daemon with SIGKILL (no goodbye to the cluster).
@@ -69,7 +78,10 @@ impl LocalNode {
             .arg("--root")
             .arg(&self.paths.root)
             .args(["node", "daemon", "run"])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -82,10 +94,21 @@ impl LocalNode {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.call("daemon_status", json!({"local": true}), Duration::from_secs(2)).await {
+            match self
+                .call(
+                    "daemon_status",
+                    json!({"local": true}),
+                    Duration::from_secs(2),
+                )
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("{} not ready after {timeout:?}: {e}; log: {}", self.name, self.log_tail()))
+                    return Err(format!(
+                        "{} not ready after {timeout:?}: {e}; log: {}",
+                        self.name,
+                        self.log_tail()
+                    ))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -118,12 +141,18 @@ pub struct LocalCluster {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl LocalCluster {
     /// Writes node.conf for `count` nodes under a new temporary directory (or `base`).
-    pub fn prepare(bin: PathBuf, count: usize, base: Option<PathBuf>) -> std::io::Result<LocalCluster> {
+    pub fn prepare(
+        bin: PathBuf,
+        count: usize,
+        base: Option<PathBuf>,
+    ) -> std::io::Result<LocalCluster> {
         let (tmp, base) = match base {
             Some(b) => (None, b),
             None => {
@@ -165,7 +194,8 @@ impl LocalCluster {
     /// Starts every daemon and waits until each answers.
     pub async fn start_all(&mut self) -> Result<(), String> {
         for n in &mut self.nodes {
-            n.start(&self.bin).map_err(|e| format!("cannot start {}: {e}", n.name))?;
+            n.start(&self.bin)
+                .map_err(|e| format!("cannot start {}: {e}", n.name))?;
         }
         for n in &self.nodes {
             n.wait_ready(Duration::from_secs(20)).await?;
@@ -191,7 +221,10 @@ impl LocalCluster {
     /// The name of the current leader, as the first reachable node reports it.
     pub async fn leader(&self) -> Option<String> {
         for n in &self.nodes {
-            if let Ok(st) = n.call("daemon_status", json!({}), Duration::from_secs(3)).await {
+            if let Ok(st) = n
+                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .await
+            {
                 if let Some(l) = st["cluster"]["leader"].as_str() {
                     return Some(l.to_string());
                 }
@@ -208,20 +241,40 @@ impl LocalCluster {
 
 /// Makes `node` join the cluster reachable at `target` with `secret`, and waits until it
 /// is a voting member that has applied its own `Join`.
-pub async fn join(node: &LocalNode, secret: &str, target: &str, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
-    node.call("join", json!({"secret": secret, "node": target}), Duration::from_secs(40))
-        .await
-        .map_err(|e| format!("{} join: {e}", node.name))?;
+pub async fn join(
+    node: &LocalNode,
+    secret: &str,
+    target: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    node.call(
+        "join",
+        json!({"secret": secret, "node": target}),
+        Duration::from_secs(40),
+    )
+    .await
+    .map_err(|e| format!("{} join: {e}", node.name))?;
     progress("  join accepted, catching up with the leader");
     wait_member(node, Duration::from_secs(60), progress).await
 }
 
 /// Waits until `node` sees itself in `cluster.nodes` as a follower or leader.
-pub async fn wait_member(node: &LocalNode, timeout: Duration, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+pub async fn wait_member(
+    node: &LocalNode,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        if let Ok(st) = node.call("daemon_status", json!({"local": true}), Duration::from_secs(3)).await {
+        if let Ok(st) = node
+            .call(
+                "daemon_status",
+                json!({"local": true}),
+                Duration::from_secs(3),
+            )
+            .await
+        {
             let me = &st["self"];
             let line = format!(
                 "  {}: role {}, applied {}",
@@ -234,17 +287,26 @@ pub async fn wait_member(node: &LocalNode, timeout: Duration, progress: &mut dyn
                 last = line;
             }
         }
-        if let Ok(st) = node.call("daemon_status", json!({}), Duration::from_secs(3)).await {
+        if let Ok(st) = node
+            .call("daemon_status", json!({}), Duration::from_secs(3))
+            .await
+        {
             let in_nodes = st["cluster"]["nodes"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(node.name.as_str())));
-            let role = st["nodes"][node.name.as_str()]["role"].as_str().unwrap_or("");
+            let role = st["nodes"][node.name.as_str()]["role"]
+                .as_str()
+                .unwrap_or("");
             if in_nodes && (role == "follower" || role == "leader") {
                 return Ok(());
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!("{} is not a member after {timeout:?}; log:\n{}", node.name, node.log_tail()));
+            return Err(format!(
+                "{} is not a member after {timeout:?}; log:\n{}",
+                node.name,
+                node.log_tail()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 pub mod local;
+mod nodeconf;
 pub mod render;
 
 use std::path::PathBuf;
@@ -21,7 +22,11 @@ use crate::control::ControlClient;
 
 /// `om`: cluster agent.
 #[derive(Debug, Parser)]
-#[command(name = "om", version, about = "Cluster agent daemon and its command line")]
+#[command(
+    name = "om",
+    version,
+    about = "Cluster agent daemon and its command line"
+)]
 pub struct Cli {
     /// Root directory for etc/ and var/ (default: $OSVC_ROOT, else /).
     #[arg(long, global = true, env = "OSVC_ROOT", default_value = "/")]
@@ -75,6 +80,39 @@ pub enum NodeCmd {
     Events {
         #[arg(long)]
         follow: bool,
+    },
+    /// Set a node.conf parameter (validated; the daemon applies it live).
+    Set {
+        /// SECTION.KEY, e.g. listener.port.
+        #[arg(long)]
+        param: String,
+        #[arg(long)]
+        value: String,
+    },
+    /// Print a node.conf parameter's value (or its default).
+    Get {
+        #[arg(long)]
+        param: String,
+    },
+    /// Remove a node.conf parameter (back to its default).
+    Unset {
+        #[arg(long)]
+        param: String,
+    },
+    /// `om node print config`: print node.conf.
+    Print {
+        /// The word `config`.
+        what: String,
+    },
+    /// `om node edit config`: edit node.conf with $EDITOR, validated before it is saved.
+    Edit {
+        /// The word `config`.
+        what: String,
+    },
+    /// Run the node's queued actions now (sends the empty packet to the local listener).
+    Dequeue {
+        /// The word `actions`.
+        what: String,
     },
 }
 
@@ -155,10 +193,37 @@ pub fn main() -> i32 {
     }
 }
 
+type ReloadHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_RELOAD: std::sync::OnceLock<ReloadHandle> = std::sync::OnceLock::new();
+
+fn filter_for(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,sled=warn"))
+}
+
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,sled=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter_for(level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_RELOAD.set(handle);
+    }
+}
+
+/// Changes the daemon's log level (node.log_level changed in node.conf).
+pub fn set_log_level(level: &str) {
+    if let Some(h) = LOG_RELOAD.get() {
+        let _ = h.reload(filter_for(level));
+    }
 }
 
 /// Runs a parsed command line.
@@ -168,17 +233,43 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Top::Demo { exit, nodes } => demo::run(nodes, exit).await,
         Top::Bench(args) => bench::run(args, format).await,
-        Top::Node { cmd: NodeCmd::Events { follow } } => events(&paths, follow, format).await,
-        Top::Node { cmd: NodeCmd::Daemon { cmd } } => daemon_cmd(&paths, cmd, format).await,
+        Top::Node {
+            cmd: NodeCmd::Events { follow },
+        } => events(&paths, follow, format).await,
+        Top::Node {
+            cmd: NodeCmd::Daemon { cmd },
+        } => daemon_cmd(&paths, cmd, format).await,
+        Top::Node {
+            cmd: NodeCmd::Set { param, value },
+        } => nodeconf::set(&paths, &param, Some(&value)),
+        Top::Node {
+            cmd: NodeCmd::Unset { param },
+        } => nodeconf::set(&paths, &param, None),
+        Top::Node {
+            cmd: NodeCmd::Get { param },
+        } => nodeconf::get(&paths, &param),
+        Top::Node {
+            cmd: NodeCmd::Print { what },
+        } => nodeconf::config_word(&what).and_then(|()| nodeconf::print(&paths)),
+        Top::Node {
+            cmd: NodeCmd::Edit { what },
+        } => nodeconf::config_word(&what).and_then(|()| nodeconf::edit(&paths)),
+        Top::Node {
+            cmd: NodeCmd::Dequeue { what },
+        } => nodeconf::dequeue(&paths, &what).await,
     }
 }
 
 async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) -> Result<Value> {
-    let resp = ControlClient::new(paths).request(action, options, timeout).await?;
+    let resp = ControlClient::new(paths)
+        .request(action, options, timeout)
+        .await?;
     if resp.is_ok() {
         Ok(resp.data)
     } else {
-        Err(CliError(resp.error.unwrap_or_else(|| format!("{action} failed with status {}", resp.status))))
+        Err(CliError(resp.error.unwrap_or_else(|| {
+            format!("{action} failed with status {}", resp.status)
+        })))
     }
 }
 
@@ -193,7 +284,8 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
     let t = Duration::from_secs(10);
     match cmd {
         DaemonCmd::Run => {
-            let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+            let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf())
+                .map_err(|e| CliError(e.to_string()))?;
             init_tracing(&cfg.log_level);
             let daemon = crate::daemon::Daemon::open(paths.clone())
                 .await
@@ -201,13 +293,17 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             tracing::info!(node = %daemon.name(), root = %paths.root.display(), "daemon running");
             daemon.run().await.map_err(|e| CliError(e.to_string()))
         }
-        DaemonCmd::Start { thread_id: Some(id) } => {
+        DaemonCmd::Start {
+            thread_id: Some(id),
+        } => {
             let data = call(paths, "daemon_start", json!({"thread_id": id}), t).await?;
             print(format, &data, render::kv);
             Ok(())
         }
         DaemonCmd::Start { thread_id: None } => start_background(paths).await,
-        DaemonCmd::Stop { thread_id: Some(id) } => {
+        DaemonCmd::Stop {
+            thread_id: Some(id),
+        } => {
             let data = call(paths, "daemon_stop", json!({"thread_id": id}), t).await?;
             print(format, &data, render::kv);
             Ok(())
@@ -225,15 +321,27 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
         }
         DaemonCmd::Join { secret, node } => {
             eprintln!("asking {node} to admit this node ...");
-            let data = call(paths, "join", json!({"secret": secret, "node": node}), Duration::from_secs(40)).await?;
+            let data = call(
+                paths,
+                "join",
+                json!({"secret": secret, "node": node}),
+                Duration::from_secs(40),
+            )
+            .await?;
             eprintln!(
                 "accepted into cluster {} (leader {}); catching up ...",
                 data["cluster"].as_str().unwrap_or("?"),
                 data["leader"].as_str().unwrap_or("?")
             );
-            let me = crate::config::NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?.1.name;
+            let me = crate::config::NodeConfig::load(&paths.node_conf())
+                .map_err(|e| CliError(e.to_string()))?
+                .1
+                .name;
             wait_joined(paths, &me).await?;
-            eprintln!("{me} is a member of cluster {}", data["cluster"].as_str().unwrap_or("?"));
+            eprintln!(
+                "{me} is a member of cluster {}",
+                data["cluster"].as_str().unwrap_or("?")
+            );
             Ok(())
         }
         DaemonCmd::Leave => {
@@ -247,7 +355,9 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
                 BlacklistCmd::Clear => "blacklist_clear",
             };
             let data = call(paths, action, json!({}), t).await?;
-            print(format, &data, |d| serde_json::to_string_pretty(d).unwrap_or_default() + "\n");
+            print(format, &data, |d| {
+                serde_json::to_string_pretty(d).unwrap_or_default() + "\n"
+            });
             Ok(())
         }
     }
@@ -265,24 +375,37 @@ async fn wait_joined(paths: &Paths, me: &str) -> Result<()> {
                 eprintln!("{line}");
                 last = line;
             }
-            let member = st["cluster"]["nodes"].as_array().is_some_and(|a| a.iter().any(|n| n == me));
+            let member = st["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == me));
             if member && (role == "follower" || role == "leader") {
                 return Ok(());
             }
         }
         if Instant::now() >= deadline {
-            return Err(CliError("not a voting member after 60s: see the daemon log".into()));
+            return Err(CliError(
+                "not a voting member after 60s: see the daemon log".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn start_background(paths: &Paths) -> Result<()> {
-    if ControlClient::new(paths).request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await.is_ok() {
+    if ControlClient::new(paths)
+        .request(
+            "daemon_status",
+            json!({"local": true}),
+            Duration::from_secs(2),
+        )
+        .await
+        .is_ok()
+    {
         return Err(CliError("the daemon is already running".into()));
     }
     let log = paths.log_file();
-    std::fs::create_dir_all(log.parent().expect("log has a parent")).map_err(|e| CliError(e.to_string()))?;
+    std::fs::create_dir_all(log.parent().expect("log has a parent"))
+        .map_err(|e| CliError(e.to_string()))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -303,13 +426,24 @@ async fn start_background(paths: &Paths) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     eprint!("starting the daemon ");
     loop {
-        if ControlClient::new(paths).request("daemon_status", json!({"local": true}), Duration::from_secs(2)).await.is_ok() {
+        if ControlClient::new(paths)
+            .request(
+                "daemon_status",
+                json!({"local": true}),
+                Duration::from_secs(2),
+            )
+            .await
+            .is_ok()
+        {
             eprintln!(" running; log: {}", log.display());
             return Ok(());
         }
         if Instant::now() >= deadline {
             eprintln!();
-            return Err(CliError(format!("the daemon did not answer within 20s; see {}", log.display())));
+            return Err(CliError(format!(
+                "the daemon did not answer within 20s; see {}",
+                log.display()
+            )));
         }
         eprint!(".");
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -336,18 +470,37 @@ async fn events(paths: &Paths, follow: bool, format: Format) -> Result<()> {
     let mut since = 0;
     loop {
         let wait = if follow { 10_000 } else { 0 };
-        let data = call(paths, "events", json!({"since": since, "wait_ms": wait}), Duration::from_secs(15)).await?;
+        let data = call(
+            paths,
+            "events",
+            json!({"since": since, "wait_ms": wait}),
+            Duration::from_secs(15),
+        )
+        .await?;
         for e in data["events"].as_array().into_iter().flatten() {
             match format {
                 Format::Json => println!("{e}"),
                 Format::Table => {
                     let ev = &e["event"];
                     let text = match ev["kind"].as_str() {
-                        Some("change") => format!("{} {} -> {}", ev["path"].as_str().unwrap_or(""), ev["old"], ev["new"]),
-                        Some("error") => format!("error {}: {}", ev["command"].as_str().unwrap_or(""), ev["message"].as_str().unwrap_or("")),
+                        Some("change") => format!(
+                            "{} {} -> {}",
+                            ev["path"].as_str().unwrap_or(""),
+                            ev["old"],
+                            ev["new"]
+                        ),
+                        Some("error") => format!(
+                            "error {}: {}",
+                            ev["command"].as_str().unwrap_or(""),
+                            ev["message"].as_str().unwrap_or("")
+                        ),
                         _ => ev["message"].as_str().unwrap_or("").to_string(),
                     };
-                    println!("{:>6} {:>6}  {text}", e["seq"].to_string(), e["index"].to_string());
+                    println!(
+                        "{:>6} {:>6}  {text}",
+                        e["seq"].to_string(),
+                        e["index"].to_string()
+                    );
                 }
             }
         }
@@ -357,4 +510,3 @@ async fn events(paths: &Paths, follow: bool, format: Format) -> Result<()> {
         }
     }
 }
-

@@ -46,7 +46,14 @@ pub fn status_table(st: &Value) -> String {
     );
     out.push('\n');
 
-    let _ = writeln!(out, "{:<w$}{:<10}{:>9}  last error", "Threads", "state", "restarts", w = label + 1);
+    let _ = writeln!(
+        out,
+        "{:<w$}{:<10}{:>9}  last error",
+        "Threads",
+        "state",
+        "restarts",
+        w = label + 1
+    );
     if let Some(threads) = st["threads"].as_object() {
         for (id, t) in threads {
             let _ = writeln!(
@@ -62,13 +69,21 @@ pub fn status_table(st: &Value) -> String {
 
     let _ = write!(out, "{:<w$}", "Nodes", w = label + 1);
     for n in &names {
-        let mark = if **n == leader { format!("{n}*") } else { (*n).clone() };
+        let mark = if **n == leader {
+            format!("{n}*")
+        } else {
+            (*n).clone()
+        };
         let _ = write!(out, "{mark:<col$}");
     }
     out.push('\n');
     row(&mut out, "role", &|v| s(&v["role"]));
     row(&mut out, "reachable", &|v| {
-        if v["reachable"].as_bool() == Some(true) { "yes".into() } else { "NO".into() }
+        if v["reachable"].as_bool() == Some(true) {
+            "yes".into()
+        } else {
+            "NO".into()
+        }
     });
     row(&mut out, "address", &|v| s(&v["address"]));
     row(&mut out, "membership", &|v| s(&v["membership"]));
@@ -76,13 +91,15 @@ pub fn status_table(st: &Value) -> String {
     row(&mut out, "last log", &|v| s(&v["last_log_index"]));
     row(&mut out, "last applied", &|v| s(&v["last_applied"]));
     row(&mut out, "monitor status", &|v| s(&v["monitor"]["status"]));
-    row(&mut out, "frozen", &|v| {
-        match v["monitor"]["frozen"].as_bool() {
+    row(
+        &mut out,
+        "frozen",
+        &|v| match v["monitor"]["frozen"].as_bool() {
             Some(true) => "frozen".into(),
             Some(false) => "thawed".into(),
             None => "-".into(),
-        }
-    });
+        },
+    );
     out.push('\n');
 
     let _ = write!(out, "{:<w$}", "Objects", w = label + 1);
@@ -124,7 +141,9 @@ pub fn kv(v: &Value) -> String {
     match v.as_object() {
         Some(obj) => {
             let w = obj.keys().map(|k| k.len()).max().unwrap_or(0);
-            obj.iter().map(|(k, v)| format!("{k:<w$}  {}\n", s(v))).collect()
+            obj.iter()
+                .map(|(k, v)| format!("{k:<w$}  {}\n", s(v)))
+                .collect()
         }
         None => format!("{}\n", s(v)),
     }

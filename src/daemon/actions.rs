@@ -100,6 +100,7 @@ pub const ACTIONS: &[&str] = &[
     "get_service_config",
     "set_service_config",
     "events",
+    "daemon_inject_fault",
     "raft_append",
     "raft_vote",
     "raft_snapshot",
@@ -133,10 +134,11 @@ fn opt_bool(o: &Value, key: &str) -> Result<Option<bool>> {
 fn opt_u64(o: &Value, key: &str) -> Result<Option<u64>> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ActionError::bad(format!("option {key} must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ActionError::bad(format!(
+                "option {key} must be a non-negative integer, got {v}"
+            ))
+        }),
     }
 }
 
@@ -161,7 +163,12 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Value> {
 impl Daemon {
     /// Serves one request.
     pub async fn handle(self: &Arc<Self>, origin: Origin, req: Request) -> Response {
-        if let Origin::Peer { sender, member: true, .. } = &origin {
+        if let Origin::Peer {
+            sender,
+            member: true,
+            ..
+        } = &origin
+        {
             self.peers.saw(sender);
         }
         match self.dispatch(&origin, req).await {
@@ -176,7 +183,10 @@ impl Daemon {
             if req.action != "join" {
                 return Err(ActionError::new(
                     code::FORBIDDEN,
-                    format!("{} is only served to cluster members; a new node may only join", req.action),
+                    format!(
+                        "{} is only served to cluster members; a new node may only join",
+                        req.action
+                    ),
                 ));
             }
         }
@@ -196,6 +206,13 @@ impl Daemon {
                 Ok(json!({ "stopping": self.name() }))
             }
             "daemon_start" => self.thread_action(&req.action, o).await,
+            "daemon_inject_fault" if !from_peer => {
+                let id = req_str(o, "thread_id")?;
+                self.threads
+                    .inject_fault(id)
+                    .map_err(|e| ActionError::bad(e.to_string()))?;
+                Ok(json!({ "thread_id": id, "killed": true }))
+            }
             "blacklist_status" => Ok(self.listener.blacklist().status()),
             "blacklist_clear" => {
                 let cleared = self.listener.blacklist().blacklisted_count();
@@ -204,7 +221,11 @@ impl Daemon {
             }
             "join" => match origin {
                 Origin::Control => self.join_cluster(o).await,
-                Origin::Peer { sender, addr, member } => self.admit(sender, *addr, *member, o).await,
+                Origin::Peer {
+                    sender,
+                    addr,
+                    member,
+                } => self.admit(sender, *addr, *member, o).await,
             },
             "leave" => match origin {
                 Origin::Control => self.leave_cluster().await,
@@ -225,10 +246,11 @@ impl Daemon {
                 let monitors = node.read(|s| s.node_monitors.clone());
                 match opt_str(o, "node")? {
                     None => encode(&monitors),
-                    Some(n) => monitors
-                        .get(n)
-                        .map(encode)
-                        .unwrap_or_else(|| Err(ActionError::bad(format!("node {n:?} is not a cluster member")))),
+                    Some(n) => monitors.get(n).map(encode).unwrap_or_else(|| {
+                        Err(ActionError::bad(format!(
+                            "node {n:?} is not a cluster member"
+                        )))
+                    }),
                 }
             }
             "set_service_monitor" => {
@@ -270,7 +292,9 @@ impl Daemon {
                 let svc = req_str(o, "svcname")?;
                 let node = self.node()?;
                 node.read(|s| match s.services.get(svc) {
-                    Some(v) => Ok(json!({ "svcname": svc, "config": v.config, "version": v.version })),
+                    Some(v) => {
+                        Ok(json!({ "svcname": svc, "config": v.config, "version": v.version }))
+                    }
                     None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
                 })
             }
@@ -317,7 +341,8 @@ impl Daemon {
                 encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
             }
             "raft_propose" if from_peer => {
-                let cmd: Command = decode(o.get("command").cloned().unwrap_or(Value::Null), "command")?;
+                let cmd: Command =
+                    decode(o.get("command").cloned().unwrap_or(Value::Null), "command")?;
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
                 let committed = self.node()?.propose(cmd).await?;
                 encode(&committed)
@@ -328,7 +353,10 @@ impl Daemon {
             )),
             other => Err(ActionError::new(
                 code::UNKNOWN_ACTION,
-                format!("unknown action {other:?}; known actions: {}", ACTIONS.join(", ")),
+                format!(
+                    "unknown action {other:?}; known actions: {}",
+                    ACTIONS.join(", ")
+                ),
             )),
         }
     }
@@ -372,13 +400,19 @@ impl Daemon {
         if !resp.is_ok() {
             return Err(ActionError::new(
                 resp.status,
-                format!("{target} refused the join: {}", resp.error.unwrap_or_default()),
+                format!(
+                    "{target} refused the join: {}",
+                    resp.error.unwrap_or_default()
+                ),
             ));
         }
         let data = resp.data;
         let cluster = data.get("cluster").cloned().unwrap_or(Value::Null);
         let name = req_str(&cluster, "name")?.to_string();
-        let nodes: Vec<String> = decode(cluster.get("nodes").cloned().unwrap_or(Value::Null), "cluster.nodes")?;
+        let nodes: Vec<String> = decode(
+            cluster.get("nodes").cloned().unwrap_or(Value::Null),
+            "cluster.nodes",
+        )?;
         let listener = data.get("listener").cloned().unwrap_or(json!({}));
         tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
         self.wipe_raft().await?;
@@ -395,7 +429,10 @@ impl Daemon {
                 }
             }
         })?;
-        self.set_keyring(Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes()));
+        self.set_keyring(Keyring::new(
+            cfg.cluster_name.clone(),
+            cfg.secret.as_bytes(),
+        ));
         self.start_raft()
             .await
             .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
@@ -404,7 +441,13 @@ impl Daemon {
     }
 
     /// Wire `join`: admits `node` into this cluster (on the leader; forwarded otherwise).
-    async fn admit(self: &Arc<Self>, sender: &str, peer: SocketAddr, member: bool, o: &Value) -> Result<Value> {
+    async fn admit(
+        self: &Arc<Self>,
+        sender: &str,
+        peer: SocketAddr,
+        member: bool,
+        o: &Value,
+    ) -> Result<Value> {
         let joiner = req_str(o, "node")?.to_string();
         if !member && joiner != sender {
             return Err(ActionError::new(
@@ -416,36 +459,74 @@ impl Daemon {
         let addr = match opt_str(o, "addr")? {
             Some(a) => a.to_string(),
             None => {
-                let port = opt_u64(o, "port")?.ok_or_else(|| ActionError::bad("missing option port"))?;
+                let port =
+                    opt_u64(o, "port")?.ok_or_else(|| ActionError::bad("missing option port"))?;
                 format!("{}:{port}", peer.ip())
             }
         };
         let node = self.node()?;
         let metrics = node.metrics();
+        let id = node_id(&joiner);
+        let already = node.read(|s| s.nodes.contains_key(&joiner))
+            || metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_some();
+        if already && member && sender == joiner {
+            // A member asking to join again is telling us its listener moved.
+            self.update_member_addr(&joiner, &addr).await?;
+            return Ok(json!({ "node": joiner, "addr": addr }));
+        }
         if metrics.current_leader != Some(node.id) {
             let leader = metrics
                 .current_leader
-                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
+                .and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .cloned()
+                })
                 .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
             return self
                 .peers
-                .call(&leader.addr, "join", json!({ "node": joiner, "addr": addr }), Duration::from_secs(30))
+                .call(
+                    &leader.addr,
+                    "join",
+                    json!({ "node": joiner, "addr": addr }),
+                    Duration::from_secs(30),
+                )
                 .await
-                .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}")));
+                .map_err(|e| {
+                    ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}"))
+                });
         }
         let guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
-            ActionError::new(code::UNAVAILABLE, "another membership change is in progress; retry when it is done")
+            ActionError::new(
+                code::UNAVAILABLE,
+                "another membership change is in progress; retry when it is done",
+            )
         })?;
-        let id = node_id(&joiner);
-        let taken = node.read(|s| s.nodes.contains_key(&joiner))
-            || metrics.membership_config.membership().get_node(&id).is_some();
-        if taken {
-            return Err(ActionError::bad(format!("node name {joiner:?} is already taken in cluster {}", self.config().cluster_name)));
+        if already {
+            return Err(ActionError::bad(format!(
+                "node name {joiner:?} is already taken in cluster {}",
+                self.config().cluster_name
+            )));
         }
-        if let Some(other) = node.read(|s| s.nodes.iter().find(|(_, r)| r.id == id).map(|(n, _)| n.clone())) {
-            return Err(ActionError::bad(format!("node name {joiner:?} collides with member {other:?}; pick another name")));
+        if let Some(other) = node.read(|s| {
+            s.nodes
+                .iter()
+                .find(|(_, r)| r.id == id)
+                .map(|(n, _)| n.clone())
+        }) {
+            return Err(ActionError::bad(format!(
+                "node name {joiner:?} collides with member {other:?}; pick another name"
+            )));
         }
-        let learner_at = node.add_learner_nowait(id, Member::new(&joiner, &addr)).await?;
+        let learner_at = node
+            .add_learner_nowait(id, Member::new(&joiner, &addr))
+            .await?;
         let mut nodes: Vec<String> = node.read(|s| s.nodes.keys().cloned().collect());
         nodes.push(joiner.clone());
         let d = self.clone();
@@ -453,7 +534,9 @@ impl Daemon {
             let _guard = guard;
             if let Err(e) = d.promote(&joiner, &addr, learner_at).await {
                 tracing::error!(node = %joiner, "join failed, removing the learner: {e}");
-                let _ = d.node().map(|n| async move { n.remove_members(BTreeSet::from([id])).await });
+                let _ = d
+                    .node()
+                    .map(|n| async move { n.remove_members(BTreeSet::from([id])).await });
             }
         });
         let cfg = self.config();
@@ -483,7 +566,9 @@ impl Daemon {
                 "learner caught up",
             )
             .await
-            .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("{joiner} did not catch up: {e}")))?;
+            .map_err(|e| {
+                ActionError::new(code::UNAVAILABLE, format!("{joiner} did not catch up: {e}"))
+            })?;
         node.add_voters(BTreeSet::from([id])).await?;
         self.propose(Command::Join {
             node: joiner.to_string(),
@@ -499,7 +584,9 @@ impl Daemon {
     async fn leave_cluster(self: &Arc<Self>) -> Result<Value> {
         let me = self.name();
         if self.node()?.read(|s| s.nodes.len()) <= 1 {
-            return Err(ActionError::bad(format!("{me} is the only member of its cluster: nothing to leave")));
+            return Err(ActionError::bad(format!(
+                "{me} is the only member of its cluster: nothing to leave"
+            )));
         }
         self.evict(&me).await?;
         self.wipe_raft().await?;
@@ -519,31 +606,58 @@ impl Daemon {
         if metrics.current_leader != Some(node.id) {
             let leader = metrics
                 .current_leader
-                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned())
+                .and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .cloned()
+                })
                 .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
             return self
                 .peers
-                .call(&leader.addr, "leave", json!({ "node": name }), Duration::from_secs(30))
+                .call(
+                    &leader.addr,
+                    "leave",
+                    json!({ "node": name }),
+                    Duration::from_secs(30),
+                )
                 .await
-                .map_err(|e| ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}")));
+                .map_err(|e| {
+                    ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}"))
+                });
         }
         let _guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
-            ActionError::new(code::UNAVAILABLE, "another membership change is in progress; retry when it is done")
+            ActionError::new(
+                code::UNAVAILABLE,
+                "another membership change is in progress; retry when it is done",
+            )
         })?;
         let id = node_id(name);
         let in_state = node.read(|s| s.nodes.contains_key(name));
-        let in_raft = metrics.membership_config.membership().get_node(&id).is_some();
+        let in_raft = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
         if !in_state && !in_raft {
-            return Err(ActionError::bad(format!("node {name:?} is not a cluster member")));
+            return Err(ActionError::bad(format!(
+                "node {name:?} is not a cluster member"
+            )));
         }
         if in_state && node.read(|s| s.nodes.len()) == 1 {
-            return Err(ActionError::bad(format!("{name} is the last member: a cluster cannot be left empty")));
+            return Err(ActionError::bad(format!(
+                "{name} is the last member: a cluster cannot be left empty"
+            )));
         }
         if in_raft {
             node.remove_members(BTreeSet::from([id])).await?;
         }
         if in_state {
-            self.propose(Command::Leave { node: name.to_string() }).await?;
+            self.propose(Command::Leave {
+                node: name.to_string(),
+            })
+            .await?;
         }
         Ok(json!({ "left": name }))
     }

@@ -10,17 +10,19 @@ pub mod peers;
 pub mod raftnet;
 pub mod status;
 pub mod threads;
+pub mod watcher;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
-use raft::node_id;
 use raft::node::Committed;
+use raft::node_id;
 use raft::Command;
 use raft::Member;
 use raft::Node;
@@ -32,15 +34,15 @@ use crate::config;
 use crate::config::IniDoc;
 use crate::config::NodeConfig;
 use crate::config::Paths;
-use crate::wire::now_ms;
-use crate::wire::status as code;
-use crate::wire::Keyring;
 use crate::listener::BoxFuture;
 use crate::listener::Handler;
 use crate::listener::Listener;
 use crate::listener::ListenerConfig;
 use crate::listener::ListenerHandle;
 use crate::listener::RequestCtx;
+use crate::wire::now_ms;
+use crate::wire::status as code;
+use crate::wire::Keyring;
 use crate::wire::Request;
 use crate::wire::Response;
 use actions::ActionError;
@@ -95,7 +97,7 @@ pub fn raft_config(cluster: &str) -> openraft::Config {
 pub struct Daemon {
     /// Where this node's files are.
     pub paths: Paths,
-    config: RwLock<(IniDoc, NodeConfig)>,
+    pub(crate) config: RwLock<(IniDoc, NodeConfig)>,
     node: RwLock<Option<Node>>,
     node_gen: watch::Sender<u64>,
     /// Connections to the other nodes.
@@ -111,7 +113,12 @@ pub struct Daemon {
     stop: watch::Sender<Option<StopKind>>,
     /// The listener's state (blacklist, counters, keyring), kept across rebinds.
     pub listener: Listener,
-    bound: tokio::sync::Mutex<Option<ListenerHandle>>,
+    /// Bumped to make the listener thread rebind (address, port or limits changed).
+    rebind: watch::Sender<u64>,
+    /// Where the listener is bound now, if it is.
+    pub bound: Mutex<Option<std::net::SocketAddr>>,
+    /// Woken by an empty packet or `om node dequeue actions`: run the queued actions now.
+    pub dequeue: tokio::sync::Notify,
     started: Instant,
 }
 
@@ -130,7 +137,12 @@ impl Daemon {
             cfg = NodeConfig::from_doc(&doc)?;
         }
         let keyring = Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
-        let members: BTreeSet<String> = cfg.nodes.iter().cloned().chain([cfg.name.clone()]).collect();
+        let members: BTreeSet<String> = cfg
+            .nodes
+            .iter()
+            .cloned()
+            .chain([cfg.name.clone()])
+            .collect();
         let members = Arc::new(RwLock::new(members));
         let daemon = Arc::new_cyclic(|me: &Weak<Daemon>| Daemon {
             listener: Listener::new(
@@ -139,7 +151,9 @@ impl Daemon {
                 members.clone(),
                 Arc::new(ListenerDoor(me.clone())),
             ),
-            bound: tokio::sync::Mutex::new(None),
+            rebind: watch::channel(0).0,
+            bound: Mutex::new(None),
+            dequeue: tokio::sync::Notify::new(),
             peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
             members,
             paths,
@@ -199,14 +213,23 @@ impl Daemon {
             path: dir.display().to_string(),
             reason,
         };
-        let backend = open_sled(&dir).await.map_err(|e| store_err(e.to_string()))?;
+        let backend = open_sled(&dir)
+            .await
+            .map_err(|e| store_err(e.to_string()))?;
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
         let net = RaftNet {
             peers: self.peers.clone(),
         };
-        let node = Node::start(node_id(&cfg.name), raft_config(&cfg.cluster_name), net, log, sm, machine)
-            .await
-            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let node = Node::start(
+            node_id(&cfg.name),
+            raft_config(&cfg.cluster_name),
+            net,
+            log,
+            sm,
+            machine,
+        )
+        .await
+        .map_err(|e| DaemonError::Raft(e.to_string()))?;
         let alone = cfg.nodes.iter().all(|n| *n == cfg.name);
         if !node.is_initialized().await && alone {
             tracing::info!(cluster = %cfg.cluster_name, "initializing a one-node cluster");
@@ -239,7 +262,9 @@ impl Daemon {
             at_ms: now_ms(),
         };
         match node.propose(cmd).await {
-            Ok(_) | Err(ProposeError::Rejected(raft::CommandError::AlreadyBootstrapped { .. })) => Ok(()),
+            Ok(_) | Err(ProposeError::Rejected(raft::CommandError::AlreadyBootstrapped { .. })) => {
+                Ok(())
+            }
             Err(e) => Err(DaemonError::Raft(format!("bootstrap: {e}"))),
         }
     }
@@ -264,8 +289,10 @@ impl Daemon {
         let mut guard = self.config.write().unwrap();
         let mut doc = guard.0.clone();
         edit(&mut doc);
-        let cfg = NodeConfig::from_doc(&doc).map_err(|e| ActionError::new(code::BAD_REQUEST, e.to_string()))?;
-        config::save(&self.paths.node_conf(), &doc).map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        let cfg = NodeConfig::from_doc(&doc)
+            .map_err(|e| ActionError::new(code::BAD_REQUEST, e.to_string()))?;
+        config::save(&self.paths.node_conf(), &doc)
+            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
         *guard = (doc, cfg.clone());
         Ok(cfg)
     }
@@ -278,20 +305,32 @@ impl Daemon {
             let node = self.node()?;
             let err = match node.propose(cmd.clone()).await {
                 Ok(c) => return Ok(c),
-                Err(ProposeError::NotLeader { leader: Some(leader), .. }) => {
+                Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) => {
                     let options = json!({ "command": cmd });
                     match self
                         .peers
-                        .call(&leader.addr, "raft_propose", options, Duration::from_secs(10))
+                        .call(
+                            &leader.addr,
+                            "raft_propose",
+                            options,
+                            Duration::from_secs(10),
+                        )
                         .await
                     {
                         Ok(data) => {
-                            return serde_json::from_value(data)
-                                .map_err(|e| ActionError::new(code::ERROR, format!("bad answer from {leader}: {e}")))
+                            return serde_json::from_value(data).map_err(|e| {
+                                ActionError::new(
+                                    code::ERROR,
+                                    format!("bad answer from {leader}: {e}"),
+                                )
+                            })
                         }
-                        Err(peers::PeerError::Failed { status, message, .. })
-                            if status != code::UNAVAILABLE =>
-                        {
+                        Err(peers::PeerError::Failed {
+                            status, message, ..
+                        }) if status != code::UNAVAILABLE => {
                             return Err(ActionError::new(status, message))
                         }
                         Err(e) => ActionError::new(code::UNAVAILABLE, e.to_string()),
@@ -314,7 +353,12 @@ impl Daemon {
     /// Recomputes the listener's member set: node.conf, the replicated nodes, Raft membership.
     fn refresh_members(&self) {
         let cfg = self.config();
-        let mut set: BTreeSet<String> = cfg.nodes.iter().cloned().chain([cfg.name.clone()]).collect();
+        let mut set: BTreeSet<String> = cfg
+            .nodes
+            .iter()
+            .cloned()
+            .chain([cfg.name.clone()])
+            .collect();
         if let Ok(node) = self.node() {
             node.read(|s| set.extend(s.nodes.keys().cloned()));
             let m = node.metrics();
@@ -387,13 +431,30 @@ impl Daemon {
         })?;
         std::fs::write(self.paths.pid_file(), std::process::id().to_string()).ok();
 
-        self.start_listener().await?;
-        let control = crate::control::ControlServer::bind(&self.paths.control_socket()).map_err(|e| {
-            DaemonError::Control {
-                path: self.paths.control_socket().display().to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+        // Bind once here so that a port in use is a start-up error, not a restart loop.
+        let first = self.bind_listener().await?;
+        let d = self.clone();
+        let first = Arc::new(Mutex::new(Some(first)));
+        self.threads.spawn(
+            "listener",
+            Arc::new(move |stop| {
+                let d = d.clone();
+                let first = first.lock().unwrap().take();
+                Box::pin(async move { d.listener_thread(first, stop).await })
+            }),
+        );
+        let d = self.clone();
+        self.threads.spawn(
+            "watcher",
+            Arc::new(move |stop| Box::pin(watcher::run(d.clone(), stop))),
+        );
+        let control =
+            crate::control::ControlServer::bind(&self.paths.control_socket()).map_err(|e| {
+                DaemonError::Control {
+                    path: self.paths.control_socket().display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
         let d = self.clone();
         self.threads.spawn(
             "control",
@@ -426,9 +487,6 @@ impl Daemon {
         for id in threads::THREAD_IDS.iter().rev() {
             let _ = self.threads.stop(id).await;
         }
-        if let Some(l) = self.bound.lock().await.take() {
-            l.shutdown().await;
-        }
         if let Ok(node) = self.node() {
             node.shutdown().await;
         }
@@ -437,8 +495,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Binds the listener on the configured address (closing a previous binding first).
-    pub async fn start_listener(&self) -> Result<(), DaemonError> {
+    /// Binds the listener on the configured address and limits.
+    async fn bind_listener(&self) -> Result<ListenerHandle, DaemonError> {
         let cfg = self.config();
         let lc = ListenerConfig {
             addr: cfg.listener_addr.to_string(),
@@ -447,16 +505,108 @@ impl Daemon {
             replay_window: cfg.replay_window,
             ..ListenerConfig::default()
         };
-        let mut bound = self.bound.lock().await;
-        if let Some(old) = bound.take() {
-            old.shutdown().await;
+        let handle = self
+            .listener
+            .start(&lc)
+            .await
+            .map_err(|e| DaemonError::Listen {
+                addr: format!("{}:{}", lc.addr, lc.port),
+                reason: e.to_string(),
+            })?;
+        *self.bound.lock().unwrap() = Some(handle.local_addr());
+        Ok(handle)
+    }
+
+    /// The `listener` thread: owns the bound port; rebinds when asked; closes it when stopped.
+    /// If the thread dies, its handle is dropped and the port closes with it.
+    async fn listener_thread(
+        &self,
+        first: Option<ListenerHandle>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut rebind = self.rebind.subscribe();
+        rebind.mark_unchanged();
+        let mut handle = match first {
+            Some(h) => h,
+            None => self.bind_listener().await.map_err(|e| e.to_string())?,
+        };
+        let result = loop {
+            tokio::select! {
+                _ = stop.changed() => break Ok(()),
+                _ = rebind.changed() => {
+                    handle.shutdown().await;
+                    *self.bound.lock().unwrap() = None;
+                    handle = self.bind_listener().await.map_err(|e| e.to_string())?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if handle.is_finished() {
+                        break Err("the accept loop ended".to_string());
+                    }
+                }
+            }
+        };
+        handle.shutdown().await;
+        *self.bound.lock().unwrap() = None;
+        result
+    }
+
+    /// After a listener address change, has the leader record the new address (in the Raft
+    /// membership, so peers reconnect, and in `cluster.nodes`); retried for 10 s.
+    pub async fn announce_address(self: Arc<Self>) {
+        let (name, addr) = (self.name(), self.advertised_addr());
+        for _ in 0..50 {
+            match self.update_member_addr(&name, &addr).await {
+                Ok(()) => {
+                    tracing::info!(%addr, "new listener address recorded by the cluster");
+                    return;
+                }
+                Err(e) => tracing::warn!(%addr, "cannot record the new address yet: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let handle = self.listener.start(&lc).await.map_err(|e| DaemonError::Listen {
-            addr: format!("{}:{}", lc.addr, lc.port),
-            reason: e.to_string(),
-        })?;
-        *bound = Some(handle);
-        Ok(())
+    }
+
+    /// Records `addr` as member `name`'s listener address: on the leader directly, else by
+    /// a `join` from the member itself, which the leader treats as an address update.
+    pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
+        let node = self.node()?;
+        let m = node.metrics();
+        if m.current_leader == Some(node.id) {
+            let id = node_id(name);
+            let current = m
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|mb| mb.addr.clone());
+            if current.as_deref() != Some(addr) {
+                node.set_member(id, Member::new(name, addr)).await?;
+            }
+            self.propose(Command::SetNodeAddr {
+                node: name.to_string(),
+                addr: addr.to_string(),
+            })
+            .await?;
+            return Ok(());
+        }
+        let leader = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
+            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now"))?;
+        self.peers
+            .call(
+                &leader.addr,
+                "join",
+                serde_json::json!({ "node": name, "addr": addr }),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))
+    }
+
+    /// Makes the listener rebind with the current config.
+    pub fn rebind_listener(&self) {
+        self.rebind.send_modify(|g| *g += 1);
     }
 
     /// On a planned stop, tell the cluster this node is in maintenance (best effort, 2 s).
@@ -467,7 +617,10 @@ impl Daemon {
             local_expect: None,
             frozen: None,
         };
-        if tokio::time::timeout(Duration::from_secs(2), self.propose(cmd)).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), self.propose(cmd))
+            .await
+            .is_err()
+        {
             tracing::warn!("could not advertise maintenance within 2s");
         }
     }
@@ -515,6 +668,13 @@ impl Daemon {
 struct ListenerDoor(Weak<Daemon>);
 
 impl Handler for ListenerDoor {
+    fn dequeue_actions(&self) {
+        if let Some(d) = self.0.upgrade() {
+            d.dequeue.notify_one();
+            tracing::info!("empty packet: dequeue actions");
+        }
+    }
+
     fn handle(&self, ctx: RequestCtx, req: Request) -> BoxFuture<Response> {
         let daemon = self.0.upgrade();
         Box::pin(async move {

@@ -82,7 +82,9 @@ impl Peers {
         options: Value,
         timeout: Duration,
     ) -> Result<Value, PeerError> {
-        let resp = self.call_raw(addr, Request::new(action, options), timeout).await?;
+        let resp = self
+            .call_raw(addr, Request::new(action, options), timeout)
+            .await?;
         if resp.is_ok() {
             Ok(resp.data)
         } else {

@@ -63,8 +63,8 @@ impl RaftConn {
         req: &Req,
         ttl: Duration,
     ) -> Rpc<Resp, E> {
-        let options = serde_json::to_value(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let options =
+            serde_json::to_value(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let data = self
             .peers
             .call(&self.target.addr, action, options, ttl)
@@ -95,7 +95,11 @@ impl RaftNetwork<TypeConfig> for RaftConn {
         self.call("raft_snapshot", &rpc, option.hard_ttl()).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Rpc<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>> {
         self.call("raft_vote", &rpc, option.hard_ttl()).await
     }
 }

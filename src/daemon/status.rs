@@ -63,7 +63,11 @@ impl Daemon {
         // Everyone in the replicated node list or in the Raft membership (learners joining).
         let mut names: Vec<(String, String, &'static str)> = Vec::new();
         for (id, mb) in membership.nodes() {
-            let kind = if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" };
+            let kind = if membership.voter_ids().any(|v| v == *id) {
+                "voter"
+            } else {
+                "learner"
+            };
             names.push((mb.name.clone(), mb.addr.clone(), kind));
         }
         for (n, rec) in &state.nodes {
@@ -73,16 +77,24 @@ impl Daemon {
         }
         names.sort();
 
-        let asks = names.iter().filter(|(n, _, _)| *n != me).map(|(n, addr, _)| {
-            let peers = self.peers.clone();
-            let (n, addr) = (n.clone(), addr.clone());
-            async move {
-                let r = peers
-                    .call(&addr, "daemon_status", json!({ "local": true }), PEER_STATUS_TIMEOUT)
-                    .await;
-                (n, r)
-            }
-        });
+        let asks = names
+            .iter()
+            .filter(|(n, _, _)| *n != me)
+            .map(|(n, addr, _)| {
+                let peers = self.peers.clone();
+                let (n, addr) = (n.clone(), addr.clone());
+                async move {
+                    let r = peers
+                        .call(
+                            &addr,
+                            "daemon_status",
+                            json!({ "local": true }),
+                            PEER_STATUS_TIMEOUT,
+                        )
+                        .await;
+                    (n, r)
+                }
+            });
         let answers = futures_join_all(asks).await;
 
         let mut nodes = Map::new();
@@ -99,7 +111,9 @@ impl Daemon {
                         v["reachable"] = json!(true);
                         v
                     }
-                    Some(Err(e)) => json!({ "role": "unknown", "address": addr, "reachable": false, "error": e.to_string() }),
+                    Some(Err(e)) => {
+                        json!({ "role": "unknown", "address": addr, "reachable": false, "error": e.to_string() })
+                    }
                     None => json!({ "reachable": false }),
                 }
             };

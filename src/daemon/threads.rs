@@ -15,7 +15,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 /// The names of the daemon's threads, in display order.
-pub const THREAD_IDS: &[&str] = &["listener", "raft", "monitor", "scheduler", "watcher", "control"];
+pub const THREAD_IDS: &[&str] = &[
+    "listener",
+    "raft",
+    "monitor",
+    "scheduler",
+    "watcher",
+    "control",
+];
 
 /// What a thread is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,13 +50,18 @@ pub struct ThreadStatus {
 }
 
 /// A thread body: runs until `stop` turns true, returns Err on failure.
-pub type ThreadBody =
-    Arc<dyn Fn(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ThreadBody = Arc<
+    dyn Fn(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 struct Entry {
     status: ThreadStatus,
     body: ThreadBody,
     stop: Option<watch::Sender<bool>>,
+    /// Aborts the body's current task (fault injection).
+    abort: Option<tokio::task::AbortHandle>,
     /// Bumped on every (re)start, so an old incarnation's exit cannot overwrite a newer state.
     generation: u64,
 }
@@ -59,6 +71,8 @@ struct Entry {
 pub enum ThreadError {
     #[error("unknown thread id {id:?}; valid thread ids are: {valid}")]
     Unknown { id: String, valid: String },
+    #[error("thread {id} is not running")]
+    NotRunning { id: String },
 }
 
 /// Owns the threads and their states.
@@ -85,6 +99,7 @@ impl Supervisor {
                 },
                 body,
                 stop: None,
+                abort: None,
                 generation: 0,
             },
         );
@@ -99,7 +114,10 @@ impl Supervisor {
             id: id.to_string(),
             valid,
         })?;
-        if matches!(entry.status.state, ThreadState::Running | ThreadState::Restarting) {
+        if matches!(
+            entry.status.state,
+            ThreadState::Running | ThreadState::Restarting
+        ) {
             return Ok(());
         }
         entry.generation += 1;
@@ -140,6 +158,24 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Kills a running thread's task as a crash would (testing aid): the supervisor sees an
+    /// unclean exit and restarts it.
+    pub fn inject_fault(&self, id: &str) -> Result<(), ThreadError> {
+        let threads = self.threads.lock().unwrap();
+        let valid = threads.keys().cloned().collect::<Vec<_>>().join(", ");
+        let entry = threads.get(id).ok_or_else(|| ThreadError::Unknown {
+            id: id.to_string(),
+            valid,
+        })?;
+        match (&entry.abort, entry.status.state) {
+            (Some(a), ThreadState::Running) => {
+                a.abort();
+                Ok(())
+            }
+            _ => Err(ThreadError::NotRunning { id: id.to_string() }),
+        }
+    }
+
     /// A thread's current state.
     pub fn state(&self, id: &str) -> Option<ThreadState> {
         self.threads.lock().unwrap().get(id).map(|e| e.status.state)
@@ -165,7 +201,9 @@ impl Supervisor {
         backoff: Duration,
     ) -> bool {
         let mut threads = self.threads.lock().unwrap();
-        let Some(entry) = threads.get_mut(id) else { return false };
+        let Some(entry) = threads.get_mut(id) else {
+            return false;
+        };
         if entry.generation != generation {
             return false;
         }
@@ -193,19 +231,19 @@ impl Supervisor {
         true
     }
 
-    async fn run(
-        self,
-        id: String,
-        body: ThreadBody,
-        stop: watch::Receiver<bool>,
-        generation: u64,
-    ) {
+    async fn run(self, id: String, body: ThreadBody, stop: watch::Receiver<bool>, generation: u64) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let task = tokio::spawn((body)(stop.clone()));
+            if let Some(e) = self.threads.lock().unwrap().get_mut(&id) {
+                if e.generation == generation {
+                    e.abort = Some(task.abort_handle());
+                }
+            }
             let outcome = match task.await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
+                Err(join) if join.is_cancelled() => Some("killed (injected fault)".to_string()),
                 Err(join) => Some(format!("panicked: {join}")),
             };
             let stopping = *stop.borrow();
@@ -215,7 +253,9 @@ impl Supervisor {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let mut threads = self.threads.lock().unwrap();
-            let Some(entry) = threads.get_mut(&id) else { return };
+            let Some(entry) = threads.get_mut(&id) else {
+                return;
+            };
             if entry.generation != generation || *stop.borrow() {
                 entry.status.state = ThreadState::Stopped;
                 return;

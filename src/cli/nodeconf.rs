@@ -1,0 +1,139 @@
+//! `om node set|get|unset`, `om node print|edit config`, `om node dequeue actions`: node.conf
+//! edits, validated before anything is written; the running daemon's watcher applies them.
+
+use std::time::Duration;
+
+use super::CliError;
+use crate::config;
+use crate::config::IniDoc;
+use crate::config::NodeConfig;
+use crate::config::Paths;
+
+type Result<T> = std::result::Result<T, CliError>;
+
+fn split(param: &str) -> Result<(&str, &str)> {
+    param.split_once('.').ok_or_else(|| {
+        CliError(format!(
+            "--param {param:?}: expected SECTION.KEY, e.g. listener.port"
+        ))
+    })
+}
+
+fn load(paths: &Paths) -> Result<IniDoc> {
+    NodeConfig::load(&paths.node_conf())
+        .map(|(doc, _)| doc)
+        .map_err(|e| CliError(e.to_string()))
+}
+
+/// Sets (`Some`) or unsets (`None`) a parameter; the file is untouched if the result is invalid.
+pub fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
+    let (section, key) = split(param)?;
+    let mut doc = load(paths)?;
+    match value {
+        Some(v) => {
+            config::validate(param, v).map_err(|e| CliError(e.to_string()))?;
+            doc.set(section, key, v);
+        }
+        None => {
+            config::validate(param, "").or_else(|e| match e {
+                config::ConfigError::UnknownKey { .. } => Err(CliError(e.to_string())),
+                _ => Ok(()),
+            })?;
+            if !doc.unset(section, key) {
+                return Err(CliError(format!(
+                    "{param} is not set in {}",
+                    paths.node_conf().display()
+                )));
+            }
+        }
+    }
+    NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+    config::save(&paths.node_conf(), &doc).map_err(|e| CliError(e.to_string()))
+}
+
+/// Prints a parameter's value, or its default when unset.
+pub fn get(paths: &Paths, param: &str) -> Result<()> {
+    let (section, key) = split(param)?;
+    let p = config::PARAMS
+        .iter()
+        .find(|p| p.key == param)
+        .ok_or_else(|| CliError(config::validate(param, "").unwrap_err().to_string()))?;
+    let doc = load(paths)?;
+    match doc.get(section, key) {
+        Some(v) => println!("{v}"),
+        None => println!("{}", p.default),
+    }
+    Ok(())
+}
+
+/// Checks the object word of `om node print|edit config`.
+pub fn config_word(what: &str) -> Result<()> {
+    if what == "config" {
+        Ok(())
+    } else {
+        Err(CliError(format!(
+            "unknown object {what:?}: expected `config`"
+        )))
+    }
+}
+
+/// Prints node.conf as it is on disk.
+pub fn print(paths: &Paths) -> Result<()> {
+    print!("{}", load(paths)?);
+    Ok(())
+}
+
+/// Edits a copy with $EDITOR (default vi) and saves it back only if it validates.
+pub fn edit(paths: &Paths) -> Result<()> {
+    let doc = load(paths)?;
+    let tmp = tempfile::Builder::new()
+        .suffix(".conf")
+        .tempfile()
+        .map_err(|e| CliError(e.to_string()))?;
+    std::fs::write(tmp.path(), doc.to_string()).map_err(|e| CliError(e.to_string()))?;
+    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(tmp.path())
+        .status()
+        .map_err(|e| CliError(format!("cannot run {editor}: {e}")))?;
+    if !status.success() {
+        return Err(CliError(format!(
+            "{editor} exited with {status}; node.conf untouched"
+        )));
+    }
+    let text = std::fs::read_to_string(tmp.path()).map_err(|e| CliError(e.to_string()))?;
+    let new = IniDoc::parse(&text)
+        .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
+    NodeConfig::from_doc(&new)
+        .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
+    config::save(&paths.node_conf(), &new).map_err(|e| CliError(e.to_string()))
+}
+
+/// Sends the empty packet to the local listener: the daemon runs its queued actions.
+pub async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
+    if what != "actions" {
+        return Err(CliError(format!(
+            "om node dequeue {what:?}: the only thing to dequeue is `actions`"
+        )));
+    }
+    let (_, cfg) = NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+    let host = if cfg.listener_addr.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.listener_addr.to_string()
+    };
+    let addr = format!("{host}:{}", cfg.listener_port);
+    let keyring = crate::wire::Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
+    let client = crate::wire::ClientOptions::new(&addr, keyring, &cfg.name)
+        .connect_timeout(Duration::from_secs(3))
+        .build();
+    client
+        .send_empty()
+        .await
+        .map_err(|e| CliError(format!("cannot reach the listener at {addr}: {e}")))?;
+    eprintln!("dequeue requested from {addr}");
+    Ok(())
+}
