@@ -74,7 +74,11 @@ impl ControlServer {
     }
 
     /// Accepts connections until `stop` turns true.
-    pub async fn serve(&self, daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    pub async fn serve(
+        &self,
+        daemon: Arc<Daemon>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
         loop {
             tokio::select! {
                 r = self.listener.accept() => {
@@ -127,7 +131,12 @@ impl ControlClient {
     }
 
     /// Sends one request and waits up to `timeout` for its answer.
-    pub async fn request(&self, action: &str, options: Value, timeout: Duration) -> Result<Response, ControlError> {
+    pub async fn request(
+        &self,
+        action: &str,
+        options: Value,
+        timeout: Duration,
+    ) -> Result<Response, ControlError> {
         let path = self.path.display().to_string();
         let stream = UnixStream::connect(&self.path)
             .await
@@ -138,15 +147,22 @@ impl ControlClient {
         };
         let work = async {
             let (rd, mut wr) = stream.into_split();
-            let mut line = serde_json::to_vec(&Request::new(action, options)).expect("request serializes");
+            let mut line =
+                serde_json::to_vec(&Request::new(action, options)).expect("request serializes");
             line.push(b'\n');
             wr.write_all(&line).await.map_err(io)?;
             let mut answer = String::new();
-            BufReader::new(rd).read_line(&mut answer).await.map_err(io)?;
+            BufReader::new(rd)
+                .read_line(&mut answer)
+                .await
+                .map_err(io)?;
             if answer.is_empty() {
-                return Err(ControlError::BadAnswer("the daemon closed the connection".into()));
+                return Err(ControlError::BadAnswer(
+                    "the daemon closed the connection".into(),
+                ));
             }
-            serde_json::from_str::<Response>(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))
+            serde_json::from_str::<Response>(&answer)
+                .map_err(|e| ControlError::BadAnswer(e.to_string()))
         };
         tokio::time::timeout(timeout, work)
             .await

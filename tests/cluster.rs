@@ -18,11 +18,17 @@ fn cluster(n: usize) -> LocalCluster {
 fn quiet(_: &str) {}
 
 async fn status(c: &LocalCluster, i: usize) -> Value {
-    c.nodes[i].call("daemon_status", json!({}), T).await.expect("status")
+    c.nodes[i]
+        .call("daemon_status", json!({}), T)
+        .await
+        .expect("status")
 }
 
 fn secret_of(c: &LocalCluster) -> String {
-    om::config::NodeConfig::load(&c.nodes[0].paths.node_conf()).unwrap().1.secret
+    om::config::NodeConfig::load(&c.nodes[0].paths.node_conf())
+        .unwrap()
+        .1
+        .secret
 }
 
 fn members(st: &Value) -> Vec<String> {
@@ -37,7 +43,10 @@ fn members(st: &Value) -> Vec<String> {
 /// Waits until node `i` has applied at least `index`.
 async fn wait_applied(c: &LocalCluster, i: usize, index: u64) {
     for _ in 0..200 {
-        if let Ok(st) = c.nodes[i].call("daemon_status", json!({"local": true}), T).await {
+        if let Ok(st) = c.nodes[i]
+            .call("daemon_status", json!({"local": true}), T)
+            .await
+        {
             if st["self"]["last_applied"].as_u64().unwrap_or(0) >= index {
                 return;
             }
@@ -54,7 +63,9 @@ async fn join_grow_shrink_and_write_through_followers() {
     let secret = secret_of(&c);
     let first = c.nodes[0].addr();
     for i in 1..3 {
-        join(&c.nodes[i], &secret, &first, &mut quiet).await.unwrap();
+        join(&c.nodes[i], &secret, &first, &mut quiet)
+            .await
+            .unwrap();
     }
     let st = status(&c, 0).await;
     assert_eq!(members(&st), ["n1", "n2", "n3"]);
@@ -66,28 +77,50 @@ async fn join_grow_shrink_and_write_through_followers() {
 
     // Writes through a follower are forwarded to the leader and committed.
     let r = c.nodes[2]
-        .call("set_service_config", json!({"svcname": "web", "config": "[DEFAULT]\nnodes = n1 n2\n"}), T)
+        .call(
+            "set_service_config",
+            json!({"svcname": "web", "config": "[DEFAULT]\nnodes = n1 n2\n"}),
+            T,
+        )
         .await
         .unwrap();
     let idx = r["index"].as_u64().unwrap();
     for i in 0..3 {
         wait_applied(&c, i, idx).await;
-        let cfg = c.nodes[i].call("get_service_config", json!({"svcname": "web"}), T).await.unwrap();
+        let cfg = c.nodes[i]
+            .call("get_service_config", json!({"svcname": "web"}), T)
+            .await
+            .unwrap();
         assert_eq!(cfg["version"], 1);
     }
 
     // A 4th joins through a follower; a 5th joins, then leaves.
-    join(&c.nodes[3], &secret, &c.nodes[1].addr(), &mut quiet).await.unwrap();
-    join(&c.nodes[4], &secret, &first, &mut quiet).await.unwrap();
-    assert_eq!(members(&status(&c, 0).await), ["n1", "n2", "n3", "n4", "n5"]);
-    c.nodes[4].call("leave", json!({}), Duration::from_secs(40)).await.unwrap();
+    join(&c.nodes[3], &secret, &c.nodes[1].addr(), &mut quiet)
+        .await
+        .unwrap();
+    join(&c.nodes[4], &secret, &first, &mut quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        members(&status(&c, 0).await),
+        ["n1", "n2", "n3", "n4", "n5"]
+    );
+    c.nodes[4]
+        .call("leave", json!({}), Duration::from_secs(40))
+        .await
+        .unwrap();
     let st = status(&c, 0).await;
     assert_eq!(members(&st), ["n1", "n2", "n3", "n4"]);
-    assert!(st["nodes"].get("n5").is_none(), "n5 is gone from the raft membership: {st}");
+    assert!(
+        st["nodes"].get("n5").is_none(),
+        "n5 is gone from the raft membership: {st}"
+    );
     // node.conf follows the replicated member list on every remaining node.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..4 {
-        let cfg = om::config::NodeConfig::load(&c.nodes[i].paths.node_conf()).unwrap().1;
+        let cfg = om::config::NodeConfig::load(&c.nodes[i].paths.node_conf())
+            .unwrap()
+            .1;
         assert_eq!(cfg.nodes, ["n1", "n2", "n3", "n4"], "{}", c.nodes[i].name);
     }
     // The node that left is a cluster of its own again.
@@ -106,7 +139,11 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
         let via = i % 3;
         let svc = format!("svc{i}");
         let r = c.nodes[via]
-            .call("set_service_config", json!({"svcname": svc, "config": format!("v{i}")}), T)
+            .call(
+                "set_service_config",
+                json!({"svcname": svc, "config": format!("v{i}")}),
+                T,
+            )
             .await
             .unwrap();
         acked.push((svc, r["index"].as_u64().unwrap()));
@@ -119,7 +156,11 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
     let mut new_write = None;
     for _ in 0..100 {
         if let Ok(r) = c.nodes[survivors[0]]
-            .call("set_service_config", json!({"svcname": "after", "config": "x"}), Duration::from_secs(3))
+            .call(
+                "set_service_config",
+                json!({"svcname": "after", "config": "x"}),
+                Duration::from_secs(3),
+            )
             .await
         {
             new_write = Some(r["index"].as_u64().unwrap());
@@ -134,8 +175,14 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
     for &i in &survivors {
         wait_applied(&c, i, new_write).await;
         for (svc, _) in &acked {
-            let cfg = c.nodes[i].call("get_service_config", json!({"svcname": svc}), T).await;
-            assert!(cfg.is_ok(), "acknowledged {svc} lost on {}", c.nodes[i].name);
+            let cfg = c.nodes[i]
+                .call("get_service_config", json!({"svcname": svc}), T)
+                .await;
+            assert!(
+                cfg.is_ok(),
+                "acknowledged {svc} lost on {}",
+                c.nodes[i].name
+            );
         }
     }
 
@@ -147,7 +194,10 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
     let i = c.nodes.iter().position(|n| n.name == leader).unwrap();
     wait_applied(&c, i, new_write).await;
     wait_member(&c.nodes[i], T, &mut quiet).await.unwrap();
-    let cfg = c.nodes[i].call("get_service_config", json!({"svcname": "after"}), T).await.unwrap();
+    let cfg = c.nodes[i]
+        .call("get_service_config", json!({"svcname": "after"}), T)
+        .await
+        .unwrap();
     assert_eq!(cfg["config"], "x");
 }
 
@@ -157,7 +207,11 @@ async fn join_with_wrong_secret_is_refused_and_changes_nothing() {
     c.start_all().await.unwrap();
     let before = status(&c, 0).await;
     let err = c.nodes[1]
-        .call("join", json!({"secret": "not-the-secret", "node": c.nodes[0].addr()}), Duration::from_secs(40))
+        .call(
+            "join",
+            json!({"secret": "not-the-secret", "node": c.nodes[0].addr()}),
+            Duration::from_secs(40),
+        )
         .await
         .unwrap_err();
     assert!(err.contains("check the secret"), "{err}");
@@ -168,9 +222,20 @@ async fn join_with_wrong_secret_is_refused_and_changes_nothing() {
     assert_eq!(members(&status(&c, 1).await), ["n2"]);
     // And a join under a taken name is refused by name.
     let secret = secret_of(&c);
-    let st = c.nodes[0].call("blacklist_status", json!({}), T).await.unwrap();
-    assert!(st.to_string().contains("n2"), "the bad frames were counted: {st}");
-    c.nodes[0].call("blacklist_clear", json!({}), T).await.unwrap();
-    join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut quiet).await.unwrap();
+    let st = c.nodes[0]
+        .call("blacklist_status", json!({}), T)
+        .await
+        .unwrap();
+    assert!(
+        st.to_string().contains("n2"),
+        "the bad frames were counted: {st}"
+    );
+    c.nodes[0]
+        .call("blacklist_clear", json!({}), T)
+        .await
+        .unwrap();
+    join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut quiet)
+        .await
+        .unwrap();
     assert_eq!(members(&status(&c, 0).await), ["n1", "n2"]);
 }

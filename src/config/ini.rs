@@ -19,7 +19,10 @@ pub struct SyntaxError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
     Section(String),
-    Entry { key: String, value: String },
+    Entry {
+        key: String,
+        value: String,
+    },
     /// Blank lines and comments, kept verbatim.
     Other(String),
 }
@@ -79,7 +82,9 @@ impl IniDoc {
         for l in &self.lines {
             match l {
                 Line::Section(s) => section = s.clone(),
-                Line::Entry { key, value } => out.push((section.clone(), key.clone(), value.clone())),
+                Line::Entry { key, value } => {
+                    out.push((section.clone(), key.clone(), value.clone()))
+                }
                 Line::Other(_) => {}
             }
         }

@@ -95,17 +95,61 @@ pub struct Param {
 
 /// Every parameter node.conf may hold.
 pub const PARAMS: &[Param] = &[
-    Param { key: "node.name", default: "", help: "node name (default: the hostname)" },
-    Param { key: "node.down_timeout", default: "5s", help: "a peer unreachable this long is marked down" },
-    Param { key: "node.split_action", default: "stop", help: "stop|none: what a node cut off from the majority does to its failover instances" },
-    Param { key: "node.log_level", default: "info", help: "error|warn|info|debug|trace" },
-    Param { key: "listener.addr", default: "0.0.0.0", help: "listener IP address" },
-    Param { key: "listener.port", default: "1214", help: "listener TCP port" },
-    Param { key: "listener.max_frame", default: "16777216", help: "largest frame accepted, in bytes (1024..=1073741824)" },
-    Param { key: "listener.replay_window", default: "60s", help: "frames older or newer than this are refused" },
-    Param { key: "cluster.name", default: "", help: "cluster name (set by bootstrap or join)" },
-    Param { key: "cluster.secret", default: "", help: "shared secret the frames are encrypted with" },
-    Param { key: "cluster.nodes", default: "", help: "space-separated member names" },
+    Param {
+        key: "node.name",
+        default: "",
+        help: "node name (default: the hostname)",
+    },
+    Param {
+        key: "node.down_timeout",
+        default: "5s",
+        help: "a peer unreachable this long is marked down",
+    },
+    Param {
+        key: "node.split_action",
+        default: "stop",
+        help: "stop|none: what a node cut off from the majority does to its failover instances",
+    },
+    Param {
+        key: "node.log_level",
+        default: "info",
+        help: "error|warn|info|debug|trace",
+    },
+    Param {
+        key: "listener.addr",
+        default: "0.0.0.0",
+        help: "listener IP address",
+    },
+    Param {
+        key: "listener.port",
+        default: "1214",
+        help: "listener TCP port",
+    },
+    Param {
+        key: "listener.max_frame",
+        default: "16777216",
+        help: "largest frame accepted, in bytes (1024..=1073741824)",
+    },
+    Param {
+        key: "listener.replay_window",
+        default: "60s",
+        help: "frames older or newer than this are refused",
+    },
+    Param {
+        key: "cluster.name",
+        default: "",
+        help: "cluster name (set by bootstrap or join)",
+    },
+    Param {
+        key: "cluster.secret",
+        default: "",
+        help: "shared secret the frames are encrypted with",
+    },
+    Param {
+        key: "cluster.nodes",
+        default: "",
+        help: "space-separated member names",
+    },
 ];
 
 /// The typed view of node.conf that the daemon runs with.
@@ -182,7 +226,10 @@ impl NodeConfig {
             replay_window: duration(&get("listener.replay_window")).expect("validated"),
             cluster_name: get("cluster.name"),
             secret: get("cluster.secret"),
-            nodes: get("cluster.nodes").split_whitespace().map(str::to_string).collect(),
+            nodes: get("cluster.nodes")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         })
     }
 
@@ -193,7 +240,10 @@ impl NodeConfig {
 }
 
 fn default_of(key: &str) -> &'static str {
-    PARAMS.iter().find(|p| p.key == key).map_or("", |p| p.default)
+    PARAMS
+        .iter()
+        .find(|p| p.key == key)
+        .map_or("", |p| p.default)
 }
 
 /// Checks that `key` is a known parameter and `value` a valid value for it.
@@ -219,12 +269,16 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "node.down_timeout" | "listener.replay_window" if duration(value).is_none() => {
             bad("expected a duration such as 5s, 500ms or 1m")
         }
-        "node.split_action" if !matches!(value, "stop" | "none") => bad("allowed values are stop, none"),
+        "node.split_action" if !matches!(value, "stop" | "none") => {
+            bad("allowed values are stop, none")
+        }
         "node.log_level" if !matches!(value, "error" | "warn" | "info" | "debug" | "trace") => {
             bad("allowed values are error, warn, info, debug, trace")
         }
         "listener.addr" if value.parse::<IpAddr>().is_err() => bad("expected an IP address"),
-        "listener.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => bad("expected a port in 1..=65535"),
+        "listener.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => {
+            bad("expected a port in 1..=65535")
+        }
         "listener.max_frame"
             if !value
                 .parse::<usize>()
@@ -235,7 +289,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "cluster.name" if !value.is_empty() && !name_ok(value) => {
             bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
         }
-        "cluster.secret" if !value.is_empty() && value.len() < 8 => bad("a secret has at least 8 characters"),
+        "cluster.secret" if !value.is_empty() && value.len() < 8 => {
+            bad("a secret has at least 8 characters")
+        }
         "cluster.nodes" => match value.split_whitespace().find(|n| !name_ok(n)) {
             Some(_) => bad("expected space-separated node names"),
             None => Ok(()),

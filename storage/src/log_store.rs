@@ -78,7 +78,10 @@ impl<B: Backend> LogStore<B> {
 }
 
 /// Syncs once for every batch of queued appends, then acknowledges them in order.
-async fn flush_loop<B: Backend>(backend: B, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flush_loop<B: Backend>(
+    backend: B,
+    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
