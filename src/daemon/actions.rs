@@ -322,7 +322,7 @@ impl Daemon {
                 let since = opt_u64(o, "since")?.unwrap_or(0);
                 let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));
                 let events = self.events.since(since, wait).await;
-                let next = events.last().map_or(since.max(0), |e| e.seq);
+                let next = events.last().map_or(since, |e| e.seq);
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
             "raft_append" if from_peer => {
