@@ -82,30 +82,6 @@ impl From<ProposeError> for ActionError {
 
 type Result<T> = std::result::Result<T, ActionError>;
 
-/// Every action name this daemon serves, as listed in docs/PROTOCOL.md.
-pub const ACTIONS: &[&str] = &[
-    "daemon_status",
-    "daemon_stop",
-    "daemon_start",
-    "daemon_shutdown",
-    "blacklist_status",
-    "blacklist_clear",
-    "join",
-    "leave",
-    "set_node_monitor",
-    "get_node_monitor",
-    "set_service_monitor",
-    "get_service_monitor",
-    "clear",
-    "get_service_config",
-    "set_service_config",
-    "events",
-    "daemon_inject_fault",
-    "raft_append",
-    "raft_vote",
-    "raft_snapshot",
-    "raft_propose",
-];
 
 fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
     match o.get(key) {

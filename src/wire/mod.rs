@@ -57,4 +57,5 @@ pub const ACTIONS: &[&str] = &[
     "raft_append",
     "raft_vote",
     "raft_snapshot",
+    "raft_propose",
 ];
