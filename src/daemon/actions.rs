@@ -331,7 +331,7 @@ impl Daemon {
                 code::UNKNOWN_ACTION,
                 format!(
                     "unknown action {other:?}; known actions: {}",
-                    ACTIONS.join(", ")
+                    crate::wire::ACTIONS.join(", ")
                 ),
             )),
         }
