@@ -180,10 +180,14 @@ type Result<T> = std::result::Result<T, CliError>;
 /// Parses the command line and runs it; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("OM_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => 0,
         Err(e) => {
