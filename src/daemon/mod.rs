@@ -82,9 +82,9 @@ pub enum StopKind {
 pub fn raft_config(cluster: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: 80,
+        election_timeout_min: 250,
+        election_timeout_max: 500,
         max_payload_entries: 512,
         // Chunks travel as MessagePack arrays inside frames: keep them well under max_frame.
         snapshot_max_chunk_size: 256 * 1024,
@@ -341,7 +341,7 @@ impl Daemon {
             if err.status != code::UNAVAILABLE || Instant::now() >= deadline {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
