@@ -107,9 +107,20 @@ impl IniDoc {
         found
     }
 
-    /// Sets `section.key`, replacing its existing line or adding one at the end of the section.
+    /// Sets `section.key`: its existing line is changed in place (earlier duplicates are
+    /// removed), else a line is added after the section's last entry, or a new section.
     pub fn set(&mut self, section: &str, key: &str, value: &str) {
-        self.unset(section, key);
+        let positions = self.positions(section, key);
+        if let Some((&last, earlier)) = positions.split_last() {
+            self.lines[last] = Line::Entry {
+                key: key.to_string(),
+                value: value.to_string(),
+            };
+            for &i in earlier.iter().rev() {
+                self.lines.remove(i);
+            }
+            return;
+        }
         let entry = Line::Entry {
             key: key.to_string(),
             value: value.to_string(),
@@ -118,12 +129,14 @@ impl IniDoc {
         let mut insert_at = None;
         for (i, l) in self.lines.iter().enumerate() {
             match l {
-                Line::Section(s) => current = Some(s),
+                Line::Section(s) => {
+                    current = Some(s);
+                    if s == section {
+                        insert_at = Some(i + 1);
+                    }
+                }
                 Line::Entry { .. } if current == Some(section) => insert_at = Some(i + 1),
                 _ => {}
-            }
-            if matches!(l, Line::Section(s) if s == section) {
-                insert_at = Some(i + 1);
             }
         }
         match insert_at {
@@ -136,6 +149,20 @@ impl IniDoc {
                 self.lines.push(entry);
             }
         }
+    }
+
+    /// Line indexes of `section.key`, in file order.
+    fn positions(&self, section: &str, key: &str) -> Vec<usize> {
+        let mut current = "";
+        let mut out = Vec::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            match l {
+                Line::Section(s) => current = s,
+                Line::Entry { key: k, .. } if current == section && k == key => out.push(i),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Removes every line of `section.key`; returns whether there was one.
