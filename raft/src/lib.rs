@@ -10,6 +10,7 @@ pub mod command;
 pub mod event;
 pub mod machine;
 pub mod node;
+mod restart;
 pub mod runtime;
 pub mod state;
 pub mod types;

@@ -1,0 +1,74 @@
+//! Deliberately broken variants (`--inject-bug NAME`) that the checkers must catch.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::config::SimConfig;
+
+/// A bug the simulator can plant in the system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// The disk acknowledges `sync` without making anything durable (`MemFaults.lying_sync`):
+    /// votes and log entries are acknowledged before they are flushed, and crashes lose them.
+    LyingSync,
+    /// The state machine now and then applies an earlier command a second time, after a
+    /// later one (a replay that forgot where it stopped).
+    DoubleApply,
+    /// The log store forgets the saved vote on restart, so a node can vote twice in a term.
+    ForgetVote,
+    /// Clients read the local state of whatever node they ask instead of
+    /// `Node::read_linearizable` (a stale-read bug in a read path).
+    StaleRead,
+}
+
+impl Bug {
+    pub const ALL: &'static [Bug] = &[
+        Bug::LyingSync,
+        Bug::DoubleApply,
+        Bug::ForgetVote,
+        Bug::StaleRead,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::LyingSync => "lying-sync",
+            Bug::DoubleApply => "double-apply",
+            Bug::ForgetVote => "forget-vote",
+            Bug::StaleRead => "stale-read",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Bug::LyingSync => "sync returns before anything is durable; crashes lose acknowledged votes and entries",
+            Bug::DoubleApply => "the state machine re-applies an earlier command after a later one",
+            Bug::ForgetVote => "the log store forgets the saved vote on restart (double voting)",
+            Bug::StaleRead => "reads are served from any node's local state, without a leader check",
+        }
+    }
+
+    /// Schedules are the same with and without a bug; this hook exists so a variant that
+    /// needs a fault class could ask for it. None does today.
+    pub fn adjust(self, _cfg: &mut SimConfig) {}
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Bug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Bug, String> {
+        Bug::ALL
+            .iter()
+            .copied()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown bug {s:?}: one of {}", names.join(", "))
+            })
+    }
+}

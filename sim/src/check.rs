@@ -1,0 +1,385 @@
+//! The checkers. The stores, the network and the clients report to a [`Recorder`] as the
+//! run goes; some properties are checked on the spot, the rest by [`final_checks`].
+//!
+//! - election: a node's vote never goes back, and no acknowledged vote is lost by a crash
+//!   (together: no node votes twice in a term); leaders per term are counted;
+//! - log matching: two entries with the same log id are the same entry, wherever and
+//!   whenever they were appended, and no node ever truncates a committed entry;
+//! - state machine safety: every node applies the same entry at the same index, and has the
+//!   same state after it (also after restoring or installing a snapshot), which is the state
+//!   `apply` gives when the committed log is replayed from scratch;
+//! - durability: every acknowledged command is in the committed log at the index it was
+//!   acknowledged with, and its reply is the one the replay gives;
+//! - linearizability of the client history, per cluster parameter (see `linear`);
+//! - liveness after the faults stop (the heal phase, in `run`).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use openraft::Entry;
+use openraft::EntryPayload;
+use openraft::LogId;
+use openraft::Vote;
+use raft::MachineData;
+use raft::NodeId;
+use raft::Reply;
+use raft::SharedMachine;
+use raft::TypeConfig;
+
+use crate::linear;
+use crate::rng::fnv1a;
+use crate::world::World;
+
+/// Hash of the replicated part of a state machine (cluster state and membership).
+pub fn state_hash(machine: &SharedMachine) -> u64 {
+    machine.read(data_hash)
+}
+
+fn data_hash(d: &MachineData) -> u64 {
+    let bytes = rmp_serde::to_vec(&(&d.cluster, &d.membership)).expect("state serializes");
+    fnv1a(&bytes)
+}
+
+fn payload_hash(p: &EntryPayload<TypeConfig>) -> u64 {
+    fnv1a(&rmp_serde::to_vec(p).expect("payload serializes"))
+}
+
+/// Counters shown in the per-seed summary.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub messages: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub clock_jumps: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    pub snapshots_installed: u64,
+    pub writes_ok: u64,
+    pub writes_failed: u64,
+    pub writes_unknown: u64,
+    pub reads_ok: u64,
+    pub reads_failed: u64,
+    pub leaderships: u64,
+    pub max_term: u64,
+    /// Terms in which two different nodes led (openraft's `LeaderId` is `(term, node)`).
+    pub shared_terms: u64,
+    /// Log ids appended again with another entry (a restarted leader resuming its term).
+    pub log_ids_reused: u64,
+    pub heal_leader_ms: u64,
+    pub heal_commit_ms: u64,
+    pub lin_ops: u64,
+    pub lin_unchecked_keys: u64,
+}
+
+/// One client operation on a register (a cluster parameter).
+#[derive(Debug, Clone)]
+pub struct RegOp {
+    pub key: String,
+    pub call: u64,
+    /// `None`: the outcome is unknown (timeout, crash): it may take effect any time after
+    /// `call`, or never.
+    pub ret: Option<u64>,
+    pub kind: linear::Kind,
+}
+
+/// An acknowledged command: what the client was told.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub index: u64,
+    pub payload: u64,
+    pub reply: Reply,
+    pub what: String,
+}
+
+struct Applied {
+    log_id: LogId<NodeId>,
+    payload: u64,
+    entry: Entry<TypeConfig>,
+    by: String,
+}
+
+/// What the run reported, and the violations found on the spot.
+pub struct Recorder {
+    pub violations: Vec<String>,
+    pub stats: Stats,
+    /// Every log id ever appended anywhere, with the payload hash first appended under it.
+    appended: BTreeMap<(u64, NodeId, u64), u64>,
+    /// Each node's log as it is now (index -> log id, payload hash): what its store holds,
+    /// re-read from the disk at every start.
+    logs: Vec<BTreeMap<u64, (LogId<NodeId>, u64)>>,
+    /// The committed log, as learned from applies (applied means committed).
+    committed: BTreeMap<u64, Applied>,
+    /// The state hash after each index, as first seen, and by whom.
+    states: BTreeMap<u64, (u64, String)>,
+    /// Per node: the highest acknowledged vote (reset when the node is wiped).
+    votes: Vec<Option<Vote<NodeId>>>,
+    /// Leaders seen per term.
+    leaders: BTreeMap<u64, BTreeSet<usize>>,
+    pub ops: Vec<RegOp>,
+    pub acked: Vec<Acked>,
+}
+
+impl Recorder {
+    pub fn new(nodes: usize) -> Recorder {
+        Recorder {
+            violations: Vec::new(),
+            stats: Stats::default(),
+            appended: BTreeMap::new(),
+            logs: vec![BTreeMap::new(); nodes],
+            committed: BTreeMap::new(),
+            states: BTreeMap::new(),
+            votes: vec![None; nodes],
+            leaders: BTreeMap::new(),
+            ops: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    pub fn violation(&mut self, w: &World, what: String) {
+        w.ev("FAIL", format_args!("{what}"));
+        if self.violations.len() < 20 {
+            self.violations.push(what);
+        }
+    }
+
+    pub fn on_vote_saved(&mut self, w: &World, node: usize, vote: Vote<NodeId>) {
+        if let Some(prev) = self.votes[node] {
+            // Votes are totally ordered in openraft's default LeaderId mode.
+            if vote < prev {
+                let what = format!(
+                    "election: {} saved vote {} after acknowledging {} (a vote went back: double vote)",
+                    w.names[node],
+                    w.vote(&vote),
+                    w.vote(&prev)
+                );
+                self.violation(w, what);
+            }
+        }
+        if self.votes[node].is_none_or(|p| vote > p) {
+            self.votes[node] = Some(vote);
+        }
+    }
+
+    pub fn on_vote_read(&mut self, w: &World, node: usize, vote: Option<Vote<NodeId>>) {
+        if let Some(prev) = self.votes[node] {
+            if vote.is_none_or(|v| v < prev) {
+                let what = format!(
+                    "election: {} restarted with vote {} but had acknowledged {} (vote lost in a crash)",
+                    w.names[node],
+                    vote.map_or("none".into(), |v| w.vote(&v)),
+                    w.vote(&prev)
+                );
+                self.violation(w, what);
+            }
+        }
+    }
+
+    pub fn on_wipe(&mut self, node: usize) {
+        self.votes[node] = None;
+        self.logs[node].clear();
+    }
+
+    /// A node (re)starts with this log on its disk.
+    pub fn on_start(&mut self, node: usize, entries: &[Entry<TypeConfig>]) {
+        self.logs[node] = entries
+            .iter()
+            .map(|e| (e.log_id.index, (e.log_id, payload_hash(&e.payload))))
+            .collect();
+    }
+
+    pub fn on_purge(&mut self, node: usize, upto: u64) {
+        self.logs[node] = self.logs[node].split_off(&(upto + 1));
+    }
+
+    pub fn on_leader(&mut self, node: usize, _inc: u64, vote: Vote<NodeId>) {
+        let term = vote.leader_id.term;
+        self.stats.leaderships += 1;
+        self.stats.max_term = self.stats.max_term.max(term);
+        let set = self.leaders.entry(term).or_default();
+        set.insert(node);
+        if set.len() == 2 {
+            self.stats.shared_terms += 1;
+        }
+    }
+
+    pub fn on_append(&mut self, w: &World, node: usize, entries: &[Entry<TypeConfig>]) {
+        for e in entries {
+            let key = (
+                e.log_id.leader_id.term,
+                e.log_id.leader_id.node_id,
+                e.log_id.index,
+            );
+            let h = payload_hash(&e.payload);
+            match self.appended.get(&key) {
+                None => {
+                    self.appended.insert(key, h);
+                }
+                Some(h0) if *h0 != h => {
+                    // A log id reused for another entry: openraft 0.9 lets a restarted
+                    // leader resume its term; harmless unless some log still holds the old
+                    // entry, which the check below catches.
+                    self.stats.log_ids_reused += 1;
+                }
+                Some(_) => {}
+            }
+            let clash = self.logs.iter().position(|log| {
+                log.get(&e.log_id.index)
+                    .is_some_and(|(l, h2)| *l == e.log_id && *h2 != h)
+            });
+            if let Some(other) = clash {
+                let what = format!(
+                    "log matching: {} appended an entry under log id {} while {} holds a different entry with that id",
+                    w.names[node],
+                    w.log_id(&Some(e.log_id)),
+                    w.names[other]
+                );
+                self.violation(w, what);
+            }
+            self.logs[node].insert(e.log_id.index, (e.log_id, h));
+        }
+    }
+
+    pub fn on_truncate(
+        &mut self,
+        w: &World,
+        node: usize,
+        since: u64,
+        removed: &[Entry<TypeConfig>],
+    ) {
+        self.logs[node].split_off(&since);
+        for e in removed {
+            if let Some(c) = self.committed.get(&e.log_id.index) {
+                if c.log_id == e.log_id {
+                    let what = format!(
+                        "log matching: {} truncated committed entry {}",
+                        w.names[node],
+                        w.log_id(&Some(e.log_id))
+                    );
+                    self.violation(w, what);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn on_apply(
+        &mut self,
+        w: &World,
+        node: usize,
+        e: &Entry<TypeConfig>,
+        _reply: Option<Reply>,
+        state: u64,
+    ) {
+        let index = e.log_id.index;
+        let payload = payload_hash(&e.payload);
+        match self.committed.get(&index) {
+            None => {
+                self.committed.insert(
+                    index,
+                    Applied {
+                        log_id: e.log_id,
+                        payload,
+                        entry: e.clone(),
+                        by: w.names[node].clone(),
+                    },
+                );
+            }
+            Some(a) if a.log_id != e.log_id || a.payload != payload => {
+                let what = format!(
+                    "state machine safety: {} applied {} at index {index}, {} applied {}",
+                    w.names[node],
+                    w.log_id(&Some(e.log_id)),
+                    a.by,
+                    w.log_id(&Some(a.log_id))
+                );
+                self.violation(w, what);
+            }
+            Some(_) => {}
+        }
+        self.on_state(w, node, index, state, "applying");
+    }
+
+    pub fn on_state(&mut self, w: &World, node: usize, index: u64, state: u64, how: &str) {
+        match self.states.get(&index) {
+            None => {
+                self.states.insert(index, (state, w.names[node].clone()));
+            }
+            Some((s0, by)) if *s0 != state => {
+                let what = format!(
+                    "state machine safety: {}'s state at index {index} ({how}) differs from {by}'s",
+                    w.names[node]
+                );
+                self.violation(w, what);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The highest index known committed.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed.keys().next_back().copied()
+    }
+}
+
+/// The checks that need the whole run.
+pub fn final_checks(w: &World, rec: &mut Recorder) {
+    // Replay the committed log from scratch with the production `apply`, and compare every
+    // state and every reply seen during the run.
+    let mut model = MachineData::default();
+    let mut replies: BTreeMap<u64, Reply> = BTreeMap::new();
+    let mut expected_index = rec.committed.keys().next().copied().unwrap_or(0);
+    let mut problems = Vec::new();
+    for (index, a) in &rec.committed {
+        if *index != expected_index {
+            // A gap only snapshots covered: nothing more to compare against.
+            break;
+        }
+        expected_index += 1;
+        let (reply, _) = model.apply_entry(&a.entry);
+        replies.insert(*index, reply);
+        if let Some((h, by)) = rec.states.get(index) {
+            if *h != data_hash(&model) {
+                problems.push(format!(
+                    "state machine safety: {by}'s state at index {index} is not what replaying the committed log gives"
+                ));
+            }
+        }
+    }
+    for a in &rec.acked {
+        match rec.committed.get(&a.index) {
+            None => problems.push(format!(
+                "durability: {} was acknowledged at index {} but nothing was ever committed there",
+                a.what, a.index
+            )),
+            Some(c) if c.payload != a.payload => problems.push(format!(
+                "durability: {} was acknowledged at index {} but {} is committed there",
+                a.what,
+                a.index,
+                w.log_id(&Some(c.log_id))
+            )),
+            Some(_) => {
+                if let Some(r) = replies.get(&a.index) {
+                    if *r != a.reply {
+                        problems.push(format!(
+                            "durability: {} at index {} was answered {:?}, replaying the log answers {:?}",
+                            a.what, a.index, a.reply, r
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for p in problems.into_iter().take(10) {
+        rec.violation(w, p);
+    }
+    let ops = std::mem::take(&mut rec.ops);
+    rec.stats.lin_ops = ops.len() as u64;
+    let result = linear::check(&ops);
+    rec.stats.lin_unchecked_keys = result.inconclusive as u64;
+    for f in result.failures {
+        rec.violation(w, f);
+    }
+    rec.ops = ops;
+}

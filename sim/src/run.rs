@@ -1,0 +1,399 @@
+//! One run: warm-up, fault phase, heal phase, checks.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use raft::Command;
+use raft::Member;
+use raft::ProposeError;
+use tokio::time::sleep;
+use tokio::time::timeout;
+use tokio::time::Instant;
+
+use crate::bugs::Bug;
+use crate::check;
+use crate::check::Stats;
+use crate::config::Options;
+use crate::config::SimConfig;
+use crate::faults;
+use crate::rng::Rng;
+use crate::workload;
+use crate::world::Status;
+use crate::world::World;
+
+/// How long the cluster may take, once the faults stop, to agree on one leader, then to
+/// commit a new command, then to bring every member up to it (virtual time, each).
+pub const HEAL_BOUND: Duration = Duration::from_secs(10);
+/// How long the warm-up may take to assemble the cluster.
+const WARMUP_BOUND: Duration = Duration::from_secs(20);
+
+/// What a seed came to.
+#[derive(Debug, Clone)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub bug: Option<Bug>,
+    pub hash: u64,
+    pub nodes: usize,
+    pub failures: Vec<String>,
+    pub stats: Stats,
+    pub virtual_ms: u64,
+    pub events: u64,
+    pub config: String,
+    pub trace: Vec<String>,
+}
+
+impl SeedResult {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+thread_local! {
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Woken by the panic hook, so the run ends at the first panic of any task.
+    static PANICKED: RefCell<Arc<tokio::sync::Notify>> = RefCell::new(Arc::new(tokio::sync::Notify::new()));
+}
+
+/// Keeps the first panic message of this thread (instead of printing it); installed once.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = match info.payload().downcast_ref::<&str>() {
+            Some(s) => s.to_string(),
+            None => match info.payload().downcast_ref::<String>() {
+                Some(s) => s.clone(),
+                None => "non-string panic".into(),
+            },
+        };
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        if std::env::var_os("SIM_PANICS").is_some() {
+            eprintln!(
+                "panic: {msg}{at}\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+        }
+        PANIC.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_none() {
+                *p = Some(format!("{msg}{at}"));
+            }
+        });
+        PANICKED.with(|n| n.borrow().notify_one());
+    }));
+}
+
+/// Runs seed `seed`.
+pub fn run_seed(seed: u64, opts: &Options) -> SeedResult {
+    let cfg = SimConfig::from_seed(seed, opts);
+    let (bug, keep_trace) = (opts.bug, opts.keep_trace);
+    let config = cfg.to_string();
+    let nodes = cfg.nodes;
+    raft::runtime::seed_thread_rng(Rng::seed_for(seed, "openraft"));
+    PANIC.with(|p| p.borrow_mut().take());
+    let panicked = Arc::new(tokio::sync::Notify::new());
+    PANICKED.with(|n| *n.borrow_mut() = panicked.clone());
+    let tokio_seed = Rng::seed_for(seed, "tokio").to_le_bytes();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&tokio_seed))
+        .build()
+        .expect("tokio runtime");
+    let mut world_slot: Option<Arc<World>> = None;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        rt.block_on(async {
+            let w = World::new(cfg, keep_trace);
+            world_slot = Some(w.clone());
+            // A panicking task (an openraft core, a store) is caught by tokio; the hook wakes
+            // this, and the run stops there.
+            let r = tokio::select! {
+                biased;
+                _ = panicked.notified() => {
+                    let msg = PANIC.with(|p| p.borrow().clone()).unwrap_or_default();
+                    w.ev("FAIL", format_args!("panic: {msg}"));
+                    Err(format!("panic: {msg}"))
+                }
+                r = scenario(&w) => r,
+            };
+            (r, w.now_us() / 1000)
+        })
+    }));
+    drop(rt);
+    raft::runtime::unseed_thread_rng();
+    let panic = PANIC.with(|p| p.borrow_mut().take());
+    let w = world_slot.expect("the world is built first thing");
+    let mut failures = Vec::new();
+    let virtual_ms = match outcome {
+        Ok((r, ms)) => {
+            if let Err(e) = r {
+                failures.push(e);
+            }
+            ms
+        }
+        Err(_) => {
+            failures.push(format!(
+                "panic: {}",
+                panic.unwrap_or_else(|| "unknown".into())
+            ));
+            0
+        }
+    };
+    let (stats, violations) = {
+        let rec = w.rec();
+        (rec.stats.clone(), rec.violations.clone())
+    };
+    // Violations found on the spot come first: they are usually the cause.
+    let mut all = violations;
+    all.append(&mut failures);
+    let mut trace = w.trace();
+    SeedResult {
+        seed,
+        bug,
+        hash: trace.hash(),
+        nodes,
+        failures: all,
+        stats,
+        virtual_ms,
+        events: trace.events(),
+        config,
+        trace: trace.take_lines(),
+    }
+}
+
+async fn scenario(w: &Arc<World>) -> Result<(), String> {
+    w.ev(
+        "sim",
+        format_args!("seed {} bug {:?}: {}", w.cfg.seed, w.cfg.bug, w.cfg),
+    );
+    timeout(WARMUP_BOUND, warm_up(w))
+        .await
+        .map_err(|_| format!("warm-up: the cluster did not assemble within {WARMUP_BOUND:?}"))??;
+
+    // Fault phase.
+    let base = Instant::now();
+    w.ev("sim", format_args!("faults begin"));
+    w.net().params = w.cfg.net.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for k in 0..w.cfg.clients {
+        workers.push(tokio::spawn(workload::client(w.clone(), k, stop.clone())));
+    }
+    if w.cfg.membership_gap_ms > 0 {
+        workers.push(tokio::spawn(workload::operator(w.clone(), stop.clone())));
+    }
+    let injector = tokio::spawn(faults::inject(w.clone(), base, faults::schedule(&w.cfg)));
+    sleep(Duration::from_millis(w.cfg.fault_ms)).await;
+
+    // Heal phase: no new faults, a calm network, everyone restarted.
+    injector.abort();
+    stop.store(true, Ordering::Relaxed);
+    {
+        let mut net = w.net();
+        net.blocked.clear();
+        net.params = crate::config::NetParams::calm();
+    }
+    w.ev("sim", format_args!("faults end: network healed"));
+    for (i, name) in w.names.iter().enumerate() {
+        if w.status(i) == Status::Down {
+            w.start(i)
+                .await
+                .map_err(|e| format!("heal: restarting {name}: {e}"))?;
+        }
+    }
+    for h in workers {
+        // Every client operation and operator step has a timeout; give them time to end.
+        if timeout(Duration::from_secs(60), h).await.is_err() {
+            return Err("heal: a client did not finish its last operation".into());
+        }
+    }
+    let healed = heal(w).await;
+
+    let mut rec = w.rec();
+    check::final_checks(w, &mut rec);
+    healed
+}
+
+/// Node 1 bootstraps the cluster; the others join one by one.
+async fn warm_up(w: &Arc<World>) -> Result<(), String> {
+    let n1 = w.start(0).await?;
+    n1.initialize(Member::new("n1", "n1:1214"))
+        .await
+        .map_err(|e| format!("initialize: {e}"))?;
+    while w.leader().is_none() {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let boot = Command::Bootstrap {
+        cluster: "sim".into(),
+        node: "n1".into(),
+        addr: "n1:1214".into(),
+        at_ms: w.wall_ms(0),
+    };
+    n1.propose(boot)
+        .await
+        .map_err(|e| format!("bootstrap: {e}"))?;
+    for i in 1..w.cfg.nodes {
+        while let Err(e) = workload::join(w, i).await {
+            w.ev(
+                "sim",
+                format_args!("warm-up join of {} failed: {e}", w.names[i]),
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    w.ev("sim", format_args!("cluster assembled"));
+    Ok(())
+}
+
+/// Members (voters and learners) by the leader's membership config.
+fn members(w: &World, leader: &raft::Node) -> BTreeSet<usize> {
+    let m = leader.metrics();
+    let mem = m.membership_config.membership();
+    mem.voter_ids()
+        .chain(mem.learner_ids())
+        .filter_map(|id| w.index_of(id))
+        .collect()
+}
+
+/// After the faults: one leader that every member follows, a new command committed, and
+/// every member caught up with it, each within [`HEAL_BOUND`].
+async fn heal(w: &Arc<World>) -> Result<(), String> {
+    let t0 = Instant::now();
+    let deadline = t0 + HEAL_BOUND;
+    let leader = loop {
+        if let Some((l, node)) = w.leader() {
+            let ms = members(w, &node);
+            let agreed = ms.iter().all(|i| {
+                w.node(*i)
+                    .is_some_and(|n| n.metrics().current_leader == Some(w.ids[l]))
+            });
+            if agreed && ms.contains(&l) {
+                break l;
+            }
+        }
+        if Instant::now() >= deadline {
+            let views: Vec<String> = (0..w.cfg.nodes)
+                .map(|i| match w.node(i) {
+                    None => format!("{} {:?}", w.names[i], w.status(i)),
+                    Some(n) => {
+                        let m = n.metrics();
+                        format!(
+                            "{} {:?} {} leader {}",
+                            w.names[i],
+                            m.state,
+                            w.vote(&m.vote),
+                            m.current_leader.map_or("-", |l| w.name_of(l))
+                        )
+                    }
+                })
+                .collect();
+            return Err(format!(
+                "liveness: no leader followed by every member within {HEAL_BOUND:?} of the faults ending ({})",
+                views.join("; ")
+            ));
+        }
+        sleep(Duration::from_millis(5)).await;
+    };
+    let t1 = Instant::now();
+    w.rec().stats.heal_leader_ms = (t1 - t0).as_millis() as u64;
+    w.ev("sim", format_args!("healed: {} leads", w.names[leader]));
+
+    // A new command must commit.
+    let deadline = t1 + HEAL_BOUND;
+    let mut target = leader;
+    let probe = Command::SetClusterParam {
+        key: "sim.heal".into(),
+        value: Some(w.cfg.seed.to_string()),
+    };
+    let index = loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "liveness: no command committed within {HEAL_BOUND:?} of a leader emerging"
+            ));
+        }
+        let Some(node) = w.node(target) else {
+            return Err(format!("heal: {} is not up", w.names[target]));
+        };
+        match timeout(deadline - Instant::now(), node.propose(probe.clone())).await {
+            Err(_) => continue,
+            Ok(Ok(c)) => break c.index,
+            Ok(Err(ProposeError::NotLeader {
+                leader_id: Some(l), ..
+            })) => {
+                target = w.index_of(l).unwrap_or(target);
+                sleep(Duration::from_millis(5)).await;
+            }
+            Ok(Err(e)) => {
+                w.ev("sim", format_args!("heal probe: {e}"));
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let t2 = Instant::now();
+    w.rec().stats.heal_commit_ms = (t2 - t1).as_millis() as u64;
+    w.ev("sim", format_args!("heal probe committed at {index}"));
+
+    // Every member catches up, and they all hold the same state.
+    let deadline = t2 + HEAL_BOUND;
+    loop {
+        let Some((_, lnode)) = w.leader() else {
+            return Err("liveness: leadership lost in the heal phase".into());
+        };
+        let ms = members(w, &lnode);
+        let lagging: Vec<&str> = ms
+            .iter()
+            .filter(|i| {
+                w.node(**i)
+                    .is_none_or(|n| n.metrics().last_applied.is_none_or(|l| l.index < index))
+            })
+            .map(|i| w.names[*i].as_str())
+            .collect();
+        if lagging.is_empty() {
+            let states: BTreeSet<(u64, u64)> = ms
+                .iter()
+                .filter_map(|i| w.node(*i))
+                .map(|n| {
+                    n.read_machine(|d| {
+                        (
+                            d.last_applied.map_or(0, |l| l.index),
+                            crate::rng::fnv1a(&rmp_serde::to_vec(&d.cluster).expect("serializes")),
+                        )
+                    })
+                })
+                .collect();
+            let indexes: BTreeSet<u64> = states.iter().map(|s| s.0).collect();
+            if indexes.len() == 1 {
+                if states.len() != 1 {
+                    return Err("state machine safety: members differ after converging".into());
+                }
+                break;
+            }
+        } else if Instant::now() >= deadline {
+            return Err(format!(
+                "liveness: {} did not apply the heal probe within {HEAL_BOUND:?}",
+                lagging.join(", ")
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err("liveness: members did not converge to one applied index".into());
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    w.ev("sim", format_args!("converged"));
+    // The leader's role is settled by now; note it for the trace.
+    if let Some((l, n)) = w.leader() {
+        let m = n.metrics();
+        debug_assert_eq!(m.state, ServerState::Leader);
+        w.ev(
+            "sim",
+            format_args!("final leader {} {}", w.names[l], w.vote(&m.vote)),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The simulated world of one run: node slots (disk, clock, running Raft), the network, the
+//! recorder the checkers read, and the trace. Shared as `Arc<World>` by every task; each
+//! mutex is held only for a few statements and never across an `.await`.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+use openraft::LogId;
+use openraft::ServerState;
+use openraft::Vote;
+use raft::Member;
+use raft::Node;
+use raft::NodeId;
+use storage::MemBackend;
+use storage::MemFaults;
+use tokio::time::Instant;
+
+use crate::bugs::Bug;
+use crate::check::Recorder;
+use crate::config::SimConfig;
+use crate::net::NetFactory;
+use crate::net::NetState;
+use crate::rng::Rng;
+use crate::store::SimDisk;
+use crate::store::SimLog;
+use crate::store::SimMachine;
+use crate::trace::Trace;
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Never started, or left the cluster and had its disk wiped.
+    Out,
+    /// Running.
+    Up,
+    /// Crashed; its disk keeps what was synced, and it will be restarted.
+    Down,
+}
+
+/// A node's wall clock: the epoch plus virtual time, scaled by its drift, plus its offset.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    pub offset_ms: i64,
+    pub drift_ppm: i64,
+}
+
+/// One machine of the pool.
+pub struct Slot {
+    pub name: String,
+    pub id: NodeId,
+    pub member: Member,
+    pub disk: MemBackend,
+    /// The incarnation allowed to touch the disk and the network (0: none).
+    pub live: Arc<AtomicU64>,
+    /// Incarnations started so far.
+    pub incarnation: u64,
+    pub node: Option<Node>,
+    pub status: Status,
+    pub clock: Clock,
+}
+
+/// Everything of one run.
+pub struct World {
+    pub cfg: SimConfig,
+    pub start: Instant,
+    pub names: Vec<String>,
+    pub ids: Vec<NodeId>,
+    pub net: Mutex<NetState>,
+    pub slots: Mutex<Vec<Slot>>,
+    pub rec: Mutex<Recorder>,
+    trace: Mutex<Trace>,
+    seq: AtomicU64,
+}
+
+/// Wall-clock epoch of every node's clock (ms): 2023-11-14.
+const EPOCH_MS: i64 = 1_700_000_000_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().expect("sim lock poisoned")
+}
+
+impl World {
+    pub fn new(cfg: SimConfig, keep_trace: bool) -> Arc<World> {
+        let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+        let ids: Vec<NodeId> = names.iter().map(|n| raft::node_id(n)).collect();
+        let mut clock_rng = Rng::stream(cfg.seed, "clock");
+        let slots = names
+            .iter()
+            .zip(&ids)
+            .map(|(name, id)| {
+                let skewed = clock_rng.chance(0.7);
+                Slot {
+                    name: name.clone(),
+                    id: *id,
+                    member: Member::new(name.clone(), format!("{name}:1214")),
+                    disk: new_disk(&cfg),
+                    live: Arc::new(AtomicU64::new(0)),
+                    incarnation: 0,
+                    node: None,
+                    status: Status::Out,
+                    clock: Clock {
+                        offset_ms: if skewed {
+                            clock_rng.between(0, 600_000) as i64 - 300_000
+                        } else {
+                            0
+                        },
+                        drift_ppm: if skewed {
+                            clock_rng.between(0, 100_000) as i64 - 50_000
+                        } else {
+                            0
+                        },
+                    },
+                }
+            })
+            .collect();
+        Arc::new(World {
+            net: Mutex::new(NetState::new(&cfg)),
+            rec: Mutex::new(Recorder::new(cfg.nodes)),
+            trace: Mutex::new(Trace::new(keep_trace)),
+            cfg,
+            start: Instant::now(),
+            names,
+            ids,
+            slots: Mutex::new(slots),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn bug(&self) -> Option<Bug> {
+        self.cfg.bug
+    }
+
+    /// Virtual microseconds since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        Instant::now().duration_since(self.start).as_micros() as u64
+    }
+
+    /// Appends an event to the trace.
+    pub fn ev(&self, who: &str, what: fmt::Arguments<'_>) {
+        let us = self.now_us();
+        lock(&self.trace).event(us, who, what);
+    }
+
+    pub fn trace(&self) -> MutexGuard<'_, Trace> {
+        lock(&self.trace)
+    }
+
+    pub fn rec(&self) -> MutexGuard<'_, Recorder> {
+        lock(&self.rec)
+    }
+
+    pub fn net(&self) -> MutexGuard<'_, NetState> {
+        lock(&self.net)
+    }
+
+    pub fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        lock(&self.slots)
+    }
+
+    /// A total order of client invocations and returns (finer than virtual time).
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.ids.iter().position(|i| *i == id)
+    }
+
+    /// A node's name from its Raft id.
+    pub fn name_of(&self, id: NodeId) -> &str {
+        match self.index_of(id) {
+            Some(i) => &self.names[i],
+            None if id == 0 => "-",
+            None => "?",
+        }
+    }
+
+    pub fn vote(&self, v: &Vote<NodeId>) -> String {
+        format!(
+            "T{}-{}{}",
+            v.leader_id.term,
+            self.name_of(v.leader_id.node_id),
+            if v.committed { ":c" } else { "" }
+        )
+    }
+
+    pub fn log_id(&self, l: &Option<LogId<NodeId>>) -> String {
+        match l {
+            None => "-".into(),
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id.term,
+                self.name_of(l.leader_id.node_id),
+                l.index
+            ),
+        }
+    }
+
+    /// The running node `idx`, if it is up.
+    pub fn node(&self, idx: usize) -> Option<Node> {
+        self.slots()[idx].node.clone()
+    }
+
+    pub fn status(&self, idx: usize) -> Status {
+        self.slots()[idx].status
+    }
+
+    /// Whether `inc` is still the live incarnation of node `idx`.
+    pub fn is_live(&self, idx: usize, inc: u64) -> bool {
+        self.slots()[idx].live.load(Ordering::Relaxed) == inc
+    }
+
+    /// Node `idx`'s wall clock, in ms since the Unix epoch: skewed and drifting.
+    pub fn wall_ms(&self, idx: usize) -> u64 {
+        let elapsed = (self.now_us() / 1000) as i64;
+        let c = self.slots()[idx].clock.clone();
+        (EPOCH_MS + c.offset_ms + elapsed + elapsed * c.drift_ppm / 1_000_000).max(0) as u64
+    }
+
+    /// The up node that believes it leads with the highest vote, if any.
+    pub fn leader(&self) -> Option<(usize, Node)> {
+        let mut best: Option<(Vote<NodeId>, usize, Node)> = None;
+        for i in 0..self.names.len() {
+            let Some(n) = self.node(i) else { continue };
+            let m = n.metrics();
+            if m.state == ServerState::Leader && best.as_ref().is_none_or(|(v, _, _)| m.vote > *v) {
+                best = Some((m.vote, i, n));
+            }
+        }
+        best.map(|(_, i, n)| (i, n))
+    }
+
+    /// Starts (or restarts) node `idx` on its disk.
+    pub async fn start(self: &Arc<World>, idx: usize) -> Result<Node, String> {
+        let (inc, disk, live, id) = {
+            let mut slots = self.slots();
+            let s = &mut slots[idx];
+            assert!(s.node.is_none(), "{} started twice", s.name);
+            s.incarnation += 1;
+            s.live.store(s.incarnation, Ordering::Relaxed);
+            (s.incarnation, s.disk.clone(), s.live.clone(), s.id)
+        };
+        let name = self.names[idx].clone();
+        let disk = SimDisk::new(disk, live, inc);
+        let (mut log, sm, machine) =
+            storage::open(disk).map_err(|e| format!("{name}: open: {e}"))?;
+        let on_disk = openraft::RaftLogReader::try_get_log_entries(&mut log, ..)
+            .await
+            .map_err(|e| format!("{name}: reading the log: {e}"))?;
+        self.rec().on_start(idx, &on_disk);
+        let restored = machine.read(|d| d.last_applied);
+        if let Some(at) = restored {
+            let h = crate::check::state_hash(&machine);
+            self.rec()
+                .on_state(self, idx, at.index, h, "restored snapshot");
+        }
+        self.ev(
+            &name,
+            format_args!(
+                "start incarnation {inc} (snapshot {})",
+                self.log_id(&restored)
+            ),
+        );
+        let log = SimLog::new(self.clone(), idx, inc, log);
+        let sm = SimMachine::new(self.clone(), idx, inc, sm, machine.clone());
+        let net = NetFactory::new(self.clone(), idx, inc);
+        let node = Node::start(id, self.cfg.raft_config(), net, log, sm, machine)
+            .await
+            .map_err(|e| format!("{name}: start: {e}"))?;
+        {
+            let mut slots = self.slots();
+            let s = &mut slots[idx];
+            if s.live.load(Ordering::Relaxed) != inc {
+                // Crashed while starting.
+                drop(slots);
+                let n = node.clone();
+                tokio::spawn(async move { n.shutdown().await });
+                return Err(format!("{name} crashed while starting"));
+            }
+            s.node = Some(node.clone());
+            s.status = Status::Up;
+        }
+        tokio::spawn(watch_metrics(self.clone(), idx, inc, node.clone()));
+        Ok(node)
+    }
+
+    /// Power cut on node `idx`: its Raft is dropped, unsynced writes are lost, and nothing of
+    /// the old incarnation reaches the disk or the network again.
+    pub fn crash(&self, idx: usize, why: &str) {
+        let (node, disk) = {
+            let mut slots = self.slots();
+            let s = &mut slots[idx];
+            if s.status != Status::Up {
+                return;
+            }
+            s.live.store(0, Ordering::Relaxed);
+            s.status = Status::Down;
+            (s.node.take(), s.disk.clone())
+        };
+        let lost = disk.crash();
+        self.rec().stats.crashes += 1;
+        self.ev(
+            &self.names[idx],
+            format_args!("crash ({why}; {lost} unsynced writes lost)"),
+        );
+        if let Some(n) = node {
+            tokio::spawn(async move { n.shutdown().await });
+        }
+    }
+
+    /// Node `idx` left the cluster: stop it and give it an empty disk, as a reinstall would.
+    pub fn wipe(&self, idx: usize) {
+        self.crash(idx, "left the cluster");
+        {
+            let mut slots = self.slots();
+            let s = &mut slots[idx];
+            s.disk = new_disk(&self.cfg);
+            s.status = Status::Out;
+        }
+        self.rec().on_wipe(idx);
+        self.ev(&self.names[idx], format_args!("disk wiped"));
+    }
+}
+
+fn new_disk(cfg: &SimConfig) -> MemBackend {
+    let disk = MemBackend::new();
+    disk.set_faults(MemFaults {
+        sync_delay: std::time::Duration::from_micros(cfg.sync_delay_us),
+        lying_sync: cfg.bug == Some(Bug::LyingSync),
+    });
+    disk
+}
+
+/// Follows one incarnation's metrics: role changes go to the trace, leaderships to the
+/// recorder.
+async fn watch_metrics(world: Arc<World>, idx: usize, inc: u64, node: Node) {
+    let mut rx = node.raft.metrics();
+    drop(node);
+    let name = world.names[idx].clone();
+    let mut last: Option<(ServerState, Vote<NodeId>)> = None;
+    loop {
+        if !world.is_live(idx, inc) {
+            return;
+        }
+        let (state, vote, leader) = {
+            let m = rx.borrow_and_update();
+            (m.state, m.vote, m.current_leader)
+        };
+        if last != Some((state, vote)) {
+            last = Some((state, vote));
+            world.ev(
+                &name,
+                format_args!(
+                    "{state:?} vote {} leader {}",
+                    world.vote(&vote),
+                    leader.map_or("-", |l| world.name_of(l))
+                ),
+            );
+            if state == ServerState::Leader {
+                world.rec().on_leader(idx, inc, vote);
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
