@@ -8,4 +8,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod listener;
+pub mod monitor;
+pub mod services;
 pub mod wire;

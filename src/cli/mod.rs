@@ -6,6 +6,7 @@ mod demo;
 pub mod local;
 mod nodeconf;
 pub mod render;
+mod svc;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +67,9 @@ pub enum Top {
     },
     /// Measure committed commands per second, latency and failover time.
     Bench(bench::BenchArgs),
+    /// `om <svc> ...`: service commands (`om <svc> --help`).
+    #[command(external_subcommand)]
+    Svc(Vec<String>),
 }
 
 /// `om node ...`
@@ -113,6 +117,15 @@ pub enum NodeCmd {
     Dequeue {
         /// The word `actions`.
         what: String,
+    },
+    /// Freeze this node: its monitor starts nothing by orchestration.
+    Freeze,
+    /// Thaw this node.
+    Thaw,
+    /// Asynchronous service actions (`om <svc> run ACTION --async`).
+    Jobs {
+        #[command(subcommand)]
+        cmd: svc::JobsCmd,
     },
 }
 
@@ -261,6 +274,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Node {
             cmd: NodeCmd::Dequeue { what },
         } => nodeconf::dequeue(&paths, &what).await,
+        Top::Node {
+            cmd: NodeCmd::Freeze,
+        } => svc::node_freeze(&paths, true).await,
+        Top::Node {
+            cmd: NodeCmd::Thaw,
+        } => svc::node_freeze(&paths, false).await,
+        Top::Node {
+            cmd: NodeCmd::Jobs { cmd },
+        } => svc::jobs(&paths, cmd, format).await,
+        Top::Svc(args) => svc::run(&cli.root, format, args).await,
     }
 }
 

@@ -274,26 +274,10 @@ impl Daemon {
                     None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
                 })
             }
-            "set_service_config" => {
-                let svc = req_str(o, "svcname")?.to_string();
-                let exists = self.node()?.read(|s| s.services.contains_key(&svc));
-                let cmd = if opt_bool(o, "delete")?.unwrap_or(false) {
-                    Command::DeleteService { svc }
-                } else {
-                    let config = req_str(o, "config")?.to_string();
-                    let expected_version = opt_u64(o, "version")?;
-                    if exists || expected_version.is_some() {
-                        Command::UpdateService {
-                            svc,
-                            config,
-                            expected_version,
-                        }
-                    } else {
-                        Command::CreateService { svc, config }
-                    }
-                };
-                encode(&self.propose(cmd).await?)
-            }
+            // Validates the config (section and key named in errors) before committing.
+            "set_service_config" => crate::services::set_service_config(self, o).await,
+            "service_action" | "service_logs" | "service_status" | "job_list" | "job_show"
+            | "job_cancel" => crate::services::handle(self, &req.action, o).await,
             "events" => {
                 let since = opt_u64(o, "since")?.unwrap_or(0);
                 let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));

@@ -469,6 +469,7 @@ impl Daemon {
             "raft",
             Arc::new(move |stop| Box::pin(d.clone().pump_events(stop))),
         );
+        crate::monitor::spawn(&self);
         let d = self.clone();
         tokio::spawn(async move { d.leave_maintenance().await });
 

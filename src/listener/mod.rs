@@ -372,7 +372,11 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, li
             Ok(Some(f)) => f,
             Ok(None) => break true,
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "closing connection");
+                if matches!(e, WireError::Io(_)) {
+                    tracing::debug!(%peer, error = %e, "connection failed");
+                } else {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                }
                 m.reject(e.kind());
                 break false;
             }
