@@ -215,6 +215,10 @@ impl EnvelopeHead {
 }
 
 fn decode_all<T: de::DeserializeOwned>(plaintext: &[u8]) -> Result<T, WireError> {
+    // Only the map form: serde would also take a struct as an array of its fields.
+    if !matches!(plaintext.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+        return Err(WireError::BadPayload("the envelope is not a map".into()));
+    }
     // ReadReader over a slice: string lengths are bounded by the input (no up-front
     // allocation from a length marker), and the remaining slice tells about trailing bytes.
     let mut de = rmp_serde::Deserializer::new(plaintext);
@@ -413,6 +417,25 @@ mod tests {
             // The head still decodes, so the listener can answer with the reqid.
             assert_eq!(EnvelopeHead::decode(&b).unwrap().reqid, 3, "{body}");
         }
+    }
+
+    #[test]
+    fn the_envelope_must_be_a_map() {
+        let env = Envelope::request(9, Request::new("x", json!({})));
+        let as_array =
+            rmp_serde::to_vec(&(env.ts_ms, env.msg_id, env.reqid, json!({"action": "x"}))).unwrap();
+        assert!(matches!(
+            Envelope::decode(&as_array),
+            Err(WireError::BadPayload(_))
+        ));
+        assert!(matches!(
+            EnvelopeHead::decode(&as_array),
+            Err(WireError::BadPayload(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(&[]),
+            Err(WireError::BadPayload(_))
+        ));
     }
 
     #[test]
