@@ -1,0 +1,776 @@
+//! `om <svc> ...`: service commands, and `om node freeze|thaw|jobs`.
+//!
+//! Cluster-wide actions (`start`, `stop`, `freeze`, `thaw`, `switch`, `giveback`,
+//! `delete`) set the service's `global_expect` and follow its progress until the target is
+//! reached or cannot be; `--local` runs the action on this node only.
+
+use std::io::IsTerminal;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+use serde_json::json;
+use serde_json::Value;
+
+use super::call;
+use super::print;
+use super::CliError;
+use super::Format;
+use super::Result;
+use crate::config::Paths;
+use crate::services::config::ServiceConfig;
+use crate::services::log::format_ts;
+
+/// `om <svc> ...`
+#[derive(Debug, Parser)]
+#[command(name = "om <svc>", no_binary_name = true)]
+struct SvcCli {
+    /// Root directory (overrides the one given before the service name).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum)]
+    format: Option<Format>,
+    #[command(subcommand)]
+    cmd: SvcCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum SvcCmd {
+    /// Create the service from an INI config file (`-` reads stdin).
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Edit the service config in $EDITOR and commit it.
+    Edit {
+        #[command(subcommand)]
+        what: EditWhat,
+    },
+    /// Print the service config or status.
+    Print {
+        #[command(subcommand)]
+        what: PrintWhat,
+    },
+    /// The service status (same as `print status`).
+    Status,
+    /// Stop the service everywhere, then remove it.
+    Delete(WaitArgs),
+    /// Start the service where its topology wants it (`--local`: on this node).
+    Start(ActArgs),
+    /// Stop the service everywhere (it is also frozen); `--local`: on this node.
+    Stop(ActArgs),
+    /// Freeze the service: the orchestrator and the monitors leave it alone.
+    Freeze(ActArgs),
+    /// Thaw the service.
+    Thaw(ActArgs),
+    /// Move a failover service to node N.
+    Switch {
+        /// The destination node.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move the service back to its preferred node.
+    Giveback(WaitArgs),
+    /// Abandon the pending global_expect.
+    Abort,
+    /// Clear start failed / stop failed and the restart counts.
+    Clear {
+        /// Only on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Run an instance action (start, stop, restart, status, freeze, thaw) on one node.
+    Run {
+        /// The action.
+        action: String,
+        /// The node (default: this one).
+        #[arg(long)]
+        node: Option<String>,
+        /// Submit it as a job and return its id.
+        #[arg(long = "async")]
+        async_: bool,
+        /// Only these resources (comma separated).
+        #[arg(long)]
+        rid: Option<String>,
+        /// Start a failover instance even if another node may run one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The service logs of every node, merged in time order.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(long)]
+        follow: bool,
+        /// How many past lines.
+        #[arg(long, default_value_t = 50)]
+        backlog: u64,
+        /// Only this node's lines.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EditWhat {
+    /// The config, in $EDITOR.
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum PrintWhat {
+    /// The config text (its version goes to stderr).
+    Config,
+    /// Instances, monitors and progress.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// Return once the request is committed, without following it.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to follow it.
+    #[arg(long, default_value = "300s")]
+    timeout: String,
+}
+
+#[derive(Debug, Args)]
+struct ActArgs {
+    /// Only on this node.
+    #[arg(long)]
+    local: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+/// `om node jobs ...`
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Jobs of a node, oldest first.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// A job with its output.
+    Show {
+        id: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Cancel a running job.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn parse_timeout(t: &str) -> Result<Duration> {
+    raft::apply::parse_duration_ms(t)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            CliError(format!(
+                "--timeout {t:?}: expected a duration such as 90s or 5m"
+            ))
+        })
+}
+
+/// Runs `om <svc> args...`; `args[0]` is the service name.
+pub async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
+    let Some((svc, rest)) = args.split_first() else {
+        return Err(CliError("missing service name".into()));
+    };
+    raft::apply::check_name("service", svc)
+        .map_err(|e| CliError(format!("{e} (or an unknown command: see `om --help`)")))?;
+    let cli = match SvcCli::try_parse_from(rest) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return Ok(());
+            }
+            return Err(CliError(e.to_string().trim_end().to_string()));
+        }
+    };
+    let paths = Paths::new(cli.root.clone().unwrap_or_else(|| root.to_path_buf()));
+    let format = cli.format.unwrap_or(format);
+    let svc = svc.as_str();
+    let t = Duration::from_secs(15);
+    match cli.cmd {
+        SvcCmd::Create { config } => {
+            let text = if config.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| CliError(format!("stdin: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(&config)
+                    .map_err(|e| CliError(format!("{}: {e}", config.display())))?
+            };
+            let data = call(
+                &paths,
+                "set_service_config",
+                json!({"svcname": svc, "config": text, "create": true}),
+                t,
+            )
+            .await?;
+            print(format, &data, |d| {
+                format!(
+                    "{svc} created (config version {})\n",
+                    d["outcome"]["version"]
+                )
+            });
+            Ok(())
+        }
+        SvcCmd::Edit {
+            what: EditWhat::Config,
+        } => edit_config(&paths, svc).await,
+        SvcCmd::Print {
+            what: PrintWhat::Config,
+        } => {
+            let data = call(&paths, "get_service_config", json!({"svcname": svc}), t).await?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                ),
+                Format::Table => {
+                    eprintln!("# {svc} config version {}", data["version"]);
+                    print!("{}", data["config"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(())
+        }
+        SvcCmd::Print {
+            what: PrintWhat::Status,
+        }
+        | SvcCmd::Status => {
+            let data = call(&paths, "service_status", json!({"svcname": svc}), t).await?;
+            if data["exists"] == false {
+                return Err(CliError(format!("service {svc} does not exist")));
+            }
+            print(format, &data, status_table);
+            Ok(())
+        }
+        SvcCmd::Delete(w) => set_global(&paths, svc, "deleted", &w).await,
+        SvcCmd::Start(a) if a.local => local_action(&paths, svc, "start", format).await,
+        SvcCmd::Stop(a) if a.local => local_action(&paths, svc, "stop", format).await,
+        SvcCmd::Freeze(a) if a.local => local_action(&paths, svc, "freeze", format).await,
+        SvcCmd::Thaw(a) if a.local => local_action(&paths, svc, "thaw", format).await,
+        SvcCmd::Start(a) => set_global(&paths, svc, "started", &a.wait).await,
+        SvcCmd::Stop(a) => set_global(&paths, svc, "stopped", &a.wait).await,
+        SvcCmd::Freeze(a) => set_global(&paths, svc, "frozen", &a.wait).await,
+        SvcCmd::Thaw(a) => set_global(&paths, svc, "thawed", &a.wait).await,
+        SvcCmd::Switch { to, wait } => {
+            set_global(&paths, svc, &format!("placed@{to}"), &wait).await
+        }
+        SvcCmd::Giveback(w) => set_global(&paths, svc, "placed", &w).await,
+        SvcCmd::Abort => {
+            call(
+                &paths,
+                "set_service_monitor",
+                json!({"svcname": svc, "global_expect": "aborted"}),
+                t,
+            )
+            .await?;
+            eprintln!("{svc}: pending global_expect aborted");
+            Ok(())
+        }
+        SvcCmd::Clear { node } => {
+            let data = call(&paths, "clear", json!({"svcname": svc, "node": node}), t).await?;
+            print(format, &data, |d| {
+                format!(
+                    "{svc}: cleared ({} field(s) changed)\n",
+                    d["outcome"]["changed"]
+                )
+            });
+            Ok(())
+        }
+        SvcCmd::Run {
+            action,
+            node,
+            async_,
+            rid,
+            force,
+        } => {
+            let mut command = vec![action];
+            if let Some(r) = rid {
+                command.push("--rid".into());
+                command.push(r);
+            }
+            if force {
+                command.push("--force".into());
+            }
+            let opts = json!({"svcname": svc, "command": command, "sync": !async_, "node": node});
+            let data = call(&paths, "service_action", opts, Duration::from_secs(3600)).await?;
+            if async_ {
+                print(format, &data, |d| {
+                    format!(
+                        "job {} submitted on {}; follow it with `om node jobs show {} --node {}`\n",
+                        d["job_id"].as_str().unwrap_or("?"),
+                        d["node"].as_str().unwrap_or("?"),
+                        d["job_id"].as_str().unwrap_or("?"),
+                        d["node"].as_str().unwrap_or("?"),
+                    )
+                });
+                return Ok(());
+            }
+            finish_action(format, &data)
+        }
+        SvcCmd::Logs {
+            follow,
+            backlog,
+            node,
+        } => logs(&paths, svc, follow, backlog, node, format).await,
+    }
+}
+
+/// Prints a synchronous action's output and exits with its status.
+fn finish_action(format: Format, data: &Value) -> Result<()> {
+    let ret = data["ret"].as_i64().unwrap_or(1) as i32;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
+        Format::Table => {
+            print!("{}", data["out"].as_str().unwrap_or(""));
+            eprint!("{}", data["err"].as_str().unwrap_or(""));
+        }
+    }
+    if ret != 0 {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        std::process::exit(ret.clamp(1, 255));
+    }
+    Ok(())
+}
+
+async fn local_action(paths: &Paths, svc: &str, action: &str, format: Format) -> Result<()> {
+    let opts = json!({"svcname": svc, "command": [action], "sync": true});
+    let data = call(paths, "service_action", opts, Duration::from_secs(3600)).await?;
+    finish_action(format, &data)
+}
+
+/// Sets `global_expect` and follows the service until it is reached or fails.
+async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Result<()> {
+    let timeout = parse_timeout(&w.timeout)?;
+    let data = call(
+        paths,
+        "set_service_monitor",
+        json!({"svcname": svc, "global_expect": target}),
+        Duration::from_secs(15),
+    )
+    .await?;
+    eprintln!(
+        "{svc}: global_expect {target} (committed at index {})",
+        data["index"]
+    );
+    if w.no_wait {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut shown: std::collections::BTreeMap<String, String> = Default::default();
+    let mut last_reason = String::new();
+    let mut seen_target = false;
+    let mut cleared_at: Option<Instant> = None;
+    loop {
+        let st = call(
+            paths,
+            "service_status",
+            json!({"svcname": svc, "target": target}),
+            Duration::from_secs(10),
+        )
+        .await;
+        match st {
+            Ok(st) => {
+                if st["exists"] == false {
+                    if target == "deleted" {
+                        eprintln!("{svc}: deleted in {:.1}s", started.elapsed().as_secs_f64());
+                        return Ok(());
+                    }
+                    return Err(CliError(format!("service {svc} was deleted")));
+                }
+                for (n, i) in st["instances"].as_object().into_iter().flatten() {
+                    let line = format!(
+                        "local_expect {}, status {}, avail {}{}{}",
+                        s(&i["local_expect"]),
+                        s(&i["status"]),
+                        s(&i["avail"]),
+                        if i["frozen"] == true { ", frozen" } else { "" },
+                        match i["node_status"].as_str() {
+                            Some("idle") | None => String::new(),
+                            Some(other) => format!(", node {other}"),
+                        }
+                    );
+                    if shown.get(n) != Some(&line) {
+                        eprintln!("  {n}: {line}");
+                        shown.insert(n.clone(), line);
+                    }
+                }
+                let state = st["progress"]["state"].as_str().unwrap_or("");
+                let reason = st["progress"]["reason"].as_str().unwrap_or("").to_string();
+                let ge = st["global_expect"].as_str().unwrap_or("");
+                if ge == target {
+                    seen_target = true;
+                }
+                match state {
+                    "reached" => {
+                        let up = st["up"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            })
+                            .unwrap_or_default();
+                        let where_ = if up.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (up on {up})")
+                        };
+                        eprintln!(
+                            "{svc}: {target} reached in {:.1}s{where_}",
+                            started.elapsed().as_secs_f64()
+                        );
+                        return Ok(());
+                    }
+                    "failed" => {
+                        return Err(CliError(format!(
+                            "{svc}: {target} cannot be reached: {reason}; see `om {svc} logs`, \
+                             `om {svc} clear` to retry, `om {svc} abort` to give up"
+                        )));
+                    }
+                    _ => {}
+                }
+                if !reason.is_empty() && reason != last_reason {
+                    eprintln!("  {reason}");
+                    last_reason = reason;
+                }
+                if ge != target && ge != "none" {
+                    return Err(CliError(format!("{svc}: superseded by global_expect {ge}")));
+                }
+                if ge == "none" && seen_target {
+                    // Cleared without our target being reached: someone aborted it.
+                    let at = *cleared_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() > Duration::from_secs(3) {
+                        return Err(CliError(format!("{svc}: {target} was aborted")));
+                    }
+                }
+            }
+            Err(e) => eprintln!("  (status: {e})"),
+        }
+        if started.elapsed() > timeout {
+            return Err(CliError(format!(
+                "{svc}: {target} not reached after {timeout:?}; it stays the target (`om {svc} abort` to give up)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn status_table(d: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}  {}  orchestrate={}  avail {}  global_expect {}  (config v{})",
+        s(&d["svcname"]),
+        s(&d["topology"]),
+        s(&d["orchestrate"]),
+        s(&d["avail"]),
+        s(&d["global_expect"]),
+        d["version"]
+    );
+    if d["progress"]["state"] != "idle" {
+        let _ = writeln!(
+            out,
+            "  progress: {} {}",
+            s(&d["progress"]["state"]),
+            s(&d["progress"]["reason"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<12} {:<12} {:<7} {:<13} {:<13} {:<7} {:<7} restarts",
+        "node", "node status", "frozen", "local_expect", "status", "avail", "inst frz"
+    );
+    for (n, i) in d["instances"].as_object().into_iter().flatten() {
+        let restarts: u64 = i["restarts"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<12} {:<7} {:<13} {:<13} {:<7} {:<7} {restarts}",
+            n,
+            s(&i["node_status"]),
+            if i["node_frozen"] == true { "yes" } else { "-" },
+            s(&i["local_expect"]),
+            s(&i["status"]),
+            s(&i["avail"]),
+            if i["frozen"] == true { "yes" } else { "-" },
+        );
+    }
+    out
+}
+
+async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
+    let data = call(
+        paths,
+        "get_service_config",
+        json!({"svcname": svc}),
+        Duration::from_secs(15),
+    )
+    .await?;
+    let version = data["version"].as_u64().unwrap_or(0);
+    let original = data["config"].as_str().unwrap_or("").to_string();
+    let file = tempfile::Builder::new()
+        .prefix(&format!("{svc}."))
+        .suffix(".conf")
+        .tempfile()
+        .map_err(|e| CliError(format!("temporary file: {e}")))?;
+    std::fs::write(file.path(), &original).map_err(|e| CliError(e.to_string()))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    loop {
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(file.path())
+            .status()
+            .map_err(|e| CliError(format!("cannot run the editor {editor:?}: {e}")))?;
+        if !status.success() {
+            return Err(CliError(format!(
+                "the editor {editor:?} failed ({status}); nothing changed"
+            )));
+        }
+        let text = std::fs::read_to_string(file.path()).map_err(|e| CliError(e.to_string()))?;
+        if text == original {
+            eprintln!("{svc}: no change");
+            return Ok(());
+        }
+        if let Err(e) = ServiceConfig::parse(&text) {
+            eprintln!("om: invalid config: {e}");
+            if std::io::stdin().is_terminal() {
+                eprint!("edit again? [Y/n] ");
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !answer.trim().eq_ignore_ascii_case("n") {
+                    continue;
+                }
+            }
+            return Err(CliError("nothing changed".into()));
+        }
+        let r = call(
+            paths,
+            "set_service_config",
+            json!({"svcname": svc, "config": text, "version": version}),
+            Duration::from_secs(15),
+        )
+        .await?;
+        eprintln!("{svc}: config version {}", r["outcome"]["version"]);
+        return Ok(());
+    }
+}
+
+async fn logs(
+    paths: &Paths,
+    svc: &str,
+    follow: bool,
+    backlog: u64,
+    node: Option<String>,
+    format: Format,
+) -> Result<()> {
+    let mut warned = std::collections::BTreeSet::new();
+    let mut data = call(
+        paths,
+        "service_logs",
+        json!({"svcname": svc, "backlog": backlog, "node": node}),
+        Duration::from_secs(20),
+    )
+    .await?;
+    loop {
+        for (n, e) in data["errors"].as_object().into_iter().flatten() {
+            if warned.insert(n.clone()) {
+                eprintln!("om: no logs from {n}: {}", s(e));
+            }
+        }
+        for l in data["lines"].as_array().into_iter().flatten() {
+            match format {
+                Format::Json => println!("{l}"),
+                Format::Table => {
+                    let msg = l["msg"].as_str().unwrap_or("").replace('\n', "\n    ");
+                    println!(
+                        "{} {} {:<5} {msg}",
+                        format_ts(l["t"].as_u64().unwrap_or(0)),
+                        s(&l["node"]),
+                        s(&l["lvl"]),
+                    );
+                }
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        let cursor = data["cursor"].clone();
+        let next = call(
+            paths,
+            "service_logs",
+            json!({"svcname": svc, "node": node, "cursor": cursor, "wait_ms": 10_000}),
+            Duration::from_secs(30),
+        )
+        .await;
+        data = match next {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("om: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                json!({"lines": [], "cursor": cursor})
+            }
+        };
+        if data["cursor"].is_null() {
+            data["cursor"] = cursor;
+        }
+    }
+}
+
+/// `om node freeze|thaw`: sets this node's monitor local_expect and waits until it is done.
+pub async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
+    let want = if freeze { "frozen" } else { "thawed" };
+    call(
+        paths,
+        "set_node_monitor",
+        json!({"local_expect": want}),
+        Duration::from_secs(15),
+    )
+    .await?;
+    let me = crate::config::NodeConfig::load(&paths.node_conf())
+        .map_err(|e| CliError(e.to_string()))?
+        .1
+        .name;
+    let started = Instant::now();
+    loop {
+        let m = call(
+            paths,
+            "get_node_monitor",
+            json!({"node": me}),
+            Duration::from_secs(10),
+        )
+        .await?;
+        if m["frozen"] == freeze && m["status"] == "idle" {
+            eprintln!("{me}: {want}");
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(CliError(format!(
+                "{me} is not {want} after 60s (status {})",
+                s(&m["status"])
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `om node jobs ...`
+pub async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<()> {
+    let t = Duration::from_secs(20);
+    match cmd {
+        JobsCmd::List { node } => {
+            let data = call(paths, "job_list", json!({"node": node}), t).await?;
+            print(format, &data, |d| {
+                use std::fmt::Write;
+                let mut out = format!(
+                    "{:<10} {:<8} {:<12} {:<20} {:<10} {:<4} submitted\n",
+                    "id", "node", "service", "command", "state", "ret"
+                );
+                for j in d["jobs"].as_array().into_iter().flatten() {
+                    let cmd = j["command"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "{:<10} {:<8} {:<12} {:<20} {:<10} {:<4} {}",
+                        s(&j["id"]),
+                        s(&j["node"]),
+                        s(&j["svc"]),
+                        cmd,
+                        s(&j["state"]),
+                        s(&j["ret"]),
+                        format_ts(j["submitted_ms"].as_u64().unwrap_or(0))
+                    );
+                }
+                out
+            });
+            Ok(())
+        }
+        JobsCmd::Show { id, node } => {
+            let data = call(paths, "job_show", json!({"id": id, "node": node}), t).await?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                ),
+                Format::Table => {
+                    let j = &data["job"];
+                    println!(
+                        "job {} on {}: {} {} -> {} (ret {})",
+                        s(&j["id"]),
+                        s(&j["node"]),
+                        s(&j["svc"]),
+                        j["command"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(" "))
+                            .unwrap_or_default(),
+                        s(&j["state"]),
+                        s(&j["ret"])
+                    );
+                    let out = data["out"].as_str().unwrap_or("");
+                    let err = data["err"].as_str().unwrap_or("");
+                    if !out.is_empty() {
+                        println!("--- out\n{}", out.trim_end());
+                    }
+                    if !err.is_empty() {
+                        println!("--- err\n{}", err.trim_end());
+                    }
+                }
+            }
+            Ok(())
+        }
+        JobsCmd::Cancel { id, node } => {
+            let data = call(paths, "job_cancel", json!({"id": id, "node": node}), t).await?;
+            print(format, &data, |d| {
+                format!("job {} canceled\n", s(&d["job"]["id"]))
+            });
+            Ok(())
+        }
+    }
+}

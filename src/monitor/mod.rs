@@ -1,0 +1,555 @@
+//! The monitor and the scheduler: the daemon threads that make services run where the
+//! cluster agreed.
+//!
+//! - `monitor`, on every node: one worker per local instance enacting its `local_expect`
+//!   ([`worker`]); the node monitor's own freeze and thaw; detection of this node being cut
+//!   off from the majority (then `node.split_action`). On the leader, also: marking silent
+//!   nodes down after `node.down_timeout`, and the orchestrator, which commits the
+//!   [`placement`] decisions of every service.
+//! - `scheduler`, on every node: asks the workers for their periodic checks and purges old
+//!   job results.
+
+pub mod placement;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use raft::state::NodeExpect;
+use raft::state::NodeStatus;
+use raft::Command;
+use raft::Event;
+use raft::Node;
+use raft::ProposeError;
+use tokio::sync::broadcast;
+use tokio::sync::watch;
+
+use crate::daemon::Daemon;
+use crate::services;
+use crate::services::config::ServiceConfig;
+use crate::services::instance::Ctx;
+
+/// A node in maintenance (daemon stopped on purpose, services left running) is marked down
+/// only after this long without news, so a planned restart does not move its services.
+pub const MAINTENANCE_GRACE: Duration = Duration::from_secs(60);
+
+/// How often the monitor makes a pass without being woken by an event.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Registers the `monitor` and `scheduler` threads with the daemon's supervisor.
+pub fn spawn(daemon: &Arc<Daemon>) {
+    let d = daemon.clone();
+    daemon.threads.spawn(
+        "monitor",
+        Arc::new(move |stop| Box::pin(monitor_loop(d.clone(), stop))),
+    );
+    let d = daemon.clone();
+    daemon.threads.spawn(
+        "scheduler",
+        Arc::new(move |stop| Box::pin(scheduler_loop(d.clone(), stop))),
+    );
+}
+
+/// For `om node daemon shutdown`: stops every local service instance (after telling the
+/// cluster this node is shutting, so the orchestrator moves failover services elsewhere),
+/// and keeps the monitor from starting anything until the daemon exits.
+pub async fn stop_local_instances(daemon: &Arc<Daemon>) {
+    let cx = services::ctx(daemon);
+    cx.local.shutting.store(true, Ordering::SeqCst);
+    let shutting = Command::SetNodeMonitor {
+        node: cx.me.clone(),
+        status: Some(NodeStatus::Shutting),
+        local_expect: None,
+        frozen: None,
+    };
+    if tokio::time::timeout(Duration::from_secs(3), daemon.propose(shutting))
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not advertise the shutting status within 3s");
+    }
+    let Ok(node) = daemon.node() else { return };
+    let svcs: Vec<(String, u64, String)> = node.read(|s| {
+        s.services
+            .iter()
+            .map(|(n, v)| (n.clone(), v.version, v.config.clone()))
+            .collect()
+    });
+    for (svc, version, text) in svcs {
+        let rt = cx.local.instance(&svc);
+        let mut mem = rt.mem.lock().await;
+        let Some(cfg) = rt.config(&cx, &mut mem, version, &text) else {
+            continue;
+        };
+        let has_instance = node.read(|s| {
+            s.services
+                .get(&svc)
+                .is_some_and(|v| v.instances.contains_key(&cx.me))
+        });
+        if !cfg.lists(&cx.me) && !has_instance {
+            continue;
+        }
+        rt.check(&cx, &mut mem, &cfg, None).await;
+        if mem.res.values().all(|a| *a == raft::state::Avail::Down) {
+            continue;
+        }
+        cx.local
+            .logs
+            .info(&svc, "daemon shutdown: stopping the instance");
+        rt.stop(&cx, &mut mem, &cfg, None, None).await;
+        let avail = rt.check(&cx, &mut mem, &cfg, None).await;
+        let restarts = node.read(|s| {
+            s.services
+                .get(&svc)
+                .and_then(|v| v.instances.get(&cx.me))
+                .map(|i| i.restarts.clone())
+                .unwrap_or_default()
+        });
+        let r = services::instance::report(&cx, &svc, avail, None, None, restarts);
+        if tokio::time::timeout(Duration::from_secs(3), r)
+            .await
+            .is_err()
+        {
+            tracing::warn!(svc = %svc, "could not report the stopped instance");
+        }
+    }
+}
+
+/// Leader-side memory between passes.
+#[derive(Default)]
+struct LeaderMem {
+    /// Since when this node leads (None: it does not).
+    since: Option<Instant>,
+    /// Last error logged per service, not to repeat it every pass.
+    last_error: BTreeMap<String, String>,
+}
+
+/// Memory of the quorum watch.
+struct QuorumWatch {
+    last_ok: Instant,
+    cut_off: bool,
+}
+
+/// Parsed configs, by service, re-parsed when the version changes.
+#[derive(Default)]
+struct Configs(BTreeMap<String, (u64, Option<Arc<ServiceConfig>>)>);
+
+impl Configs {
+    fn get(&mut self, svc: &str, version: u64, text: &str) -> Option<Arc<ServiceConfig>> {
+        match self.0.get(svc) {
+            Some((v, c)) if *v == version => c.clone(),
+            _ => {
+                let c = ServiceConfig::parse(text).ok().map(Arc::new);
+                self.0.insert(svc.to_string(), (version, c.clone()));
+                c
+            }
+        }
+    }
+}
+
+async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let cx = services::ctx(&daemon);
+    let mut workers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut leader = LeaderMem::default();
+    let mut quorum = QuorumWatch {
+        last_ok: Instant::now(),
+        cut_off: false,
+    };
+    let mut configs = Configs::default();
+    let mut sub: Option<(Node, broadcast::Receiver<raft::EventRecord>)> = None;
+    let result = loop {
+        let node = match daemon.node() {
+            Ok(n) => n,
+            Err(_) => {
+                tokio::select! {
+                    _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+                continue;
+            }
+        };
+        let same = sub
+            .as_ref()
+            .is_some_and(|(n, _)| Arc::ptr_eq(n.machine(), node.machine()));
+        if !same {
+            sub = Some((node.clone(), node.subscribe()));
+        }
+        let rx = &mut sub.as_mut().expect("subscribed").1;
+
+        // Wait for an event or the tick.
+        let mut events = Vec::new();
+        tokio::select! {
+            _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+            _ = tokio::time::sleep(TICK) => {}
+            ev = rx.recv() => match ev {
+                Ok(e) => events.push(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => { sub = None; continue; }
+            },
+        }
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+
+        let metrics = node.metrics();
+        let is_leader = metrics.current_leader == Some(node.id)
+            && metrics.state == openraft::ServerState::Leader;
+        log_events(&cx, &node, &events, is_leader, &workers);
+
+        watch_quorum(&daemon, &cx, &node, &metrics, is_leader, &mut quorum);
+
+        // Workers: one per service with an instance or a place on this node.
+        let wanted: Vec<String> = node
+            .read(|s| {
+                s.services
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.clone(),
+                            v.version,
+                            v.config.clone(),
+                            v.instances.contains_key(&cx.me),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .filter(|(n, v, text, has)| {
+                *has || configs.get(n, *v, text).is_some_and(|c| c.lists(&cx.me))
+            })
+            .map(|(n, ..)| n)
+            .collect();
+        workers.retain(|svc, h| {
+            if h.is_finished() {
+                if !wanted.contains(svc) {
+                    cx.local.forget(svc);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        for svc in &wanted {
+            if !workers.contains_key(svc) {
+                let rt = cx.local.instance(svc);
+                workers.insert(svc.clone(), tokio::spawn(worker::run(cx.clone(), rt)));
+            }
+        }
+        if !events.is_empty() {
+            for rt in cx.local.instances() {
+                rt.wake.notify_one();
+            }
+        }
+
+        if !quorum.cut_off {
+            node_self(&daemon, &cx, &node).await;
+        }
+        if is_leader {
+            let since = *leader.since.get_or_insert_with(Instant::now);
+            mark_down(&daemon, &cx, &node, since).await;
+            orchestrate(&cx, &node, &mut configs, &mut leader).await;
+        } else {
+            leader.since = None;
+        }
+    };
+    for (_, h) in workers {
+        h.abort();
+    }
+    result
+}
+
+/// Logs, in the service logs, the changes of this node's instances (on this node) and the
+/// service-wide changes (on the leader).
+fn log_events(
+    cx: &Ctx,
+    node: &Node,
+    events: &[raft::EventRecord],
+    is_leader: bool,
+    workers: &BTreeMap<String, tokio::task::JoinHandle<()>>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let mut names: BTreeSet<String> = node.read(|s| s.services.keys().cloned().collect());
+    names.extend(workers.keys().cloned());
+    for rec in events {
+        let Event::Change { path, old, new } = &rec.event else {
+            continue;
+        };
+        let Some(rest) = path.strip_prefix("services.") else {
+            continue;
+        };
+        // Service names may contain dots: take the longest known name.
+        let Some(svc) = names
+            .iter()
+            .filter(|n| rest.starts_with(n.as_str()) && rest[n.len()..].starts_with('.'))
+            .max_by_key(|n| n.len())
+        else {
+            continue;
+        };
+        let field = &rest[svc.len() + 1..];
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let mine = format!("instances.{}.", cx.me);
+        if let Some(f) = field.strip_prefix(&mine) {
+            cx.local
+                .logs
+                .info(svc, format!("{f}: {} -> {}", show(old), show(new)));
+        } else if is_leader && (field == "global_expect" || field == "version") {
+            cx.local
+                .logs
+                .info(svc, format!("{field}: {} -> {}", show(old), show(new)));
+        }
+    }
+}
+
+/// Decides whether this node can reach a majority; flips `cut_off` after `down_timeout`.
+fn watch_quorum(
+    daemon: &Daemon,
+    cx: &Ctx,
+    node: &Node,
+    metrics: &openraft::RaftMetrics<raft::NodeId, raft::Member>,
+    is_leader: bool,
+    q: &mut QuorumWatch,
+) {
+    let down_timeout = daemon.config().down_timeout;
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<(raft::NodeId, String)> = membership
+        .voter_ids()
+        .map(|id| {
+            let name = membership
+                .get_node(&id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            (id, name)
+        })
+        .collect();
+    let fresh = |name: &str| {
+        daemon
+            .peers
+            .last_seen(name)
+            .is_some_and(|e| e <= down_timeout)
+    };
+    let ok = if voters.len() <= 1 {
+        true
+    } else if is_leader {
+        let heard = voters
+            .iter()
+            .filter(|(id, name)| *id == node.id || fresh(name))
+            .count();
+        heard * 2 > voters.len()
+    } else {
+        metrics
+            .current_leader
+            .filter(|l| *l != node.id)
+            .and_then(|l| membership.get_node(&l).map(|m| m.name.clone()))
+            .is_some_and(|name| fresh(&name))
+    };
+    let now = Instant::now();
+    if ok {
+        q.last_ok = now;
+    }
+    let cut_off = now.duration_since(q.last_ok) > down_timeout;
+    if cut_off != q.cut_off {
+        q.cut_off = cut_off;
+        cx.local.cut_off.store(cut_off, Ordering::SeqCst);
+        if cut_off {
+            tracing::warn!(
+                "no contact with a cluster majority for {down_timeout:?}: this node is cut off"
+            );
+        } else {
+            tracing::info!("contact with the cluster majority is back");
+        }
+        for rt in cx.local.instances() {
+            rt.wake.notify_one();
+        }
+    }
+}
+
+/// This node's own monitor: freeze and thaw as its `local_expect` says, and leave a stale
+/// `shutting` status.
+async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
+    let Some(m) = node.read(|s| s.node_monitors.get(&cx.me).cloned()) else {
+        return;
+    };
+    if matches!(m.status, NodeStatus::Down | NodeStatus::Maintenance) {
+        return;
+    }
+    let set = |status: Option<NodeStatus>, frozen: Option<bool>| Command::SetNodeMonitor {
+        node: cx.me.clone(),
+        status,
+        local_expect: None,
+        frozen,
+    };
+    let want = m.local_expect == NodeExpect::Frozen;
+    let result = if m.status == NodeStatus::Shutting {
+        if cx.local.shutting.load(Ordering::SeqCst) {
+            return;
+        }
+        daemon
+            .propose(set(Some(NodeStatus::Idle), None))
+            .await
+            .map(|_| ())
+    } else if want != m.frozen {
+        let (doing, word) = if want {
+            (NodeStatus::Freezing, "freezing")
+        } else {
+            (NodeStatus::Thawing, "thawing")
+        };
+        tracing::info!("node {word}");
+        match daemon.propose(set(Some(doing), None)).await {
+            Ok(_) => daemon
+                .propose(set(Some(NodeStatus::Idle), Some(want)))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        }
+    } else if matches!(m.status, NodeStatus::Freezing | NodeStatus::Thawing) {
+        daemon
+            .propose(set(Some(NodeStatus::Idle), None))
+            .await
+            .map(|_| ())
+    } else {
+        return;
+    };
+    if let Err(e) = result {
+        tracing::warn!("node monitor: {e}");
+    }
+    for rt in cx.local.instances() {
+        rt.wake.notify_one();
+    }
+}
+
+/// On the leader: marks nodes silent for `down_timeout` down (in maintenance: after
+/// [`MAINTENANCE_GRACE`]), and down nodes heard from again idle.
+async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant) {
+    let down_timeout = daemon.config().down_timeout;
+    let monitors = node.read(|s| s.node_monitors.clone());
+    let since_leader = leader_since.elapsed();
+    for (name, m) in monitors {
+        if name == cx.me {
+            continue;
+        }
+        let silent = daemon
+            .peers
+            .last_seen(&name)
+            .map_or(since_leader, |e| e.min(since_leader));
+        let status = if m.status == NodeStatus::Down {
+            if silent < (down_timeout / 2).max(Duration::from_millis(300)) {
+                NodeStatus::Idle
+            } else {
+                continue;
+            }
+        } else {
+            let limit = if m.status == NodeStatus::Maintenance {
+                down_timeout.max(MAINTENANCE_GRACE)
+            } else {
+                down_timeout
+            };
+            if silent > limit {
+                NodeStatus::Down
+            } else {
+                continue;
+            }
+        };
+        let cmd = Command::SetNodeMonitor {
+            node: name.clone(),
+            status: Some(status),
+            local_expect: None,
+            frozen: None,
+        };
+        match node.propose(cmd).await {
+            Ok(_) => {
+                let msg = if status == NodeStatus::Down {
+                    format!(
+                        "node {name} is down: silent for {:.1}s",
+                        silent.as_secs_f64()
+                    )
+                } else {
+                    format!("node {name} is back")
+                };
+                tracing::warn!("{msg}");
+                let svcs: Vec<String> = node.read(|s| {
+                    s.services
+                        .iter()
+                        .filter(|(_, v)| v.instances.contains_key(&name))
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                });
+                for svc in svcs {
+                    cx.local.logs.warn(&svc, msg.clone());
+                }
+            }
+            Err(e) => tracing::warn!("cannot mark {name} {status}: {e}"),
+        }
+    }
+}
+
+/// On the leader: commits every service's placement decisions.
+async fn orchestrate(cx: &Ctx, node: &Node, configs: &mut Configs, mem: &mut LeaderMem) {
+    let state = node.read(|s| s.clone());
+    for (svc, service) in &state.services {
+        let Some(cfg) = configs.get(svc, service.version, &service.config) else {
+            continue;
+        };
+        let plan = placement::plan(&state, svc, &cfg);
+        for (cmd, why) in plan.cmds {
+            match node.propose(cmd).await {
+                Ok(_) => {
+                    cx.local.logs.info(svc, format!("orchestrator: {why}"));
+                    mem.last_error.remove(svc);
+                }
+                Err(ProposeError::NotLeader { .. }) => return,
+                Err(e) => {
+                    let msg = format!("orchestrator: cannot commit \"{why}\": {e}");
+                    if mem.last_error.get(svc) != Some(&msg) {
+                        cx.local.logs.error(svc, msg.clone());
+                        mem.last_error.insert(svc.clone(), msg);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn scheduler_loop(
+    daemon: Arc<Daemon>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let lg = services::local(&daemon);
+    let mut last_purge: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => if *stop.borrow() { return Ok(()) },
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let now = Instant::now();
+        for rt in lg.instances() {
+            let due = {
+                let mut sch = rt.schedule.lock().unwrap();
+                let due = sch.0.is_none_or(|last| now.duration_since(last) >= sch.1);
+                if due {
+                    sch.0 = Some(now);
+                }
+                due
+            };
+            if due {
+                rt.request_check();
+            }
+        }
+        if last_purge.is_none_or(|t| now.duration_since(t) > Duration::from_secs(600)) {
+            last_purge = Some(now);
+            let jobs = lg.jobs.clone();
+            let removed = tokio::task::spawn_blocking(move || jobs.purge())
+                .await
+                .unwrap_or(0);
+            if removed > 0 {
+                tracing::info!("purged {removed} old job results");
+            }
+        }
+    }
+}

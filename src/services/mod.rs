@@ -1,0 +1,784 @@
+//! Services on this node: their config, resource commands, instance actions, jobs and logs,
+//! and the requests that reach them (`set_service_config`, `service_action`,
+//! `service_logs`, `service_status`, `job_list`, `job_show`, `job_cancel`).
+//!
+//! What runs where is decided by the leader's orchestrator and enacted by each node's
+//! monitor (see [`crate::monitor`]); this module is what both use to act on a node.
+
+pub mod config;
+pub mod exec;
+pub mod instance;
+pub mod jobs;
+pub mod log;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use raft::state::Avail;
+use raft::state::GlobalExpect;
+use raft::state::LocalExpect;
+use raft::state::MonitorStatus;
+use raft::state::NodeStatus;
+use raft::Command;
+use serde_json::json;
+use serde_json::Map;
+use serde_json::Value;
+
+use crate::daemon::actions::ActionError;
+use crate::daemon::Daemon;
+use crate::wire::status as code;
+use config::ServiceConfig;
+use config::Topology;
+use instance::Ctx;
+use instance::InstanceRt;
+use instance::Transcript;
+use jobs::Jobs;
+use log::ServiceLogs;
+
+/// The request actions served here.
+pub const ACTIONS: &[&str] = &[
+    "service_action",
+    "service_logs",
+    "service_status",
+    "job_list",
+    "job_show",
+    "job_cancel",
+];
+
+/// The per-daemon state of this module: logs, jobs, instance runtimes, and the flags the
+/// monitor sets.
+pub struct Local {
+    /// Service logs.
+    pub logs: ServiceLogs,
+    /// Asynchronous actions.
+    pub jobs: Arc<Jobs>,
+    instances: Mutex<BTreeMap<String, Arc<InstanceRt>>>,
+    /// This node cannot reach a majority of the cluster (set by the monitor).
+    pub cut_off: AtomicBool,
+    /// The daemon is shutting down: the monitor starts nothing.
+    pub shutting: AtomicBool,
+}
+
+impl Local {
+    /// The runtime of `svc`, created on first use.
+    pub fn instance(&self, svc: &str) -> Arc<InstanceRt> {
+        self.instances
+            .lock()
+            .unwrap()
+            .entry(svc.to_string())
+            .or_insert_with(|| Arc::new(InstanceRt::new(svc)))
+            .clone()
+    }
+
+    /// Every runtime.
+    pub fn instances(&self) -> Vec<Arc<InstanceRt>> {
+        self.instances.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Forgets `svc`'s runtime (deleted service).
+    pub fn forget(&self, svc: &str) {
+        self.instances.lock().unwrap().remove(svc);
+    }
+}
+
+/// The [`Local`] of `daemon` (one per root, created on first use).
+pub fn local(daemon: &Daemon) -> Arc<Local> {
+    static REGISTRY: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Local>>>> = OnceLock::new();
+    let mut reg = REGISTRY
+        .get_or_init(|| Mutex::new(BTreeMap::new()))
+        .lock()
+        .unwrap();
+    reg.entry(daemon.paths.root.clone())
+        .or_insert_with(|| {
+            let var = daemon.paths.var_dir();
+            Arc::new(Local {
+                logs: ServiceLogs::new(var.clone(), daemon.name()),
+                jobs: Arc::new(Jobs::new(var)),
+                instances: Mutex::new(BTreeMap::new()),
+                cut_off: AtomicBool::new(false),
+                shutting: AtomicBool::new(false),
+            })
+        })
+        .clone()
+}
+
+/// The context instance actions run with.
+pub fn ctx(daemon: &Arc<Daemon>) -> Ctx {
+    Ctx {
+        daemon: daemon.clone(),
+        local: local(daemon),
+        me: daemon.name(),
+    }
+}
+
+type Result<T> = std::result::Result<T, ActionError>;
+
+fn bad(msg: impl Into<String>) -> ActionError {
+    ActionError::new(code::BAD_REQUEST, msg)
+}
+
+fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(bad(format!("option {key} must be a string, got {v}"))),
+    }
+}
+
+fn req_str<'a>(o: &'a Value, key: &str) -> Result<&'a str> {
+    opt_str(o, key)?.ok_or_else(|| bad(format!("missing option {key}")))
+}
+
+fn opt_bool(o: &Value, key: &str) -> Result<Option<bool>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(bad(format!("option {key} must be true or false, got {v}"))),
+    }
+}
+
+fn opt_u64(o: &Value, key: &str) -> Result<Option<u64>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            bad(format!(
+                "option {key} must be a non-negative integer, got {v}"
+            ))
+        }),
+    }
+}
+
+/// Serves one of [`ACTIONS`].
+pub async fn handle(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Value> {
+    match action {
+        "service_action" => service_action(daemon, o).await,
+        "service_logs" => service_logs(daemon, o).await,
+        "service_status" => service_status(daemon, o),
+        "job_list" | "job_show" | "job_cancel" => job_action(daemon, action, o).await,
+        other => Err(ActionError::new(
+            code::UNKNOWN_ACTION,
+            format!("unknown service action {other:?}"),
+        )),
+    }
+}
+
+/// `set_service_config`: validates the config, then creates, updates or deletes the service.
+///
+/// Options: `svcname`, `config` (the INI text), `version` (the version the edit started
+/// from: refused if the service moved on), `create` (refuse if it exists), `delete`.
+pub async fn set_service_config(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
+    let svc = req_str(o, "svcname")?.to_string();
+    raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
+    let exists = daemon.node()?.read(|s| s.services.contains_key(&svc));
+    let cmd = if opt_bool(o, "delete")?.unwrap_or(false) {
+        Command::DeleteService { svc }
+    } else {
+        let text = req_str(o, "config")?.to_string();
+        ServiceConfig::parse(&text)
+            .map_err(|e| bad(format!("invalid config for service {svc}: {e}")))?;
+        let expected_version = opt_u64(o, "version")?;
+        if opt_bool(o, "create")?.unwrap_or(false) {
+            Command::CreateService { svc, config: text }
+        } else if exists || expected_version.is_some() {
+            Command::UpdateService {
+                svc,
+                config: text,
+                expected_version,
+            }
+        } else {
+            Command::CreateService { svc, config: text }
+        }
+    };
+    let c = daemon.propose(cmd).await?;
+    serde_json::to_value(c).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
+}
+
+/// The listener address of member `node`.
+fn addr_of(daemon: &Daemon, node: &str) -> Result<String> {
+    daemon
+        .node()?
+        .read(|s| s.nodes.get(node).map(|r| r.addr.clone()))
+        .ok_or_else(|| bad(format!("node {node:?} is not a cluster member")))
+}
+
+/// Sends `action` to `node` and returns its data.
+async fn forward(
+    daemon: &Daemon,
+    node: &str,
+    action: &str,
+    o: &Value,
+    timeout: Duration,
+) -> Result<Value> {
+    let addr = addr_of(daemon, node)?;
+    daemon
+        .peers
+        .call(&addr, action, o.clone(), timeout)
+        .await
+        .map_err(|e| match e {
+            crate::daemon::peers::PeerError::Failed {
+                status, message, ..
+            } => ActionError::new(status, format!("{node}: {message}")),
+            other => ActionError::new(code::UNAVAILABLE, format!("{node}: {other}")),
+        })
+}
+
+/// The instance actions `service_action` runs.
+pub const INSTANCE_ACTIONS: &[&str] = &[
+    "start", "stop", "restart", "status", "check", "freeze", "thaw",
+];
+
+/// A parsed `service_action` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionCmd {
+    /// One of [`INSTANCE_ACTIONS`].
+    pub verb: String,
+    /// `--rid a,b`: only these resources.
+    pub rids: Option<Vec<String>>,
+    /// `--force`: start a failover instance even if another node may run one.
+    pub force: bool,
+}
+
+/// Parses `[verb, --rid R, --force]`.
+pub fn parse_command(argv: &[String]) -> Result<ActionCmd> {
+    let Some(verb) = argv.first() else {
+        return Err(bad(format!(
+            "empty command; actions: {}",
+            INSTANCE_ACTIONS.join(", ")
+        )));
+    };
+    if !INSTANCE_ACTIONS.contains(&verb.as_str()) {
+        return Err(bad(format!(
+            "unknown action {verb:?}; actions: {}",
+            INSTANCE_ACTIONS.join(", ")
+        )));
+    }
+    let mut cmd = ActionCmd {
+        verb: verb.clone(),
+        rids: None,
+        force: false,
+    };
+    let mut rest = argv[1..].iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--force" => cmd.force = true,
+            "--rid" => {
+                let v = rest.next().ok_or_else(|| bad("--rid needs a value"))?;
+                cmd.rids = Some(v.split(',').map(str::to_string).collect());
+            }
+            other => return Err(bad(format!("unknown argument {other:?} for {verb}"))),
+        }
+    }
+    Ok(cmd)
+}
+
+fn command_argv(o: &Value) -> Result<Vec<String>> {
+    match o.get("command") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("option command must be a list of strings"))
+            })
+            .collect(),
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
+        _ => Err(bad("missing option command (a list such as [\"start\"])")),
+    }
+}
+
+/// `service_action`: runs an instance action on this node (or on `node`), synchronously
+/// (`{out, err, ret}`) or as a job (`{job_id}`).
+async fn service_action(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
+    let svc = req_str(o, "svcname")?.to_string();
+    let argv = command_argv(o)?;
+    let cmd = parse_command(&argv)?;
+    let sync = opt_bool(o, "sync")?.unwrap_or(true);
+    let me = daemon.name();
+    if let Some(node) = opt_str(o, "node")? {
+        if node != me {
+            let timeout = if sync {
+                action_timeout(daemon, &svc)
+            } else {
+                Duration::from_secs(15)
+            };
+            return forward(daemon, node, "service_action", o, timeout).await;
+        }
+    }
+    let cx = ctx(daemon);
+    // Refuse what cannot run before answering, for jobs too.
+    let cfg = current_config(daemon, &svc)?;
+    if let Some(rids) = &cmd.rids {
+        for rid in rids {
+            if cfg.resource(rid).is_none() {
+                return Err(bad(format!("service {svc} has no resource {rid}")));
+            }
+        }
+    }
+    let listed = daemon.node()?.read(|s| {
+        cfg.lists(&me)
+            || s.services
+                .get(&svc)
+                .is_some_and(|v| v.instances.contains_key(&me))
+    });
+    if !listed {
+        return Err(bad(format!(
+            "service {svc} has no instance on {me}: its nodes are {}",
+            cfg.nodes.join(" ")
+        )));
+    }
+    if sync {
+        let tr = run_action(&cx, &svc, &cmd, None).await?;
+        return Ok(json!({ "node": me, "out": tr.out, "err": tr.err, "ret": tr.ret }));
+    }
+    let rt = cx.local.instance(&svc);
+    let holds = Arc::new(AtomicBool::new(false));
+    let (cx2, svc2, cmd2, holds2) = (cx.clone(), svc.clone(), cmd.clone(), holds.clone());
+    let rec = cx
+        .local
+        .jobs
+        .submit(&me, &svc, argv, rt, holds, async move {
+            match run_action(&cx2, &svc2, &cmd2, Some(&holds2)).await {
+                Ok(tr) => tr,
+                Err(e) => Transcript {
+                    out: String::new(),
+                    err: format!("{e}\n"),
+                    ret: 1,
+                },
+            }
+        })
+        .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+    cx.local.logs.info(
+        &svc,
+        format!("job {} submitted: {}", rec.id, rec.command.join(" ")),
+    );
+    Ok(json!({ "node": me, "job_id": rec.id, "job": rec }))
+}
+
+/// How long a synchronous action may take: every command of a stop then a start.
+fn action_timeout(daemon: &Daemon, svc: &str) -> Duration {
+    let per = current_config(daemon, svc)
+        .map(|c| c.resources.iter().map(|r| r.timeout * 3).sum::<Duration>())
+        .unwrap_or(Duration::from_secs(60));
+    per * 2 + Duration::from_secs(15)
+}
+
+fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig> {
+    let text = daemon
+        .node()?
+        .read(|s| s.services.get(svc).map(|v| v.config.clone()))
+        .ok_or_else(|| bad(format!("service {svc:?} does not exist")))?;
+    ServiceConfig::parse(&text)
+        .map_err(|e| ActionError::new(code::ERROR, format!("service {svc} config: {e}")))
+}
+
+/// Runs an instance action on this node. `start` and `stop` also set this node's
+/// `local_expect` (so the monitor keeps what the operator did) and thaw / freeze the
+/// instance (a stopped instance is not restarted by the orchestrator until thawed).
+pub async fn run_action(
+    cx: &Ctx,
+    svc: &str,
+    cmd: &ActionCmd,
+    holds_lock: Option<&AtomicBool>,
+) -> Result<Transcript> {
+    let daemon = &cx.daemon;
+    let cfg = current_config(daemon, svc)?;
+    let node = daemon.node()?;
+    let inst = node.read(|s| {
+        s.services
+            .get(svc)
+            .and_then(|v| v.instances.get(&cx.me).cloned())
+            .unwrap_or_default()
+    });
+    let whole = cmd.rids.is_none();
+    match cmd.verb.as_str() {
+        "start" if whole => {
+            if cfg.topology == Topology::Failover && !cmd.force {
+                let elsewhere = node.read(|s| {
+                    s.services.get(svc).map_or(Vec::new(), |v| {
+                        v.instances
+                            .iter()
+                            .filter(|(n, i)| {
+                                **n != cx.me
+                                    && s.node_monitors
+                                        .get(*n)
+                                        .is_some_and(|m| m.status != NodeStatus::Down)
+                                    && (i.local_expect == LocalExpect::Started
+                                        || matches!(i.avail, Avail::Up | Avail::Warn))
+                            })
+                            .map(|(n, _)| n.clone())
+                            .collect()
+                    })
+                });
+                if !elsewhere.is_empty() {
+                    return Err(ActionError::new(
+                        code::ERROR,
+                        format!(
+                            "{svc} is a failover service placed on {}: move it with `om {svc} switch --to {}` (or --force)",
+                            elsewhere.join(", "),
+                            cx.me
+                        ),
+                    ));
+                }
+            }
+            instance::commit(
+                daemon,
+                Command::SetServiceMonitor {
+                    svc: svc.to_string(),
+                    node: Some(cx.me.clone()),
+                    status: None,
+                    local_expect: Some(LocalExpect::Started),
+                    global_expect: None,
+                    reset_retries: true,
+                },
+            )
+            .await?;
+        }
+        "stop" if whole => {
+            instance::commit(
+                daemon,
+                Command::SetServiceMonitor {
+                    svc: svc.to_string(),
+                    node: Some(cx.me.clone()),
+                    status: None,
+                    local_expect: Some(LocalExpect::Stopped),
+                    global_expect: None,
+                    reset_retries: false,
+                },
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    let rt = cx.local.instance(svc);
+    let mut mem = rt.mem.lock().await;
+    if let Some(h) = holds_lock {
+        h.store(true, Ordering::SeqCst);
+    }
+    let mut tr = Transcript::default();
+    cx.local
+        .logs
+        .info(svc, format!("action {} requested", cmd_text(cmd)));
+    let only = cmd.rids.as_deref();
+    let mut status = None;
+    let mut frozen = None;
+    match cmd.verb.as_str() {
+        "status" | "check" => {
+            rt.check(cx, &mut mem, &cfg, Some(&mut tr)).await;
+        }
+        "freeze" | "thaw" => {
+            frozen = Some(cmd.verb == "freeze");
+            rt.check(cx, &mut mem, &cfg, None).await;
+        }
+        "start" => {
+            rt.check(cx, &mut mem, &cfg, None).await;
+            let ok = rt.start(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
+            let avail = rt.check(cx, &mut mem, &cfg, None).await;
+            mem.started_once = true;
+            let up = if whole {
+                avail == Avail::Up || avail == Avail::NotApplicable
+            } else {
+                only.unwrap_or(&[])
+                    .iter()
+                    .all(|r| mem.res.get(r) == Some(&Avail::Up))
+            };
+            if !ok || !up {
+                tr.ret = 1;
+                tr.note(format!("start failed: instance is {}", mem.avail));
+                if whole {
+                    status = Some(MonitorStatus::StartFailed);
+                }
+            } else if whole {
+                status = Some(MonitorStatus::Idle);
+                frozen = Some(false);
+            }
+        }
+        "stop" => {
+            rt.check(cx, &mut mem, &cfg, None).await;
+            let ok = rt.stop(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
+            rt.check(cx, &mut mem, &cfg, None).await;
+            let still_up: Vec<String> = cfg
+                .resources
+                .iter()
+                .filter(|r| only.is_none_or(|o| o.contains(&r.rid)))
+                .filter(|r| mem.res.get(&r.rid) != Some(&Avail::Down))
+                .map(|r| r.rid.clone())
+                .collect();
+            if !ok || !still_up.is_empty() {
+                tr.ret = 1;
+                tr.note(format!("stop failed: still up: {}", still_up.join(", ")));
+                if whole {
+                    status = Some(MonitorStatus::StopFailed);
+                }
+            } else if whole {
+                if inst.status != MonitorStatus::StartFailed {
+                    status = Some(MonitorStatus::Idle);
+                }
+                frozen = Some(true);
+            }
+        }
+        "restart" => {
+            rt.check(cx, &mut mem, &cfg, None).await;
+            let stopped = rt.stop(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
+            rt.check(cx, &mut mem, &cfg, None).await;
+            let started = rt.start(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
+            let avail = rt.check(cx, &mut mem, &cfg, None).await;
+            if !stopped || !started || !matches!(avail, Avail::Up | Avail::NotApplicable) {
+                tr.ret = 1;
+                tr.note(format!("restart failed: instance is {avail}"));
+            }
+        }
+        _ => unreachable!("parse_command checked the verb"),
+    }
+    let inst_now = node.read(|s| {
+        s.services
+            .get(svc)
+            .and_then(|v| v.instances.get(&cx.me).cloned())
+            .unwrap_or_default()
+    });
+    let changed = inst_now.avail != mem.avail
+        || status.is_some_and(|st| st != inst_now.status)
+        || frozen.is_some_and(|f| f != inst_now.frozen);
+    if changed {
+        if let Err(e) = instance::report(
+            cx,
+            svc,
+            mem.avail,
+            status,
+            frozen,
+            inst_now.restarts.clone(),
+        )
+        .await
+        {
+            tr.note(format!("could not report the instance state: {e}"));
+        }
+    }
+    let lvl = if tr.ret == 0 { "info" } else { "warn" };
+    cx.local.logs.append(
+        svc,
+        lvl,
+        format!(
+            "action {} done: ret {}, instance {}",
+            cmd_text(cmd),
+            tr.ret,
+            mem.avail
+        ),
+    );
+    Ok(tr)
+}
+
+fn cmd_text(cmd: &ActionCmd) -> String {
+    match &cmd.rids {
+        Some(r) => format!("{} --rid {}", cmd.verb, r.join(",")),
+        None => cmd.verb.clone(),
+    }
+}
+
+/// `service_logs`: this node's lines (`local`), or every node's merged by time.
+///
+/// Options: `svcname`, `backlog` (lines, default 50), `node` (only that node), `local`,
+/// `cursor` (a number with `local`, else `{node: number}`: return the lines after it),
+/// `wait_ms` (with a cursor: wait up to this long for a first line).
+async fn service_logs(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
+    let svc = req_str(o, "svcname")?.to_string();
+    raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
+    let backlog = opt_u64(o, "backlog")?.unwrap_or(50) as usize;
+    let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));
+    let lg = local(daemon);
+    if opt_bool(o, "local")?.unwrap_or(false) {
+        return Ok(local_logs(&lg, &svc, backlog, opt_u64(o, "cursor")?, wait).await);
+    }
+    let me = daemon.name();
+    let nodes: Vec<(String, String)> = match opt_str(o, "node")? {
+        Some(n) => vec![(n.to_string(), addr_of(daemon, n)?)],
+        None => daemon.node()?.read(|s| {
+            s.nodes
+                .iter()
+                .map(|(n, r)| (n.clone(), r.addr.clone()))
+                .collect()
+        }),
+    };
+    let cursors = o.get("cursor").and_then(Value::as_object).cloned();
+    let follow = cursors.is_some();
+    let mut set = tokio::task::JoinSet::new();
+    for (n, addr) in nodes {
+        let mut opts = json!({ "svcname": svc, "local": true, "backlog": backlog });
+        let mut cursor = None;
+        if let Some(c) = &cursors {
+            let at = c.get(&n).and_then(Value::as_u64).unwrap_or(0);
+            cursor = Some(at);
+            opts["cursor"] = json!(at);
+            opts["wait_ms"] = json!(wait.as_millis() as u64);
+        }
+        let d = daemon.clone();
+        let lg = lg.clone();
+        let (is_me, svc) = (n == me, svc.clone());
+        set.spawn(async move {
+            let r = if is_me {
+                Ok(local_logs(&lg, &svc, backlog, cursor, wait).await)
+            } else {
+                d.peers
+                    .call(&addr, "service_logs", opts, wait + Duration::from_secs(5))
+                    .await
+                    .map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))
+            };
+            (n, r)
+        });
+    }
+    let mut lines: Vec<log::LogLine> = Vec::new();
+    let mut cursor_out: Map<String, Value> = cursors.clone().unwrap_or_default();
+    let mut errors = Map::new();
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace {
+            Some(deadline) => match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => set.join_next().await,
+        };
+        let Some(joined) = next else { break };
+        let Ok((n, r)) = joined else { continue };
+        match r {
+            Ok(data) => {
+                let got: Vec<log::LogLine> =
+                    serde_json::from_value(data["lines"].clone()).unwrap_or_default();
+                if follow && !got.is_empty() && grace.is_none() {
+                    // Lines arrived: give the other nodes a moment, then answer. The nodes
+                    // still waiting keep their cursor, so nothing is lost.
+                    grace = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                }
+                lines.extend(got);
+                cursor_out.insert(n, data["cursor"].clone());
+            }
+            Err(e) => {
+                errors.insert(n, json!(e.message));
+            }
+        }
+    }
+    set.abort_all();
+    let mut lines = log::merge(lines);
+    if !follow {
+        let skip = lines.len().saturating_sub(backlog);
+        lines.drain(..skip);
+    }
+    Ok(json!({ "lines": lines, "cursor": cursor_out, "errors": errors }))
+}
+
+async fn local_logs(
+    lg: &Local,
+    svc: &str,
+    backlog: usize,
+    cursor: Option<u64>,
+    wait: Duration,
+) -> Value {
+    let (lines, cursor) = match cursor {
+        Some(c) => lg.logs.wait_after(svc, c, wait).await,
+        None => lg.logs.backlog(svc, backlog),
+    };
+    json!({ "lines": lines, "cursor": cursor })
+}
+
+/// `service_status`: the service, its instances with their nodes' states, and its progress
+/// towards `target` (default: its `global_expect`).
+fn service_status(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
+    let svc = req_str(o, "svcname")?.to_string();
+    let target = match opt_str(o, "target")? {
+        Some(t) => Some(t.parse::<GlobalExpect>().map_err(|e| bad(e.to_string()))?),
+        None => None,
+    };
+    let node = daemon.node()?;
+    let mut state = node.read(|s| s.clone());
+    let Some(service) = state.services.get(&svc).cloned() else {
+        return Ok(json!({ "svcname": svc, "exists": false }));
+    };
+    let cfg = ServiceConfig::parse(&service.config);
+    let progress = match (&cfg, &target) {
+        (Ok(cfg), t) => {
+            if let Some(t) = t {
+                state.services.get_mut(&svc).expect("exists").global_expect = t.clone();
+            }
+            let p = crate::monitor::placement::plan(&state, &svc, cfg).progress;
+            json!({ "state": p.state(), "reason": p.reason() })
+        }
+        (Err(e), _) => json!({ "state": "failed", "reason": format!("invalid config: {e}") }),
+    };
+    let mut instances = Map::new();
+    let mut nodes: Vec<String> = match &cfg {
+        Ok(c) => c.candidates(state.nodes.keys()),
+        Err(_) => Vec::new(),
+    };
+    for n in service.instances.keys() {
+        if !nodes.contains(n) {
+            nodes.push(n.clone());
+        }
+    }
+    for n in &nodes {
+        let mut v = json!(service.instances.get(n).cloned().unwrap_or_default());
+        if let Some(m) = state.node_monitors.get(n) {
+            v["node_status"] = json!(m.status);
+            v["node_frozen"] = json!(m.frozen);
+        }
+        instances.insert(n.clone(), v);
+    }
+    let up: Vec<&String> = service
+        .instances
+        .iter()
+        .filter(|(_, i)| i.avail == Avail::Up)
+        .map(|(n, _)| n)
+        .collect();
+    let avail = match (&cfg, up.len()) {
+        (_, 0) => "down",
+        (Ok(c), n) if c.topology == Topology::Failover && n > 1 => "warn",
+        _ => "up",
+    };
+    Ok(json!({
+        "svcname": svc,
+        "exists": true,
+        "version": service.version,
+        "global_expect": service.global_expect,
+        "topology": cfg.as_ref().map(|c| c.topology.to_string()).unwrap_or_default(),
+        "orchestrate": cfg.as_ref().map(|c| c.orchestrate.to_string()).unwrap_or_default(),
+        "nodes": nodes,
+        "avail": avail,
+        "up": up,
+        "instances": instances,
+        "progress": progress,
+    }))
+}
+
+/// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.
+async fn job_action(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Value> {
+    if let Some(node) = opt_str(o, "node")? {
+        if node != daemon.name() {
+            return forward(daemon, node, action, o, Duration::from_secs(15)).await;
+        }
+    }
+    let jobs = local(daemon).jobs.clone();
+    let err = |e: jobs::JobError| {
+        let status = match e {
+            jobs::JobError::Io(_) => code::ERROR,
+            _ => code::BAD_REQUEST,
+        };
+        ActionError::new(status, e.to_string())
+    };
+    match action {
+        "job_list" => Ok(json!({ "node": daemon.name(), "jobs": jobs.list() })),
+        "job_show" => {
+            let (rec, out, err_text) = jobs.show(req_str(o, "id")?).map_err(err)?;
+            Ok(json!({ "job": rec, "out": out, "err": err_text }))
+        }
+        _ => {
+            let rec = jobs.cancel(req_str(o, "id")?).map_err(err)?;
+            local(daemon)
+                .logs
+                .warn(&rec.svc, format!("job {} canceled", rec.id));
+            Ok(json!({ "job": rec }))
+        }
+    }
+}
