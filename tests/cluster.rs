@@ -10,6 +10,8 @@ use serde_json::json;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
+/// A valid service config (set_service_config validates it).
+const AFTER: &str = "[DEFAULT]\nnodes = n1 n2 n3\n";
 
 fn cluster(n: usize) -> LocalCluster {
     LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), n, None).expect("prepare cluster")
@@ -141,7 +143,7 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
         let r = c.nodes[via]
             .call(
                 "set_service_config",
-                json!({"svcname": svc, "config": format!("v{i}")}),
+                json!({"svcname": svc, "config": format!("# v{i}\n[DEFAULT]\nnodes = *\n")}),
                 T,
             )
             .await
@@ -158,7 +160,7 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
         if let Ok(r) = c.nodes[survivors[0]]
             .call(
                 "set_service_config",
-                json!({"svcname": "after", "config": "x"}),
+                json!({"svcname": "after", "config": AFTER}),
                 Duration::from_secs(3),
             )
             .await
@@ -198,7 +200,7 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
         .call("get_service_config", json!({"svcname": "after"}), T)
         .await
         .unwrap();
-    assert_eq!(cfg["config"], "x");
+    assert_eq!(cfg["config"], AFTER);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,7 @@ async fn listener_thread_stops_starts_and_survives_a_crash() {
     c.nodes[0]
         .call(
             "set_service_config",
-            json!({"svcname": "a", "config": "x"}),
+            json!({"svcname": "a", "config": "[DEFAULT]\nnodes = *\n"}),
             T,
         )
         .await
@@ -108,7 +108,7 @@ async fn listener_thread_stops_starts_and_survives_a_crash() {
     c.nodes[2]
         .call(
             "set_service_config",
-            json!({"svcname": "b", "config": "y"}),
+            json!({"svcname": "b", "config": "[DEFAULT]\nnodes = *\n"}),
             T,
         )
         .await
@@ -194,7 +194,7 @@ async fn node_set_listener_port_rebinds_live_and_bad_config_is_refused() {
     let r = c.nodes[0]
         .call(
             "set_service_config",
-            json!({"svcname": "after-move", "config": "x"}),
+            json!({"svcname": "after-move", "config": "[DEFAULT]\nnodes = *\n"}),
             T,
         )
         .await
