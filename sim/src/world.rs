@@ -342,14 +342,48 @@ async fn watch_metrics(world: Arc<World>, idx: usize, inc: u64, node: Node) {
     drop(node);
     let name = world.names[idx].clone();
     let mut last: Option<(ServerState, Vote<NodeId>)> = None;
+    let mut last_membership = None;
     loop {
         if !world.is_live(idx, inc) {
             return;
         }
-        let (state, vote, leader) = {
+        let (state, vote, leader, membership) = {
             let m = rx.borrow_and_update();
-            (m.state, m.vote, m.current_leader)
+            (
+                m.state,
+                m.vote,
+                m.current_leader,
+                m.membership_config.clone(),
+            )
         };
+        if last_membership.as_ref() != Some(&membership) {
+            let configs: Vec<String> = membership
+                .membership()
+                .get_joint_config()
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|id| world.name_of(*id))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            let learners: Vec<&str> = membership
+                .membership()
+                .learner_ids()
+                .map(|id| world.name_of(id))
+                .collect();
+            world.ev(
+                &name,
+                format_args!(
+                    "membership at {}: voters [{}] learners [{}]",
+                    world.log_id(membership.log_id()),
+                    configs.join("] + ["),
+                    learners.join(",")
+                ),
+            );
+            last_membership = Some(membership);
+        }
         if last != Some((state, vote)) {
             last = Some((state, vote));
             world.ev(
