@@ -484,6 +484,9 @@ impl Daemon {
             }
         };
         tracing::info!(?kind, "daemon stopping");
+        if kind == StopKind::Shutdown {
+            crate::monitor::stop_local_instances(&self).await;
+        }
         self.advertise_maintenance().await;
         for id in threads::THREAD_IDS.iter().rev() {
             let _ = self.threads.stop(id).await;
