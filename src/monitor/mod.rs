@@ -37,6 +37,11 @@ use crate::services::instance::Ctx;
 /// only after this long without news, so a planned restart does not move its services.
 pub const MAINTENANCE_GRACE: Duration = Duration::from_secs(60);
 
+/// How long without a majority before `node.split_action`: 3/4 of `node.down_timeout`.
+pub fn split_delay(down_timeout: Duration) -> Duration {
+    down_timeout * 3 / 4
+}
+
 /// How often the monitor makes a pass without being woken by an event.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -155,9 +160,21 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
     let cx = services::ctx(&daemon);
     let mut workers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut leader = LeaderMem::default();
-    let mut quorum = QuorumWatch {
-        last_ok: Instant::now(),
-        cut_off: false,
+    // The quorum watch runs on its own: proposals below may wait, it must not.
+    let quorum_task = {
+        let (daemon, cx) = (daemon.clone(), cx.clone());
+        tokio::spawn(async move {
+            let mut q = QuorumWatch {
+                last_ok: Instant::now(),
+                cut_off: false,
+            };
+            loop {
+                if let Ok(node) = daemon.node() {
+                    watch_quorum(&daemon, &cx, &node, &mut q);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
     };
     let mut configs = Configs::default();
     let mut sub: Option<(Node, broadcast::Receiver<raft::EventRecord>)> = None;
@@ -199,8 +216,6 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
         let is_leader = metrics.current_leader == Some(node.id)
             && metrics.state == openraft::ServerState::Leader;
         log_events(&cx, &node, &events, is_leader, &workers);
-
-        watch_quorum(&daemon, &cx, &node, &metrics, is_leader, &mut quorum);
 
         // Workers: one per service with an instance or a place on this node.
         let wanted: Vec<String> = node
@@ -245,17 +260,20 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
             }
         }
 
-        if !quorum.cut_off {
+        let cut_off = cx.local.cut_off.load(Ordering::SeqCst);
+        if !cut_off {
             node_self(&daemon, &cx, &node).await;
         }
-        if is_leader {
+        if is_leader && !cut_off {
             let since = *leader.since.get_or_insert_with(Instant::now);
             mark_down(&daemon, &cx, &node, since).await;
-            orchestrate(&cx, &node, &mut configs, &mut leader).await;
+            orchestrate(&daemon, &cx, &node, &mut configs, &mut leader).await;
         } else {
             leader.since = None;
         }
     };
+    quorum_task.abort();
+    cx.local.cut_off.store(false, Ordering::SeqCst);
     for (_, h) in workers {
         h.abort();
     }
@@ -295,6 +313,10 @@ fn log_events(
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         let mine = format!("instances.{}.", cx.me);
         if let Some(f) = field.strip_prefix(&mine) {
+            if f == "avail" {
+                // Logged by the check that found it, with the reason.
+                continue;
+            }
             cx.local
                 .logs
                 .info(svc, format!("{f}: {} -> {}", show(old), show(new)));
@@ -307,14 +329,10 @@ fn log_events(
 }
 
 /// Decides whether this node can reach a majority; flips `cut_off` after `down_timeout`.
-fn watch_quorum(
-    daemon: &Daemon,
-    cx: &Ctx,
-    node: &Node,
-    metrics: &openraft::RaftMetrics<raft::NodeId, raft::Member>,
-    is_leader: bool,
-    q: &mut QuorumWatch,
-) {
+fn watch_quorum(daemon: &Daemon, cx: &Ctx, node: &Node, q: &mut QuorumWatch) {
+    let metrics = node.metrics();
+    let is_leader =
+        metrics.current_leader == Some(node.id) && metrics.state == openraft::ServerState::Leader;
     let down_timeout = daemon.config().down_timeout;
     let membership = metrics.membership_config.membership();
     let voters: Vec<(raft::NodeId, String)> = membership
@@ -327,38 +345,46 @@ fn watch_quorum(
             (id, name)
         })
         .collect();
-    let fresh = |name: &str| {
-        daemon
-            .peers
-            .last_seen(name)
-            .is_some_and(|e| e <= down_timeout)
-    };
-    let ok = if voters.len() <= 1 {
-        true
+    let age = |name: &str| daemon.peers.last_seen(name).unwrap_or(Duration::MAX);
+    // How long ago this node last had a majority: for a leader, the age of the news from
+    // the voter that completes a majority (itself counting as fresh); for a follower, the
+    // age of the news from its leader.
+    let contact: Option<Duration> = if voters.len() <= 1 {
+        Some(Duration::ZERO)
     } else if is_leader {
-        let heard = voters
+        let mut ages: Vec<Duration> = voters
             .iter()
-            .filter(|(id, name)| *id == node.id || fresh(name))
-            .count();
-        heard * 2 > voters.len()
+            .map(|(id, name)| {
+                if *id == node.id {
+                    Duration::ZERO
+                } else {
+                    age(name)
+                }
+            })
+            .collect();
+        ages.sort();
+        Some(ages[voters.len() / 2])
     } else {
         metrics
             .current_leader
             .filter(|l| *l != node.id)
             .and_then(|l| membership.get_node(&l).map(|m| m.name.clone()))
-            .is_some_and(|name| fresh(&name))
+            .map(|name| age(&name))
     };
     let now = Instant::now();
-    if ok {
-        q.last_ok = now;
+    if let Some(at) = contact.and_then(|a| now.checked_sub(a)) {
+        q.last_ok = q.last_ok.max(at);
     }
-    let cut_off = now.duration_since(q.last_ok) > down_timeout;
+    // A little before the majority marks this node down (after down_timeout), so that its
+    // failover instances are stopped, or stopping, when they start elsewhere.
+    let cut_off = now.duration_since(q.last_ok) > split_delay(down_timeout);
     if cut_off != q.cut_off {
         q.cut_off = cut_off;
         cx.local.cut_off.store(cut_off, Ordering::SeqCst);
         if cut_off {
             tracing::warn!(
-                "no contact with a cluster majority for {down_timeout:?}: this node is cut off"
+                "no contact with a cluster majority for {:?}: this node is cut off",
+                split_delay(down_timeout)
             );
         } else {
             tracing::info!("contact with the cluster majority is back");
@@ -389,10 +415,7 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
         if cx.local.shutting.load(Ordering::SeqCst) {
             return;
         }
-        daemon
-            .propose(set(Some(NodeStatus::Idle), None))
-            .await
-            .map(|_| ())
+        propose(daemon, set(Some(NodeStatus::Idle), None)).await
     } else if want != m.frozen {
         let (doing, word) = if want {
             (NodeStatus::Freezing, "freezing")
@@ -400,18 +423,12 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
             (NodeStatus::Thawing, "thawing")
         };
         tracing::info!("node {word}");
-        match daemon.propose(set(Some(doing), None)).await {
-            Ok(_) => daemon
-                .propose(set(Some(NodeStatus::Idle), Some(want)))
-                .await
-                .map(|_| ()),
+        match propose(daemon, set(Some(doing), None)).await {
+            Ok(()) => propose(daemon, set(Some(NodeStatus::Idle), Some(want))).await,
             Err(e) => Err(e),
         }
     } else if matches!(m.status, NodeStatus::Freezing | NodeStatus::Thawing) {
-        daemon
-            .propose(set(Some(NodeStatus::Idle), None))
-            .await
-            .map(|_| ())
+        propose(daemon, set(Some(NodeStatus::Idle), None)).await
     } else {
         return;
     };
@@ -461,8 +478,8 @@ async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant
             local_expect: None,
             frozen: None,
         };
-        match node.propose(cmd).await {
-            Ok(_) => {
+        match leader_propose(daemon, node, cmd).await {
+            Ok(()) => {
                 let msg = if status == NodeStatus::Down {
                     format!(
                         "node {name} is down: silent for {:.1}s",
@@ -489,7 +506,13 @@ async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant
 }
 
 /// On the leader: commits every service's placement decisions.
-async fn orchestrate(cx: &Ctx, node: &Node, configs: &mut Configs, mem: &mut LeaderMem) {
+async fn orchestrate(
+    daemon: &Daemon,
+    cx: &Ctx,
+    node: &Node,
+    configs: &mut Configs,
+    mem: &mut LeaderMem,
+) {
     let state = node.read(|s| s.clone());
     for (svc, service) in &state.services {
         let Some(cfg) = configs.get(svc, service.version, &service.config) else {
@@ -497,8 +520,8 @@ async fn orchestrate(cx: &Ctx, node: &Node, configs: &mut Configs, mem: &mut Lea
         };
         let plan = placement::plan(&state, svc, &cfg);
         for (cmd, why) in plan.cmds {
-            match node.propose(cmd).await {
-                Ok(_) => {
+            match leader_propose(daemon, node, cmd).await {
+                Ok(()) => {
                     cx.local.logs.info(svc, format!("orchestrator: {why}"));
                     mem.last_error.remove(svc);
                 }
@@ -513,6 +536,30 @@ async fn orchestrate(cx: &Ctx, node: &Node, configs: &mut Configs, mem: &mut Lea
                 }
             }
         }
+    }
+}
+
+/// How long the monitor waits for one of its proposals: `node.down_timeout`, at least 1 s.
+fn propose_limit(daemon: &Daemon) -> Duration {
+    daemon.config().down_timeout.max(Duration::from_secs(1))
+}
+
+/// Proposes through the leader, giving up after [`propose_limit`].
+async fn propose(daemon: &Daemon, cmd: Command) -> Result<(), String> {
+    match tokio::time::timeout(propose_limit(daemon), daemon.propose(cmd)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("not committed in time".into()),
+    }
+}
+
+/// Proposes on this node as the leader, giving up after [`propose_limit`].
+async fn leader_propose(daemon: &Daemon, node: &Node, cmd: Command) -> Result<(), ProposeError> {
+    match tokio::time::timeout(propose_limit(daemon), node.propose(cmd)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(ProposeError::Stopped(
+            "not committed in time: no majority?".into(),
+        )),
     }
 }
 

@@ -183,10 +183,16 @@ impl<'a> View<'a> {
             .cands
             .iter()
             .filter(|n| {
-                self.placed(n)
-                    && !self.down(n)
-                    && self.node_status(n) != Some(NodeStatus::Shutting)
-                    && !self.failed(n)
+                let gone = match self.node_status(n) {
+                    Some(NodeStatus::Shutting) => true,
+                    // A daemon stopped for maintenance leaves its instances running: keep
+                    // them there, unless known stopped (a shutdown stopped them).
+                    Some(NodeStatus::Maintenance) => {
+                        matches!(self.inst(n).avail, Avail::Down | Avail::NotApplicable)
+                    }
+                    _ => false,
+                };
+                self.placed(n) && !self.down(n) && !gone && !self.failed(n)
             })
             .cloned()
             .collect();

@@ -375,8 +375,19 @@ pub async fn report(
 
 /// Proposes `cmd` and waits (up to 5 s) until this node has applied it, so that what the
 /// monitor reads next includes it.
+///
+/// Gives up after `node.down_timeout` (at least 1 s): without a majority a proposal never
+/// commits, and the monitor must not hang on it (it has a split action to run).
 pub async fn commit(daemon: &Daemon, cmd: Command) -> Result<(), ActionError> {
-    let c = daemon.propose(cmd).await?;
+    let limit = daemon.config().down_timeout.max(Duration::from_secs(1));
+    let c = tokio::time::timeout(limit, daemon.propose(cmd))
+        .await
+        .map_err(|_| {
+            ActionError::new(
+                crate::wire::status::UNAVAILABLE,
+                format!("not committed within {limit:?}: no majority reachable?"),
+            )
+        })??;
     if let Ok(node) = daemon.node() {
         let _ = node
             .raft

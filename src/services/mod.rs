@@ -396,6 +396,13 @@ pub async fn run_action(
             .unwrap_or_default()
     });
     let whole = cmd.rids.is_none();
+    // Hold the instance lock before changing local_expect, so the monitor's worker acts on
+    // the new local_expect only after this action is done.
+    let rt = cx.local.instance(svc);
+    let mut mem = rt.mem.lock().await;
+    if let Some(h) = holds_lock {
+        h.store(true, Ordering::SeqCst);
+    }
     match cmd.verb.as_str() {
         "start" if whole => {
             if cfg.topology == Topology::Failover && !cmd.force {
@@ -440,6 +447,11 @@ pub async fn run_action(
             .await?;
         }
         "stop" if whole => {
+            // Frozen first: the orchestrator must not place it here again meanwhile.
+            if !inst.frozen {
+                instance::report(cx, svc, inst.avail, None, Some(true), inst.restarts.clone())
+                    .await?;
+            }
             instance::commit(
                 daemon,
                 Command::SetServiceMonitor {
@@ -455,11 +467,6 @@ pub async fn run_action(
         }
         _ => {}
     }
-    let rt = cx.local.instance(svc);
-    let mut mem = rt.mem.lock().await;
-    if let Some(h) = holds_lock {
-        h.store(true, Ordering::SeqCst);
-    }
     let mut tr = Transcript::default();
     cx.local
         .logs
@@ -469,7 +476,11 @@ pub async fn run_action(
     let mut frozen = None;
     match cmd.verb.as_str() {
         "status" | "check" => {
-            rt.check(cx, &mut mem, &cfg, Some(&mut tr)).await;
+            // Like a check command: 0 when the instance is up.
+            let avail = rt.check(cx, &mut mem, &cfg, Some(&mut tr)).await;
+            if !matches!(avail, Avail::Up | Avail::NotApplicable) {
+                tr.ret = 1;
+            }
         }
         "freeze" | "thaw" => {
             frozen = Some(cmd.verb == "freeze");

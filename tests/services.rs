@@ -1,0 +1,457 @@
+//! Services on real `om` daemons with real commands: an app resource that runs a `sleep`
+//! and writes its pid file. Start, switch, freeze, failover after kill -9, the split action,
+//! restarts exhausted then clear, a frozen node, actions and jobs, merged logs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use om::cli::local::LocalCluster;
+use om::cli::local::LocalNode;
+use serde_json::json;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+/// `node.down_timeout` of the test clusters.
+const DOWN: Duration = Duration::from_secs(2);
+
+const WEB: &str = r#"[DEFAULT]
+nodes = n1 n2 n3
+topology = failover
+orchestrate = ha
+check_interval = 1s
+
+[app#1]
+start = sleep 300 >/dev/null 2>&1 & echo $! > "$OM_VAR/app.pid"
+stop = kill "$(cat "$OM_VAR/app.pid")" 2>/dev/null; rm -f "$OM_VAR/app.pid"; true
+check = pid=$(cat "$OM_VAR/app.pid" 2>/dev/null) && test -n "$pid" && test -e /proc/$pid && ! grep -qs '^[0-9]* ([^)]*) Z' /proc/$pid/stat
+restart = 2
+restart_delay = 200ms
+timeout = 10s
+"#;
+
+const FLAKY: &str = r#"[DEFAULT]
+nodes = n1 n2
+orchestrate = ha
+check_interval = 1s
+
+[app#1]
+start = touch "$OM_VAR/started"
+stop = rm -f "$OM_VAR/started"
+check = test -f "$OM_VAR/started" && test -f "$OM_VAR/ok"
+restart = 1
+restart_delay = 200ms
+"#;
+
+/// A cluster of `n` daemons with `node.down_timeout = 2s`, formed by join.
+async fn cluster(n: usize) -> LocalCluster {
+    let mut c =
+        LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), n, None).expect("prepare cluster");
+    for node in &c.nodes {
+        let conf = node.paths.node_conf();
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let text = text.replacen(
+            "[node]\n",
+            &format!("[node]\ndown_timeout = {}ms\n", DOWN.as_millis()),
+            1,
+        );
+        std::fs::write(&conf, text).unwrap();
+    }
+    c.start_all().await.unwrap();
+    c.join_all(&mut |_| {}).await.unwrap();
+    c
+}
+
+/// Runs the `om` CLI against `node`: exit code, stdout, stderr.
+async fn om(node: &LocalNode, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&node.paths.root)
+        .args(args)
+        .output()
+        .await
+        .expect("run om");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the CLI and requires success.
+async fn om_ok(node: &LocalNode, args: &[&str]) -> (String, String) {
+    let (code, out, err) = om(node, args).await;
+    assert_eq!(
+        code, 0,
+        "om {args:?} on {} failed:\n{out}\n{err}",
+        node.name
+    );
+    (out, err)
+}
+
+fn pid_file(node: &LocalNode, svc: &str) -> PathBuf {
+    node.paths
+        .root
+        .join("var/services")
+        .join(svc)
+        .join("app.pid")
+}
+
+/// Whether process `pid` runs (zombies do not count: nothing reaps orphans here).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn app_pid(node: &LocalNode, svc: &str) -> Option<u32> {
+    std::fs::read_to_string(pid_file(node, svc))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The nodes where the app of `svc` really runs.
+fn running_on(c: &LocalCluster, svc: &str) -> Vec<String> {
+    c.nodes
+        .iter()
+        .filter(|n| app_pid(n, svc).is_some_and(alive))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+fn kill(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+/// Kills the apps left by a test (by pid, from the pid files).
+struct Apps(Vec<PathBuf>);
+
+impl Drop for Apps {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                kill(pid, "-KILL");
+            }
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it holds, up to `timeout`; panics with `what` otherwise.
+async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t0.elapsed()
+}
+
+/// Polls `service_status` on `node` until `f` holds; returns that status.
+async fn until_status(
+    node: &LocalNode,
+    svc: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let st = status(node, svc).await;
+        if f(&st) {
+            return st;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(node: &LocalNode, svc: &str) -> Value {
+    node.call("service_status", json!({"svcname": svc}), T)
+        .await
+        .expect("service_status")
+}
+
+fn write_config(c: &LocalCluster, name: &str, text: &str) -> PathBuf {
+    let p = c.base().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
+    let t_all = Instant::now();
+    let mut c = cluster(3).await;
+    let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "web")).collect());
+    let n1 = &c.nodes[0];
+
+    // A bad config is refused with its section and key, and nothing is committed.
+    let bad = write_config(
+        &c,
+        "bad.conf",
+        &WEB.replace("restart = 2", "restart = twice"),
+    );
+    let (code, _, err) = om(n1, &["web", "create", "--config", bad.to_str().unwrap()]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("section [app#1]: key restart: invalid value \"twice\""),
+        "{err}"
+    );
+    assert!(n1
+        .call("get_service_config", json!({"svcname": "web"}), T)
+        .await
+        .is_err());
+
+    let good = write_config(&c, "web.conf", WEB);
+    om_ok(n1, &["web", "create", "--config", good.to_str().unwrap()]).await;
+    let (text, err) = om_ok(&c.nodes[2], &["web", "print", "config"]).await;
+    assert_eq!(text, WEB);
+    assert!(err.contains("version 1"), "{err}");
+
+    // start: runs on exactly one node, the first of `nodes`.
+    let (_, err) = om_ok(n1, &["web", "start"]).await;
+    assert!(err.contains("started reached"), "{err}");
+    until("web runs on n1", T, || running_on(&c, "web") == ["n1"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running_on(&c, "web"), ["n1"], "still exactly one instance");
+
+    // switch: moves it.
+    let (_, err) = om_ok(&c.nodes[2], &["web", "switch", "--to", "n2"]).await;
+    assert!(err.contains("placed@n2 reached"), "{err}");
+    assert_eq!(running_on(&c, "web"), ["n2"]);
+
+    // freeze: a dead app is left dead; thaw: the monitor restarts it (restart 1/2).
+    om_ok(n1, &["web", "freeze"]).await;
+    kill(app_pid(&c.nodes[1], "web").unwrap(), "-KILL");
+    until_status(n1, "web", "n2 reports web down", T, |st| {
+        st["instances"]["n2"]["avail"] == "down"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        running_on(&c, "web").is_empty(),
+        "frozen: not restarted, not moved"
+    );
+    om_ok(n1, &["web", "thaw"]).await;
+    until("web restarted on n2", T, || running_on(&c, "web") == ["n2"]).await;
+    let st = status(n1, "web").await;
+    assert_eq!(st["instances"]["n2"]["restarts"]["app#1"], 1, "{st}");
+
+    // kill -9 of n2's daemon and app: web runs elsewhere within down_timeout + a few s.
+    let victim_app = app_pid(&c.nodes[1], "web").unwrap();
+    let killed = Instant::now();
+    c.nodes[1].kill();
+    kill(victim_app, "-KILL");
+    until("web fails over", DOWN + Duration::from_secs(15), || {
+        let r = running_on(&c, "web");
+        r.len() == 1 && r[0] != "n2"
+    })
+    .await;
+    let failover = killed.elapsed();
+    eprintln!("failover after kill -9: {failover:?} (down_timeout {DOWN:?})");
+    let survivor = running_on(&c, "web")[0].clone();
+    let si = c.nodes.iter().position(|n| n.name == survivor).unwrap();
+    let other = if si == 0 { 2 } else { 0 };
+    let st = status(&c.nodes[other], "web").await;
+    assert_eq!(st["instances"]["n2"]["node_status"], "down", "{st}");
+    assert_eq!(st["instances"]["n2"]["local_expect"], "stopped", "{st}");
+
+    // Logs from every reachable node, merged in time order.
+    let (out, err) = om_ok(&c.nodes[other], &["web", "logs", "--backlog", "1000"]).await;
+    assert!(err.contains("n2"), "n2 is unreachable and said so: {err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("20")).collect();
+    let nodes_seen: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+    assert!(
+        nodes_seen.contains("n1") && nodes_seen.contains("n3"),
+        "{nodes_seen:?}\n{out}"
+    );
+    let stamps: Vec<&str> = lines.iter().map(|l| &l[..23]).collect();
+    let mut sorted = stamps.clone();
+    sorted.sort();
+    assert_eq!(stamps, sorted, "merged in time order");
+    assert!(out.contains("orchestrator: "), "{out}");
+    assert!(out.contains("is down"), "{out}");
+    let (only, _) = om_ok(&c.nodes[other], &["web", "logs", "--node", &survivor]).await;
+    assert!(only
+        .lines()
+        .all(|l| !l.starts_with("20") || l.split(' ').nth(2) == Some(survivor.as_str())));
+
+    // Actions on one node, synchronous and as a job.
+    let (out, _) = om_ok(
+        &c.nodes[other],
+        &["web", "run", "status", "--node", &survivor],
+    )
+    .await;
+    assert!(out.contains("app#1") && out.contains("up"), "{out}");
+    let (code, _, _) = om(
+        &c.nodes[other],
+        &["web", "run", "status", "--node", &c.nodes[other].name],
+    )
+    .await;
+    assert_eq!(
+        code, 1,
+        "the app is down on the other node: the action says so"
+    );
+    let (out, _) = om_ok(
+        &c.nodes[other],
+        &["web", "run", "restart", "--node", &survivor, "--async"],
+    )
+    .await;
+    let job = out.split_whitespace().nth(1).unwrap().to_string();
+    let mut state = String::new();
+    for _ in 0..150 {
+        let (o, _) = om_ok(
+            &c.nodes[other],
+            &[
+                "--format", "json", "node", "jobs", "show", &job, "--node", &survivor,
+            ],
+        )
+        .await;
+        let v: Value = serde_json::from_str(&o).unwrap();
+        state = v["job"]["state"].as_str().unwrap().to_string();
+        if state != "running" {
+            assert!(v["out"].as_str().unwrap().contains("app#1: start"), "{v}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let (list, _) = om_ok(&c.nodes[si], &["node", "jobs", "list"]).await;
+    assert!(list.contains(&job), "{list}");
+    until("web runs after the restart job", T, || {
+        running_on(&c, "web") == [survivor.clone()]
+    })
+    .await;
+
+    // The survivor cut off from the majority (n2 dead, the other one stopped) stops its
+    // failover instance after down_timeout; with the majority back, it starts it again.
+    let other_pid: u32 = std::fs::read_to_string(c.nodes[other].paths.pid_file())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(other_pid, "-STOP");
+    let stopped_in = until(
+        "the cut-off node stops web",
+        DOWN + Duration::from_secs(10),
+        || running_on(&c, "web").is_empty(),
+    )
+    .await;
+    kill(other_pid, "-CONT");
+    eprintln!("split action stopped the instance {stopped_in:?} after the majority was lost");
+    until(
+        "web runs again once the majority is back",
+        Duration::from_secs(30),
+        || running_on(&c, "web").len() == 1,
+    )
+    .await;
+
+    // n2 comes back: it is marked up again and does not start web.
+    let bin = c.bin.clone();
+    c.nodes[1].start(&bin).unwrap();
+    c.nodes[1].wait_ready(T).await.unwrap();
+    let n1 = &c.nodes[0];
+    for _ in 0..100 {
+        let st = status(n1, "web").await;
+        if st["instances"]["n2"]["node_status"] == "idle"
+            && st["instances"]["n2"]["avail"] == "down"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = status(n1, "web").await;
+    assert_eq!(st["instances"]["n2"]["node_status"], "idle", "{st}");
+    assert_eq!(running_on(&c, "web").len(), 1, "{st}");
+
+    // delete: stopped everywhere, then gone.
+    om_ok(n1, &["web", "delete"]).await;
+    assert!(running_on(&c, "web").is_empty());
+    assert_eq!(status(n1, "web").await["exists"], false);
+    eprintln!("test time: {:?}", t_all.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
+    let t_all = Instant::now();
+    let c = cluster(2).await;
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let cfg = write_config(&c, "flaky.conf", FLAKY);
+    om_ok(n1, &["flaky", "create", "--config", cfg.to_str().unwrap()]).await;
+
+    // The check never passes: restart 1/1 on n1, start failed, then the same on n2.
+    let (code, _, err) = om(n1, &["flaky", "start", "--timeout", "60s"]).await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(
+        err.contains("n1: start failed") && err.contains("n2: start failed"),
+        "{err}"
+    );
+    let st = status(n1, "flaky").await;
+    for n in ["n1", "n2"] {
+        assert_eq!(st["instances"][n]["status"], "start failed", "{st}");
+        assert_eq!(st["instances"][n]["restarts"]["app#1"], 1, "{st}");
+    }
+    let (logs, _) = om_ok(n2, &["flaky", "logs", "--backlog", "500"]).await;
+    assert!(logs.contains("restart 1/1"), "{logs}");
+    assert!(
+        logs.contains("restart(s) are used up: start failed"),
+        "{logs}"
+    );
+
+    // Fix the cause, clear: it starts again, on the first node.
+    for n in [n1, n2] {
+        let dir = n.paths.root.join("var/services/flaky");
+        std::fs::write(dir.join("ok"), "").unwrap();
+    }
+    om_ok(n2, &["flaky", "clear"]).await;
+    let (_, err) = om_ok(n1, &["flaky", "start"]).await;
+    assert!(err.contains("up on n1"), "{err}");
+    let st = status(n2, "flaky").await;
+    assert!(
+        st["instances"]["n1"]["restarts"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{st}"
+    );
+
+    // A frozen node starts nothing by orchestration: stop, freeze n1, start -> n2.
+    om_ok(n1, &["flaky", "stop"]).await;
+    om_ok(n1, &["node", "freeze"]).await;
+    let (_, err) = om_ok(n2, &["flaky", "start"]).await;
+    assert!(err.contains("up on n2"), "{err}");
+    let (_, err) = om_ok(n2, &["flaky", "giveback", "--timeout", "10s"]).await;
+    // giveback targets the preferred usable node: n1 is frozen, so n2 stays.
+    assert!(err.contains("up on n2"), "{err}");
+    om_ok(n1, &["node", "thaw"]).await;
+    let (_, err) = om_ok(n2, &["flaky", "giveback"]).await;
+    assert!(err.contains("up on n1"), "{err}");
+
+    // --local: stop here (this instance is also frozen); ha moves the service to n2.
+    let (out, _) = om_ok(n1, &["flaky", "stop", "--local"]).await;
+    assert!(out.contains("app#1: stop"), "{out}");
+    let st = until_status(n1, "flaky", "ha moves flaky to n2", T, |st| {
+        st["up"] == json!(["n2"])
+    })
+    .await;
+    assert_eq!(st["instances"]["n1"]["frozen"], true, "{st}");
+    assert_eq!(st["instances"]["n1"]["local_expect"], "stopped", "{st}");
+    // A failover instance is not started by hand where another node runs it.
+    let (code, _, err) = om(n1, &["flaky", "start", "--local"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("placed on n2"), "{err}");
+    eprintln!("test time: {:?}", t_all.elapsed());
+}
