@@ -241,3 +241,55 @@ async fn join_with_wrong_secret_is_refused_and_changes_nothing() {
         .unwrap();
     assert_eq!(members(&status(&c, 0).await), ["n1", "n2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_names_and_concurrent_membership_changes_are_refused_clearly() {
+    let mut c = cluster(3);
+    c.start_all().await.unwrap();
+    let secret = secret_of(&c);
+    let first = c.nodes[0].addr();
+    join(&c.nodes[1], &secret, &first, &mut quiet)
+        .await
+        .unwrap();
+
+    // Another machine also called n2 asks to join: refused by name, nothing changes.
+    let i = c.add_node("n2").unwrap();
+    let bin = c.bin.clone();
+    c.nodes[i].start(&bin).unwrap();
+    c.nodes[i].wait_ready(T).await.unwrap();
+    let err = c.nodes[i]
+        .call("join", json!({"secret": secret, "node": first}), T)
+        .await
+        .unwrap_err();
+    assert!(err.contains("node name \"n2\" is already taken"), "{err}");
+    let st = status(&c, 0).await;
+    assert_eq!(members(&st), ["n1", "n2"]);
+    assert_eq!(
+        st["nodes"]["n2"]["address"],
+        c.nodes[1].addr(),
+        "the member is untouched"
+    );
+
+    // Two joins at once: one membership change at a time; the other is refused clearly
+    // (or, if the first finished already, accepted). Either way the list matches.
+    let (a, b) = tokio::join!(
+        c.nodes[2].call("join", json!({"secret": secret, "node": first}), T),
+        c.nodes[3].call("join", json!({"secret": secret, "node": first}), T),
+    );
+    let mut expect = vec!["n1".to_string(), "n2".to_string()];
+    for (r, name) in [(a, "n3"), (b, "n2")] {
+        match r {
+            Ok(_) if name == "n3" => expect.push(name.to_string()),
+            Ok(v) => panic!("the second n2 was admitted: {v}"),
+            Err(e) => assert!(
+                e.contains("in progress") || e.contains("already taken"),
+                "{name}: {e}"
+            ),
+        }
+    }
+    if expect.len() == 3 {
+        wait_member(&c.nodes[2], T, &mut quiet).await.unwrap();
+    }
+    expect.sort();
+    assert_eq!(members(&status(&c, 0).await), expect);
+}

@@ -186,6 +186,25 @@ impl LocalCluster {
         })
     }
 
+    /// Prepares one more node root called `name` (names may repeat: tests of name clashes).
+    pub fn add_node(&mut self, name: &str) -> std::io::Result<usize> {
+        let dir = self.base.join(format!("{name}-{}", self.nodes.len() + 1));
+        let paths = Paths::new(dir);
+        let port = free_port()?;
+        std::fs::create_dir_all(paths.root.join("etc"))?;
+        std::fs::write(
+            paths.node_conf(),
+            format!("[node]\nname = {name}\n\n[listener]\naddr = 127.0.0.1\nport = {port}\n"),
+        )?;
+        self.nodes.push(LocalNode {
+            name: name.to_string(),
+            port,
+            paths,
+            child: None,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
     /// Where the nodes' roots are.
     pub fn base(&self) -> &Path {
         &self.base

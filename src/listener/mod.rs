@@ -538,10 +538,20 @@ impl Shared {
             Metrics::incr(&self.metrics.dropped_blacklisted);
             return Verdict::Drop;
         }
-        let member = self.members.is_member(sender);
+        let mut member = self.members.is_member(sender);
         Metrics::incr(&self.metrics.decrypt_attempts);
         let keyring = self.keyring_for(member);
-        let d = match keyring.decrypt(frame.body_mut()) {
+        // A frame from a member's name that the cluster key does not open may be a new
+        // node under a taken name asking to join: it gets the join key, and is treated as a
+        // non-member (so it may only ask to join, and is told the name is taken).
+        let opened = match keyring.decrypt(frame.body_mut()) {
+            Err(_) if member => {
+                member = false;
+                self.keyring_for(false).decrypt(frame.body_mut())
+            }
+            other => other,
+        };
+        let d = match opened {
             Ok(d) => d,
             Err(e) => {
                 // The header parsed above, so the sender is readable again.
