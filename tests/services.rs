@@ -123,6 +123,7 @@ fn running_on(c: &LocalCluster, svc: &str) -> Vec<String> {
 fn kill(pid: u32, signal: &str) {
     let _ = std::process::Command::new("kill")
         .args([signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
 }
 
@@ -358,8 +359,31 @@ async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
     )
     .await;
 
-    // n2 comes back: it is marked up again and does not start web.
+    // A planned daemon stop (SIGTERM) leaves the instance running; after the restart the
+    // monitor finds it up and starts no second copy.
+    let holder = running_on(&c, "web")[0].clone();
+    let hi = c.nodes.iter().position(|n| n.name == holder).unwrap();
+    let app = app_pid(&c.nodes[hi], "web").unwrap();
+    let daemon_pid: u32 = std::fs::read_to_string(c.nodes[hi].paths.pid_file())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(daemon_pid, "-TERM");
+    until("the daemon stops", T, || {
+        !c.nodes[hi].paths.control_socket().exists()
+    })
+    .await;
+    assert!(alive(app), "the daemon stop left the app running");
     let bin = c.bin.clone();
+    c.nodes[hi].start(&bin).unwrap();
+    c.nodes[hi].wait_ready(T).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app_pid(&c.nodes[hi], "web"), Some(app), "not restarted");
+    assert!(alive(app));
+    assert_eq!(running_on(&c, "web"), [holder.clone()]);
+
+    // n2 comes back: it is marked up again and does not start web.
     c.nodes[1].start(&bin).unwrap();
     c.nodes[1].wait_ready(T).await.unwrap();
     let n1 = &c.nodes[0];
@@ -410,6 +434,43 @@ async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
         logs.contains("restart(s) are used up: start failed"),
         "{logs}"
     );
+
+    // edit config: $EDITOR edits a copy, the result is validated and committed.
+    let edited = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&n2.paths.root)
+        .args(["flaky", "edit", "config"])
+        .env(
+            "EDITOR",
+            "sed -i 's/^restart_delay = 200ms/restart_delay = 100ms/'",
+        )
+        .env_remove("VISUAL")
+        .output()
+        .await
+        .unwrap();
+    assert!(edited.status.success(), "{edited:?}");
+    let (text, err) = om_ok(n1, &["flaky", "print", "config"]).await;
+    assert!(
+        text.contains("restart_delay = 100ms") && err.contains("version 2"),
+        "{text}{err}"
+    );
+    let broken = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&n2.paths.root)
+        .args(["flaky", "edit", "config"])
+        .env("EDITOR", "sed -i 's/^restart = 1/restart = -1/'")
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success());
+    assert!(err.contains("section [app#1]: key restart"), "{err}");
+    assert!(om_ok(n1, &["flaky", "print", "config"])
+        .await
+        .1
+        .contains("version 2"));
 
     // Fix the cause, clear: it starts again, on the first node.
     for n in [n1, n2] {

@@ -47,6 +47,10 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// Registers the `monitor` and `scheduler` threads with the daemon's supervisor.
 pub fn spawn(daemon: &Arc<Daemon>) {
+    // A daemon opened again on the same root in this process starts afresh.
+    let local = services::local(daemon);
+    local.shutting.store(false, Ordering::SeqCst);
+    local.cut_off.store(false, Ordering::SeqCst);
     let d = daemon.clone();
     daemon.threads.spawn(
         "monitor",
