@@ -113,6 +113,10 @@ pub struct Recorder {
     committed: BTreeMap<u64, Applied>,
     /// The state hash after each index, as first seen, and by whom.
     states: BTreeMap<u64, (u64, String)>,
+    /// Per node: committed entries it truncated, by index, until it holds them again or a
+    /// snapshot covers them (openraft truncates from its own committed index when a snapshot
+    /// it installs conflicts with its log, which can remove entries the snapshot covers).
+    truncated: Vec<BTreeMap<u64, LogId<NodeId>>>,
     /// Per node: the highest acknowledged vote (reset when the node is wiped).
     votes: Vec<Option<Vote<NodeId>>>,
     /// Leaders seen per term.
@@ -128,6 +132,7 @@ impl Recorder {
             stats: Stats::default(),
             appended: BTreeMap::new(),
             logs: vec![BTreeMap::new(); nodes],
+            truncated: vec![BTreeMap::new(); nodes],
             committed: BTreeMap::new(),
             states: BTreeMap::new(),
             votes: vec![None; nodes],
@@ -179,6 +184,7 @@ impl Recorder {
     pub fn on_wipe(&mut self, node: usize) {
         self.votes[node] = None;
         self.logs[node].clear();
+        self.truncated[node].clear();
     }
 
     /// A node (re)starts with this log on its disk.
@@ -237,29 +243,36 @@ impl Recorder {
                 );
                 self.violation(w, what);
             }
+            if let Some(lost) = self.truncated[node].remove(&e.log_id.index) {
+                if lost != e.log_id {
+                    let what = format!(
+                        "log matching: {} truncated committed entry {} and then appended {} at its index",
+                        w.names[node],
+                        w.log_id(&Some(lost)),
+                        w.log_id(&Some(e.log_id))
+                    );
+                    self.violation(w, what);
+                }
+            }
             self.logs[node].insert(e.log_id.index, (e.log_id, h));
         }
     }
 
     pub fn on_truncate(
         &mut self,
-        w: &World,
+        _w: &World,
         node: usize,
         since: u64,
         removed: &[Entry<TypeConfig>],
     ) {
         self.logs[node].split_off(&since);
         for e in removed {
-            if let Some(c) = self.committed.get(&e.log_id.index) {
-                if c.log_id == e.log_id {
-                    let what = format!(
-                        "log matching: {} truncated committed entry {}",
-                        w.names[node],
-                        w.log_id(&Some(e.log_id))
-                    );
-                    self.violation(w, what);
-                    return;
-                }
+            if self
+                .committed
+                .get(&e.log_id.index)
+                .is_some_and(|c| c.log_id == e.log_id)
+            {
+                self.truncated[node].insert(e.log_id.index, e.log_id);
             }
         }
     }
@@ -302,6 +315,10 @@ impl Recorder {
     }
 
     pub fn on_state(&mut self, w: &World, node: usize, index: u64, state: u64, how: &str) {
+        if how != "applying" {
+            // A snapshot covers the committed entries up to its index.
+            self.truncated[node] = self.truncated[node].split_off(&(index + 1));
+        }
         match self.states.get(&index) {
             None => {
                 self.states.insert(index, (state, w.names[node].clone()));
@@ -329,14 +346,13 @@ pub fn final_checks(w: &World, rec: &mut Recorder) {
     // state and every reply seen during the run.
     let mut model = MachineData::default();
     let mut replies: BTreeMap<u64, Reply> = BTreeMap::new();
-    let mut expected_index = rec.committed.keys().next().copied().unwrap_or(0);
+    let first = rec.committed.keys().next().copied().unwrap_or(0);
     let mut problems = Vec::new();
-    for (index, a) in &rec.committed {
-        if *index != expected_index {
+    for (expected, (index, a)) in (first..).zip(&rec.committed) {
+        if *index != expected {
             // A gap only snapshots covered: nothing more to compare against.
             break;
         }
-        expected_index += 1;
         let (reply, _) = model.apply_entry(&a.entry);
         replies.insert(*index, reply);
         if let Some((h, by)) = rec.states.get(index) {

@@ -126,6 +126,10 @@ fn replay_command(r: &SeedResult, args: &Args) -> String {
 }
 
 fn print_result(r: &SeedResult, args: &Args) {
+    if args.expect_failure && args.quiet {
+        // The summary line says which seed caught the bug and how.
+        return;
+    }
     let status = if r.ok() { "ok" } else { "FAILED" };
     if !r.ok() || !args.quiet {
         println!(
@@ -200,6 +204,61 @@ fn run_all(
     out.into_iter().flatten().collect()
 }
 
+/// One line of counters summed over the seeds.
+fn print_totals(results: &[SeedResult]) {
+    let mut t = sim::check::Stats::default();
+    let mut virt = 0;
+    for r in results {
+        let s = &r.stats;
+        virt += r.virtual_ms;
+        t.messages += s.messages;
+        t.lost += s.lost;
+        t.duplicated += s.duplicated;
+        t.crashes += s.crashes;
+        t.partitions += s.partitions;
+        t.clock_jumps += s.clock_jumps;
+        t.joins += s.joins;
+        t.leaves += s.leaves;
+        t.snapshots_installed += s.snapshots_installed;
+        t.writes_ok += s.writes_ok;
+        t.writes_unknown += s.writes_unknown;
+        t.reads_ok += s.reads_ok;
+        t.leaderships += s.leaderships;
+        t.shared_terms += s.shared_terms;
+        t.log_ids_reused += s.log_ids_reused;
+        t.lin_ops += s.lin_ops;
+        t.lin_unchecked_keys += s.lin_unchecked_keys;
+        t.heal_leader_ms = t.heal_leader_ms.max(s.heal_leader_ms);
+        t.heal_commit_ms = t.heal_commit_ms.max(s.heal_commit_ms);
+    }
+    println!(
+        "totals: {:.0}s virtual; {} messages ({} lost, {} duplicated), {} crashes, {} partition changes, \
+         {} clock jumps, {} joins, {} leaves, {} snapshots installed; {} writes acknowledged ({} unknown), \
+         {} linearizable reads, {} register ops checked ({} keys inconclusive); {} leaderships, \
+         {} terms with two leaders, {} log ids reused; heal: leader within {}ms, commit within {}ms (worst)",
+        virt as f64 / 1000.0,
+        t.messages,
+        t.lost,
+        t.duplicated,
+        t.crashes,
+        t.partitions,
+        t.clock_jumps,
+        t.joins,
+        t.leaves,
+        t.snapshots_installed,
+        t.writes_ok,
+        t.writes_unknown,
+        t.reads_ok,
+        t.lin_ops,
+        t.lin_unchecked_keys,
+        t.leaderships,
+        t.shared_terms,
+        t.log_ids_reused,
+        t.heal_leader_ms,
+        t.heal_commit_ms,
+    );
+}
+
 fn options(args: &Args) -> sim::Options {
     sim::Options {
         bug: args.inject_bug,
@@ -210,7 +269,6 @@ fn options(args: &Args) -> sim::Options {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    sim::run::install_panic_hook();
     if args.list_bugs {
         for b in Bug::ALL {
             println!("{:<14} {}", b.name(), b.describe());
@@ -315,6 +373,9 @@ fn main() -> ExitCode {
     });
     let failed: Vec<&SeedResult> = results.iter().filter(|r| !r.ok()).collect();
     let secs = started.elapsed().as_secs_f64();
+    if !args.quiet || args.verbose {
+        print_totals(&results);
+    }
     println!(
         "{} passed, {} failed ({:.1}s, {:.1} seeds/s on {jobs} threads)",
         results.len() - failed.len(),

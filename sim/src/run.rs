@@ -56,37 +56,48 @@ impl SeedResult {
 
 thread_local! {
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether this thread is running a seed.
+    static IN_RUN: RefCell<bool> = const { RefCell::new(false) };
     /// Woken by the panic hook, so the run ends at the first panic of any task.
     static PANICKED: RefCell<Arc<tokio::sync::Notify>> = RefCell::new(Arc::new(tokio::sync::Notify::new()));
 }
 
-/// Keeps the first panic message of this thread (instead of printing it); installed once.
+/// Installs (once per process) a panic hook that, on a thread running a seed, keeps the
+/// first panic message and wakes the run instead of printing; elsewhere it defers to the
+/// previous hook.
 pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = match info.payload().downcast_ref::<&str>() {
-            Some(s) => s.to_string(),
-            None => match info.payload().downcast_ref::<String>() {
-                Some(s) => s.clone(),
-                None => "non-string panic".into(),
-            },
-        };
-        let at = info
-            .location()
-            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
-        if std::env::var_os("SIM_PANICS").is_some() {
-            eprintln!(
-                "panic: {msg}{at}\n{}",
-                std::backtrace::Backtrace::force_capture()
-            );
-        }
-        PANIC.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.is_none() {
-                *p = Some(format!("{msg}{at}"));
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_RUN.with(|r| *r.borrow()) {
+                return previous(info);
             }
-        });
-        PANICKED.with(|n| n.borrow().notify_one());
-    }));
+            let msg = match info.payload().downcast_ref::<&str>() {
+                Some(s) => s.to_string(),
+                None => match info.payload().downcast_ref::<String>() {
+                    Some(s) => s.clone(),
+                    None => "non-string panic".into(),
+                },
+            };
+            let at = info
+                .location()
+                .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+            if std::env::var_os("SIM_PANICS").is_some() {
+                eprintln!(
+                    "panic: {msg}{at}\n{}",
+                    std::backtrace::Backtrace::force_capture()
+                );
+            }
+            PANIC.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.is_none() {
+                    *p = Some(format!("{msg}{at}"));
+                }
+            });
+            PANICKED.with(|n| n.borrow().notify_one());
+        }));
+    });
 }
 
 /// Runs seed `seed`.
@@ -95,6 +106,8 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedResult {
     let (bug, keep_trace) = (opts.bug, opts.keep_trace);
     let config = cfg.to_string();
     let nodes = cfg.nodes;
+    install_panic_hook();
+    IN_RUN.with(|r| *r.borrow_mut() = true);
     raft::runtime::seed_thread_rng(Rng::seed_for(seed, "openraft"));
     PANIC.with(|p| p.borrow_mut().take());
     let panicked = Arc::new(tokio::sync::Notify::new());
@@ -127,6 +140,7 @@ pub fn run_seed(seed: u64, opts: &Options) -> SeedResult {
     }));
     drop(rt);
     raft::runtime::unseed_thread_rng();
+    IN_RUN.with(|r| *r.borrow_mut() = false);
     let panic = PANIC.with(|p| p.borrow_mut().take());
     let w = world_slot.expect("the world is built first thing");
     let mut failures = Vec::new();

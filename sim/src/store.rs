@@ -276,6 +276,13 @@ impl RaftStateMachine<TypeConfig> for SimMachine {
             if self.live() {
                 let h = crate::check::state_hash(&self.machine);
                 let reply = r.first().cloned();
+                self.world.ev(
+                    &self.world.names[self.node],
+                    format_args!(
+                        "applied {} state {h:016x}",
+                        self.world.log_id(&Some(entry.log_id))
+                    ),
+                );
                 self.world
                     .rec()
                     .on_apply(&self.world, self.node, &entry, reply, h);

@@ -84,8 +84,13 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
     let who = format!("c{k}");
     let mut target = rng.below(w.cfg.nodes as u64) as usize;
     let mut opno = 0u64;
+    let mut redirected = false;
     while !stop.load(Ordering::Relaxed) {
-        sleep(Duration::from_millis(rng.exp(w.cfg.client_gap_ms) + 1)).await;
+        // Think, unless the last attempt was turned away with the leader's name: then retry
+        // there at once, as a client library would.
+        if !redirected {
+            sleep(Duration::from_millis(rng.exp(w.cfg.client_gap_ms) + 1)).await;
+        }
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -213,6 +218,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
                 }
             }
         }
+        redirected = leader_hint.is_some_and(|l| l != target);
         if let Some(l) = leader_hint {
             target = l;
         }
@@ -340,8 +346,9 @@ pub async fn join(w: &Arc<World>, idx: usize) -> Result<(), String> {
     }
 }
 
-/// Removes node `idx` through the current leader (`Leave`, then the membership change);
-/// once the change is committed the node is stopped and its disk wiped.
+/// Removes node `idx` through the current leader, in the daemon's order (`evict`): the
+/// membership change, then the `Leave` command. Once the change is committed the node is
+/// stopped and its disk wiped, as `om node daemon leave` does.
 async fn leave(w: &Arc<World>, idx: usize) -> Result<(), String> {
     let t = Duration::from_millis(w.cfg.client_timeout_ms.max(2_000));
     let (lidx, leader) = w.leader().ok_or("no leader")?;
@@ -350,11 +357,6 @@ async fn leave(w: &Arc<World>, idx: usize) -> Result<(), String> {
         (s.id, s.name.clone())
     };
     w.ev("op", format_args!("leave {name} via {}", w.names[lidx]));
-    match timeout(t, leader.propose(Command::Leave { node: name.clone() })).await {
-        Err(_) => return Err("leave command timed out".into()),
-        Ok(Ok(_)) | Ok(Err(ProposeError::Rejected(_))) => {}
-        Ok(Err(e)) => return Err(format!("leave command: {e}")),
-    }
     timeout(t, leader.remove_members(BTreeSet::from([id])))
         .await
         .map_err(|_| "remove_members timed out".to_string())?
@@ -362,7 +364,11 @@ async fn leave(w: &Arc<World>, idx: usize) -> Result<(), String> {
     w.ev("op", format_args!("{name} left"));
     w.rec().stats.leaves += 1;
     w.wipe(idx);
-    Ok(())
+    match timeout(t, leader.propose(Command::Leave { node: name.clone() })).await {
+        Err(_) => Err("leave command timed out".into()),
+        Ok(Ok(_)) | Ok(Err(ProposeError::Rejected(_))) => Ok(()),
+        Ok(Err(e)) => Err(format!("leave command: {e}")),
+    }
 }
 
 /// The operator: now and then removes a member, and puts back whoever is out.

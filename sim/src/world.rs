@@ -97,7 +97,7 @@ impl World {
                     name: name.clone(),
                     id: *id,
                     member: Member::new(name.clone(), format!("{name}:1214")),
-                    disk: new_disk(&cfg),
+                    disk: new_disk(&cfg, names_len_index(name)),
                     live: Arc::new(AtomicU64::new(0)),
                     incarnation: 0,
                     node: None,
@@ -318,7 +318,7 @@ impl World {
         {
             let mut slots = self.slots();
             let s = &mut slots[idx];
-            s.disk = new_disk(&self.cfg);
+            s.disk = new_disk(&self.cfg, idx);
             s.status = Status::Out;
         }
         self.rec().on_wipe(idx);
@@ -326,10 +326,24 @@ impl World {
     }
 }
 
-fn new_disk(cfg: &SimConfig) -> MemBackend {
+/// Index of node `nK` (K from 1).
+fn names_len_index(name: &str) -> usize {
+    name[1..]
+        .parse::<usize>()
+        .expect("node names are n1, n2, ...")
+        - 1
+}
+
+/// Node `idx`'s disk: the seed's sync delay, scaled by the node's own `disk.nK` stream (one
+/// node may have a slow disk), and at most a fifth of the minimum election timeout: a vote
+/// takes a sync, and a disk slower than the election timeout stalls elections for good
+/// (seeds 381 and 852 found that), which is a matter of configuration, not of the code.
+fn new_disk(cfg: &SimConfig, idx: usize) -> MemBackend {
+    let factor = *Rng::stream(cfg.seed, &format!("disk.n{}", idx + 1)).pick(&[1, 1, 2, 5]);
+    let sync_us = (cfg.sync_delay_us * factor).min(cfg.election_min_ms * 1000 / 5);
     let disk = MemBackend::new();
     disk.set_faults(MemFaults {
-        sync_delay: std::time::Duration::from_micros(cfg.sync_delay_us),
+        sync_delay: std::time::Duration::from_micros(sync_us),
         lying_sync: cfg.bug == Some(Bug::LyingSync),
     });
     disk

@@ -1,0 +1,28 @@
+#!/bin/sh
+# CI for the deterministic simulator (called from .ci/run). Exits non-zero on any failure.
+#  1. 500 seeds, plus the seeds of regressions.txt;
+#  2. determinism: 20 seeds run twice, identical trace hashes;
+#  3. the checkers can fail: every --inject-bug variant is caught within 200 seeds;
+#  4. unit tests and tests/inject.rs.
+set -eu
+cd "$(dirname "$0")"
+start=$(date +%s)
+
+cargo build --release --locked
+sim=./target/release/sim
+
+echo "== 500 seeds + regressions"
+$sim --seeds 1..=500 --no-record --quiet
+
+echo "== determinism"
+$sim --determinism 1..=20 --quiet
+
+echo "== injected bugs"
+for bug in $($sim --list-bugs | cut -d' ' -f1); do
+    $sim --inject-bug "$bug" --seeds 1..=200 --expect-failure --quiet
+done
+
+echo "== tests"
+cargo test --release --locked --quiet
+
+echo "sim CI passed in $(( $(date +%s) - start ))s"
