@@ -252,6 +252,10 @@ async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
     // kill -9 of n2's daemon and app: web runs elsewhere within down_timeout + a few s.
     let victim_app = app_pid(&c.nodes[1], "web").unwrap();
     let killed = Instant::now();
+    eprintln!(
+        "kill at {}",
+        om::services::log::format_ts(om::wire::now_ms())
+    );
     c.nodes[1].kill();
     kill(victim_app, "-KILL");
     until("web fails over", DOWN + Duration::from_secs(15), || {
@@ -272,6 +276,9 @@ async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
     let (out, err) = om_ok(&c.nodes[other], &["web", "logs", "--backlog", "1000"]).await;
     assert!(err.contains("n2"), "n2 is unreachable and said so: {err}");
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("20")).collect();
+    if std::env::var_os("OM_TEST_TRACE").is_some() {
+        eprintln!("{out}");
+    }
     let nodes_seen: std::collections::BTreeSet<&str> =
         lines.iter().filter_map(|l| l.split(' ').nth(2)).collect();
     assert!(
@@ -434,6 +441,33 @@ async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
         logs.contains("restart(s) are used up: start failed"),
         "{logs}"
     );
+
+    // logs --follow on n1 prints what happens on n2 as it happens.
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&n1.paths.root)
+        .args(["flaky", "logs", "--follow", "--backlog", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    om(n2, &["flaky", "run", "status"]).await;
+    let seen = tokio::time::timeout(T, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains(" n2 ") && l.contains("action status requested") {
+                return l;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the followed line arrives");
+    assert!(!seen.is_empty());
+    follow.kill().await.unwrap();
 
     // edit config: $EDITOR edits a copy, the result is validated and committed.
     let edited = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use raft::state::Avail;
+use raft::state::LocalExpect;
 use raft::state::NodeExpect;
 use raft::state::NodeStatus;
 use raft::Command;
@@ -43,7 +45,7 @@ pub fn split_delay(down_timeout: Duration) -> Duration {
 }
 
 /// How often the monitor makes a pass without being woken by an event.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(200);
 
 /// Registers the `monitor` and `scheduler` threads with the daemon's supervisor.
 pub fn spawn(daemon: &Arc<Daemon>) {
@@ -103,7 +105,7 @@ pub async fn stop_local_instances(daemon: &Arc<Daemon>) {
             continue;
         }
         rt.check(&cx, &mut mem, &cfg, None).await;
-        if mem.res.values().all(|a| *a == raft::state::Avail::Down) {
+        if mem.res.values().all(|a| *a == Avail::Down) {
             continue;
         }
         cx.local
@@ -231,17 +233,25 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
                             n.clone(),
                             v.version,
                             v.config.clone(),
-                            v.instances.contains_key(&cx.me),
+                            // An instance here outside `nodes` (config changed) still
+                            // needs a worker while it is placed or may run.
+                            v.instances.get(&cx.me).is_some_and(|i| {
+                                i.local_expect == LocalExpect::Started
+                                    || matches!(i.avail, Avail::Up | Avail::Warn)
+                            }),
                         )
                     })
                     .collect::<Vec<_>>()
             })
             .into_iter()
-            .filter(|(n, v, text, has)| {
-                *has || configs.get(n, *v, text).is_some_and(|c| c.lists(&cx.me))
+            .filter(|(n, v, text, busy)| {
+                *busy || configs.get(n, *v, text).is_some_and(|c| c.lists(&cx.me))
             })
             .map(|(n, ..)| n)
             .collect();
+        configs
+            .0
+            .retain(|svc, _| node.read(|s| s.services.contains_key(svc)));
         workers.retain(|svc, h| {
             if h.is_finished() {
                 if !wanted.contains(svc) {
