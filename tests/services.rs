@@ -388,7 +388,7 @@ async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app_pid(&c.nodes[hi], "web"), Some(app), "not restarted");
     assert!(alive(app));
-    assert_eq!(running_on(&c, "web"), [holder.clone()]);
+    assert_eq!(running_on(&c, "web"), std::slice::from_ref(&holder));
 
     // n2 comes back: it is marked up again and does not start web.
     c.nodes[1].start(&bin).unwrap();
