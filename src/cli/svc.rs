@@ -194,7 +194,7 @@ pub async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> R
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
+                let _ = e.print();
                 return Ok(());
             }
             return Err(CliError(e.to_string().trim_end().to_string()));
