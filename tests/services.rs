@@ -511,6 +511,13 @@ async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
         let dir = n.paths.root.join("var/services/flaky");
         std::fs::write(dir.join("ok"), "").unwrap();
     }
+    // The failed start stays the target until aborted.
+    assert_eq!(status(n1, "flaky").await["global_expect"], "started");
+    om_ok(n2, &["flaky", "abort"]).await;
+    until_status(n1, "flaky", "abort clears global_expect", T, |st| {
+        st["global_expect"] == "none"
+    })
+    .await;
     om_ok(n2, &["flaky", "clear"]).await;
     let (_, err) = om_ok(n1, &["flaky", "start"]).await;
     assert!(err.contains("up on n1"), "{err}");
