@@ -169,13 +169,13 @@ pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
             for l in &levels {
                 println!(
                     "{:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                    l["clients"],
-                    l["committed"],
+                    l["clients"].to_string(),
+                    l["committed"].to_string(),
                     l["per_second"].as_f64().unwrap_or(0.0),
                     l["p50_ms"].as_f64().unwrap_or(0.0),
                     l["p99_ms"].as_f64().unwrap_or(0.0),
                     l["max_ms"].as_f64().unwrap_or(0.0),
-                    l["errors"]
+                    l["errors"].to_string()
                 );
             }
             if !failover.is_null() {
