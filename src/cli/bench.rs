@@ -180,8 +180,8 @@ pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
             }
             if !failover.is_null() {
                 println!(
-                    "failover: leader killed -> next committed write in {} ms",
-                    failover["ms"]
+                    "failover: leader killed -> next committed write in {:.0} ms",
+                    failover["ms"].as_f64().unwrap_or(0.0)
                 );
             }
         }
