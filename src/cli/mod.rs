@@ -277,9 +277,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Node {
             cmd: NodeCmd::Freeze,
         } => svc::node_freeze(&paths, true).await,
-        Top::Node {
-            cmd: NodeCmd::Thaw,
-        } => svc::node_freeze(&paths, false).await,
+        Top::Node { cmd: NodeCmd::Thaw } => svc::node_freeze(&paths, false).await,
         Top::Node {
             cmd: NodeCmd::Jobs { cmd },
         } => svc::jobs(&paths, cmd, format).await,

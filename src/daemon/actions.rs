@@ -82,7 +82,6 @@ impl From<ProposeError> for ActionError {
 
 type Result<T> = std::result::Result<T, ActionError>;
 
-
 fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -438,36 +437,13 @@ impl Daemon {
             self.update_member_addr(&joiner, &addr).await?;
             return Ok(json!({ "node": joiner, "addr": addr }));
         }
-        if metrics.current_leader != Some(node.id) {
-            let leader = metrics
-                .current_leader
-                .and_then(|id| {
-                    metrics
-                        .membership_config
-                        .membership()
-                        .get_node(&id)
-                        .cloned()
-                })
-                .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
+        if let Some(leader) = self.leader_elsewhere(&node)? {
+            let options = json!({ "node": joiner, "addr": addr });
             return self
-                .peers
-                .call(
-                    &leader.addr,
-                    "join",
-                    json!({ "node": joiner, "addr": addr }),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|e| {
-                    ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}"))
-                });
+                .ask_leader(&leader, "join", options, Duration::from_secs(30))
+                .await;
         }
-        let guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
-            ActionError::new(
-                code::UNAVAILABLE,
-                "another membership change is in progress; retry when it is done",
-            )
-        })?;
+        let guard = self.membership_guard()?;
         if already {
             return Err(ActionError::bad(format!(
                 "node name {joiner:?} is already taken in cluster {}",
@@ -562,37 +538,14 @@ impl Daemon {
     /// Raft membership and from `cluster.nodes`, on the leader.
     async fn evict(self: &Arc<Self>, name: &str) -> Result<Value> {
         let node = self.node()?;
-        let metrics = node.metrics();
-        if metrics.current_leader != Some(node.id) {
-            let leader = metrics
-                .current_leader
-                .and_then(|id| {
-                    metrics
-                        .membership_config
-                        .membership()
-                        .get_node(&id)
-                        .cloned()
-                })
-                .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))?;
+        if let Some(leader) = self.leader_elsewhere(&node)? {
+            let options = json!({ "node": name });
             return self
-                .peers
-                .call(
-                    &leader.addr,
-                    "leave",
-                    json!({ "node": name }),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|e| {
-                    ActionError::new(code::UNAVAILABLE, format!("forwarding to leader: {e}"))
-                });
+                .ask_leader(&leader, "leave", options, Duration::from_secs(30))
+                .await;
         }
-        let _guard = self.membership_lock.clone().try_lock_owned().map_err(|_| {
-            ActionError::new(
-                code::UNAVAILABLE,
-                "another membership change is in progress; retry when it is done",
-            )
-        })?;
+        let metrics = node.metrics();
+        let _guard = self.membership_guard()?;
         let id = node_id(name);
         let in_state = node.read(|s| s.nodes.contains_key(name));
         let in_raft = metrics

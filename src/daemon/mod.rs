@@ -311,13 +311,7 @@ impl Daemon {
                 }) => {
                     let options = json!({ "command": cmd });
                     match self
-                        .peers
-                        .call(
-                            &leader.addr,
-                            "raft_propose",
-                            options,
-                            Duration::from_secs(10),
-                        )
+                        .ask_leader(&leader, "raft_propose", options, Duration::from_secs(10))
                         .await
                     {
                         Ok(data) => {
@@ -328,12 +322,7 @@ impl Daemon {
                                 )
                             })
                         }
-                        Err(peers::PeerError::Failed {
-                            status, message, ..
-                        }) if status != code::UNAVAILABLE => {
-                            return Err(ActionError::new(status, message))
-                        }
-                        Err(e) => ActionError::new(code::UNAVAILABLE, e.to_string()),
+                        Err(e) => e,
                     }
                 }
                 Err(e) => ActionError::from(e),
@@ -570,42 +559,77 @@ impl Daemon {
         }
     }
 
+    /// `None` when this node leads; else the leader's member record (an error when there
+    /// is no leader right now).
+    pub fn leader_elsewhere(&self, node: &Node) -> Result<Option<Member>, ActionError> {
+        let m = node.metrics();
+        if m.current_leader == Some(node.id) {
+            return Ok(None);
+        }
+        m.current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
+            .map(Some)
+            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))
+    }
+
+    /// Sends a request to the leader; its error answers keep their status.
+    pub async fn ask_leader(
+        &self,
+        leader: &Member,
+        action: &str,
+        options: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ActionError> {
+        self.peers
+            .call(&leader.addr, action, options, timeout)
+            .await
+            .map_err(|e| match e {
+                peers::PeerError::Failed {
+                    status, message, ..
+                } => ActionError::new(status, message),
+                unreachable => ActionError::new(
+                    code::UNAVAILABLE,
+                    format!("leader {}: {unreachable}", leader.name),
+                ),
+            })
+    }
+
+    /// The right to change the membership, held by one change at a time on the leader.
+    pub fn membership_guard(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ActionError> {
+        self.membership_lock.clone().try_lock_owned().map_err(|_| {
+            ActionError::new(
+                code::UNAVAILABLE,
+                "another membership change is in progress; retry when it is done",
+            )
+        })
+    }
+
     /// Records `addr` as member `name`'s listener address: on the leader directly, else by
     /// a `join` from the member itself, which the leader treats as an address update.
     pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
         let node = self.node()?;
-        let m = node.metrics();
-        if m.current_leader == Some(node.id) {
-            let id = node_id(name);
-            let current = m
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|mb| mb.addr.clone());
-            if current.as_deref() != Some(addr) {
-                node.set_member(id, Member::new(name, addr)).await?;
-            }
-            self.propose(Command::SetNodeAddr {
-                node: name.to_string(),
-                addr: addr.to_string(),
-            })
-            .await?;
+        if let Some(leader) = self.leader_elsewhere(&node)? {
+            let options = serde_json::json!({ "node": name, "addr": addr });
+            self.ask_leader(&leader, "join", options, Duration::from_secs(10))
+                .await?;
             return Ok(());
         }
-        let leader = m
-            .current_leader
-            .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
-            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now"))?;
-        self.peers
-            .call(
-                &leader.addr,
-                "join",
-                serde_json::json!({ "node": name, "addr": addr }),
-                Duration::from_secs(10),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))
+        let id = node_id(name);
+        let current = node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|mb| mb.addr.clone());
+        if current.as_deref() != Some(addr) {
+            node.set_member(id, Member::new(name, addr)).await?;
+        }
+        self.propose(Command::SetNodeAddr {
+            node: name.to_string(),
+            addr: addr.to_string(),
+        })
+        .await?;
+        Ok(())
     }
 
     /// Makes the listener rebind with the current config.
