@@ -26,7 +26,8 @@ use crate::control::ControlClient;
 #[command(
     name = "om",
     version,
-    about = "Cluster agent daemon and its command line"
+    about = "Cluster agent daemon and its command line",
+    after_help = "Services: om <svc> create|start|stop|freeze|thaw|switch|giveback|abort|clear|run|logs|status|print config|edit config|delete"
 )]
 pub struct Cli {
     /// Root directory for etc/ and var/ (default: $OSVC_ROOT, else /).
