@@ -42,10 +42,10 @@ pub struct Options {
     pub bug: Option<Bug>,
     /// Keep the trace lines (for printing), not only their hash.
     pub keep_trace: bool,
-    /// Let the operator re-add, with a wiped disk and the same name, a node that was once
-    /// the only voter (the bootstrap node). Off by default: that is a known split brain (see
-    /// README.md, "Bugs found").
-    pub rejoin_sole_voter: bool,
+    /// A node that left (and had its disk wiped) rejoins under its old name, hence its old
+    /// Raft id, as the daemon allows today. Off by default: reusing a Raft id for an empty
+    /// store is a known bug (README.md, "Bugs found"); by default it rejoins as `n2-r1`, ...
+    pub reuse_names: bool,
 }
 
 /// Everything a seed decides before the run starts.
@@ -53,7 +53,7 @@ pub struct Options {
 pub struct SimConfig {
     pub seed: u64,
     pub bug: Option<Bug>,
-    pub rejoin_sole_voter: bool,
+    pub reuse_names: bool,
     /// Raft timing, batching and snapshots exactly as the daemon sets them.
     pub daemon_timing: bool,
     /// Nodes in the pool (3 or 5); all are voters after the warm-up.
@@ -161,7 +161,7 @@ impl SimConfig {
         let mut cfg = SimConfig {
             seed,
             bug: opts.bug,
-            rejoin_sole_voter: opts.rejoin_sole_voter,
+            reuse_names: opts.reuse_names,
             daemon_timing,
             nodes,
             heartbeat_ms,

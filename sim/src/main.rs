@@ -43,9 +43,9 @@ struct Args {
     /// List the --inject-bug variants.
     #[arg(long)]
     list_bugs: bool,
-    /// Let the operator re-add the bootstrap node with a wiped disk (a known split brain).
+    /// Wiped nodes rejoin under their old name (same Raft id): reproduces a known bug.
     #[arg(long)]
-    rejoin_sole_voter: bool,
+    reuse_names: bool,
     /// Do not also run the seeds of regressions.txt.
     #[arg(long)]
     no_regressions: bool,
@@ -114,8 +114,8 @@ fn replay_command(r: &SeedResult, args: &Args) -> String {
     let bug = r
         .bug
         .map_or(String::new(), |b| format!(" --inject-bug {b}"));
-    let rejoin = if args.rejoin_sole_voter {
-        " --rejoin-sole-voter"
+    let rejoin = if args.reuse_names {
+        " --reuse-names"
     } else {
         ""
     };
@@ -263,7 +263,7 @@ fn options(args: &Args) -> sim::Options {
     sim::Options {
         bug: args.inject_bug,
         keep_trace: false,
-        rejoin_sole_voter: args.rejoin_sole_voter,
+        reuse_names: args.reuse_names,
     }
 }
 

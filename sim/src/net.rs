@@ -325,7 +325,7 @@ impl Conn {
             Err(e) => {
                 w.ev(from_name, format_args!("#{id} <- {to_name} error {e}"));
                 Err(RPCError::RemoteError(RemoteError::new(
-                    w.ids[to],
+                    w.id(to),
                     RaftError::APIError(e),
                 )))
             }

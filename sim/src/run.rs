@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use raft::Command;
-use raft::Member;
 use raft::ProposeError;
 use tokio::time::sleep;
 use tokio::time::timeout;
@@ -237,7 +236,8 @@ async fn scenario(w: &Arc<World>) -> Result<(), String> {
 /// Node 1 bootstraps the cluster; the others join one by one.
 async fn warm_up(w: &Arc<World>) -> Result<(), String> {
     let n1 = w.start(0).await?;
-    n1.initialize(Member::new("n1", "n1:1214"))
+    let me = w.slots()[0].member.clone();
+    n1.initialize(me)
         .await
         .map_err(|e| format!("initialize: {e}"))?;
     while w.leader().is_none() {
@@ -285,7 +285,7 @@ async fn heal(w: &Arc<World>) -> Result<(), String> {
             let ms = members(w, &node);
             let agreed = ms.iter().all(|i| {
                 w.node(*i)
-                    .is_some_and(|n| n.metrics().current_leader == Some(w.ids[l]))
+                    .is_some_and(|n| n.metrics().current_leader == Some(w.id(l)))
             });
             if agreed && ms.contains(&l) {
                 break l;
@@ -302,7 +302,7 @@ async fn heal(w: &Arc<World>) -> Result<(), String> {
                             w.names[i],
                             m.state,
                             w.vote(&m.vote),
-                            m.current_leader.map_or("-", |l| w.name_of(l))
+                            m.current_leader.map_or("-".into(), |l| w.name_of(l))
                         )
                     }
                 })

@@ -24,6 +24,7 @@ use raft::state::NodeExpect;
 use raft::state::NodeStatus;
 use raft::Command;
 use raft::Node;
+use raft::NodeId;
 use raft::ProposeError;
 use raft::TypeConfig;
 use tokio::time::sleep;
@@ -51,8 +52,8 @@ fn payload_hash(cmd: &Command) -> u64 {
 /// What one attempt came to.
 enum Outcome<T> {
     Done(T),
-    /// Definitely not applied (not the leader, node down).
-    Failed(String),
+    /// Definitely not applied (not the leader, node down), and where the leader is if known.
+    Failed(String, Option<NodeId>),
     /// Unknown: timed out or the node stopped mid-way.
     Unknown(String),
 }
@@ -64,16 +65,19 @@ where
     Fut: Future<Output = Result<T, ProposeError>>,
 {
     let Some(node) = w.node(idx) else {
-        return Outcome::Failed("node is down".into());
+        return Outcome::Failed("node is down".into(), None);
     };
     match timeout(Duration::from_millis(w.cfg.client_timeout_ms), f(node)).await {
         Err(_) => Outcome::Unknown("timeout".into()),
         Ok(Ok(t)) => Outcome::Done(t),
-        Ok(Err(ProposeError::NotLeader { leader_id, .. })) => Outcome::Failed(format!(
-            "not leader (leader {})",
-            leader_id.map_or("?", |l| w.name_of(l))
-        )),
-        Ok(Err(ProposeError::Rejected(e))) => Outcome::Failed(format!("rejected: {e}")),
+        Ok(Err(ProposeError::NotLeader { leader_id, .. })) => Outcome::Failed(
+            format!(
+                "not leader (leader {})",
+                leader_id.map_or("?".into(), |l| w.name_of(l))
+            ),
+            leader_id,
+        ),
+        Ok(Err(ProposeError::Rejected(e))) => Outcome::Failed(format!("rejected: {e}"), None),
         Ok(Err(e)) => Outcome::Unknown(e.to_string()),
     }
 }
@@ -99,7 +103,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
         if rng.chance(0.1) || w.status(target) != Status::Up {
             target = rng.below(w.cfg.nodes as u64) as usize;
         }
-        let tname = w.names[target].clone();
+        let tname = w.ident(target);
         let roll = rng.below(100);
         let key_i = rng.below(w.cfg.keys as u64) as usize;
         let leader_hint;
@@ -132,7 +136,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
                         kind: Kind::Read(v),
                     });
                 }
-                Outcome::Failed(e) | Outcome::Unknown(e) => {
+                Outcome::Failed(e, _) | Outcome::Unknown(e) => {
                     w.ev(&who, format_args!("[{ret}] read {k} failed: {e}"));
                     w.rec().stats.reads_failed += 1;
                 }
@@ -200,7 +204,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
                         });
                     }
                 }
-                Outcome::Failed(e) => {
+                Outcome::Failed(e, _) => {
                     w.ev(&who, format_args!("[{ret}] failed: {e}"));
                     rec.stats.writes_failed += 1;
                 }
@@ -228,17 +232,14 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
 /// Where a failed attempt says the leader is.
 fn hint<T>(w: &World, out: &Outcome<T>) -> Option<usize> {
     match out {
-        Outcome::Failed(e) => {
-            let name = e.strip_prefix("not leader (leader ")?.strip_suffix(')')?;
-            w.names.iter().position(|n| n == name)
-        }
+        Outcome::Failed(_, Some(id)) => w.index_of(*id),
         _ => None,
     }
 }
 
 /// A random cluster command other than a parameter write, proposed at node `at`.
 fn other_command(w: &World, r: &mut Rng, at: usize) -> Command {
-    let node = w.names[r.below(w.names.len() as u64) as usize].clone();
+    let node = w.ident(r.below(w.names.len() as u64) as usize);
     let svc = format!("s{}", r.below(3));
     let opt = |r: &mut Rng| r.chance(0.5);
     match r.below(9) {
@@ -289,7 +290,7 @@ fn other_command(w: &World, r: &mut Rng, at: usize) -> Command {
             }
             Command::ReportInstance {
                 svc,
-                node: w.names[at].clone(),
+                node: w.ident(at),
                 avail: *r.pick(Avail::ALL),
                 status: opt(r).then(|| *r.pick(MonitorStatus::ALL)),
                 frozen: opt(r).then(|| r.chance(0.5)),
@@ -389,18 +390,15 @@ pub async fn operator(w: Arc<World>, stop: Arc<AtomicBool>) {
             .membership()
             .voter_ids()
             .collect();
-        // The bootstrap node was once the only voter: re-adding it with a wiped disk under
-        // the same name (hence Raft id) is a known split brain, off unless asked for.
         let out: Vec<usize> = (0..w.cfg.nodes)
-            .filter(|i| !voters.contains(&w.ids[*i]))
-            .filter(|i| *i != 0 || w.cfg.rejoin_sole_voter || w.status(0) != Status::Out)
+            .filter(|i| !voters.contains(&w.id(*i)))
             .collect();
         let result = if !out.is_empty() && (rng.chance(0.7) || voters.len() <= min_voters) {
             let idx = *rng.pick(&out);
             join(&w, idx).await
         } else if voters.len() > min_voters {
             let ins: Vec<usize> = (0..w.cfg.nodes)
-                .filter(|i| voters.contains(&w.ids[*i]))
+                .filter(|i| voters.contains(&w.id(*i)))
                 .collect();
             let idx = *rng.pick(&ins);
             leave(&w, idx).await

@@ -2,6 +2,7 @@
 //! recorder the checkers read, and the trace. Shared as `Arc<World>` by every task; each
 //! mutex is held only for a few statements and never across an `.await`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -50,9 +51,13 @@ pub struct Clock {
 
 /// One machine of the pool.
 pub struct Slot {
+    /// The node's current name (`n2`, or `n2-r1` after it left and rejoined), its Raft id
+    /// and membership entry.
     pub name: String,
     pub id: NodeId,
     pub member: Member,
+    /// How many times it left the cluster (and got a new identity).
+    pub rejoins: u32,
     pub disk: MemBackend,
     /// The incarnation allowed to touch the disk and the network (0: none).
     pub live: Arc<AtomicU64>,
@@ -67,8 +72,10 @@ pub struct Slot {
 pub struct World {
     pub cfg: SimConfig,
     pub start: Instant,
+    /// Slot labels (`n1`..`n5`): who the trace lines are about.
     pub names: Vec<String>,
-    pub ids: Vec<NodeId>,
+    /// Every identity ever given: Raft id -> (slot, name).
+    idents: Mutex<BTreeMap<NodeId, (usize, String)>>,
     pub net: Mutex<NetState>,
     pub slots: Mutex<Vec<Slot>>,
     pub rec: Mutex<Recorder>,
@@ -86,18 +93,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl World {
     pub fn new(cfg: SimConfig, keep_trace: bool) -> Arc<World> {
         let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
-        let ids: Vec<NodeId> = names.iter().map(|n| raft::node_id(n)).collect();
+        let idents = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (raft::node_id(n), (i, n.clone())))
+            .collect();
         let mut clock_rng = Rng::stream(cfg.seed, "clock");
         let slots = names
             .iter()
-            .zip(&ids)
-            .map(|(name, id)| {
+            .enumerate()
+            .map(|(idx, name)| {
                 let skewed = clock_rng.chance(0.7);
                 Slot {
                     name: name.clone(),
-                    id: *id,
+                    id: raft::node_id(name),
                     member: Member::new(name.clone(), format!("{name}:1214")),
-                    disk: new_disk(&cfg, names_len_index(name)),
+                    rejoins: 0,
+                    disk: new_disk(&cfg, idx),
                     live: Arc::new(AtomicU64::new(0)),
                     incarnation: 0,
                     node: None,
@@ -124,7 +136,7 @@ impl World {
             cfg,
             start: Instant::now(),
             names,
-            ids,
+            idents: Mutex::new(idents),
             slots: Mutex::new(slots),
             seq: AtomicU64::new(0),
         })
@@ -166,16 +178,27 @@ impl World {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The slot whose current identity is `id` (an old identity reaches nobody).
     pub fn index_of(&self, id: NodeId) -> Option<usize> {
-        self.ids.iter().position(|i| *i == id)
+        self.slots().iter().position(|s| s.id == id)
     }
 
-    /// A node's name from its Raft id.
-    pub fn name_of(&self, id: NodeId) -> &str {
-        match self.index_of(id) {
-            Some(i) => &self.names[i],
-            None if id == 0 => "-",
-            None => "?",
+    /// Node `idx`'s current Raft id.
+    pub fn id(&self, idx: usize) -> NodeId {
+        self.slots()[idx].id
+    }
+
+    /// Node `idx`'s current name.
+    pub fn ident(&self, idx: usize) -> String {
+        self.slots()[idx].name.clone()
+    }
+
+    /// The name of a Raft id, current or past.
+    pub fn name_of(&self, id: NodeId) -> String {
+        match lock(&self.idents).get(&id) {
+            Some((_, name)) => name.clone(),
+            None if id == 0 => "-".into(),
+            None => "?".into(),
         }
     }
 
@@ -312,26 +335,32 @@ impl World {
         }
     }
 
-    /// Node `idx` left the cluster: stop it and give it an empty disk, as a reinstall would.
+    /// Node `idx` left the cluster: stop it and give it an empty disk, as `leave` does; it
+    /// will rejoin as `nK-rJ` (a new Raft id) unless names are reused.
     pub fn wipe(&self, idx: usize) {
         self.crash(idx, "left the cluster");
-        {
+        let renamed = {
             let mut slots = self.slots();
             let s = &mut slots[idx];
             s.disk = new_disk(&self.cfg, idx);
             s.status = Status::Out;
+            s.rejoins += 1;
+            if self.cfg.reuse_names {
+                None
+            } else {
+                s.name = format!("{}-r{}", self.names[idx], s.rejoins);
+                s.id = raft::node_id(&s.name);
+                s.member = Member::new(s.name.clone(), format!("{}:1214", s.name));
+                Some((s.id, s.name.clone()))
+            }
+        };
+        if let Some((id, name)) = renamed {
+            lock(&self.idents).insert(id, (idx, name.clone()));
+            self.ev(&self.names[idx], format_args!("will rejoin as {name}"));
         }
         self.rec().on_wipe(idx);
         self.ev(&self.names[idx], format_args!("disk wiped"));
     }
-}
-
-/// Index of node `nK` (K from 1).
-fn names_len_index(name: &str) -> usize {
-    name[1..]
-        .parse::<usize>()
-        .expect("node names are n1, n2, ...")
-        - 1
 }
 
 /// Node `idx`'s disk: the seed's sync delay, scaled by the node's own `disk.nK` stream (one
@@ -382,7 +411,7 @@ async fn watch_metrics(world: Arc<World>, idx: usize, inc: u64, node: Node) {
                         .join(",")
                 })
                 .collect();
-            let learners: Vec<&str> = membership
+            let learners: Vec<String> = membership
                 .membership()
                 .learner_ids()
                 .map(|id| world.name_of(id))
@@ -405,7 +434,7 @@ async fn watch_metrics(world: Arc<World>, idx: usize, inc: u64, node: Node) {
                 format_args!(
                     "{state:?} vote {} leader {}",
                     world.vote(&vote),
-                    leader.map_or("-", |l| world.name_of(l))
+                    leader.map_or("-".into(), |l| world.name_of(l))
                 ),
             );
             if state == ServerState::Leader {
