@@ -24,6 +24,16 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         "== starting {count} daemons under {}",
         cluster.base().display()
     );
+    for n in &cluster.nodes {
+        // A short node.down_timeout so the service failover shows within seconds.
+        let conf = n.paths.node_conf();
+        let text = std::fs::read_to_string(&conf).map_err(|e| CliError(e.to_string()))?;
+        std::fs::write(
+            &conf,
+            text.replacen("[node]\n", "[node]\ndown_timeout = 2s\n", 1),
+        )
+        .map_err(|e| CliError(e.to_string()))?;
+    }
     cluster.start_all().await.map_err(CliError)?;
     for n in &cluster.nodes {
         println!("   {} listening on {}", n.name, n.addr());
@@ -39,7 +49,14 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         cluster.nodes[1].name
     );
     let n2 = &cluster.nodes[1];
-    let cfg = "[DEFAULT]\nnodes = n1 n2 n3\ntopology = failover\n\n[app#1]\nstart = true\nstop = true\ncheck = true\n";
+    // A real process per instance: a sleep whose pid file the check reads.
+    let cfg = concat!(
+        "[DEFAULT]\nnodes = n1 n2 n3\ntopology = failover\norchestrate = ha\ncheck_interval = 1s\n\n",
+        "[app#1]\n",
+        "start = sleep 3600 >/dev/null 2>&1 & echo $! > \"$OM_VAR/app.pid\"\n",
+        "stop = kill \"$(cat \"$OM_VAR/app.pid\")\" 2>/dev/null; rm -f \"$OM_VAR/app.pid\"; true\n",
+        "check = pid=$(cat \"$OM_VAR/app.pid\" 2>/dev/null) && test -n \"$pid\" && kill -0 \"$pid\" 2>/dev/null\n",
+    );
     let t = Duration::from_secs(10);
     for (action, options) in [
         (
@@ -48,7 +65,7 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         ),
         (
             "set_service_monitor",
-            json!({"svcname": "web", "global_expect": "frozen"}),
+            json!({"svcname": "web", "global_expect": "started"}),
         ),
         (
             "set_node_monitor",
@@ -59,8 +76,19 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
             .call(action, options.clone(), t)
             .await
             .map_err(|e| CliError(format!("{action}: {e}")))?;
-        println!("   {action} {options} -> committed at index {}", r["index"]);
+        let shown = if action == "set_service_config" {
+            json!({"svcname": "web", "config": "<failover app: a sleep with a pid file, on n1 n2 n3>"})
+        } else {
+            options
+        };
+        println!("   {action} {shown} -> committed at index {}", r["index"]);
     }
+    let t0 = Instant::now();
+    let on = wait_web(&cluster, None, Duration::from_secs(30)).await?;
+    println!(
+        "   web is up on {on} ({} ms after the start was committed)",
+        t0.elapsed().as_millis()
+    );
     show(&cluster).await?;
 
     let leader = cluster
@@ -100,9 +128,18 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         "   a new leader committed a write {} ms after the kill ({attempts} attempts)",
         killed_at.elapsed().as_millis()
     );
+    if leader == on {
+        let t0 = Instant::now();
+        let moved = wait_web(&cluster, Some(&leader), Duration::from_secs(30)).await?;
+        println!(
+            "   web failed over from {leader} to {moved} {} ms later (node.down_timeout = 2s)",
+            t0.elapsed().as_millis()
+        );
+    }
     show(&cluster).await?;
 
     if exit {
+        stop_service(&cluster).await;
         println!("== done; stopping the daemons");
         return Ok(());
     }
@@ -111,8 +148,100 @@ pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         cluster.base().display()
     );
     let _ = tokio::signal::ctrl_c().await;
+    stop_service(&cluster).await;
     println!("\n== stopping the daemons");
     Ok(())
+}
+
+/// Waits until `web` is up on one reachable node other than `not`; returns that node.
+async fn wait_web(
+    cluster: &LocalCluster,
+    not: Option<&str>,
+    timeout: Duration,
+) -> Result<String, CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for n in &cluster.nodes {
+            if Some(n.name.as_str()) == not {
+                continue;
+            }
+            let Ok(st) = n
+                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .await
+            else {
+                continue;
+            };
+            let up: Vec<String> = st["services"]["web"]["instances"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(node, i)| {
+                    i["avail"] == "up"
+                        && Some(node.as_str()) != not
+                        && st["nodes"][node.as_str()]["reachable"] == true
+                })
+                .map(|(node, _)| node.clone())
+                .collect();
+            if let [one] = up.as_slice() {
+                return Ok(one.clone());
+            }
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError(format!(
+                "web is not up on one node after {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops the demo service so its processes do not outlive the demo.
+async fn stop_service(cluster: &LocalCluster) {
+    println!("== stopping the web service");
+    for n in &cluster.nodes {
+        let r = n
+            .call(
+                "set_service_monitor",
+                json!({"svcname": "web", "global_expect": "stopped"}),
+                Duration::from_secs(5),
+            )
+            .await;
+        if r.is_ok() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut up = false;
+        for n in &cluster.nodes {
+            if let Ok(st) = n
+                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .await
+            {
+                up = st["services"]["web"]["instances"]
+                    .as_object()
+                    .is_some_and(|i| i.values().any(|v| v["avail"] == "up"));
+                break;
+            }
+        }
+        if !up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The killed leader's instance had no daemon left to stop it.
+    for n in &cluster.nodes {
+        let pid_file = n.paths.var_dir().join("services/web/app.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
 }
 
 async fn show(cluster: &LocalCluster) -> Result<(), CliError> {
