@@ -1,6 +1,6 @@
 #!/bin/sh
 # CI for the deterministic simulator (called from .ci/run). Exits non-zero on any failure.
-#  1. 500 seeds, plus the seeds of regressions.txt;
+#  1. 500 seeds (SIM_SEEDS=N for more), plus the seeds of regressions.txt;
 #  2. determinism: 20 seeds run twice, identical trace hashes;
 #  3. the checkers can fail: every --inject-bug variant is caught within 200 seeds;
 #  4. unit tests and tests/inject.rs.
@@ -11,8 +11,9 @@ start=$(date +%s)
 cargo build --release --locked
 sim=./target/release/sim
 
-echo "== 500 seeds + regressions"
-$sim --seeds 1..=500 --no-record --quiet
+seeds=${SIM_SEEDS:-500}
+echo "== $seeds seeds + regressions"
+$sim --seeds "1..=$seeds" --no-record --quiet
 
 echo "== determinism"
 $sim --determinism 1..=20 --quiet

@@ -119,17 +119,19 @@ impl RaftNetworkFactory<TypeConfig> for NetFactory {
             world: self.world.clone(),
             from: self.from,
             inc: self.inc,
-            to: self.world.index_of(target),
+            to: target,
         }
     }
 }
 
-/// One node's connection to another.
+/// One node's connection to another, by Raft id: it reaches whichever slot has that
+/// identity when a message is sent and delivered (an identity retired by a wipe reaches
+/// nobody, like a decommissioned host).
 pub struct Conn {
     world: Arc<World>,
     from: usize,
     inc: u64,
-    to: Option<usize>,
+    to: NodeId,
 }
 
 enum Route {
@@ -138,13 +140,13 @@ enum Route {
     Down,
 }
 
-fn route(world: &World, from: usize, to: usize) -> Route {
+fn route(world: &World, from: usize, to: usize, to_id: NodeId) -> Route {
     if world.net().blocked.contains(&(from, to)) {
         return Route::Blocked;
     }
     let slots = world.slots();
     match (&slots[to].node, slots[to].status) {
-        (Some(n), Status::Up) => Route::Open(n.raft.clone()),
+        (Some(n), Status::Up) if slots[to].id == to_id => Route::Open(n.raft.clone()),
         _ => Route::Down,
     }
 }
@@ -252,7 +254,8 @@ impl Conn {
     {
         let w = &self.world;
         let from_name = w.names[self.from].as_str();
-        let Some(to) = self.to else {
+        let to_id = self.to;
+        let Some(to) = w.index_of(to_id) else {
             return Err(refused());
         };
         let to_name = w.names[to].as_str();
@@ -274,14 +277,14 @@ impl Conn {
             w.rec().stats.duplicated += 1;
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                if let Route::Open(raft) = route(&world, from, to) {
+                if let Route::Open(raft) = route(&world, from, to, to_id) {
                     world.ev(&world.names[to], format_args!("#{id} duplicate delivered"));
                     let _ = deliver(raft, req).await;
                 }
             });
         }
         tokio::time::sleep(plan.delay).await;
-        let raft = match route(w, self.from, to) {
+        let raft = match route(w, self.from, to, to_id) {
             Route::Down => {
                 w.ev(from_name, format_args!("#{id} refused: {to_name} is down"));
                 return Err(refused());
@@ -325,7 +328,7 @@ impl Conn {
             Err(e) => {
                 w.ev(from_name, format_args!("#{id} <- {to_name} error {e}"));
                 Err(RPCError::RemoteError(RemoteError::new(
-                    w.id(to),
+                    to_id,
                     RaftError::APIError(e),
                 )))
             }
