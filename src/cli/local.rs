@@ -283,49 +283,47 @@ pub async fn wait_member(
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
+    wait_joined(&node.paths, &node.name, timeout, progress)
+        .await
+        .map_err(|e| format!("{e}; log:\n{}", node.log_tail()))
+}
+
+/// Waits until the daemon under `paths`, called `name`, sees itself in `cluster.nodes` as
+/// a follower or leader; tells `progress` its role and applied index as they change.
+pub async fn wait_joined(
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let control = ControlClient::new(paths);
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        if let Ok(st) = node
-            .call(
-                "daemon_status",
-                json!({"local": true}),
-                Duration::from_secs(3),
-            )
+        if let Ok(resp) = control
+            .request("daemon_status", json!({}), Duration::from_secs(3))
             .await
         {
-            let me = &st["self"];
+            let st = resp.data;
+            let me = &st["nodes"][name];
+            let role = me["role"].as_str().unwrap_or("?");
             let line = format!(
-                "  {}: role {}, applied {}",
-                node.name,
-                me["role"].as_str().unwrap_or("?"),
+                "  {name}: role {role}, applied index {}",
                 me["last_applied"]
             );
             if line != last {
                 progress(&line);
                 last = line;
             }
-        }
-        if let Ok(st) = node
-            .call("daemon_status", json!({}), Duration::from_secs(3))
-            .await
-        {
             let in_nodes = st["cluster"]["nodes"]
                 .as_array()
-                .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(node.name.as_str())));
-            let role = st["nodes"][node.name.as_str()]["role"]
-                .as_str()
-                .unwrap_or("");
+                .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(name)));
             if in_nodes && (role == "follower" || role == "leader") {
                 return Ok(());
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "{} is not a member after {timeout:?}; log:\n{}",
-                node.name,
-                node.log_tail()
-            ));
+            return Err(format!("{name} is not a voting member after {timeout:?}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -363,7 +363,11 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
                 .map_err(|e| CliError(e.to_string()))?
                 .1
                 .name;
-            wait_joined(paths, &me).await?;
+            local::wait_joined(paths, &me, Duration::from_secs(60), &mut |l| {
+                eprintln!("{l}")
+            })
+            .await
+            .map_err(|e| CliError(format!("{e}: see the daemon log")))?;
             eprintln!(
                 "{me} is a member of cluster {}",
                 data["cluster"].as_str().unwrap_or("?")
@@ -386,34 +390,6 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             });
             Ok(())
         }
-    }
-}
-
-async fn wait_joined(paths: &Paths, me: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        if let Ok(st) = call(paths, "daemon_status", json!({}), Duration::from_secs(3)).await {
-            let role = st["nodes"][me]["role"].as_str().unwrap_or("?").to_string();
-            let applied = st["nodes"][me]["last_applied"].clone();
-            let line = format!("  role {role}, applied index {applied}");
-            if line != last {
-                eprintln!("{line}");
-                last = line;
-            }
-            let member = st["cluster"]["nodes"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|n| n == me));
-            if member && (role == "follower" || role == "leader") {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(CliError(
-                "not a voting member after 60s: see the daemon log".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
