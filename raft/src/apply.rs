@@ -51,6 +51,8 @@ pub enum CommandError {
     NodeNotFound { node: String },
     #[error("node {node:?} is already a cluster member")]
     NodeExists { node: String },
+    #[error("node name {node:?} belonged to a member that left; a node rejoins under a new name (its Raft id is a hash of the name, and its log was wiped)")]
+    NameDeparted { node: String },
     #[error(
         "node name {node:?} hashes to the same raft id as member {other:?}; pick another name"
     )]
@@ -132,6 +134,9 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             check_addr(addr)?;
             if s.nodes.contains_key(node) {
                 return Err(CommandError::NodeExists { node: node.clone() });
+            }
+            if s.departed.contains(node) {
+                return Err(CommandError::NameDeparted { node: node.clone() });
             }
             let id = node_id(node);
             if let Some((other, _)) = s.nodes.iter().find(|(_, r)| r.id == id) {
@@ -228,6 +233,7 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         Command::Leave { node } => {
             let rec = s.nodes.remove(node).expect("validated");
             ev.push(Event::change(format!("nodes.{node}"), Some(rec.addr), None));
+            s.departed.insert(node.clone());
             s.node_monitors.remove(node);
             for (svc, service) in s.services.iter_mut() {
                 if service.instances.remove(node).is_some() {

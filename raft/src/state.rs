@@ -4,6 +4,7 @@
 //! order are the same on every node.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -295,6 +296,11 @@ pub struct ClusterState {
     pub node_monitors: BTreeMap<String, NodeMonitor>,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
+    /// Names of nodes that left. A name is a Raft id (a hash of it), and a node that left
+    /// wiped its log: joining again under that name would bring back a member that lost
+    /// what it acknowledged, which Raft does not allow. It must rejoin under a new name.
+    #[serde(default)]
+    pub departed: BTreeSet<String>,
 }
 
 impl ClusterState {

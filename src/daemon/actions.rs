@@ -444,6 +444,15 @@ impl Daemon {
                 .await;
         }
         let guard = self.membership_guard()?;
+        if let Some(e) = node.read(|s| {
+            s.departed
+                .contains(&joiner)
+                .then(|| raft::CommandError::NameDeparted {
+                    node: joiner.clone(),
+                })
+        }) {
+            return Err(ActionError::bad(e.to_string()));
+        }
         if already {
             return Err(ActionError::bad(format!(
                 "node name {joiner:?} is already taken in cluster {}",
