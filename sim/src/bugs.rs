@@ -3,7 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::SimConfig;
 
 /// A bug the simulator can plant in the system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,10 +45,6 @@ impl Bug {
             Bug::StaleRead => "reads are served from any node's local state, without a leader check",
         }
     }
-
-    /// Schedules are the same with and without a bug; this hook exists so a variant that
-    /// needs a fault class could ask for it. None does today.
-    pub fn adjust(self, _cfg: &mut SimConfig) {}
 }
 
 impl fmt::Display for Bug {

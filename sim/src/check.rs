@@ -3,8 +3,9 @@
 //!
 //! - election: a node's vote never goes back, and no acknowledged vote is lost by a crash
 //!   (together: no node votes twice in a term); leaders per term are counted;
-//! - log matching: two entries with the same log id are the same entry, wherever and
-//!   whenever they were appended, and no node ever truncates a committed entry;
+//! - log matching: when a node appends an entry, no node holds a different entry under the
+//!   same log id; a node that truncates a committed entry gets the same entry back (or a
+//!   snapshot covering it);
 //! - state machine safety: every node applies the same entry at the same index, and has the
 //!   same state after it (also after restoring or installing a snapshot), which is the state
 //!   `apply` gives when the committed log is replayed from scratch;

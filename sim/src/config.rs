@@ -160,7 +160,7 @@ impl SimConfig {
         let client_gap_ms = r.between(5, 150);
         let client_timeout_ms = r.between(500, 4_000);
         let keys = r.between(2, 6) as usize;
-        let mut cfg = SimConfig {
+        SimConfig {
             seed,
             bug: opts.bug,
             reuse_names: opts.reuse_names,
@@ -193,11 +193,7 @@ impl SimConfig {
             client_gap_ms,
             client_timeout_ms,
             keys,
-        };
-        if let Some(b) = opts.bug {
-            b.adjust(&mut cfg);
         }
-        cfg
     }
 
     /// The openraft configuration of every node.
