@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 start=$(date +%s)
 
 cargo build --release --locked
-sim=./target/release/sim
+sim=${CARGO_TARGET_DIR:-target}/release/sim
 
 seeds=${SIM_SEEDS:-500}
 echo "== $seeds seeds + regressions"
