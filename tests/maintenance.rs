@@ -135,7 +135,7 @@ async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
     assert!(alive(pid), "the app survived the daemon stop");
     assert_eq!(
         running_on(&c),
-        [owner.clone()],
+        std::slice::from_ref(&owner),
         "no failover during a planned stop"
     );
 
