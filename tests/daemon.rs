@@ -290,3 +290,58 @@ fn node_conf_edits_from_the_cli() {
         "# mine\n[node]\nname = a1\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_core_stopped_by_a_fatal_error_is_started_again() {
+    let c = three().await;
+    let r = c.nodes[2]
+        .call(
+            "daemon_inject_fault",
+            json!({"thread_id": "raft", "fatal": true}),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["raft_stopped"], true);
+    // The raft thread notices, fails, and its restart reopens Raft on the same store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = thread(&c, 2, "raft").await;
+        if t["restarts"].as_u64().unwrap_or(0) >= 1 && t["state"] == "running" {
+            assert!(
+                t["last_error"].as_str().unwrap().contains("raft stopped"),
+                "{t}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "raft thread not restarted: {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c.nodes[0]
+        .call(
+            "set_service_config",
+            json!({"svcname": "after-fatal", "config": "[DEFAULT]\nnodes = n1\n"}),
+            T,
+        )
+        .await
+        .unwrap();
+    let idx = r["index"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(st) = c.nodes[2]
+            .call("daemon_status", json!({"local": true}), T)
+            .await
+        {
+            if st["self"]["last_applied"].as_u64().unwrap_or(0) >= idx
+                && st["self"]["role"] == "follower"
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n3 does not replicate after its raft restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

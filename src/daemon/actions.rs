@@ -183,6 +183,11 @@ impl Daemon {
             "daemon_start" => self.thread_action(&req.action, o).await,
             "daemon_inject_fault" if !from_peer => {
                 let id = req_str(o, "thread_id")?;
+                if id == "raft" && opt_bool(o, "fatal")?.unwrap_or(false) {
+                    // The Raft core itself stops, as on an openraft fatal error.
+                    self.node()?.shutdown().await;
+                    return Ok(json!({ "thread_id": id, "raft_stopped": true }));
+                }
                 self.threads
                     .inject_fault(id)
                     .map_err(|e| ActionError::bad(e.to_string()))?;

@@ -374,6 +374,15 @@ impl Daemon {
     /// Follows applied events: the event log, the member set, node.conf's node list.
     async fn pump_events(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
         let mut generation = self.node_gen.subscribe();
+        // A Raft core that stopped on a fatal error never comes back by itself (openraft 0.9
+        // turns some replication races into fatal errors): this thread reports it as its
+        // own failure, and its restart starts Raft again on the same store.
+        if let Ok(node) = self.node() {
+            if let Err(fatal) = node.metrics().running_state {
+                tracing::error!("raft had stopped ({fatal}); starting it again on its store");
+                self.restart_raft().await.map_err(|e| e.to_string())?;
+            }
+        }
         loop {
             self.refresh_members();
             self.sync_conf_nodes();
@@ -406,9 +415,23 @@ impl Daemon {
                     },
                     _ = generation.changed() => break,
                     _ = stop.changed() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if let Err(fatal) = node.metrics().running_state {
+                            return Err(format!("raft stopped: {fatal}"));
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Stops Raft (if it still runs) and starts it again on the same store.
+    async fn restart_raft(&self) -> Result<(), DaemonError> {
+        let old = self.node.write().unwrap().take();
+        if let Some(node) = old {
+            node.shutdown().await;
+        }
+        self.start_raft().await
     }
 
     /// Runs until stopped: the listener, the control socket and the background threads.
