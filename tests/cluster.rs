@@ -44,18 +44,10 @@ fn members(st: &Value) -> Vec<String> {
 
 /// Waits until node `i` has applied at least `index`.
 async fn wait_applied(c: &LocalCluster, i: usize, index: u64) {
-    for _ in 0..200 {
-        if let Ok(st) = c.nodes[i]
-            .call("daemon_status", json!({"local": true}), T)
-            .await
-        {
-            if st["self"]["last_applied"].as_u64().unwrap_or(0) >= index {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} did not apply {index}", c.nodes[i].name);
+    c.nodes[i]
+        .wait_applied(index, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,21 +200,10 @@ async fn node_set_listener_port_rebinds_live_and_bad_config_is_refused() {
         .await
         .unwrap();
     let idx = r["index"].as_u64().unwrap();
-    let deadline = Instant::now() + T;
-    loop {
-        let st = c.nodes[1]
-            .call("daemon_status", json!({"local": true}), T)
-            .await
-            .unwrap();
-        if st["self"]["last_applied"].as_u64().unwrap_or(0) >= idx {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "n2 does not replicate after the move"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.nodes[1]
+        .wait_applied(idx, T)
+        .await
+        .expect("n2 replicates after the move");
 
     // A node.conf that no longer parses is refused; the running config stays.
     std::fs::write(c.nodes[1].paths.node_conf(), "[listener\nport = 1\n").unwrap();
@@ -326,22 +315,13 @@ async fn a_raft_core_stopped_by_a_fatal_error_is_started_again() {
         .await
         .unwrap();
     let idx = r["index"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(st) = c.nodes[2]
-            .call("daemon_status", json!({"local": true}), T)
-            .await
-        {
-            if st["self"]["last_applied"].as_u64().unwrap_or(0) >= idx
-                && st["self"]["role"] == "follower"
-            {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "n3 does not replicate after its raft restart"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.nodes[2]
+        .wait_applied(idx, Duration::from_secs(30))
+        .await
+        .expect("n3 replicates after its raft restart");
+    let st = c.nodes[2]
+        .call("daemon_status", json!({"local": true}), T)
+        .await
+        .unwrap();
+    assert_eq!(st["self"]["role"], "follower");
 }

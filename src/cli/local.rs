@@ -115,6 +115,32 @@ impl LocalNode {
         }
     }
 
+    /// Waits until the daemon has applied log index `index` (up to `timeout`).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(st) = self
+                .call(
+                    "daemon_status",
+                    json!({"local": true}),
+                    Duration::from_secs(3),
+                )
+                .await
+            {
+                if st["self"]["last_applied"].as_u64().unwrap_or(0) >= index {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not apply index {index} within {timeout:?}",
+                    self.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last lines of the daemon's log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.paths.root.join("daemon.log")).unwrap_or_default();

@@ -426,9 +426,10 @@ impl Daemon {
     }
 
     /// Stops Raft (if it still runs) and starts it again on the same store.
+    /// The stopped node stays in place until the new one replaces it, so status requests
+    /// keep answering (role `shutdown`) meanwhile.
     async fn restart_raft(&self) -> Result<(), DaemonError> {
-        let old = self.node.write().unwrap().take();
-        if let Some(node) = old {
+        if let Ok(node) = self.node() {
             node.shutdown().await;
         }
         self.start_raft().await
