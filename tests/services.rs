@@ -557,3 +557,82 @@ async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
     assert!(err.contains("placed on n2"), "{err}");
     eprintln!("test time: {:?}", t_all.elapsed());
 }
+
+async fn monitor_status(c: &LocalCluster, via: usize, node: &str) -> String {
+    let m = c.nodes[via]
+        .call("get_node_monitor", json!({"node": node}), T)
+        .await
+        .unwrap();
+    m["status"].as_str().unwrap_or("").to_string()
+}
+
+/// A planned `daemon stop` leaves the instance running and nothing fails over (the node is
+/// in maintenance); after a restart the node is idle again; `daemon shutdown` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
+    let c = cluster(3).await;
+    let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "db")).collect());
+    let n1 = &c.nodes[0];
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "db", "config": WEB}),
+        T,
+    )
+    .await
+    .unwrap();
+    n1.call(
+        "set_service_monitor",
+        json!({"svcname": "db", "global_expect": "started"}),
+        T,
+    )
+    .await
+    .unwrap();
+    until("db runs on one node", Duration::from_secs(30), || {
+        running_on(&c, "db").len() == 1
+    })
+    .await;
+    let owner = running_on(&c, "db")[0].clone();
+    let i = c.nodes.iter().position(|n| n.name == owner).unwrap();
+    let other = (i + 1) % 3;
+    let pid = app_pid(&c.nodes[i], "db").unwrap();
+
+    c.nodes[i].call("daemon_stop", json!({}), T).await.unwrap();
+    let sock = c.nodes[i].paths.control_socket();
+    until("the daemon exits", T, || !sock.exists()).await;
+    assert_eq!(monitor_status(&c, other, &owner).await, "maintenance");
+    // Three times down_timeout: nothing failed over, the app still runs, only there.
+    tokio::time::sleep(DOWN * 3).await;
+    assert!(alive(pid), "the app survived the daemon stop");
+    assert_eq!(
+        running_on(&c, "db"),
+        std::slice::from_ref(&owner),
+        "no failover during a planned stop"
+    );
+
+    let bin = c.bin.clone();
+    let mut c = c;
+    c.nodes[i].start(&bin).unwrap();
+    c.nodes[i].wait_ready(T).await.unwrap();
+    let t0 = Instant::now();
+    while monitor_status(&c, other, &owner).await != "idle" {
+        assert!(
+            t0.elapsed() < T,
+            "{owner} still in maintenance after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app_pid(&c.nodes[i], "db"), Some(pid));
+    assert!(alive(pid));
+
+    c.nodes[i]
+        .call("daemon_shutdown", json!({}), T)
+        .await
+        .unwrap();
+    until(
+        "the daemon exits after shutdown",
+        Duration::from_secs(30),
+        || !sock.exists(),
+    )
+    .await;
+    assert!(!alive(pid), "shutdown stopped the app on {owner}");
+}
