@@ -393,8 +393,9 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
     }
 }
 
-async fn start_background(paths: &Paths) -> Result<()> {
-    if ControlClient::new(paths)
+/// Whether the daemon under `paths` answers on its control socket.
+async fn answers(paths: &Paths) -> bool {
+    ControlClient::new(paths)
         .request(
             "daemon_status",
             json!({"local": true}),
@@ -402,7 +403,10 @@ async fn start_background(paths: &Paths) -> Result<()> {
         )
         .await
         .is_ok()
-    {
+}
+
+async fn start_background(paths: &Paths) -> Result<()> {
+    if answers(paths).await {
         return Err(CliError("the daemon is already running".into()));
     }
     let log = paths.log_file();
@@ -428,15 +432,7 @@ async fn start_background(paths: &Paths) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     eprint!("starting the daemon ");
     loop {
-        if ControlClient::new(paths)
-            .request(
-                "daemon_status",
-                json!({"local": true}),
-                Duration::from_secs(2),
-            )
-            .await
-            .is_ok()
-        {
+        if answers(paths).await {
             eprintln!(" running; log: {}", log.display());
             return Ok(());
         }
