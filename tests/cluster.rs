@@ -210,7 +210,7 @@ async fn join_with_wrong_secret_is_refused_and_changes_nothing() {
     let err = c.nodes[1]
         .call(
             "join",
-            json!({"secret": "not-the-secret", "node": c.nodes[0].addr()}),
+            json!({"secret": "not-the-secret-but-long-enough-0123456789", "node": c.nodes[0].addr()}),
             Duration::from_secs(40),
         )
         .await

@@ -172,6 +172,15 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Creates a node root's `etc/` as the daemon would: 0700, since node.conf holds the secret.
+fn create_etc(paths: &Paths) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(paths.root.join("etc"))
+}
+
 impl LocalCluster {
     /// Writes node.conf for `count` nodes under a new temporary directory (or `base`).
     pub fn prepare(
@@ -192,7 +201,7 @@ impl LocalCluster {
             let name = format!("n{i}");
             let paths = Paths::new(base.join(&name));
             let port = free_port()?;
-            std::fs::create_dir_all(paths.root.join("etc"))?;
+            create_etc(&paths)?;
             std::fs::write(
                 paths.node_conf(),
                 format!("[node]\nname = {name}\n\n[listener]\naddr = 127.0.0.1\nport = {port}\n"),
@@ -217,7 +226,7 @@ impl LocalCluster {
         let dir = self.base.join(format!("{name}-{}", self.nodes.len() + 1));
         let paths = Paths::new(dir);
         let port = free_port()?;
-        std::fs::create_dir_all(paths.root.join("etc"))?;
+        create_etc(&paths)?;
         std::fs::write(
             paths.node_conf(),
             format!("[node]\nname = {name}\n\n[listener]\naddr = 127.0.0.1\nport = {port}\n"),

@@ -153,9 +153,13 @@ pub enum DaemonCmd {
     Status,
     /// Join the cluster that node N belongs to.
     Join {
-        /// The cluster's secret.
-        #[arg(long)]
-        secret: String,
+        /// The cluster's secret; `-` reads it from stdin. Prefer --secret-file or the
+        /// OM_SECRET environment variable: a value given here shows in `ps` to every user.
+        #[arg(long, env = "OM_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// A file whose first line is the cluster's secret (keep it 0600).
+        #[arg(long, conflicts_with = "secret")]
+        secret_file: Option<std::path::PathBuf>,
         /// A member: its name (default port) or host:port.
         #[arg(long)]
         node: String,
@@ -299,6 +303,37 @@ async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) ->
     }
 }
 
+/// The secret `join` uses: from `--secret-file`, `--secret -` (stdin), `OM_SECRET` or
+/// `--secret S`, checked for strength before anything is sent.
+fn join_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Result<String> {
+    let read_line = |text: String| text.lines().next().unwrap_or("").trim().to_string();
+    let secret = match (secret, file) {
+        (_, Some(path)) => read_line(
+            std::fs::read_to_string(&path)
+                .map_err(|e| CliError(format!("--secret-file {}: {e}", path.display())))?,
+        ),
+        (Some(s), None) if s == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| CliError(format!("--secret -: cannot read stdin: {e}")))?;
+            read_line(text)
+        }
+        (Some(s), None) => s,
+        (None, None) => {
+            return Err(CliError(
+                "join needs the cluster secret: --secret-file FILE, --secret - (stdin), \
+                 OM_SECRET=... or --secret S"
+                    .into(),
+            ))
+        }
+    };
+    if secret.is_empty() {
+        return Err(CliError("join: the cluster secret is empty".into()));
+    }
+    crate::config::validate("cluster.secret", &secret).map_err(|e| CliError(e.to_string()))?;
+    Ok(secret)
+}
+
 fn print(format: Format, data: &Value, table: impl FnOnce(&Value) -> String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
@@ -345,7 +380,12 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             print(format, &data, render::status_table);
             Ok(())
         }
-        DaemonCmd::Join { secret, node } => {
+        DaemonCmd::Join {
+            secret,
+            secret_file,
+            node,
+        } => {
+            let secret = join_secret(secret, secret_file)?;
             eprintln!("asking {node} to admit this node ...");
             let data = call(
                 paths,

@@ -81,6 +81,8 @@ pub enum ConfigError {
     Read { path: String, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: String, reason: String },
+    #[error("{path} holds the cluster secret but its mode is {mode:04o} (group or others can access it); run: chmod 600 {path}")]
+    InsecureMode { path: String, mode: u32 },
 }
 
 /// One known parameter: its `section.key`, its default (as text) and what it means.
@@ -255,9 +257,15 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         });
     }
     let bad = |reason: &str| {
+        // Errors are printed and logged: a secret never appears in them.
+        let shown = if key == "cluster.secret" {
+            format!("<{} characters>", value.len())
+        } else {
+            value.to_string()
+        };
         Err(ConfigError::BadValue {
             key: key.to_string(),
-            value: value.to_string(),
+            value: shown,
             reason: reason.to_string(),
         })
     };
@@ -289,8 +297,8 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "cluster.name" if !value.is_empty() && !name_ok(value) => {
             bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
         }
-        "cluster.secret" if !value.is_empty() && value.len() < 8 => {
-            bad("a secret has at least 8 characters")
+        "cluster.secret" if !value.is_empty() && value.len() < MIN_SECRET_LEN => {
+            bad("a secret has at least 32 characters (16 random bytes in hex); generate one with: head -c 32 /dev/urandom | xxd -p -c 64")
         }
         "cluster.nodes" => match value.split_whitespace().find(|n| !name_ok(n)) {
             Some(_) => bad("expected space-separated node names"),
@@ -313,19 +321,70 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Writes `doc` to `path` atomically (temp file + rename), creating the directory.
+/// Writes `doc` to `path` atomically and durably: a temp file created 0600 (node.conf holds
+/// the cluster secret, which is root on every node), fsynced, renamed over `path`, then the
+/// directory fsynced so the rename survives a power cut. A directory this creates is 0700;
+/// an existing one keeps its mode (the root may be `/`, whose `etc/` is not ours).
 pub fn save(path: &Path, doc: &IniDoc) -> Result<(), ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     let err = |e: std::io::Error| ConfigError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
     }
     let tmp = path.with_extension("conf.tmp");
-    std::fs::write(&tmp, doc.to_string()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    // A temp file left by an older version may exist with a wider mode.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(doc.to_string().as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = dir {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
 }
+
+/// Refuses a file that holds the cluster secret when group or others may read or write it:
+/// whoever reads the secret can run commands as root on every node.
+pub fn check_secret_mode(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::InsecureMode {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The fewest characters a cluster secret may have: 16 random bytes written in hex.
+pub const MIN_SECRET_LEN: usize = 32;
 
 #[cfg(test)]
 mod tests {

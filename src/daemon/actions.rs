@@ -339,6 +339,9 @@ impl Daemon {
     /// Control-socket `join`: makes this node join the cluster `node` belongs to.
     async fn join_cluster(self: &Arc<Self>, o: &Value) -> Result<Value> {
         let secret = req_str(o, "secret")?;
+        // Checked before anything is sent or wiped: the secret is written to node.conf last.
+        crate::config::validate("cluster.secret", secret)
+            .map_err(|e| ActionError::bad(e.to_string()))?;
         let target = req_str(o, "node")?;
         let target = if target.contains(':') {
             target.to_string()

@@ -126,7 +126,9 @@ impl Daemon {
     /// Loads node.conf (creating a one-node cluster identity if it has none) and opens Raft.
     pub async fn open(paths: Paths) -> Result<Arc<Daemon>, DaemonError> {
         let (mut doc, mut cfg) = NodeConfig::load(&paths.node_conf())?;
-        if !cfg.has_cluster() {
+        if cfg.has_cluster() {
+            config::check_secret_mode(&paths.node_conf())?;
+        } else {
             // A node that was never in a cluster starts as a cluster of its own, the way a
             // fresh OpenSVC node does; `join` replaces this identity.
             doc.set("node", "name", &cfg.name);
@@ -769,8 +771,8 @@ async fn open_sled(dir: &std::path::Path) -> std::io::Result<storage::SledBacken
     Err(last.expect("tried at least once"))
 }
 
-/// 32 random hex characters.
+/// 32 random bytes in hex (64 characters).
 pub fn random_secret() -> String {
-    let bytes: [u8; 16] = rand::random();
+    let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
