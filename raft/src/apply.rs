@@ -59,6 +59,8 @@ pub enum CommandError {
     NodeIdCollision { node: String, other: String },
     #[error("node {node:?} is the last member: a cluster cannot be left empty")]
     LastNode { node: String },
+    #[error("address {addr} is member {holder:?}'s listener; two members cannot share one address (pick a free port)")]
+    AddrTaken { addr: String, holder: String },
     #[error("service {svc:?} does not exist")]
     ServiceNotFound { svc: String },
     #[error("service {svc:?} already exists")]
@@ -138,6 +140,7 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             if s.departed.contains(node) {
                 return Err(CommandError::NameDeparted { node: node.clone() });
             }
+            addr_free(s, node, addr)?;
             let id = node_id(node);
             if let Some((other, _)) = s.nodes.iter().find(|(_, r)| r.id == id) {
                 return Err(CommandError::NodeIdCollision {
@@ -156,7 +159,8 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
         }
         Command::SetNodeAddr { node, addr } => {
             member(s, node)?;
-            check_addr(addr)
+            check_addr(addr)?;
+            addr_free(s, node, addr)
         }
         Command::SetNodeMonitor { node, .. } => member(s, node),
         Command::SetServiceMonitor {
@@ -542,6 +546,22 @@ fn check_addr(addr: &str) -> Result<(), CommandError> {
         Err(CommandError::InvalidAddr {
             addr: addr.to_string(),
         })
+    }
+}
+
+/// Refuses `addr` for `node` when another member listens there: Raft RPCs meant for one
+/// would reach the other.
+fn addr_free(s: &ClusterState, node: &str, addr: &str) -> Result<(), CommandError> {
+    match s
+        .nodes
+        .iter()
+        .find(|(n, r)| n.as_str() != node && r.addr == addr)
+    {
+        Some((holder, _)) => Err(CommandError::AddrTaken {
+            addr: addr.to_string(),
+            holder: holder.clone(),
+        }),
+        None => Ok(()),
     }
 }
 

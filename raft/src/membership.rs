@@ -1,0 +1,309 @@
+//! The membership protocol: join, leave, eviction of another node, address change, and the
+//! rollback of each. One piece of code, run on the leader's [`Node`] by the daemon and by
+//! the simulator alike.
+//!
+//! Raft's membership (who votes, where each member listens) and the replicated
+//! `ClusterState.nodes` (who is a member for the agent) are two records; every operation
+//! here changes them in one order, so that a crash between the two steps leaves a state the
+//! next attempt completes or undoes:
+//! - join: learner (Raft) -> caught up -> voter (Raft) -> `Join` (state). A failure after
+//!   the learner was added removes the learner again before the error is returned.
+//! - leave / evict: voter removed (Raft) -> `Leave` (state).
+//! - address change: refused when another member holds the address (in both records),
+//!   then Raft's record (so RPCs go there) -> `SetNodeAddr` (state).
+//!
+//! Waiting uses openraft's metrics wait, on the runtime's clock: the simulator's is virtual.
+//! Forwarding to the leader is the caller's business (it needs a transport).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::apply::CommandError;
+use crate::command::Command;
+use crate::node::Committed;
+use crate::node::Node;
+use crate::node::ProposeError;
+use crate::types::node_id;
+use crate::types::Member;
+use crate::types::NodeId;
+
+/// Why a membership operation was refused or did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Refused by the rules (name taken, address taken, departed name...): nothing changed.
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// The node to remove is not a member.
+    #[error("node {node:?} is not a cluster member")]
+    NotMember {
+        /// The name asked for.
+        node: String,
+    },
+    /// Removing this voter would leave fewer voters than the operator allowed.
+    #[error("removing {node:?} would leave {left} voter(s) ({voters}); a cluster that size loses its quorum with any failure: add a node first, or pass --force")]
+    LastVoters {
+        /// The node to remove.
+        node: String,
+        /// Voters left after the removal.
+        left: usize,
+        /// Those voters' names.
+        voters: String,
+    },
+    /// The learner did not catch up in time; it was removed again.
+    #[error("{node} did not catch up within {after:?}; the learner was removed ({rollback})")]
+    CatchUp {
+        /// The joining node.
+        node: String,
+        /// How long it was given.
+        after: Duration,
+        /// What the rollback did.
+        rollback: String,
+    },
+    /// Raft refused or could not complete a step (not leader, busy, stopped).
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
+}
+
+/// A node admitted as a learner, waiting to be promoted by [`Admission::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "an admitted learner must be completed (promoted) or rolled back"]
+pub struct Admission {
+    /// The joining node's name.
+    pub name: String,
+    /// Its Raft id.
+    pub id: NodeId,
+    /// Its listener address.
+    pub addr: String,
+    /// The log index of the membership entry that added the learner.
+    pub learner_at: u64,
+}
+
+/// Who listens at `addr` among the members, other than `except`, in either record.
+pub fn addr_holder(node: &Node, addr: &str, except: &str) -> Option<String> {
+    let in_state = node.read(|s| {
+        s.nodes
+            .iter()
+            .find(|(n, r)| n.as_str() != except && r.addr == addr)
+            .map(|(n, _)| n.clone())
+    });
+    in_state.or_else(|| {
+        node.metrics()
+            .membership_config
+            .nodes()
+            .find(|(_, m)| m.name != except && m.addr == addr)
+            .map(|(_, m)| m.name.clone())
+    })
+}
+
+/// Checks that `name` may join at `addr` (on the leader), without changing anything.
+pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipError> {
+    crate::apply::check_name("node", name)?;
+    let id = node_id(name);
+    let refusal = node.read(|s| {
+        if s.nodes.contains_key(name) {
+            return Some(CommandError::NodeExists { node: name.into() });
+        }
+        if s.departed.contains(name) {
+            return Some(CommandError::NameDeparted { node: name.into() });
+        }
+        s.nodes
+            .iter()
+            .find(|(_, r)| r.id == id)
+            .map(|(other, _)| CommandError::NodeIdCollision {
+                node: name.into(),
+                other: other.clone(),
+            })
+    });
+    if let Some(e) = refusal {
+        return Err(e.into());
+    }
+    if node
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some()
+    {
+        return Err(CommandError::NodeExists { node: name.into() }.into());
+    }
+    if let Some(holder) = addr_holder(node, addr, name) {
+        return Err(CommandError::AddrTaken {
+            addr: addr.into(),
+            holder,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Join, step 1 (on the leader): checks, then adds `name` as a learner.
+pub async fn admit(node: &Node, name: &str, addr: &str) -> Result<Admission, MembershipError> {
+    check_join(node, name, addr)?;
+    let id = node_id(name);
+    let learner_at = node.add_learner_nowait(id, Member::new(name, addr)).await?;
+    Ok(Admission {
+        name: name.into(),
+        id,
+        addr: addr.into(),
+        learner_at,
+    })
+}
+
+impl Admission {
+    /// Join, step 2: waits until the learner has caught up (at most `catch_up`), makes it
+    /// a voter and commits `Join` (stamped `at_ms`). On any failure the learner is removed
+    /// again, and awaited, before the error is returned.
+    pub async fn complete(
+        self,
+        node: &Node,
+        at_ms: u64,
+        catch_up: Duration,
+    ) -> Result<Committed, MembershipError> {
+        let result = self.promote(node, at_ms, catch_up).await;
+        if let Err(e) = &result {
+            let rollback = self.rollback(node).await;
+            tracing::warn!(node = %self.name, "join failed ({e}); rollback: {rollback}");
+            if let MembershipError::CatchUp { node, after, .. } = e {
+                return Err(MembershipError::CatchUp {
+                    node: node.clone(),
+                    after: *after,
+                    rollback,
+                });
+            }
+        }
+        result
+    }
+
+    async fn promote(
+        &self,
+        node: &Node,
+        at_ms: u64,
+        catch_up: Duration,
+    ) -> Result<Committed, MembershipError> {
+        let (id, at) = (self.id, self.learner_at);
+        node.raft
+            .wait(Some(catch_up))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index >= at)
+                },
+                "learner caught up",
+            )
+            .await
+            .map_err(|_| MembershipError::CatchUp {
+                node: self.name.clone(),
+                after: catch_up,
+                rollback: String::new(),
+            })?;
+        node.add_voters(BTreeSet::from([id])).await?;
+        let cmd = Command::Join {
+            node: self.name.clone(),
+            addr: self.addr.clone(),
+            at_ms,
+        };
+        Ok(node.propose(cmd).await?)
+    }
+
+    /// Undoes the admission: removes the learner (or voter, if promotion got that far)
+    /// from Raft's membership. Says what it did; never fails silently.
+    pub async fn rollback(&self, node: &Node) -> String {
+        let in_state = node.read(|s| s.nodes.contains_key(&self.name));
+        if in_state {
+            return format!("{} had joined: kept", self.name);
+        }
+        match node.remove_members(BTreeSet::from([self.id])).await {
+            Ok(at) => format!("{} removed at index {at}", self.name),
+            Err(e) => format!("removing {} failed: {e}", self.name),
+        }
+    }
+}
+
+/// Leave or eviction (on the leader): removes `name` from Raft's voters and learners, then
+/// commits `Leave`. Refuses to go below two voters unless `force`, and never removes the
+/// last voter.
+pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), MembershipError> {
+    let id = node_id(name);
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let in_raft = membership.get_node(&id).is_some();
+    let in_state = node.read(|s| s.nodes.contains_key(name));
+    if !in_raft && !in_state {
+        return Err(MembershipError::NotMember { node: name.into() });
+    }
+    let voters: Vec<(NodeId, String)> = membership
+        .voter_ids()
+        .filter(|v| *v != id)
+        .map(|v| {
+            (
+                v,
+                membership
+                    .get_node(&v)
+                    .map_or(v.to_string(), |n| n.name.clone()),
+            )
+        })
+        .collect();
+    let removes_voter = membership.voter_ids().any(|v| v == id);
+    if removes_voter && (voters.is_empty() || (voters.len() < 2 && !force)) {
+        if voters.is_empty() {
+            return Err(CommandError::LastNode { node: name.into() }.into());
+        }
+        return Err(MembershipError::LastVoters {
+            node: name.into(),
+            left: voters.len(),
+            voters: voters
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
+    if in_raft {
+        node.remove_members(BTreeSet::from([id])).await?;
+    }
+    if in_state {
+        match node.propose(Command::Leave { node: name.into() }).await {
+            Ok(_) | Err(ProposeError::Rejected(CommandError::NodeNotFound { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Address change (on the leader): records that member `name` now listens at `addr`, in
+/// Raft's membership (where RPCs go) and then in the state. Refused when another member
+/// holds `addr`.
+pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), MembershipError> {
+    if let Some(holder) = addr_holder(node, addr, name) {
+        return Err(CommandError::AddrTaken {
+            addr: addr.into(),
+            holder,
+        }
+        .into());
+    }
+    let id = node_id(name);
+    let current = node
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|mb| mb.addr.clone());
+    match current {
+        None => return Err(MembershipError::NotMember { node: name.into() }),
+        Some(a) if a == addr => {}
+        Some(_) => {
+            node.set_member(id, Member::new(name, addr)).await?;
+        }
+    }
+    let cmd = Command::SetNodeAddr {
+        node: name.into(),
+        addr: addr.into(),
+    };
+    match node.propose(cmd).await {
+        // A learner that has not committed its `Join` yet is only in Raft's record.
+        Ok(_) | Err(ProposeError::Rejected(CommandError::NodeNotFound { .. })) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,374 @@
+//! Addressed Raft RPCs: the one Raft network the daemon and the simulator both run.
+//!
+//! openraft hands its network a target id and the target's [`Member`] record; the record's
+//! `addr` is only where the target *should* be listening. An operator's port typo, a stale
+//! address book after a restart, or two members recorded on one port make that address
+//! reach the wrong node, and a receiver that answers whatever arrives lets a leader count
+//! itself (or another member) twice: a commit without a majority. So every RPC names its
+//! cluster, its sender and its intended target ([`Addressed`]); the receiver refuses a
+//! mismatch ([`Misaddressed`]) and the answer names who answered ([`Reply::responder`]); the
+//! sender treats a refusal, or an answer from anyone but the target, as *unreachable*.
+//!
+//! The transport (TCP frames in the daemon, an in-process router in the simulator) sits
+//! behind [`Transport`]; [`AddressedNet`] is openraft's `RaftNetworkFactory` over it, and
+//! [`Inbox`] is the receiving side. Neither knows sockets, files or clocks.
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::InstallSnapshotError;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::RaftError;
+use openraft::error::RemoteError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::InstallSnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::Raft;
+use openraft::RaftNetwork;
+use openraft::RaftNetworkFactory;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// One Raft RPC with the identity of its cluster, its sender and its intended receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addressed<T> {
+    /// The cluster name (`cluster.name`) the sender belongs to.
+    pub cluster: String,
+    /// The sender's Raft id.
+    pub from: NodeId,
+    /// The Raft id the sender means to reach.
+    pub to: NodeId,
+    /// The openraft request.
+    pub rpc: T,
+}
+
+/// The three openraft requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rpc {
+    /// `raft_append`.
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// `raft_vote`.
+    Vote(VoteRequest<NodeId>),
+    /// `raft_snapshot`.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+impl Rpc {
+    /// The wire action that carries this request.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Rpc::Append(_) => "raft_append",
+            Rpc::Vote(_) => "raft_vote",
+            Rpc::Snapshot(_) => "raft_snapshot",
+        }
+    }
+}
+
+/// openraft's answer to one request (its own error included: a remote Raft error is an
+/// answer, not a network failure).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// To [`Rpc::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Rpc::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Rpc::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Why a receiver refused an RPC without looking at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Misaddressed {
+    /// Sent by a member of another cluster.
+    #[error("addressed to cluster {got:?}, but this node is in cluster {expected:?}")]
+    WrongCluster {
+        /// The receiver's cluster.
+        expected: String,
+        /// The cluster named in the RPC.
+        got: String,
+    },
+    /// Meant for another node: the sender's address book points at the wrong node.
+    #[error("addressed to raft id {to}, but this node is raft id {me}")]
+    WrongTarget {
+        /// The receiver's Raft id.
+        me: NodeId,
+        /// The Raft id named in the RPC.
+        to: NodeId,
+    },
+}
+
+/// What a receiver sends back: who it is, and its answer or its refusal.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    /// The Raft id of the node that answered.
+    pub responder: NodeId,
+    /// openraft's answer, or why the RPC was refused.
+    pub answer: Result<Answer, Misaddressed>,
+}
+
+/// Why a transport could not deliver a request or bring its reply back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No answer (refused, closed, timed out, lost).
+    #[error("{addr}: no answer: {reason}")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The peer answered with something that is not a [`Reply`].
+    #[error("{addr}: bad answer: {reason}")]
+    Failed {
+        /// The address tried.
+        addr: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// Carries one addressed RPC to whatever listens at `addr`, and its reply back.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// Sends `msg` to `addr`, giving up after `ttl`.
+    fn send(
+        &self,
+        addr: &str,
+        msg: Addressed<Rpc>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Reply, TransportError>> + Send;
+}
+
+/// Counters of the addressing checks, shared by a node's network and inbox.
+#[derive(Debug, Default)]
+pub struct RpcCounters {
+    /// RPCs this node refused as misaddressed.
+    pub refused: AtomicU64,
+    /// RPCs this node sent that were refused, or answered by another node than the target.
+    pub misdelivered: AtomicU64,
+}
+
+/// openraft's network factory over a [`Transport`]: one [`AddressedConn`] per target.
+#[derive(Clone)]
+pub struct AddressedNet<T: Transport> {
+    transport: T,
+    cluster: String,
+    me: NodeId,
+    counters: Arc<RpcCounters>,
+}
+
+impl<T: Transport> AddressedNet<T> {
+    /// The network of node `me` in `cluster`.
+    pub fn new(transport: T, cluster: impl Into<String>, me: NodeId) -> AddressedNet<T> {
+        AddressedNet {
+            transport,
+            cluster: cluster.into(),
+            me,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Shares `counters` (the daemon reports them in its status).
+    pub fn with_counters(mut self, counters: Arc<RpcCounters>) -> AddressedNet<T> {
+        self.counters = counters;
+        self
+    }
+}
+
+/// The RPC channel from one node to one target.
+pub struct AddressedConn<T: Transport> {
+    net: AddressedNet<T>,
+    target: NodeId,
+    member: Member,
+}
+
+impl<T: Transport> RaftNetworkFactory<TypeConfig> for AddressedNet<T> {
+    type Network = AddressedConn<T>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> AddressedConn<T> {
+        AddressedConn {
+            net: self.clone(),
+            target,
+            member: node.clone(),
+        }
+    }
+}
+
+type RpcResult<R, E = RaftError<NodeId>> = Result<R, RPCError<NodeId, Member, E>>;
+
+impl<T: Transport> AddressedConn<T> {
+    /// Sends `rpc` to the target and returns openraft's answer, or an error that openraft
+    /// understands: `Unreachable` for no answer, a refusal or a wrong responder (it backs
+    /// off and retries), `Network` for an answer of the wrong kind.
+    async fn call<E: std::error::Error>(&self, rpc: Rpc, ttl: Duration) -> RpcResult<Answer, E> {
+        let msg = Addressed {
+            cluster: self.net.cluster.clone(),
+            from: self.net.me,
+            to: self.target,
+            rpc,
+        };
+        let reply = self
+            .net
+            .transport
+            .send(&self.member.addr, msg, ttl)
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        let misdelivered = |why: String| {
+            self.net
+                .counters
+                .misdelivered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target = %self.member, "raft rpc misdelivered: {why}");
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+        };
+        if reply.responder != self.target {
+            return Err(misdelivered(format!(
+                "{} answered as raft id {}, expected {}",
+                self.member.addr, reply.responder, self.target
+            )));
+        }
+        reply
+            .answer
+            .map_err(|refusal| misdelivered(format!("{}: {refusal}", self.member.addr)))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, Member, E> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.member.clone(),
+            e,
+        ))
+    }
+
+    fn wrong_kind<E: std::error::Error>(&self) -> RPCError<NodeId, Member, E> {
+        let e = std::io::Error::other(format!("{}: answer of the wrong kind", self.member.addr));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl<T: Transport> RaftNetwork<TypeConfig> for AddressedConn<T> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self.call(Rpc::Append(rpc), option.hard_ttl()).await? {
+            Answer::Append(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.wrong_kind()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        match self.call(Rpc::Snapshot(rpc), option.hard_ttl()).await? {
+            Answer::Snapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.wrong_kind()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(Rpc::Vote(rpc), option.hard_ttl()).await? {
+            Answer::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.wrong_kind()),
+        }
+    }
+}
+
+/// The receiving side: checks the address of each RPC, then hands it to openraft.
+#[derive(Clone)]
+pub struct Inbox {
+    cluster: String,
+    me: NodeId,
+    counters: Arc<RpcCounters>,
+    /// Off only in the simulator's injected bug `rpc-target-unchecked`.
+    check: bool,
+}
+
+impl Inbox {
+    /// The inbox of node `me` in `cluster`, counting into `counters`.
+    pub fn new(cluster: impl Into<String>, me: NodeId, counters: Arc<RpcCounters>) -> Inbox {
+        Inbox {
+            cluster: cluster.into(),
+            me,
+            counters,
+            check: true,
+        }
+    }
+
+    /// An inbox that answers whatever arrives: the bug this module exists to prevent,
+    /// for the simulator to show that its checkers catch it.
+    pub fn without_address_check(mut self) -> Inbox {
+        self.check = false;
+        self
+    }
+
+    /// Refuses `msg` unless it names this node's cluster and Raft id.
+    pub fn check<R>(&self, msg: &Addressed<R>) -> Result<(), Misaddressed> {
+        if !self.check {
+            return Ok(());
+        }
+        let refusal = if msg.cluster != self.cluster {
+            Misaddressed::WrongCluster {
+                expected: self.cluster.clone(),
+                got: msg.cluster.clone(),
+            }
+        } else if msg.to != self.me {
+            Misaddressed::WrongTarget {
+                me: self.me,
+                to: msg.to,
+            }
+        } else {
+            return Ok(());
+        };
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        Err(refusal)
+    }
+
+    /// Serves one RPC on `raft`.
+    pub async fn serve(&self, raft: &Raft<TypeConfig>, msg: Addressed<Rpc>) -> Reply {
+        if let Err(refusal) = self.check(&msg) {
+            tracing::warn!(from = msg.from, "refused a raft rpc: {refusal}");
+            return Reply {
+                responder: self.me,
+                answer: Err(refusal),
+            };
+        }
+        // The injected bug answers as whoever was asked for, like a receiver that never
+        // learned its own identity.
+        let responder = if self.check { self.me } else { msg.to };
+        let answer = match msg.rpc {
+            Rpc::Append(r) => Answer::Append(raft.append_entries(r).await),
+            Rpc::Vote(r) => Answer::Vote(raft.vote(r).await),
+            Rpc::Snapshot(r) => Answer::Snapshot(raft.install_snapshot(r).await),
+        };
+        Reply {
+            responder,
+            answer: Ok(answer),
+        }
+    }
+}
