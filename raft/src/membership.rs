@@ -33,6 +33,12 @@ pub enum MembershipError {
     /// Refused by the rules (name taken, address taken, departed name...): nothing changed.
     #[error(transparent)]
     Refused(#[from] CommandError),
+    /// Another node already has this name (the joiner must pick another `node.name`).
+    #[error("node name {node:?} is already taken in this cluster; pick another node.name")]
+    NameTaken {
+        /// The name asked for.
+        node: String,
+    },
     /// The node to remove is not a member.
     #[error("node {node:?} is not a cluster member")]
     NotMember {
@@ -100,15 +106,12 @@ pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipE
     crate::apply::check_name("node", name)?;
     let id = node_id(name);
     let refusal = node.read(|s| {
-        if s.nodes.contains_key(name) {
-            return Some(CommandError::NodeExists { node: name.into() });
-        }
         if s.departed.contains(name) {
             return Some(CommandError::NameDeparted { node: name.into() });
         }
         s.nodes
             .iter()
-            .find(|(_, r)| r.id == id)
+            .find(|(n, r)| r.id == id && n.as_str() != name)
             .map(|(other, _)| CommandError::NodeIdCollision {
                 node: name.into(),
                 other: other.clone(),
@@ -117,14 +120,14 @@ pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipE
     if let Some(e) = refusal {
         return Err(e.into());
     }
-    if node
+    let in_raft = node
         .metrics()
         .membership_config
         .membership()
         .get_node(&id)
-        .is_some()
-    {
-        return Err(CommandError::NodeExists { node: name.into() }.into());
+        .is_some();
+    if in_raft || node.read(|s| s.nodes.contains_key(name)) {
+        return Err(MembershipError::NameTaken { node: name.into() });
     }
     if let Some(holder) = addr_holder(node, addr, name) {
         return Err(CommandError::AddrTaken {

@@ -133,6 +133,15 @@ pub enum TransportError {
         /// What happened.
         reason: String,
     },
+    /// The receiver refused the RPC as misaddressed (a transport that carries the refusal
+    /// as an error status rather than as a [`Reply`]).
+    #[error("{addr} refused the rpc: {reason}")]
+    Refused {
+        /// The address tried.
+        addr: String,
+        /// The receiver's reason.
+        reason: String,
+    },
     /// The peer answered with something that is not a [`Reply`].
     #[error("{addr}: bad answer: {reason}")]
     Failed {
@@ -143,12 +152,12 @@ pub enum TransportError {
     },
 }
 
-/// Carries one addressed RPC to whatever listens at `addr`, and its reply back.
+/// Carries one addressed RPC to whatever listens at `target.addr`, and its reply back.
 pub trait Transport: Clone + Send + Sync + 'static {
-    /// Sends `msg` to `addr`, giving up after `ttl`.
+    /// Sends `msg` to `target.addr`, giving up after `ttl`.
     fn send(
         &self,
-        addr: &str,
+        target: &Member,
         msg: Addressed<Rpc>,
         ttl: Duration,
     ) -> impl Future<Output = Result<Reply, TransportError>> + Send;
@@ -222,15 +231,7 @@ impl<T: Transport> AddressedConn<T> {
             to: self.target,
             rpc,
         };
-        let reply = self
-            .net
-            .transport
-            .send(&self.member.addr, msg, ttl)
-            .await
-            .map_err(|e| match e {
-                TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                TransportError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let sent = self.net.transport.send(&self.member, msg, ttl).await;
         let misdelivered = |why: String| {
             self.net
                 .counters
@@ -238,6 +239,16 @@ impl<T: Transport> AddressedConn<T> {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target = %self.member, "raft rpc misdelivered: {why}");
             RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+        };
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e @ TransportError::Unreachable { .. }) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ TransportError::Refused { .. }) => return Err(misdelivered(e.to_string())),
+            Err(e @ TransportError::Failed { .. }) => {
+                return Err(RPCError::Network(NetworkError::new(&e)))
+            }
         };
         if reply.responder != self.target {
             return Err(misdelivered(format!(

@@ -164,8 +164,15 @@ pub enum DaemonCmd {
         #[arg(long)]
         node: String,
     },
-    /// Leave the cluster.
-    Leave,
+    /// Leave the cluster, or with --node remove another member (a dead one, say).
+    Leave {
+        /// The member to remove (default: this node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Allow a removal that leaves a single voter.
+        #[arg(long)]
+        force: bool,
+    },
     /// The listener's blacklist.
     Blacklist {
         #[command(subcommand)]
@@ -263,10 +270,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => daemon_cmd(&paths, cmd, format).await,
         Top::Node {
             cmd: NodeCmd::Set { param, value },
-        } => nodeconf::set(&paths, &param, Some(&value)),
+        } => nodeconf::set(&paths, &param, Some(&value)).await,
         Top::Node {
             cmd: NodeCmd::Unset { param },
-        } => nodeconf::set(&paths, &param, None),
+        } => nodeconf::set(&paths, &param, None).await,
         Top::Node {
             cmd: NodeCmd::Get { param },
         } => nodeconf::get(&paths, &param),
@@ -275,7 +282,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => nodeconf::config_word(&what).and_then(|()| nodeconf::print(&paths)),
         Top::Node {
             cmd: NodeCmd::Edit { what },
-        } => nodeconf::config_word(&what).and_then(|()| nodeconf::edit(&paths)),
+        } => {
+            nodeconf::config_word(&what)?;
+            nodeconf::edit(&paths).await
+        }
         Top::Node {
             cmd: NodeCmd::Dequeue { what },
         } => nodeconf::dequeue(&paths, &what).await,
@@ -414,8 +424,9 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             );
             Ok(())
         }
-        DaemonCmd::Leave => {
-            let data = call(paths, "leave", json!({}), Duration::from_secs(40)).await?;
+        DaemonCmd::Leave { node, force } => {
+            let options = json!({ "node": node, "force": force });
+            let data = call(paths, "leave", options, Duration::from_secs(40)).await?;
             print(format, &data, render::kv);
             Ok(())
         }

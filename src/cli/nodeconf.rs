@@ -26,7 +26,7 @@ fn load(paths: &Paths) -> Result<IniDoc> {
 }
 
 /// Sets (`Some`) or unsets (`None`) a parameter; the file is untouched if the result is invalid.
-pub fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
+pub async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
     let (section, key) = split(param)?;
     let mut doc = load(paths)?;
     match value {
@@ -47,8 +47,38 @@ pub fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
             }
         }
     }
-    NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+    let new = NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+    check_listener_addr(paths, &new).await?;
     config::save(&paths.node_conf(), &doc).map_err(|e| CliError(e.to_string()))
+}
+
+/// Asks the running daemon whether `new`'s listener address is free in its cluster (no
+/// other member holds it), before anything is written. Without a daemon there is nothing
+/// to ask: the cluster's leader refuses the address when the node announces it.
+async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
+    let old = NodeConfig::load(&paths.node_conf())
+        .map(|(_, c)| c.advertised_addr())
+        .ok();
+    let addr = new.advertised_addr();
+    if old.as_deref() == Some(addr.as_str()) {
+        return Ok(());
+    }
+    let client = crate::control::ControlClient::new(paths);
+    let options = serde_json::json!({ "addr": addr });
+    match client
+        .request("check_listener_addr", options, Duration::from_secs(5))
+        .await
+    {
+        Err(crate::control::ControlError::NotRunning { .. }) => Ok(()),
+        Err(e) => Err(CliError(format!(
+            "cannot check {addr} with the daemon: {e}"
+        ))),
+        Ok(r) if r.is_ok() => Ok(()),
+        Ok(r) => Err(CliError(format!(
+            "refused, node.conf untouched: {}",
+            r.error.unwrap_or_default()
+        ))),
+    }
 }
 
 /// Prints a parameter's value, or its default when unset.
@@ -84,7 +114,7 @@ pub fn print(paths: &Paths) -> Result<()> {
 }
 
 /// Edits a copy with $EDITOR (default vi) and saves it back only if it validates.
-pub fn edit(paths: &Paths) -> Result<()> {
+pub async fn edit(paths: &Paths) -> Result<()> {
     let doc = load(paths)?;
     let tmp = tempfile::Builder::new()
         .suffix(".conf")
@@ -107,8 +137,9 @@ pub fn edit(paths: &Paths) -> Result<()> {
     let text = std::fs::read_to_string(tmp.path()).map_err(|e| CliError(e.to_string()))?;
     let new = IniDoc::parse(&text)
         .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
-    NodeConfig::from_doc(&new)
+    let cfg = NodeConfig::from_doc(&new)
         .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
+    check_listener_addr(paths, &cfg).await?;
     config::save(&paths.node_conf(), &new).map_err(|e| CliError(e.to_string()))
 }
 

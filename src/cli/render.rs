@@ -101,6 +101,19 @@ pub fn status_table(st: &Value) -> String {
         },
     );
     out.push('\n');
+    let problems: Vec<String> = nodes
+        .iter()
+        .flat_map(|(n, v)| {
+            let listener = v["listener_problem"].as_str().map(|p| format!(" {n}: {p}"));
+            let unreachable = v["error"]
+                .as_str()
+                .map(|e| format!(" {n}: unreachable: {e}"));
+            listener.into_iter().chain(unreachable)
+        })
+        .collect();
+    if !problems.is_empty() {
+        let _ = writeln!(out, "Problems\n{}\n", problems.join("\n"));
+    }
 
     let _ = write!(out, "{:<w$}", "Objects", w = label + 1);
     for n in &names {

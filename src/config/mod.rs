@@ -108,6 +108,12 @@ pub const PARAMS: &[Param] = &[
         help: "a peer unreachable this long is marked down",
     },
     Param {
+        key: "node.join_timeout",
+        default: "60s",
+        help:
+            "on the leader: how long a joining node has to catch up before its join is rolled back",
+    },
+    Param {
         key: "node.split_action",
         default: "stop",
         help: "stop|none: what a node cut off from the majority does to its failover instances",
@@ -161,6 +167,8 @@ pub struct NodeConfig {
     pub name: String,
     /// `node.down_timeout`.
     pub down_timeout: Duration,
+    /// `node.join_timeout`.
+    pub join_timeout: Duration,
     /// `node.split_action` is `stop`.
     pub split_stop: bool,
     /// `node.log_level`.
@@ -220,6 +228,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             name,
             down_timeout: duration(&get("node.down_timeout")).expect("validated"),
+            join_timeout: duration(&get("node.join_timeout")).expect("validated"),
             split_stop: get("node.split_action") == "stop",
             log_level: get("node.log_level"),
             listener_addr: get("listener.addr").parse().expect("validated"),
@@ -233,6 +242,17 @@ impl NodeConfig {
                 .map(str::to_string)
                 .collect(),
         })
+    }
+
+    /// The address peers reach this node's listener at: `listener.addr:listener.port`, or
+    /// the node name for the host when the listener binds every address.
+    pub fn advertised_addr(&self) -> String {
+        let host = if self.listener_addr.is_unspecified() {
+            self.name.clone()
+        } else {
+            self.listener_addr.to_string()
+        };
+        format!("{host}:{}", self.listener_port)
     }
 
     /// Whether this node has a cluster identity (name and secret).
@@ -274,7 +294,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "node.name" if !value.is_empty() && !name_ok(value) => {
             bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
         }
-        "node.down_timeout" | "listener.replay_window" if duration(value).is_none() => {
+        "node.down_timeout" | "node.join_timeout" | "listener.replay_window"
+            if duration(value).is_none() =>
+        {
             bad("expected a duration such as 5s, 500ms or 1m")
         }
         "node.split_action" if !matches!(value, "stop" | "none") => {

@@ -4,11 +4,12 @@
 //! error}` answer. What differs is who asks: the local root user (control socket), a cluster
 //! member, or a node that is not a member yet (which may only ask to `join`).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft::membership;
+use raft::membership::MembershipError;
 use raft::node_id;
 use raft::state::GlobalExpect;
 use raft::state::LocalExpect;
@@ -16,7 +17,6 @@ use raft::state::MonitorStatus;
 use raft::state::NodeExpect;
 use raft::state::NodeStatus;
 use raft::Command;
-use raft::Member;
 use raft::ProposeError;
 use serde_json::json;
 use serde_json::Value;
@@ -193,6 +193,12 @@ impl Daemon {
                     .map_err(|e| ActionError::bad(e.to_string()))?;
                 Ok(json!({ "thread_id": id, "killed": true }))
             }
+            // `om node set|edit config` ask before writing a new listener address.
+            "check_listener_addr" if !from_peer => {
+                let addr = req_str(o, "addr")?;
+                self.check_addr_free(addr)?;
+                Ok(json!({ "addr": addr, "free": true }))
+            }
             "blacklist_status" => Ok(self.listener.blacklist().status()),
             "blacklist_clear" => {
                 let cleared = self.listener.blacklist().blacklisted_count();
@@ -208,8 +214,11 @@ impl Daemon {
                 } => self.admit(sender, *addr, *member, o).await,
             },
             "leave" => match origin {
-                Origin::Control => self.leave_cluster().await,
-                Origin::Peer { .. } => self.evict(req_str(o, "node")?).await,
+                Origin::Control => self.leave(o).await,
+                Origin::Peer { .. } => {
+                    let force = opt_bool(o, "force")?.unwrap_or(false);
+                    self.evict(req_str(o, "node")?, force).await
+                }
             },
             "set_node_monitor" => {
                 let node = opt_str(o, "node")?.map_or_else(|| self.name(), str::to_string);
@@ -289,26 +298,16 @@ impl Daemon {
                 let next = events.last().map_or(since, |e| e.seq);
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
-            "raft_append" if from_peer => {
-                let rpc = decode(req.options, "raft_append")?;
-                let resp = self.node()?.raft.append_entries(rpc).await;
-                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
-            }
-            "raft_vote" if from_peer => {
-                let rpc = decode(req.options, "raft_vote")?;
-                let resp = self.node()?.raft.vote(rpc).await;
-                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
-            }
-            "raft_snapshot" if from_peer => {
-                let rpc = decode(req.options, "raft_snapshot")?;
-                let resp = self.node()?.raft.install_snapshot(rpc).await;
-                encode(&resp.map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))?)
+            "raft_append" | "raft_vote" | "raft_snapshot" if from_peer => {
+                self.raft_rpc(&req.action, req.options).await
             }
             "raft_propose" if from_peer => {
-                let cmd: Command =
-                    decode(o.get("command").cloned().unwrap_or(Value::Null), "command")?;
+                let msg: raft::rpc::Addressed<Command> = decode(req.options, "raft_propose")?;
+                self.inbox()
+                    .check(&msg)
+                    .map_err(|e| ActionError::new(code::MISADDRESSED, e.to_string()))?;
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
-                let committed = self.node()?.propose(cmd).await?;
+                let committed = self.node()?.propose(msg.rpc).await?;
                 encode(&committed)
             }
             a if a.starts_with("raft_") => Err(ActionError::new(
@@ -323,6 +322,23 @@ impl Daemon {
                 ),
             )),
         }
+    }
+
+    /// Serves an addressed Raft RPC; a misaddressed one gets `MISADDRESSED`.
+    async fn raft_rpc(&self, action: &str, options: Value) -> Result<Value> {
+        let msg: raft::rpc::Addressed<raft::rpc::Rpc> = decode(options, action)?;
+        if msg.rpc.action() != action {
+            return Err(ActionError::bad(format!(
+                "{action} carries a {} request",
+                msg.rpc.action()
+            )));
+        }
+        let node = self.node()?;
+        let reply = self.inbox().serve(&node.raft, msg).await;
+        if let Err(refusal) = &reply.answer {
+            return Err(ActionError::new(code::MISADDRESSED, refusal.to_string()));
+        }
+        encode(&reply)
     }
 
     async fn thread_action(&self, action: &str, o: &Value) -> Result<Value> {
@@ -432,10 +448,10 @@ impl Daemon {
             }
         };
         let node = self.node()?;
-        let metrics = node.metrics();
         let id = node_id(&joiner);
         let already = node.read(|s| s.nodes.contains_key(&joiner))
-            || metrics
+            || node
+                .metrics()
                 .membership_config
                 .membership()
                 .get_node(&id)
@@ -452,44 +468,20 @@ impl Daemon {
                 .await;
         }
         let guard = self.membership_guard()?;
-        if let Some(e) = node.read(|s| {
-            s.departed
-                .contains(&joiner)
-                .then(|| raft::CommandError::NameDeparted {
-                    node: joiner.clone(),
-                })
-        }) {
-            return Err(ActionError::bad(e.to_string()));
-        }
-        if already {
-            return Err(ActionError::bad(format!(
-                "node name {joiner:?} is already taken in cluster {}",
-                self.config().cluster_name
-            )));
-        }
-        if let Some(other) = node.read(|s| {
-            s.nodes
-                .iter()
-                .find(|(_, r)| r.id == id)
-                .map(|(n, _)| n.clone())
-        }) {
-            return Err(ActionError::bad(format!(
-                "node name {joiner:?} collides with member {other:?}; pick another name"
-            )));
-        }
-        let learner_at = node
-            .add_learner_nowait(id, Member::new(&joiner, &addr))
-            .await?;
+        let admission = membership::admit(&node, &joiner, &addr)
+            .await
+            .map_err(membership_error)?;
         let mut nodes: Vec<String> = node.read(|s| s.nodes.keys().cloned().collect());
         nodes.push(joiner.clone());
-        let d = self.clone();
+        let catch_up = self.config().join_timeout;
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = d.promote(&joiner, &addr, learner_at).await {
-                tracing::error!(node = %joiner, "join failed, removing the learner: {e}");
-                let _ = d
-                    .node()
-                    .map(|n| async move { n.remove_members(BTreeSet::from([id])).await });
+            match admission
+                .complete(&node, crate::wire::now_ms(), catch_up)
+                .await
+            {
+                Ok(_) => tracing::info!(node = %joiner, "joined"),
+                Err(e) => tracing::error!(node = %joiner, "join failed: {e}"),
             }
         });
         let cfg = self.config();
@@ -503,45 +495,26 @@ impl Daemon {
         }))
     }
 
-    /// Waits for a learner to catch up, makes it a voter and commits its `Join`.
-    async fn promote(&self, joiner: &str, addr: &str, learner_at: u64) -> Result<()> {
-        let node = self.node()?;
-        let id = node_id(joiner);
-        node.raft
-            .wait(Some(Duration::from_secs(60)))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten())
-                        .is_some_and(|l| l.index >= learner_at)
-                },
-                "learner caught up",
-            )
-            .await
-            .map_err(|e| {
-                ActionError::new(code::UNAVAILABLE, format!("{joiner} did not catch up: {e}"))
-            })?;
-        node.add_voters(BTreeSet::from([id])).await?;
-        self.propose(Command::Join {
-            node: joiner.to_string(),
-            addr: addr.to_string(),
-            at_ms: crate::wire::now_ms(),
-        })
-        .await?;
-        tracing::info!(node = %joiner, "joined");
-        Ok(())
+    /// Control-socket `leave`: without `node` (or naming this node), this node leaves its
+    /// cluster and becomes a cluster of one; with another `node`, that member is evicted
+    /// (the way to remove a dead node), through the leader.
+    async fn leave(self: &Arc<Self>, o: &Value) -> Result<Value> {
+        let force = opt_bool(o, "force")?.unwrap_or(false);
+        match opt_str(o, "node")? {
+            Some(n) if n != self.name() => self.evict(n, force).await,
+            _ => self.leave_cluster(force).await,
+        }
     }
 
-    /// Control-socket `leave`: removes this node from its cluster; it becomes a cluster of one.
-    async fn leave_cluster(self: &Arc<Self>) -> Result<Value> {
+    /// This node leaves its cluster; it becomes a cluster of one.
+    async fn leave_cluster(self: &Arc<Self>, force: bool) -> Result<Value> {
         let me = self.name();
         if self.node()?.read(|s| s.nodes.len()) <= 1 {
             return Err(ActionError::bad(format!(
                 "{me} is the only member of its cluster: nothing to leave"
             )));
         }
-        self.evict(&me).await?;
+        self.evict(&me, force).await?;
         self.wipe_raft().await?;
         self.edit_config(|doc| doc.set("cluster", "nodes", &me))?;
         self.start_raft()
@@ -553,42 +526,28 @@ impl Daemon {
 
     /// Wire `leave` (and the local part of `om node daemon leave`): removes `node` from the
     /// Raft membership and from `cluster.nodes`, on the leader.
-    async fn evict(self: &Arc<Self>, name: &str) -> Result<Value> {
+    async fn evict(self: &Arc<Self>, name: &str, force: bool) -> Result<Value> {
         let node = self.node()?;
         if let Some(leader) = self.leader_elsewhere(&node)? {
-            let options = json!({ "node": name });
+            let options = json!({ "node": name, "force": force });
             return self
                 .ask_leader(&leader, "leave", options, Duration::from_secs(30))
                 .await;
         }
-        let metrics = node.metrics();
         let _guard = self.membership_guard()?;
-        let id = node_id(name);
-        let in_state = node.read(|s| s.nodes.contains_key(name));
-        let in_raft = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
-        if !in_state && !in_raft {
-            return Err(ActionError::bad(format!(
-                "node {name:?} is not a cluster member"
-            )));
-        }
-        if in_state && node.read(|s| s.nodes.len()) == 1 {
-            return Err(ActionError::bad(format!(
-                "{name} is the last member: a cluster cannot be left empty"
-            )));
-        }
-        if in_raft {
-            node.remove_members(BTreeSet::from([id])).await?;
-        }
-        if in_state {
-            self.propose(Command::Leave {
-                node: name.to_string(),
-            })
-            .await?;
-        }
+        membership::evict(&node, name, force)
+            .await
+            .map_err(membership_error)?;
         Ok(json!({ "left": name }))
+    }
+}
+
+/// A membership refusal is the operator's to fix (bad request); Raft trouble keeps its
+/// status (unavailable: retry).
+pub(crate) fn membership_error(e: MembershipError) -> ActionError {
+    match e {
+        MembershipError::Raft(p) => ActionError::from(p),
+        MembershipError::CatchUp { .. } => ActionError::new(code::UNAVAILABLE, e.to_string()),
+        refused => ActionError::bad(refused.to_string()),
     }
 }

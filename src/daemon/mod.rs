@@ -27,7 +27,6 @@ use raft::Command;
 use raft::Member;
 use raft::Node;
 use raft::ProposeError;
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config;
@@ -49,7 +48,6 @@ use actions::ActionError;
 use actions::Origin;
 use events::EventLog;
 use peers::Peers;
-use raftnet::RaftNet;
 use threads::Supervisor;
 
 /// Why the daemon could not start or stopped with an error.
@@ -102,6 +100,8 @@ pub struct Daemon {
     node_gen: watch::Sender<u64>,
     /// Connections to the other nodes.
     pub peers: Arc<Peers>,
+    /// Raft RPCs refused as misaddressed, here and by the peers this node sent to.
+    pub rpc_counters: Arc<raft::rpc::RpcCounters>,
     /// Node names the listener accepts frames from (besides `join`).
     pub members: Arc<RwLock<BTreeSet<String>>>,
     /// The daemon's threads.
@@ -117,6 +117,9 @@ pub struct Daemon {
     rebind: watch::Sender<u64>,
     /// Where the listener is bound now, if it is.
     pub bound: Mutex<Option<std::net::SocketAddr>>,
+    /// Why this node's listener address is not what node.conf says, or is not recorded by
+    /// the cluster yet (shown in status); `None` when all is well.
+    addr_problem: Mutex<Option<String>>,
     /// Woken by an empty packet or `om node dequeue actions`: run the queued actions now.
     pub dequeue: tokio::sync::Notify,
     started: Instant,
@@ -155,8 +158,10 @@ impl Daemon {
             ),
             rebind: watch::channel(0).0,
             bound: Mutex::new(None),
+            addr_problem: Mutex::new(None),
             dequeue: tokio::sync::Notify::new(),
             peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
+            rpc_counters: Arc::default(),
             members,
             paths,
             config: RwLock::new((doc, cfg)),
@@ -189,13 +194,23 @@ impl Daemon {
 
     /// The address peers reach this node's listener at.
     pub fn advertised_addr(&self) -> String {
-        let cfg = self.config();
-        let host = if cfg.listener_addr.is_unspecified() {
-            cfg.name.clone()
-        } else {
-            cfg.listener_addr.to_string()
-        };
-        format!("{host}:{}", cfg.listener_port)
+        self.config().advertised_addr()
+    }
+
+    /// Refuses `addr` as this node's listener address when another member holds it:
+    /// Raft RPCs meant for one would reach the other.
+    pub fn check_addr_free(&self, addr: &str) -> Result<(), ActionError> {
+        let node = self.node()?;
+        match raft::membership::addr_holder(&node, addr, &self.name()) {
+            Some(holder) => Err(ActionError::new(
+                code::BAD_REQUEST,
+                format!(
+                    "listener address {addr} is member {holder}'s; two members cannot share \
+                     one address: pick another listener.port (or listener.addr)"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The Raft node, if Raft is running.
@@ -205,6 +220,16 @@ impl Daemon {
             .unwrap()
             .clone()
             .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "raft is not running on this node"))
+    }
+
+    /// The receiving side of this node's Raft RPCs: refuses what is not addressed to it.
+    pub fn inbox(&self) -> raft::rpc::Inbox {
+        let cfg = self.config();
+        raft::rpc::Inbox::new(
+            cfg.cluster_name,
+            node_id(&cfg.name),
+            self.rpc_counters.clone(),
+        )
     }
 
     /// Opens the store and starts Raft; bootstraps a one-node cluster if this node is alone.
@@ -219,9 +244,12 @@ impl Daemon {
             .await
             .map_err(|e| store_err(e.to_string()))?;
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
-        let net = RaftNet {
-            peers: self.peers.clone(),
-        };
+        let net = raftnet::raft_net(
+            self.peers.clone(),
+            &cfg.cluster_name,
+            node_id(&cfg.name),
+            self.rpc_counters.clone(),
+        );
         let node = Node::start(
             node_id(&cfg.name),
             raft_config(&cfg.cluster_name),
@@ -309,9 +337,17 @@ impl Daemon {
                 Ok(c) => return Ok(c),
                 Err(ProposeError::NotLeader {
                     leader: Some(leader),
-                    ..
+                    leader_id: Some(leader_id),
                 }) => {
-                    let options = json!({ "command": cmd });
+                    let msg = raft::rpc::Addressed {
+                        cluster: self.config().cluster_name,
+                        from: node.id,
+                        to: leader_id,
+                        rpc: cmd.clone(),
+                    };
+                    let options = serde_json::to_value(&msg).map_err(|e| {
+                        ActionError::new(code::INTERNAL, format!("cannot encode {e}"))
+                    })?;
                     match self
                         .ask_leader(&leader, "raft_propose", options, Duration::from_secs(10))
                         .await
@@ -324,6 +360,11 @@ impl Daemon {
                                 )
                             })
                         }
+                        // The address book points elsewhere: retry, it may be fixed by then.
+                        Err(e) if e.status == code::MISADDRESSED => ActionError::new(
+                            code::UNAVAILABLE,
+                            format!("leader {}: {}", leader.name, e.message),
+                        ),
                         Err(e) => e,
                     }
                 }
@@ -539,7 +580,7 @@ impl Daemon {
     /// The `listener` thread: owns the bound port; rebinds when asked; closes it when stopped.
     /// If the thread dies, its handle is dropped and the port closes with it.
     async fn listener_thread(
-        &self,
+        self: &Arc<Self>,
         first: Option<ListenerHandle>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
@@ -549,13 +590,13 @@ impl Daemon {
             Some(h) => h,
             None => self.bind_listener().await.map_err(|e| e.to_string())?,
         };
+        self.announce_if_moved();
         let result = loop {
             tokio::select! {
                 _ = stop.changed() => break Ok(()),
                 _ = rebind.changed() => {
-                    handle.shutdown().await;
-                    *self.bound.lock().unwrap() = None;
-                    handle = self.bind_listener().await.map_err(|e| e.to_string())?;
+                    handle = self.rebind_or_revert(handle).await?;
+                    self.announce_if_moved();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if handle.is_finished() {
@@ -569,20 +610,78 @@ impl Daemon {
         result
     }
 
-    /// After a listener address change, has the leader record the new address (in the Raft
-    /// membership, so peers reconnect, and in `cluster.nodes`); retried for 10 s.
+    /// Moves the listener to the configured address; when that bind fails, goes back to
+    /// the old address (the running config says so again, status tells why).
+    async fn rebind_or_revert(&self, old: ListenerHandle) -> Result<ListenerHandle, String> {
+        let was = old.local_addr();
+        old.shutdown().await;
+        *self.bound.lock().unwrap() = None;
+        let err = match self.bind_listener().await {
+            Ok(h) => return Ok(h),
+            Err(e) => e,
+        };
+        tracing::error!("{err}; back on {was}");
+        self.set_addr_problem(Some(format!("{err}; still listening on {was}")));
+        {
+            let mut guard = self.config.write().unwrap();
+            guard.1.listener_addr = was.ip();
+            guard.1.listener_port = was.port();
+        }
+        self.bind_listener().await.map_err(|e| e.to_string())
+    }
+
+    /// Announces the listener address once bound, if the cluster records another one.
+    fn announce_if_moved(self: &Arc<Self>) {
+        let Ok(node) = self.node() else { return };
+        let me = node_id(&self.name());
+        let recorded = node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&me)
+            .map(|m| m.addr.clone());
+        if recorded.is_some_and(|a| a != self.advertised_addr()) {
+            let d = self.clone();
+            tokio::spawn(async move { d.announce_address().await });
+        }
+    }
+
+    /// Has the leader record this node's new listener address (in the Raft membership, so
+    /// peers reconnect, and in `cluster.nodes`). Retried with backoff until recorded or
+    /// refused (a refusal is the operator's to fix); meanwhile status shows why.
     pub async fn announce_address(self: Arc<Self>) {
         let (name, addr) = (self.name(), self.advertised_addr());
-        for _ in 0..50 {
+        let mut backoff = Duration::from_millis(200);
+        while self.advertised_addr() == addr {
             match self.update_member_addr(&name, &addr).await {
                 Ok(()) => {
                     tracing::info!(%addr, "new listener address recorded by the cluster");
+                    self.set_addr_problem(None);
                     return;
                 }
-                Err(e) => tracing::warn!(%addr, "cannot record the new address yet: {e}"),
+                Err(e) if e.status == code::BAD_REQUEST => {
+                    tracing::error!(%addr, "the cluster refused the new listener address: {e}");
+                    self.set_addr_problem(Some(format!("the cluster refused {addr}: {e}")));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, "cannot record the new address yet: {e}");
+                    self.set_addr_problem(Some(format!("announcing {addr}: {e}; retrying")));
+                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Records (or clears) what is wrong with this node's listener address.
+    pub fn set_addr_problem(&self, problem: Option<String>) {
+        *self.addr_problem.lock().unwrap() = problem;
+    }
+
+    /// What is wrong with this node's listener address, if anything.
+    pub fn addr_problem(&self) -> Option<String> {
+        self.addr_problem.lock().unwrap().clone()
     }
 
     /// `None` when this node leads; else the leader's member record (an error when there
@@ -632,6 +731,7 @@ impl Daemon {
 
     /// Records `addr` as member `name`'s listener address: on the leader directly, else by
     /// a `join` from the member itself, which the leader treats as an address update.
+    /// Refused when another member holds `addr`.
     pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
         let node = self.node()?;
         if let Some(leader) = self.leader_elsewhere(&node)? {
@@ -640,22 +740,9 @@ impl Daemon {
                 .await?;
             return Ok(());
         }
-        let id = node_id(name);
-        let current = node
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|mb| mb.addr.clone());
-        if current.as_deref() != Some(addr) {
-            node.set_member(id, Member::new(name, addr)).await?;
-        }
-        self.propose(Command::SetNodeAddr {
-            node: name.to_string(),
-            addr: addr.to_string(),
-        })
-        .await?;
-        Ok(())
+        raft::membership::set_addr(&node, name, addr)
+            .await
+            .map_err(actions::membership_error)
     }
 
     /// Makes the listener rebind with the current config.

@@ -1,105 +1,86 @@
-//! openraft's network over the listener: `raft_append`, `raft_vote` and `raft_snapshot`
-//! requests on the peers' long-lived encrypted connections.
+//! openraft's network over the listener: the addressed RPCs of [`raft::rpc`] carried as
+//! `raft_append`, `raft_vote` and `raft_snapshot` requests on the peers' long-lived
+//! encrypted connections.
 //!
-//! openraft retries and backs off by itself; a failed call is reported as `Unreachable`
-//! (no answer) or `Network` (an error answer), never retried here.
+//! Addressing (who the RPC is for, who answered) is checked by [`raft::rpc`], the code the
+//! simulator runs too; this module only moves the bytes. openraft retries and backs off by
+//! itself; a failed call is reported as unreachable, never retried here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::InstallSnapshotError;
-use openraft::error::NetworkError;
-use openraft::error::RPCError;
-use openraft::error::RaftError;
-use openraft::error::Unreachable;
-use openraft::network::RPCOption;
-use openraft::raft::AppendEntriesRequest;
-use openraft::raft::AppendEntriesResponse;
-use openraft::raft::InstallSnapshotRequest;
-use openraft::raft::InstallSnapshotResponse;
-use openraft::raft::VoteRequest;
-use openraft::raft::VoteResponse;
-use openraft::RaftNetwork;
-use openraft::RaftNetworkFactory;
+use raft::rpc::Addressed;
+use raft::rpc::AddressedNet;
+use raft::rpc::Reply;
+use raft::rpc::Rpc;
+use raft::rpc::RpcCounters;
+use raft::rpc::Transport;
+use raft::rpc::TransportError;
 use raft::Member;
 use raft::NodeId;
-use raft::TypeConfig;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::peers::PeerError;
 use super::peers::Peers;
+use crate::wire::status;
 
-/// Builds one [`RaftConn`] per target.
-#[derive(Clone)]
-pub struct RaftNet {
-    /// Shared connections.
-    pub peers: Arc<Peers>,
-}
+/// The daemon's Raft network: addressed RPCs over [`Peers`].
+pub type RaftNet = AddressedNet<PeerTransport>;
 
-/// The Raft RPC channel to one member.
-pub struct RaftConn {
+/// Builds the Raft network of node `me` in `cluster`.
+pub fn raft_net(
     peers: Arc<Peers>,
-    target: Member,
+    cluster: &str,
+    me: NodeId,
+    counters: Arc<RpcCounters>,
+) -> RaftNet {
+    AddressedNet::new(PeerTransport { peers }, cluster, me).with_counters(counters)
 }
 
-impl RaftNetworkFactory<TypeConfig> for RaftNet {
-    type Network = RaftConn;
-
-    async fn new_client(&mut self, _target: NodeId, node: &Member) -> RaftConn {
-        RaftConn {
-            peers: self.peers.clone(),
-            target: node.clone(),
-        }
-    }
+/// Carries addressed RPCs as wire requests to whatever node listens at an address.
+#[derive(Clone)]
+pub struct PeerTransport {
+    peers: Arc<Peers>,
 }
 
-type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
-
-impl RaftConn {
-    async fn call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error>(
+impl Transport for PeerTransport {
+    async fn send(
         &self,
-        action: &str,
-        req: &Req,
+        target: &Member,
+        msg: Addressed<Rpc>,
         ttl: Duration,
-    ) -> Rpc<Resp, E> {
-        let options =
-            serde_json::to_value(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    ) -> Result<Reply, TransportError> {
+        let addr = target.addr.as_str();
+        let failed = |reason: String| TransportError::Failed {
+            addr: addr.to_string(),
+            reason,
+        };
+        let action = msg.rpc.action();
+        let msg_to = msg.to;
+        let options = serde_json::to_value(&msg).map_err(|e| failed(e.to_string()))?;
         let data = self
             .peers
-            .call(&self.target.addr, action, options, ttl)
+            .call(addr, action, options, ttl)
             .await
             .map_err(|e| match e {
-                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+                PeerError::Unreachable { .. } => TransportError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                },
+                PeerError::Failed {
+                    status: status::MISADDRESSED,
+                    message,
+                    ..
+                } => TransportError::Refused {
+                    addr: addr.to_string(),
+                    reason: message,
+                },
+                other => failed(other.to_string()),
             })?;
-        self.peers.saw(&self.target.name);
-        serde_json::from_value(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for RaftConn {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        self.call("raft_append", &rpc, option.hard_ttl()).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call("raft_snapshot", &rpc, option.hard_ttl()).await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Rpc<VoteResponse<NodeId>> {
-        self.call("raft_vote", &rpc, option.hard_ttl()).await
+        let reply: Reply = serde_json::from_value(data).map_err(|e| failed(e.to_string()))?;
+        // Only an answer from the node meant counts as hearing from it (node-down marking).
+        if reply.responder == msg_to && reply.answer.is_ok() {
+            self.peers.saw(&target.name);
+        }
+        Ok(reply)
     }
 }

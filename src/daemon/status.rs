@@ -1,5 +1,6 @@
 //! `daemon_status`: the cluster data as this node sees it, merged with each peer's own view.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ impl Daemon {
             "leader_id": m.current_leader,
             "uptime_s": self.uptime().as_secs(),
             "listener": format!("{}:{}", cfg.listener_addr, cfg.listener_port),
+            "listener_problem": self.addr_problem(),
+            "rpc_refused": self.rpc_counters.refused.load(Ordering::Relaxed),
+            "rpc_misdelivered": self.rpc_counters.misdelivered.load(Ordering::Relaxed),
             "threads": self.threads.status(),
         }))
     }
@@ -105,6 +109,12 @@ impl Daemon {
                 v
             } else {
                 match answers.iter().find(|(n, _)| n == name).map(|(_, r)| r) {
+                    // Whoever listens at a member's recorded address is not that member
+                    // until it says its name.
+                    Some(Ok(data)) if data["node"] != json!(name) => json!({
+                        "role": "unknown", "address": addr, "reachable": false,
+                        "error": format!("{addr} is answered by {}, not {name}", data["node"]),
+                    }),
                     Some(Ok(data)) => {
                         self.peers.saw(name);
                         let mut v = data.get("self").cloned().unwrap_or(json!({}));

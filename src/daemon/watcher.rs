@@ -3,7 +3,9 @@
 //!
 //! notify reports the change within milliseconds; a 1 s mtime poll backs it up on file
 //! systems where inotify says nothing. A node.conf that does not parse or validate is
-//! refused with the line and reason logged, and the running configuration is kept.
+//! refused with the line and reason logged, and the running configuration is kept; so is
+//! a listener address that another member holds. A new address is announced to the
+//! cluster by the listener thread once it is bound, never before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +84,15 @@ pub async fn reload(daemon: &Arc<Daemon>) {
         );
         return;
     }
+    let addr_changed =
+        new.listener_addr != old.listener_addr || new.listener_port != old.listener_port;
+    if addr_changed {
+        if let Err(e) = daemon.check_addr_free(&new.advertised_addr()) {
+            tracing::error!("node.conf refused, keeping the running configuration: {e}");
+            daemon.set_addr_problem(Some(format!("node.conf refused: {e}")));
+            return;
+        }
+    }
     *daemon.config.write().unwrap() = (doc, new.clone());
     tracing::info!("node.conf changed; applying");
     if new.log_level != old.log_level {
@@ -95,8 +106,6 @@ pub async fn reload(daemon: &Arc<Daemon>) {
         ));
         tracing::info!("cluster keyring changed");
     }
-    let addr_changed =
-        new.listener_addr != old.listener_addr || new.listener_port != old.listener_port;
     if addr_changed || new.max_frame != old.max_frame || new.replay_window != old.replay_window {
         daemon.rebind_listener();
         tracing::info!(
@@ -105,9 +114,5 @@ pub async fn reload(daemon: &Arc<Daemon>) {
             max_frame = new.max_frame,
             "listener rebinding"
         );
-    }
-    if addr_changed {
-        let d = daemon.clone();
-        tokio::spawn(async move { d.announce_address().await });
     }
 }

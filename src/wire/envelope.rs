@@ -46,6 +46,10 @@ pub mod status {
     pub const INTERNAL: i32 = 7;
     /// The receiver cannot serve the request now (stopping, not leader, ...); retry later.
     pub const UNAVAILABLE: i32 = 8;
+    /// A Raft RPC or forwarded proposal named another cluster or another target node than
+    /// the receiver (the sender's address book is wrong); the sender treats it as
+    /// unreachable.
+    pub const MISADDRESSED: i32 = 9;
 }
 
 /// The plaintext of every frame.
