@@ -293,8 +293,11 @@ pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), Members
         .membership()
         .get_node(&id)
         .map(|mb| mb.addr.clone());
+    let in_state = node.read(|s| s.nodes.get(name).map(|r| r.addr.clone()));
     match current {
         None => return Err(MembershipError::NotMember { node: name.into() }),
+        // Announced again (every start does): nothing to record.
+        Some(a) if a == addr && in_state.as_ref().is_none_or(|s| s == addr) => return Ok(()),
         Some(a) if a == addr => {}
         Some(_) => {
             node.set_member(id, Member::new(name, addr)).await?;

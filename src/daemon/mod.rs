@@ -590,7 +590,10 @@ impl Daemon {
             Some(h) => h,
             None => self.bind_listener().await.map_err(|e| e.to_string())?,
         };
-        self.announce_if_moved();
+        // Whatever the local records say, the leader may hold a stale address for this
+        // node (set while it was down, or forced): tell it where this node listens now.
+        let d = self.clone();
+        tokio::spawn(async move { d.announce_address().await });
         let result = loop {
             tokio::select! {
                 _ = stop.changed() => break Ok(()),
@@ -734,15 +737,46 @@ impl Daemon {
     /// Refused when another member holds `addr`.
     pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
         let node = self.node()?;
-        if let Some(leader) = self.leader_elsewhere(&node)? {
-            let options = serde_json::json!({ "node": name, "addr": addr });
-            self.ask_leader(&leader, "join", options, Duration::from_secs(10))
-                .await?;
-            return Ok(());
+        let options = serde_json::json!({ "node": name, "addr": addr });
+        match self.leader_elsewhere(&node) {
+            Ok(None) => raft::membership::set_addr(&node, name, addr)
+                .await
+                .map_err(actions::membership_error),
+            Ok(Some(leader)) => self
+                .ask_leader(&leader, "join", options, Duration::from_secs(10))
+                .await
+                .map(drop),
+            // A node the leader cannot reach (its recorded address is wrong) never hears of
+            // a leader: any member forwards the announcement to its own.
+            Err(no_leader) => self.ask_any_member(&node, options).await.map_err(|e| {
+                ActionError::new(code::UNAVAILABLE, format!("{no_leader}; {}", e.message))
+            }),
         }
-        raft::membership::set_addr(&node, name, addr)
-            .await
-            .map_err(actions::membership_error)
+    }
+
+    /// Sends an address announcement (`join` naming this node) to each other member in
+    /// turn until one takes it.
+    async fn ask_any_member(
+        &self,
+        node: &Node,
+        options: serde_json::Value,
+    ) -> Result<(), ActionError> {
+        let me = self.name();
+        let mut last = ActionError::new(code::UNAVAILABLE, "no other member to ask");
+        for (_, member) in node.metrics().membership_config.nodes() {
+            if member.name == me {
+                continue;
+            }
+            match self
+                .ask_leader(member, "join", options.clone(), Duration::from_secs(3))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.status == code::BAD_REQUEST => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Makes the listener rebind with the current config.
