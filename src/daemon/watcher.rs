@@ -97,7 +97,8 @@ pub async fn reload(daemon: &Arc<Daemon>) {
     }
     let addr_changed =
         new.listener_addr != old.listener_addr || new.listener_port != old.listener_port;
-    if addr_changed || new.max_frame != old.max_frame || new.replay_window != old.replay_window {
+    // Every listener.* parameter (caps and timeouts included) takes effect by a rebind.
+    if super::listener_config(&new) != super::listener_config(&old) {
         daemon.rebind_listener();
         tracing::info!(
             addr = %new.listener_addr,
