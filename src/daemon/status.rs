@@ -41,6 +41,7 @@ impl Daemon {
             "leader_id": m.current_leader,
             "uptime_s": self.uptime().as_secs(),
             "listener": format!("{}:{}", cfg.listener_addr, cfg.listener_port),
+            "listener_metrics": self.listener.metrics().snapshot(),
             "threads": self.threads.status(),
         }))
     }
