@@ -312,7 +312,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             bad("expected a duration such as 5s, 500ms or 1m")
         }
         "listener.handshake_timeout" | "listener.frame_timeout" | "listener.idle_timeout"
-            if !duration(value).is_some_and(|d| !d.is_zero()) =>
+            if duration(value).is_none_or(|d| d.is_zero()) =>
         {
             bad("expected a positive duration such as 10s, 500ms or 5m")
         }

@@ -19,6 +19,8 @@ pub struct NofileLimit {
 }
 
 /// The current RLIMIT_NOFILE.
+// rlim_t is u64 on Linux but not everywhere: keep the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn nofile() -> io::Result<NofileLimit> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
@@ -36,6 +38,7 @@ pub fn nofile() -> io::Result<NofileLimit> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard one (to the kernel's `nr_open` when the hard
 /// limit is unlimited: Linux refuses more); returns the limits before and after.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile() -> io::Result<(NofileLimit, NofileLimit)> {
     let before = nofile()?;
     let target = before.hard.min(nr_open());

@@ -7,10 +7,28 @@
 //! [`ListenerConfig::max_inflight`] requests run per connection; past that the reader stops
 //! reading (TCP backpressure).
 //!
+//! # Limits (what a peer without the key can cost)
+//!
+//! - Connections: at most [`ListenerConfig::max_conns`] in all and
+//!   [`ListenerConfig::max_conns_per_addr`] per source IP; one over a cap is accepted and
+//!   closed at once, counted, and logged at most once per 5 s (with the count held back).
+//!   The global cap is lowered to the soft RLIMIT_NOFILE minus [`fdlimit::FD_RESERVE`] and
+//!   a spare descriptor; when descriptors run out anyway, the accept loop closes the spare,
+//!   accepts and drops one pending connection and reopens it, so the backlog drains.
+//! - Before its first authenticated frame (one dispatched to the handler: a replayed, stale
+//!   or forbidden frame does not count) a connection has [`ListenerConfig::handshake_timeout`]
+//!   in all, its frames may be at most [`UNAUTH_MAX_FRAME`], and its frame buffers are
+//!   charged to a budget shared by all such connections ([`ListenerConfig::unauth_budget`]);
+//!   past it the connection is closed. Its writer task starts only with a first response.
+//! - Once any byte of a frame has arrived, the whole frame must arrive within
+//!   [`ListenerConfig::frame_timeout`].
+//! - An authenticated connection without a frame for [`ListenerConfig::idle_timeout`] is
+//!   closed gracefully, unless requests of it are still running.
+//!
 //! # Validation order (per frame)
 //!
-//! 1. framing: the length is checked against `max_frame` before the body is read; an
-//!    oversize frame closes the connection. The empty packet calls
+//! 1. framing: the length is checked against `max_frame` (or [`UNAUTH_MAX_FRAME`] before
+//!    authentication) before the body is read; an oversize frame closes the connection. The empty packet calls
 //!    [`Handler::dequeue_actions`].
 //! 2. header: version, sender name (frames with a broken header have no sender to blame:
 //!    they are only counted).
