@@ -325,3 +325,89 @@ async fn a_raft_core_stopped_by_a_fatal_error_is_started_again() {
         .unwrap();
     assert_eq!(st["self"]["role"], "follower");
 }
+
+/// Opens `n` connections to `port` and keeps them; those the listener refuses are kept too
+/// (closed by the peer), as an attacker would.
+fn flood(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_under_ulimit_1024_survives_1500_idle_connections() {
+    // This process holds the 1500 client ends.
+    om::listener::fdlimit::raise_nofile().unwrap();
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 1, None).unwrap();
+    let conf = c.nodes[0].paths.node_conf();
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    // Let the descriptor limit be the cap that binds, not the per-address one.
+    text.push_str("max_conns_per_addr = 4096\nhandshake_timeout = 6s\n");
+    std::fs::write(&conf, text).unwrap();
+    c.nodes[0].start_with_nofile(&c.bin.clone(), 1024).unwrap();
+    c.nodes[0].wait_ready(T).await.unwrap();
+    let (_, cfg) = om::config::NodeConfig::load(&conf).unwrap();
+    let keyring = om::wire::Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
+    let peer = om::wire::ClientOptions::new(c.nodes[0].addr(), keyring.clone(), "n1").build();
+    let status = json!({"local": true});
+    assert!(peer
+        .request("daemon_status", status.clone(), T)
+        .await
+        .unwrap()
+        .is_ok());
+
+    let started = Instant::now();
+    let held = flood(c.nodes[0].port, 1500);
+    eprintln!(
+        "{} connections opened in {:?}",
+        held.len(),
+        started.elapsed()
+    );
+    assert!(held.len() > 1024, "only {} connections opened", held.len());
+
+    // The control socket answers, and so does the TCP port to an established peer.
+    let st = c.nodes[0]
+        .call("daemon_status", status.clone(), T)
+        .await
+        .unwrap();
+    let m = &st["self"]["listener_metrics"];
+    eprintln!("during the flood: {m}");
+    assert!(m["open_connections"].as_u64().unwrap() < 1024 - 64, "{m}");
+    assert!(m["refused_conn_cap"].as_u64().unwrap() > 0, "{m}");
+    let r = peer
+        .request("daemon_status", status.clone(), T)
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    assert!(c.nodes[0].is_running());
+
+    // The idle ones are closed by the handshake timeout; then new peers get in again.
+    let deadline = Instant::now() + T;
+    let m = loop {
+        let st = c.nodes[0]
+            .call("daemon_status", status.clone(), T)
+            .await
+            .unwrap();
+        let m = st["self"]["listener_metrics"].clone();
+        if m["open_connections"] == 1 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "flood not reaped: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let shed =
+        m["closed_handshake_timeout"].as_u64().unwrap() + m["refused_conn_cap"].as_u64().unwrap();
+    assert!(shed >= 1500, "{m}");
+    let fresh = om::wire::ClientOptions::new(c.nodes[0].addr(), keyring, "n1").build();
+    assert!(fresh
+        .request("daemon_status", status, T)
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(peer
+        .request("daemon_status", json!({"local": true}), T)
+        .await
+        .unwrap()
+        .is_ok());
+    drop(held);
+}

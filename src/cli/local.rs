@@ -70,11 +70,27 @@ impl LocalNode {
 
     /// Starts the daemon process (again).
     pub fn start(&mut self, bin: &Path) -> std::io::Result<()> {
+        self.spawn(Command::new(bin))
+    }
+
+    /// Starts the daemon process with its file-descriptor limits (soft and hard) set to
+    /// `nofile`, through `sh -c 'ulimit -n'` (tests of descriptor exhaustion).
+    pub fn start_with_nofile(&mut self, bin: &Path, nofile: u64) -> std::io::Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"ulimit -n "$1" || exit 111; shift; exec "$@""#)
+            .arg("sh")
+            .arg(nofile.to_string())
+            .arg(bin);
+        self.spawn(cmd)
+    }
+
+    fn spawn(&mut self, mut cmd: Command) -> std::io::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.paths.root.join("daemon.log"))?;
-        let child = Command::new(bin)
+        let child = cmd
             .arg("--root")
             .arg(&self.paths.root)
             .args(["node", "daemon", "run"])

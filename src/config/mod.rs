@@ -144,6 +144,31 @@ pub const PARAMS: &[Param] = &[
         help: "frames older or newer than this are refused",
     },
     Param {
+        key: "listener.max_conns",
+        default: "1024",
+        help: "connections open at once (1..=1048576; lowered to the fd limit minus a reserve)",
+    },
+    Param {
+        key: "listener.max_conns_per_addr",
+        default: "64",
+        help: "connections open at once from one source IP (1..=1048576)",
+    },
+    Param {
+        key: "listener.handshake_timeout",
+        default: "10s",
+        help: "a connection without an authenticated frame after this long is closed",
+    },
+    Param {
+        key: "listener.frame_timeout",
+        default: "10s",
+        help: "a frame not complete this long after its first byte closes the connection",
+    },
+    Param {
+        key: "listener.idle_timeout",
+        default: "300s",
+        help: "a connection without any frame for this long is closed",
+    },
+    Param {
         key: "cluster.name",
         default: "",
         help: "cluster name (set by bootstrap or join)",
@@ -181,6 +206,16 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// `listener.replay_window`.
     pub replay_window: Duration,
+    /// `listener.max_conns`.
+    pub max_conns: usize,
+    /// `listener.max_conns_per_addr`.
+    pub max_conns_per_addr: usize,
+    /// `listener.handshake_timeout`.
+    pub handshake_timeout: Duration,
+    /// `listener.frame_timeout`.
+    pub frame_timeout: Duration,
+    /// `listener.idle_timeout`.
+    pub idle_timeout: Duration,
     /// `cluster.name` (empty before bootstrap or join).
     pub cluster_name: String,
     /// `cluster.secret` (empty before bootstrap or join).
@@ -235,6 +270,13 @@ impl NodeConfig {
             listener_port: get("listener.port").parse().expect("validated"),
             max_frame: get("listener.max_frame").parse().expect("validated"),
             replay_window: duration(&get("listener.replay_window")).expect("validated"),
+            max_conns: get("listener.max_conns").parse().expect("validated"),
+            max_conns_per_addr: get("listener.max_conns_per_addr")
+                .parse()
+                .expect("validated"),
+            handshake_timeout: duration(&get("listener.handshake_timeout")).expect("validated"),
+            frame_timeout: duration(&get("listener.frame_timeout")).expect("validated"),
+            idle_timeout: duration(&get("listener.idle_timeout")).expect("validated"),
             cluster_name: get("cluster.name"),
             secret: get("cluster.secret"),
             nodes: get("cluster.nodes")
@@ -298,6 +340,18 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             if duration(value).is_none() =>
         {
             bad("expected a duration such as 5s, 500ms or 1m")
+        }
+        "listener.handshake_timeout" | "listener.frame_timeout" | "listener.idle_timeout"
+            if duration(value).is_none_or(|d| d.is_zero()) =>
+        {
+            bad("expected a positive duration such as 10s, 500ms or 5m")
+        }
+        "listener.max_conns" | "listener.max_conns_per_addr"
+            if !value
+                .parse::<usize>()
+                .is_ok_and(|n| (1..=1 << 20).contains(&n)) =>
+        {
+            bad("expected a connection count in 1..=1048576")
         }
         "node.split_action" if !matches!(value, "stop" | "none") => {
             bad("allowed values are stop, none")
@@ -427,6 +481,28 @@ mod tests {
             NodeConfig::from_doc(&doc).unwrap_err().to_string(),
             "invalid value \"70000\" for listener.port: expected a port in 1..=65535"
         );
+        assert_eq!(cfg.max_conns, 1024);
+        assert_eq!(cfg.max_conns_per_addr, 64);
+        assert_eq!(cfg.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.frame_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(300));
+
+        let doc = IniDoc::parse("[listener]\nmax_conns = 0\n").unwrap();
+        assert_eq!(
+            NodeConfig::from_doc(&doc).unwrap_err().to_string(),
+            "invalid value \"0\" for listener.max_conns: expected a connection count in 1..=1048576"
+        );
+        let doc = IniDoc::parse("[listener]\nidle_timeout = 0s\n").unwrap();
+        assert_eq!(
+            NodeConfig::from_doc(&doc).unwrap_err().to_string(),
+            "invalid value \"0s\" for listener.idle_timeout: expected a positive duration such as 10s, 500ms or 5m"
+        );
+        let doc =
+            IniDoc::parse("[listener]\nmax_conns_per_addr = 8\nframe_timeout = 250ms\n").unwrap();
+        let cfg = NodeConfig::from_doc(&doc).unwrap();
+        assert_eq!(cfg.max_conns_per_addr, 8);
+        assert_eq!(cfg.frame_timeout, Duration::from_millis(250));
+
         let doc = IniDoc::parse("[listener]\nprot = 1\n").unwrap();
         assert!(matches!(
             NodeConfig::from_doc(&doc).unwrap_err(),

@@ -486,6 +486,7 @@ impl Daemon {
             reason: e.to_string(),
         })?;
         std::fs::write(self.paths.pid_file(), std::process::id().to_string()).ok();
+        raise_fd_limit();
 
         // Bind once here so that a port in use is a start-up error, not a restart loop.
         let first = self.bind_listener().await?;
@@ -557,14 +558,7 @@ impl Daemon {
 
     /// Binds the listener on the configured address and limits.
     async fn bind_listener(&self) -> Result<ListenerHandle, DaemonError> {
-        let cfg = self.config();
-        let lc = ListenerConfig {
-            addr: cfg.listener_addr.to_string(),
-            port: cfg.listener_port,
-            max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
-            replay_window: cfg.replay_window,
-            ..ListenerConfig::default()
-        };
+        let lc = listener_config(&self.config());
         let handle = self
             .listener
             .start(&lc)
@@ -836,6 +830,36 @@ impl Daemon {
         self.peers.set_keyring(keyring.clone());
         self.listener.set_keyring(keyring);
         self.listener.blacklist().clear();
+    }
+}
+
+/// Raises the soft file-descriptor limit to the hard one: every connection costs one, and
+/// the listener's connection cap is lowered to what the soft limit leaves.
+fn raise_fd_limit() {
+    match crate::listener::fdlimit::raise_nofile() {
+        Ok((before, after)) => tracing::info!(
+            soft_before = before.soft,
+            soft = after.soft,
+            hard = after.hard,
+            "file-descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
+}
+
+/// The listener settings node.conf asks for.
+pub fn listener_config(cfg: &NodeConfig) -> ListenerConfig {
+    ListenerConfig {
+        addr: cfg.listener_addr.to_string(),
+        port: cfg.listener_port,
+        max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
+        replay_window: cfg.replay_window,
+        max_conns: cfg.max_conns,
+        max_conns_per_addr: cfg.max_conns_per_addr,
+        handshake_timeout: cfg.handshake_timeout,
+        frame_timeout: cfg.frame_timeout,
+        idle_timeout: cfg.idle_timeout,
+        ..ListenerConfig::default()
     }
 }
 

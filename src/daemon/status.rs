@@ -45,6 +45,7 @@ impl Daemon {
             "listener_problem": self.addr_problem(),
             "rpc_refused": self.rpc_counters.refused.load(Ordering::Relaxed),
             "rpc_misdelivered": self.rpc_counters.misdelivered.load(Ordering::Relaxed),
+            "listener_metrics": self.listener.metrics().snapshot(),
             "threads": self.threads.status(),
         }))
     }

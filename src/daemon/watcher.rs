@@ -106,7 +106,8 @@ pub async fn reload(daemon: &Arc<Daemon>) {
         ));
         tracing::info!("cluster keyring changed");
     }
-    if addr_changed || new.max_frame != old.max_frame || new.replay_window != old.replay_window {
+    // Every listener.* parameter (caps and timeouts included) takes effect by a rebind.
+    if super::listener_config(&new) != super::listener_config(&old) {
         daemon.rebind_listener();
         tracing::info!(
             addr = %new.listener_addr,

@@ -27,6 +27,18 @@ pub struct Metrics {
     pub responses: AtomicU64,
     /// Pairs that got blacklisted.
     pub blacklisted: AtomicU64,
+    /// Connections accepted and closed at once: the global or per-address cap was reached.
+    pub refused_conn_cap: AtomicU64,
+    /// Connections shed because the process ran out of file descriptors (spare-descriptor trick).
+    pub refused_no_fd: AtomicU64,
+    /// Connections closed for not sending an authenticated frame within `handshake_timeout`.
+    pub closed_handshake_timeout: AtomicU64,
+    /// Connections closed because a started frame did not complete within `frame_timeout`.
+    pub closed_frame_timeout: AtomicU64,
+    /// Connections closed after `idle_timeout` without a frame.
+    pub closed_idle_timeout: AtomicU64,
+    /// Unauthenticated connections closed because the buffer budget of those was spent.
+    pub closed_unauth_budget: AtomicU64,
     rejected: [AtomicU64; ErrorKind::COUNT],
 }
 
@@ -51,6 +63,18 @@ pub struct MetricsSnapshot {
     pub responses: u64,
     /// See [`Metrics::blacklisted`].
     pub blacklisted: u64,
+    /// See [`Metrics::refused_conn_cap`].
+    pub refused_conn_cap: u64,
+    /// See [`Metrics::refused_no_fd`].
+    pub refused_no_fd: u64,
+    /// See [`Metrics::closed_handshake_timeout`].
+    pub closed_handshake_timeout: u64,
+    /// See [`Metrics::closed_frame_timeout`].
+    pub closed_frame_timeout: u64,
+    /// See [`Metrics::closed_idle_timeout`].
+    pub closed_idle_timeout: u64,
+    /// See [`Metrics::closed_unauth_budget`].
+    pub closed_unauth_budget: u64,
     /// Rejected frames per error kind name (kinds with a zero count are left out).
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -92,6 +116,12 @@ impl Metrics {
             requests: get(&self.requests),
             responses: get(&self.responses),
             blacklisted: get(&self.blacklisted),
+            refused_conn_cap: get(&self.refused_conn_cap),
+            refused_no_fd: get(&self.refused_no_fd),
+            closed_handshake_timeout: get(&self.closed_handshake_timeout),
+            closed_frame_timeout: get(&self.closed_frame_timeout),
+            closed_idle_timeout: get(&self.closed_idle_timeout),
+            closed_unauth_budget: get(&self.closed_unauth_budget),
             rejected: ErrorKind::ALL
                 .iter()
                 .map(|k| (k.name(), self.rejected(*k)))

@@ -7,10 +7,28 @@
 //! [`ListenerConfig::max_inflight`] requests run per connection; past that the reader stops
 //! reading (TCP backpressure).
 //!
+//! # Limits (what a peer without the key can cost)
+//!
+//! - Connections: at most [`ListenerConfig::max_conns`] in all and
+//!   [`ListenerConfig::max_conns_per_addr`] per source IP; one over a cap is accepted and
+//!   closed at once, counted, and logged at most once per 5 s (with the count held back).
+//!   The global cap is lowered to the soft RLIMIT_NOFILE minus [`fdlimit::FD_RESERVE`] and
+//!   a spare descriptor; when descriptors run out anyway, the accept loop closes the spare,
+//!   accepts and drops one pending connection and reopens it, so the backlog drains.
+//! - Before its first authenticated frame (one dispatched to the handler: a replayed, stale
+//!   or forbidden frame does not count) a connection has [`ListenerConfig::handshake_timeout`]
+//!   in all, its frames may be at most [`UNAUTH_MAX_FRAME`], and its frame buffers are
+//!   charged to a budget shared by all such connections ([`ListenerConfig::unauth_budget`]);
+//!   past it the connection is closed. Its writer task starts only with a first response.
+//! - Once any byte of a frame has arrived, the whole frame must arrive within
+//!   [`ListenerConfig::frame_timeout`].
+//! - An authenticated connection without a frame for [`ListenerConfig::idle_timeout`] is
+//!   closed gracefully, unless requests of it are still running.
+//!
 //! # Validation order (per frame)
 //!
-//! 1. framing: the length is checked against `max_frame` before the body is read; an
-//!    oversize frame closes the connection. The empty packet calls
+//! 1. framing: the length is checked against `max_frame` (or [`UNAUTH_MAX_FRAME`] before
+//!    authentication) before the body is read; an oversize frame closes the connection. The empty packet calls
 //!    [`Handler::dequeue_actions`].
 //! 2. header: version, sender name (frames with a broken header have no sender to blame:
 //!    they are only counted).
@@ -48,11 +66,14 @@
 //! another port, with the same `Listener`.
 
 pub mod blacklist;
+pub mod fdlimit;
+mod limits;
 pub mod metrics;
 
 pub use blacklist::{Blacklist, BlacklistEntry, PairState, BLACKLIST_THRESHOLD};
 pub use metrics::{Metrics, MetricsSnapshot};
 
+use limits::{Budget, Charge, Gate, Refusal, Slot, WarnLimit};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
@@ -60,15 +81,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::wire::{
-    now_ms, read_frame, status, Body, Envelope, EnvelopeHead, Frame, Keyring, ReplayGuard, Request,
-    Response, WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, DEFAULT_REPLAY_WINDOW_MS,
+    check_len, now_ms, read_body, read_len, status, Body, Envelope, EnvelopeHead, Frame, Keyring,
+    ReplayGuard, Request, Response, WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT,
+    DEFAULT_REPLAY_WINDOW_MS,
 };
 
 /// The only action accepted from a sender that is not in `cluster.nodes`.
@@ -81,6 +104,13 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 const IO_BUF: usize = 64 * 1024;
 /// Response frames queued per connection before handler tasks wait.
 const WRITE_QUEUE: usize = 1024;
+
+/// Largest frame accepted from a connection that has not yet sent an authenticated frame
+/// (1 MiB, whatever `max_frame` is): a `join` or a first Raft message fits in it, and a
+/// stranger cannot make the node buffer more.
+pub const UNAUTH_MAX_FRAME: u32 = 1 << 20;
+/// Default of [`ListenerConfig::unauth_budget`]: 64 MiB.
+pub const DEFAULT_UNAUTH_BUDGET: usize = 64 << 20;
 
 /// Listener settings (`listener.*` in node.conf).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +125,24 @@ pub struct ListenerConfig {
     pub replay_window: Duration,
     /// Requests running at once per connection before the reader waits (default 1024).
     pub max_inflight: usize,
+    /// Connections open at once (`listener.max_conns`, default 1024); lowered at start when
+    /// the file-descriptor limit is smaller (see [`fdlimit::effective_cap`]).
+    pub max_conns: usize,
+    /// Connections open at once from one source IP (`listener.max_conns_per_addr`,
+    /// default 64).
+    pub max_conns_per_addr: usize,
+    /// Time a connection has to send its first authenticated frame
+    /// (`listener.handshake_timeout`, default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time a frame has to arrive whole once its first byte has
+    /// (`listener.frame_timeout`, default 10 s).
+    pub frame_timeout: Duration,
+    /// Time without any frame after which an authenticated connection is closed, unless
+    /// requests of it are running (`listener.idle_timeout`, default 300 s).
+    pub idle_timeout: Duration,
+    /// Bytes the frame buffers of all not-yet-authenticated connections may hold together
+    /// (default [`DEFAULT_UNAUTH_BUDGET`]; not a node.conf parameter).
+    pub unauth_budget: usize,
 }
 
 impl Default for ListenerConfig {
@@ -105,6 +153,12 @@ impl Default for ListenerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             replay_window: Duration::from_millis(DEFAULT_REPLAY_WINDOW_MS),
             max_inflight: 1024,
+            max_conns: 1024,
+            max_conns_per_addr: 64,
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            unauth_budget: DEFAULT_UNAUTH_BUDGET,
         }
     }
 }
@@ -181,11 +235,17 @@ impl std::fmt::Debug for Listener {
 #[derive(Debug)]
 pub struct ListenerHandle {
     local_addr: SocketAddr,
+    budget: Arc<Budget>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl ListenerHandle {
+    /// Bytes the frame buffers of unauthenticated connections hold now.
+    pub fn unauth_buffered(&self) -> usize {
+        self.budget.used()
+    }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -282,47 +342,91 @@ impl Listener {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_window_ms(config.replay_window.as_millis() as u64);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(
-            self.shared.clone(),
-            tcp,
-            stop_rx,
-            ConnLimits {
+        let max_conns = conn_cap(config.max_conns);
+        let run = Arc::new(Run {
+            gate: Gate::new(max_conns, config.max_conns_per_addr),
+            budget: Budget::new(config.unauth_budget),
+            limits: ConnLimits {
                 max_frame: config.max_frame,
                 max_inflight: config.max_inflight.max(1),
+                handshake_timeout: config.handshake_timeout,
+                frame_timeout: config.frame_timeout,
+                idle_timeout: config.idle_timeout,
             },
-        ));
-        tracing::info!(addr = %local_addr, "listener started");
+            max_conns_per_addr: config.max_conns_per_addr,
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let budget = run.budget.clone();
+        let task = tokio::spawn(accept_loop(self.shared.clone(), tcp, stop_rx, run));
+        tracing::info!(addr = %local_addr, max_conns, "listener started");
         Ok(ListenerHandle {
             local_addr,
+            budget,
             stop: Some(stop_tx),
             task: Some(task),
         })
     }
 }
 
+/// `max_conns`, lowered when the file-descriptor limit would not hold that many.
+fn conn_cap(max_conns: usize) -> usize {
+    let Ok(limit) = fdlimit::nofile() else {
+        return max_conns;
+    };
+    let cap = fdlimit::effective_cap(max_conns, limit.soft);
+    if cap < max_conns {
+        tracing::warn!(
+            "listener.max_conns {max_conns} lowered to {cap}: the file-descriptor limit is {} and {} descriptors are kept for the rest of the daemon",
+            limit.soft,
+            fdlimit::FD_RESERVE + 1
+        );
+    }
+    cap
+}
+
+/// Per-connection limits of one listener run.
 #[derive(Debug, Clone, Copy)]
 struct ConnLimits {
     max_frame: u32,
     max_inflight: usize,
+    handshake_timeout: Duration,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
 }
+
+/// What the connections of one run of the accept loop share.
+struct Run {
+    gate: Arc<Gate>,
+    budget: Arc<Budget>,
+    limits: ConnLimits,
+    max_conns_per_addr: usize,
+}
+
+/// At most one warning per this long for each kind of refused connection.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 async fn accept_loop(
     shared: Arc<Shared>,
     tcp: TcpListener,
     mut stop: oneshot::Receiver<()>,
-    limits: ConnLimits,
+    run: Arc<Run>,
 ) {
     let mut conns = JoinSet::new();
+    let mut spare = fdlimit::open_spare();
+    let mut cap_warn = WarnLimit::new(WARN_EVERY);
+    let mut fd_warn = WarnLimit::new(WARN_EVERY);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    conns.spawn(serve_conn(shared.clone(), stream, peer, limits));
+                    admit(&shared, &run, &mut conns, &mut cap_warn, stream, peer);
+                }
+                Err(e) if fdlimit::is_fd_exhaustion(&e) => {
+                    shed(&shared, &tcp, &mut spare, &mut fd_warn).await;
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // Transient accept errors (ECONNABORTED, ENOBUFS): back off, do not spin.
                     tracing::warn!(error = %e, "listener accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -333,6 +437,66 @@ async fn accept_loop(
     drop(tcp);
     conns.shutdown().await;
     tracing::info!("listener stopped");
+}
+
+/// Serves an accepted connection if the caps allow it, else closes it at once.
+fn admit(
+    shared: &Arc<Shared>,
+    run: &Arc<Run>,
+    conns: &mut JoinSet<()>,
+    warn: &mut WarnLimit,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let ip = peer.ip().to_canonical();
+    match run.gate.admit(ip) {
+        Ok(slot) => {
+            conns.spawn(serve_conn(shared.clone(), run.clone(), stream, peer, slot));
+        }
+        Err(why) => {
+            drop(stream);
+            Metrics::incr(&shared.metrics.refused_conn_cap);
+            if let Some(suppressed) = warn.hit(std::time::Instant::now()) {
+                let cap = match why {
+                    Refusal::Global => ("listener.max_conns", run.gate.max()),
+                    Refusal::PerAddr => ("listener.max_conns_per_addr", run.max_conns_per_addr),
+                };
+                tracing::warn!(
+                    %ip,
+                    suppressed,
+                    "connection refused: {} ({}) reached; {suppressed} more refusals not logged since the last warning",
+                    cap.0,
+                    cap.1
+                );
+            }
+        }
+    }
+}
+
+/// Out of descriptors with connections waiting in the backlog: gives back the spare
+/// descriptor, accepts one pending connection and closes it, and takes the spare again.
+/// Without this the backlog stays full and every peer's connect hangs.
+async fn shed(
+    shared: &Shared,
+    tcp: &TcpListener,
+    spare: &mut Option<std::fs::File>,
+    warn: &mut WarnLimit,
+) {
+    if let Some(suppressed) = warn.hit(std::time::Instant::now()) {
+        tracing::warn!(
+            suppressed,
+            "out of file descriptors: shedding new connections; {suppressed} more not logged"
+        );
+    }
+    if spare.take().is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else if let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(10), tcp.accept()).await
+    {
+        drop(stream);
+        Metrics::incr(&shared.metrics.refused_no_fd);
+    }
+    *spare = fdlimit::open_spare();
 }
 
 /// Aborts a task when dropped (the writer of a connection whose reader was aborted).
@@ -355,7 +519,24 @@ impl Drop for OpenGauge<'_> {
     }
 }
 
-async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, limits: ConnLimits) {
+/// How a connection's frame loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The first authenticated frame was dispatched: go on with the authenticated limits.
+    Authenticated,
+    /// Stop reading; answer the requests running, then close.
+    Graceful,
+    /// Close at once.
+    Abort,
+}
+
+async fn serve_conn(
+    shared: Arc<Shared>,
+    run: Arc<Run>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: Slot,
+) {
     let m = &shared.metrics;
     Metrics::incr(&m.connections);
     Metrics::incr(&m.open_connections);
@@ -364,73 +545,249 @@ async fn serve_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, li
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(IO_BUF, rd);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let mut writer = AbortOnDrop(tokio::spawn(conn_writer(rx, wr)));
-    let inflight = Arc::new(Semaphore::new(limits.max_inflight));
-    let graceful = loop {
-        let mut frame = match read_frame(&mut rd, limits.max_frame).await {
-            Ok(Some(f)) => f,
-            Ok(None) => break true,
-            Err(e) => {
-                if matches!(e, WireError::Io(_)) {
-                    tracing::debug!(%peer, error = %e, "connection failed");
-                } else {
-                    tracing::warn!(%peer, error = %e, "closing connection");
-                }
-                m.reject(e.kind());
-                break false;
-            }
-        };
-        Metrics::incr(&m.frames);
-        if frame.is_empty() {
-            Metrics::incr(&m.empty_packets);
-            shared.handler.dequeue_actions();
-            continue;
-        }
-        match shared.validate(&mut frame, peer) {
-            Verdict::Drop => {}
-            Verdict::Close => break true,
-            Verdict::Reply(reqid, resp, member) => {
-                let frame = shared.seal_response(reqid, resp, member);
-                Metrics::incr(&m.responses);
-                if tx.send(frame).await.is_err() {
-                    break false;
-                }
-            }
-            Verdict::Dispatch(ctx, req) => {
-                drop(frame);
-                let Ok(permit) = inflight.clone().acquire_owned().await else {
-                    break false;
-                };
-                Metrics::incr(&m.requests);
-                let shared = shared.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let reqid = ctx.reqid;
-                    let member = ctx.member;
-                    let mut guard = PanicGuard {
-                        shared: &shared,
-                        tx: &tx,
-                        reqid,
-                        member,
-                        armed: true,
-                    };
-                    let resp = shared.handler.handle(ctx, req).await;
-                    guard.armed = false;
-                    let frame = shared.seal_response(reqid, resp, member);
-                    Metrics::incr(&shared.metrics.responses);
-                    let _ = tx.send(frame).await;
-                    drop(permit);
-                });
-            }
-        }
+    let mut conn = Conn {
+        inflight: Arc::new(Semaphore::new(run.limits.max_inflight)),
+        shared: shared.clone(),
+        run,
+        peer,
+        wr: Some(wr),
+        tx: None,
+        writer: None,
     };
-    drop(tx);
+    let mut end = conn.frames(&mut rd, false).await;
+    if end == End::Authenticated {
+        end = conn.frames(&mut rd, true).await;
+    }
     drop(rd);
-    if graceful {
-        // The peer finished sending: let in-flight responses go out, then the writer
-        // closes the socket. Otherwise dropping `writer` aborts it and closes at once.
-        let _ = (&mut writer.0).await;
+    conn.finish(end == End::Graceful).await;
+}
+
+/// One connection's state while its frames are read.
+struct Conn {
+    shared: Arc<Shared>,
+    run: Arc<Run>,
+    peer: SocketAddr,
+    /// The write half until the writer task is started (on the first response).
+    wr: Option<OwnedWriteHalf>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<AbortOnDrop>,
+    inflight: Arc<Semaphore>,
+}
+
+/// A frame read, with what it holds of the unauthenticated budget.
+type ReadFrame = (Frame, Option<Charge>);
+
+impl Conn {
+    /// Reads and handles frames until the connection ends or, when `authed` is false, until
+    /// its first authenticated frame is dispatched.
+    async fn frames(&mut self, rd: &mut BufReader<OwnedReadHalf>, authed: bool) -> End {
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let handshake = Instant::now() + self.run.limits.handshake_timeout;
+        loop {
+            let (mut frame, charge) = match self.next_frame(rd, authed, handshake).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return End::Graceful,
+                Err(end) => return end,
+            };
+            Metrics::incr(&m.frames);
+            if frame.is_empty() {
+                Metrics::incr(&m.empty_packets);
+                self.shared.handler.dequeue_actions();
+                continue;
+            }
+            match self.shared.validate(&mut frame, self.peer) {
+                Verdict::Drop => {}
+                Verdict::Close => return End::Graceful,
+                Verdict::Reply(reqid, resp, member) => {
+                    let frame = self.shared.seal_response(reqid, resp, member);
+                    Metrics::incr(&m.responses);
+                    if self.sender().send(frame).await.is_err() {
+                        return End::Abort;
+                    }
+                }
+                Verdict::Dispatch(ctx, req) => {
+                    drop((frame, charge));
+                    if !self.dispatch(ctx, req).await {
+                        return End::Abort;
+                    }
+                    if !authed {
+                        return End::Authenticated;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next frame (until `handshake` before authentication, for
+    /// `idle_timeout` after), then reads it whole within `frame_timeout`.
+    async fn next_frame(
+        &self,
+        rd: &mut BufReader<OwnedReadHalf>,
+        authed: bool,
+        handshake: Instant,
+    ) -> Result<Option<ReadFrame>, End> {
+        let limits = &self.run.limits;
+        if !self.wait_for_data(rd, authed, handshake).await? {
+            return Ok(None);
+        }
+        let mut frame_deadline = Instant::now() + limits.frame_timeout;
+        if !authed {
+            frame_deadline = frame_deadline.min(handshake);
+        }
+        match tokio::time::timeout_at(frame_deadline, self.read_one(rd, authed)).await {
+            Ok(r) => r.map(Some),
+            Err(_) => {
+                let m = &self.shared.metrics;
+                if authed || frame_deadline < handshake {
+                    Metrics::incr(&m.closed_frame_timeout);
+                    tracing::debug!(peer = %self.peer, "closing connection: frame_timeout");
+                } else {
+                    Metrics::incr(&m.closed_handshake_timeout);
+                    tracing::debug!(peer = %self.peer, "closing connection: handshake_timeout");
+                }
+                Err(End::Abort)
+            }
+        }
+    }
+
+    /// Waits until a byte is buffered (`true`) or the stream ended (`false`). Before
+    /// authentication the wait ends at `handshake`; after it, at `idle_timeout` without a
+    /// frame, unless requests are still running (their answers are not idleness).
+    async fn wait_for_data(
+        &self,
+        rd: &mut BufReader<OwnedReadHalf>,
+        authed: bool,
+        handshake: Instant,
+    ) -> Result<bool, End> {
+        let m = &self.shared.metrics;
+        loop {
+            let until = if authed {
+                Instant::now() + self.run.limits.idle_timeout
+            } else {
+                handshake
+            };
+            // fill_buf keeps what it read in the buffer, so timing it out loses nothing.
+            match tokio::time::timeout_at(until, rd.fill_buf()).await {
+                Ok(Ok(buf)) => return Ok(!buf.is_empty()),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "connection failed");
+                    m.reject(crate::wire::ErrorKind::Io);
+                    return Err(End::Abort);
+                }
+                Err(_) if !authed => {
+                    Metrics::incr(&m.closed_handshake_timeout);
+                    tracing::debug!(peer = %self.peer, "closing connection: handshake_timeout");
+                    return Err(End::Abort);
+                }
+                Err(_) if self.busy() => continue,
+                Err(_) => {
+                    Metrics::incr(&m.closed_idle_timeout);
+                    tracing::debug!(peer = %self.peer, "closing connection: idle_timeout");
+                    return Err(End::Graceful);
+                }
+            }
+        }
+    }
+
+    /// Whether requests of this connection are running.
+    fn busy(&self) -> bool {
+        self.inflight.available_permits() < self.run.limits.max_inflight
+    }
+
+    /// Reads one frame whose first byte is buffered. Before authentication its length is
+    /// held to [`UNAUTH_MAX_FRAME`] and its buffer is charged to the run's budget.
+    async fn read_one(
+        &self,
+        rd: &mut BufReader<OwnedReadHalf>,
+        authed: bool,
+    ) -> Result<ReadFrame, End> {
+        let m = &self.shared.metrics;
+        let fail = |e: WireError| {
+            if matches!(e, WireError::Io(_)) {
+                tracing::debug!(peer = %self.peer, error = %e, "connection failed");
+            } else {
+                tracing::warn!(peer = %self.peer, error = %e, "closing connection");
+            }
+            m.reject(e.kind());
+            End::Abort
+        };
+        let Some(len) = read_len(rd).await.map_err(fail)? else {
+            return Err(End::Graceful);
+        };
+        let max = if authed {
+            self.run.limits.max_frame
+        } else {
+            self.run.limits.max_frame.min(UNAUTH_MAX_FRAME)
+        };
+        check_len(len, max).map_err(fail)?;
+        if authed {
+            let frame = read_body(rd, len, |_| Ok(())).await.map_err(fail)?;
+            return Ok((frame, None));
+        }
+        let mut charge = Charge::new(&self.run.budget);
+        match read_body(rd, len, |n| charge.grow(n)).await {
+            Ok(frame) => Ok((frame, Some(charge))),
+            Err(_) if charge.refused() => {
+                Metrics::incr(&m.closed_unauth_budget);
+                tracing::warn!(peer = %self.peer, "closing unauthenticated connection: buffer budget spent");
+                Err(End::Abort)
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// The sender of the response queue; starts the writer task on first use.
+    fn sender(&mut self) -> mpsc::Sender<Vec<u8>> {
+        if let Some(tx) = &self.tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let wr = self
+            .wr
+            .take()
+            .expect("the write half is there until the writer starts");
+        self.writer = Some(AbortOnDrop(tokio::spawn(conn_writer(rx, wr))));
+        self.tx = Some(tx.clone());
+        tx
+    }
+
+    /// Runs a valid request as its own task; `false` if the connection is closing.
+    async fn dispatch(&mut self, ctx: RequestCtx, req: Request) -> bool {
+        let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+            return false;
+        };
+        Metrics::incr(&self.shared.metrics.requests);
+        let shared = self.shared.clone();
+        let tx = self.sender();
+        tokio::spawn(async move {
+            let reqid = ctx.reqid;
+            let member = ctx.member;
+            let mut guard = PanicGuard {
+                shared: &shared,
+                tx: &tx,
+                reqid,
+                member,
+                armed: true,
+            };
+            let resp = shared.handler.handle(ctx, req).await;
+            guard.armed = false;
+            let frame = shared.seal_response(reqid, resp, member);
+            Metrics::incr(&shared.metrics.responses);
+            let _ = tx.send(frame).await;
+            drop(permit);
+        });
+        true
+    }
+
+    /// Closes the connection: `graceful` lets the responses of running requests go out
+    /// first (the writer closes the socket when the last one is sent); otherwise dropping
+    /// the writer aborts it and closes at once.
+    async fn finish(mut self, graceful: bool) {
+        self.tx = None;
+        if let (true, Some(writer)) = (graceful, self.writer.as_mut()) {
+            let _ = (&mut writer.0).await;
+        }
     }
 }
 

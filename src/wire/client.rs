@@ -10,6 +10,12 @@
 //! [`ClientError::Closed`] and the next request reconnects. Requests are never retried
 //! behind the caller's back, because an action may not be idempotent.
 //!
+//! A node closes a connection that sent no frame for its `listener.idle_timeout` (default
+//! 300 s). A request sent just as that close happens would be written and lost, so the
+//! client does not reuse a connection it sent nothing on for
+//! [`ClientOptions::idle_reconnect`] (default 150 s, half the node's default) and has no
+//! request running on: it connects anew instead, well before the node's timer can fire.
+//!
 //! Responses are authenticated with the keyring and must carry a timestamp inside the
 //! replay window. Replayed responses cannot be delivered: each `reqid` is answered once and
 //! reqids are never reused by a client (the counter starts at a random point so they do not
@@ -94,7 +100,11 @@ pub struct ClientOptions {
     max_frame: u32,
     connect_timeout: Duration,
     replay_window_ms: u64,
+    idle_reconnect: Duration,
 }
+
+/// Default of [`ClientOptions::idle_reconnect`].
+pub const DEFAULT_IDLE_RECONNECT: Duration = Duration::from_secs(150);
 
 impl ClientOptions {
     /// Options to reach `addr` ("host:port") as `nodename`, sealing with `keyring`.
@@ -107,7 +117,17 @@ impl ClientOptions {
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(5),
             replay_window_ms: DEFAULT_REPLAY_WINDOW_MS,
+            idle_reconnect: DEFAULT_IDLE_RECONNECT,
         }
+    }
+
+    /// A connection that sent nothing for this long and has no request running is replaced
+    /// by a new one on the next request (default 150 s). Keep it well below the node's
+    /// `listener.idle_timeout`, so that the node never closes a connection as idle while a
+    /// request is on its way.
+    pub fn idle_reconnect(mut self, t: Duration) -> Self {
+        self.idle_reconnect = t;
+        self
     }
 
     /// Binds the local end of the connection to `ip` (source address selection).
@@ -183,6 +203,9 @@ struct ConnShared {
     pending: Mutex<Pending>,
     close_notify: Notify,
     local: SocketAddr,
+    /// When the connection was made; `last_sent_ms` counts from it.
+    born: Instant,
+    last_sent_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +217,26 @@ struct Pending {
 impl ConnShared {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Records that a frame was just queued for sending.
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_sent_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the connection may carry a new request: open, and either used within
+    /// `idle` or busy with a request (a node does not close a busy connection as idle).
+    fn reusable(&self, idle: Duration) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let since = Duration::from_millis(self.last_sent_ms.load(Ordering::Relaxed));
+        if self.born.elapsed().saturating_sub(since) < idle {
+            return true;
+        }
+        let p = self.pending.lock().expect("pending lock");
+        !p.waiters.is_empty()
     }
 
     /// Marks the connection broken and fails every waiting request with `reason`.
@@ -319,6 +362,7 @@ impl Client {
         if conn.tx.send(frame).await.is_err() {
             return Err(closed("writer stopped".into()));
         }
+        conn.shared.touch();
         let answer = rx.await;
         if answer.is_ok() {
             // Whoever answered already removed the waiter: skip the guard's lock.
@@ -342,7 +386,9 @@ impl Client {
                 addr: self.inner.opts.addr.clone(),
                 action: action.to_owned(),
                 reason: "writer stopped".into(),
-            })
+            })?;
+        conn.shared.touch();
+        Ok(())
     }
 
     /// Closes the current connection (the next request reconnects).
@@ -390,9 +436,12 @@ impl Client {
         Ok(conn)
     }
 
+    /// The connection to send on, unless it is closed or idle for too long (see the module
+    /// header); an idle one is then dropped, which closes it once nothing else holds it.
     fn current(&self) -> Option<Arc<Conn>> {
+        let idle = self.inner.opts.idle_reconnect;
         let g = self.inner.conn.lock().expect("conn lock");
-        g.as_ref().filter(|c| !c.shared.is_closed()).cloned()
+        g.as_ref().filter(|c| c.shared.reusable(idle)).cloned()
     }
 }
 
@@ -426,6 +475,8 @@ fn spawn_conn(stream: TcpStream, opts: &ClientOptions) -> io::Result<Arc<Conn>> 
         pending: Mutex::new(Pending::default()),
         close_notify: Notify::new(),
         local,
+        born: Instant::now(),
+        last_sent_ms: AtomicU64::new(0),
     });
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let reader = tokio::spawn(reader_loop(

@@ -4,6 +4,9 @@
 //! anything for the body, and then grows its buffer only as bytes actually arrive (doubling
 //! from 64 KiB), so a peer that announces a large frame and sends nothing costs at most
 //! 64 KiB, and no buffer ever exceeds the accepted length.
+//!
+//! [`read_len`], [`check_len`] and [`read_body`] are the three steps of [`read_frame`],
+//! for a caller that puts its own deadlines and memory budget between them (the listener).
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -22,6 +25,19 @@ pub async fn read_frame<R>(reader: &mut R, max_frame: u32) -> Result<Option<Fram
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    let Some(len) = read_len(reader).await? else {
+        return Ok(None);
+    };
+    check_len(len, max_frame)?;
+    read_body(reader, len, |_| Ok(())).await.map(Some)
+}
+
+/// Reads the 4-byte length of the next frame. `Ok(None)` means the stream ended cleanly
+/// before it; [`WireError::Truncated`] that it ended inside it.
+pub async fn read_len<R>(reader: &mut R) -> Result<Option<u32>, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut len_buf = [0u8; LEN_SIZE];
     let mut got = 0;
     while got < LEN_SIZE {
@@ -37,18 +53,37 @@ where
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len_buf);
+    Ok(Some(u32::from_be_bytes(len_buf)))
+}
+
+/// [`WireError::Oversize`] when `len` exceeds `max_frame`.
+pub fn check_len(len: u32, max_frame: u32) -> Result<(), WireError> {
     if len > max_frame {
         return Err(WireError::Oversize {
             len: len as u64,
             max: max_frame,
         });
     }
+    Ok(())
+}
+
+/// Reads a frame body of `len` bytes (its length already read and checked), growing the
+/// buffer only as bytes arrive. Before each growth, `grow(extra)` may refuse the `extra`
+/// bytes (a memory budget): its error ends the read as [`WireError::Io`].
+pub async fn read_body<R>(
+    reader: &mut R,
+    len: u32,
+    mut grow: impl FnMut(usize) -> std::io::Result<()>,
+) -> Result<Frame, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let len = len as usize;
     let mut body: Vec<u8> = Vec::new();
     let mut filled = 0;
     while filled < len {
         let target = len.min(INITIAL_CHUNK.max(filled.saturating_mul(2)));
+        grow(target - body.len())?;
         body.reserve_exact(target - body.len());
         body.resize(target, 0);
         while filled < target {
@@ -62,7 +97,7 @@ where
             filled += n;
         }
     }
-    Ok(Some(Frame::from_body(body)))
+    Ok(Frame::from_body(body))
 }
 
 /// Writes one complete frame (as returned by [`super::Keyring::seal`]) and flushes.

@@ -30,7 +30,7 @@ pub use frame::{
     LEN_SIZE, NONCE_LEN, SALT_LEN, TAG_LEN, VERSION,
 };
 pub use fuzz::{fuzz_frame, fuzz_request};
-pub use io::{read_frame, write_empty, write_frame, EMPTY_PACKET};
+pub use io::{check_len, read_body, read_frame, read_len, write_empty, write_frame, EMPTY_PACKET};
 pub use keyring::{Decrypted, Keyring, Opened};
 pub use replay::{ReplayGuard, DEFAULT_REPLAY_WINDOW_MS};
 
