@@ -237,3 +237,27 @@ async fn a_dead_member_is_removed_from_another_node_and_the_last_voters_are_kept
         .await
         .expect("the two voters still commit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_comes_back_under_its_name_as_a_new_raft_member() {
+    let c = three().await;
+    let root3 = c.nodes[2].paths.root.clone();
+    let before = status(&c, 2).await["nodes"]["n3"]["raft_id"].clone();
+    let (code, out) = om(&root3, &["node", "daemon", "leave"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(status(&c, 0).await["cluster"]["nodes"], json!(["n1", "n2"]));
+
+    // Same name, new store: a new Raft id, admitted (it used to be refused for good).
+    let (_, secret) = secret(&c);
+    om::cli::local::join(&c.nodes[2], &secret, &c.nodes[0].addr(), &mut |_| {})
+        .await
+        .expect("rejoin under the old name");
+    let st = status(&c, 0).await;
+    assert_eq!(st["cluster"]["nodes"], json!(["n1", "n2", "n3"]));
+    let after = st["nodes"]["n3"]["raft_id"].clone();
+    assert!(after.is_string() && after != before, "{before} -> {after}");
+    // The old incarnation's id stays departed; the cluster commits with the new one.
+    freeze(&c, 2, true, T)
+        .await
+        .expect("a write through the rejoined node");
+}

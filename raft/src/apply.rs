@@ -16,6 +16,7 @@ use crate::state::NodeMonitor;
 use crate::state::NodeRecord;
 use crate::state::Service;
 use crate::types::node_id;
+use crate::types::NodeId;
 
 /// Largest service config text accepted, in bytes.
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
@@ -131,17 +132,17 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             check_name("node", node)?;
             check_addr(addr)
         }
-        Command::Join { node, addr, .. } => {
+        Command::Join { node, addr, id, .. } => {
             check_name("node", node)?;
             check_addr(addr)?;
             if s.nodes.contains_key(node) {
                 return Err(CommandError::NodeExists { node: node.clone() });
             }
-            if s.departed.contains(node) {
+            let id = id.unwrap_or_else(|| node_id(node));
+            if departed(s, node, id) {
                 return Err(CommandError::NameDeparted { node: node.clone() });
             }
             addr_free(s, node, addr)?;
-            let id = node_id(node);
             if let Some((other, _)) = s.nodes.iter().find(|(_, r)| r.id == id) {
                 return Err(CommandError::NodeIdCollision {
                     node: node.clone(),
@@ -228,14 +229,33 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             node,
             addr,
             at_ms,
+            id,
         } => {
             ev.push(Event::change("cluster.name", None, Some(cluster.clone())));
             s.name = cluster.clone();
-            add_node(s, node, addr, *at_ms, ev);
+            add_node(
+                s,
+                node,
+                addr,
+                *at_ms,
+                id.unwrap_or_else(|| node_id(node)),
+                ev,
+            );
         }
-        Command::Join { node, addr, at_ms } => add_node(s, node, addr, *at_ms, ev),
+        Command::Join {
+            node,
+            addr,
+            at_ms,
+            id,
+        } => {
+            let id = id.unwrap_or_else(|| node_id(node));
+            // A new store incarnation brings a departed name back.
+            s.departed.remove(node);
+            add_node(s, node, addr, *at_ms, id, ev)
+        }
         Command::Leave { node } => {
             let rec = s.nodes.remove(node).expect("validated");
+            s.departed_ids.insert(rec.id);
             ev.push(Event::change(format!("nodes.{node}"), Some(rec.addr), None));
             s.departed.insert(node.clone());
             s.node_monitors.remove(node);
@@ -413,13 +433,20 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
     None
 }
 
-fn add_node(s: &mut ClusterState, node: &str, addr: &str, at_ms: u64, ev: &mut Vec<Event>) {
+fn add_node(
+    s: &mut ClusterState,
+    node: &str,
+    addr: &str,
+    at_ms: u64,
+    id: NodeId,
+    ev: &mut Vec<Event>,
+) {
     s.nodes.insert(
         node.to_string(),
         NodeRecord {
             addr: addr.to_string(),
             joined_at_ms: at_ms,
-            id: node_id(node),
+            id,
         },
     );
     s.node_monitors
@@ -547,6 +574,12 @@ fn check_addr(addr: &str) -> Result<(), CommandError> {
             addr: addr.to_string(),
         })
     }
+}
+
+/// Whether the store incarnation `id` of `node` left the cluster: its id is recorded as
+/// departed, or (an older proposer, whose id is the name's hash) its name is.
+pub fn departed(s: &ClusterState, node: &str, id: NodeId) -> bool {
+    s.departed_ids.contains(&id) || (id == node_id(node) && s.departed.contains(node))
 }
 
 /// Refuses `addr` for `node` when another member listens there: Raft RPCs meant for one

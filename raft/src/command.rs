@@ -23,12 +23,19 @@ pub enum Command {
         node: String,
         addr: String,
         at_ms: u64,
+        /// The first member's Raft id, as in [`Command::Join`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Adds `node` to `cluster.nodes` (its Raft membership is changed before this commits).
+    /// `id` is the Raft id of the joiner's store incarnation; absent (older proposers), the
+    /// id derived from the name ([`crate::node_id`]).
     Join {
         node: String,
         addr: String,
         at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Removes `node` from `cluster.nodes`, with its monitor and instances.
     Leave { node: String },

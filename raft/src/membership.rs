@@ -23,7 +23,6 @@ use crate::command::Command;
 use crate::node::Committed;
 use crate::node::Node;
 use crate::node::ProposeError;
-use crate::types::node_id;
 use crate::types::Member;
 use crate::types::NodeId;
 
@@ -101,12 +100,24 @@ pub fn addr_holder(node: &Node, addr: &str, except: &str) -> Option<String> {
     })
 }
 
-/// Checks that `name` may join at `addr` (on the leader), without changing anything.
-pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipError> {
+/// The Raft id of member `name`: from Raft's membership (learners included), else from
+/// the replicated node list.
+pub fn member_id(node: &Node, name: &str) -> Option<NodeId> {
+    let m = node.metrics();
+    let in_raft = m
+        .membership_config
+        .nodes()
+        .find(|(_, mb)| mb.name == name)
+        .map(|(id, _)| *id);
+    in_raft.or_else(|| node.read(|s| s.nodes.get(name).map(|r| r.id)))
+}
+
+/// Checks that `name`, whose store has Raft id `id`, may join at `addr` (on the leader),
+/// without changing anything.
+pub fn check_join(node: &Node, name: &str, id: NodeId, addr: &str) -> Result<(), MembershipError> {
     crate::apply::check_name("node", name)?;
-    let id = node_id(name);
     let refusal = node.read(|s| {
-        if s.departed.contains(name) {
+        if crate::apply::departed(s, name, id) {
             return Some(CommandError::NameDeparted { node: name.into() });
         }
         s.nodes
@@ -120,14 +131,21 @@ pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipE
     if let Some(e) = refusal {
         return Err(e.into());
     }
-    let in_raft = node
+    if member_id(node, name).is_some() {
+        return Err(MembershipError::NameTaken { node: name.into() });
+    }
+    let id_taken = node
         .metrics()
         .membership_config
         .membership()
         .get_node(&id)
-        .is_some();
-    if in_raft || node.read(|s| s.nodes.contains_key(name)) {
-        return Err(MembershipError::NameTaken { node: name.into() });
+        .cloned();
+    if let Some(other) = id_taken {
+        return Err(CommandError::NodeIdCollision {
+            node: name.into(),
+            other: other.name,
+        }
+        .into());
     }
     if let Some(holder) = addr_holder(node, addr, name) {
         return Err(CommandError::AddrTaken {
@@ -139,10 +157,14 @@ pub fn check_join(node: &Node, name: &str, addr: &str) -> Result<(), MembershipE
     Ok(())
 }
 
-/// Join, step 1 (on the leader): checks, then adds `name` as a learner.
-pub async fn admit(node: &Node, name: &str, addr: &str) -> Result<Admission, MembershipError> {
-    check_join(node, name, addr)?;
-    let id = node_id(name);
+/// Join, step 1 (on the leader): checks, then adds `name` (Raft id `id`) as a learner.
+pub async fn admit(
+    node: &Node,
+    name: &str,
+    id: NodeId,
+    addr: &str,
+) -> Result<Admission, MembershipError> {
+    check_join(node, name, id, addr)?;
     let learner_at = node.add_learner_nowait(id, Member::new(name, addr)).await?;
     Ok(Admission {
         name: name.into(),
@@ -206,6 +228,7 @@ impl Admission {
             node: self.name.clone(),
             addr: self.addr.clone(),
             at_ms,
+            id: Some(self.id),
         };
         Ok(node.propose(cmd).await?)
     }
@@ -228,14 +251,13 @@ impl Admission {
 /// commits `Leave`. Refuses to go below two voters unless `force`, and never removes the
 /// last voter.
 pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), MembershipError> {
-    let id = node_id(name);
+    let Some(id) = member_id(node, name) else {
+        return Err(MembershipError::NotMember { node: name.into() });
+    };
     let m = node.metrics();
     let membership = m.membership_config.membership();
     let in_raft = membership.get_node(&id).is_some();
     let in_state = node.read(|s| s.nodes.contains_key(name));
-    if !in_raft && !in_state {
-        return Err(MembershipError::NotMember { node: name.into() });
-    }
     let voters: Vec<(NodeId, String)> = membership
         .voter_ids()
         .filter(|v| *v != id)
@@ -286,7 +308,9 @@ pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), Members
         }
         .into());
     }
-    let id = node_id(name);
+    let Some(id) = member_id(node, name) else {
+        return Err(MembershipError::NotMember { node: name.into() });
+    };
     let current = node
         .metrics()
         .membership_config

@@ -238,7 +238,7 @@ pub struct NodeRecord {
     pub addr: String,
     /// Proposer's wall clock (ms since the epoch) when it joined; informational.
     pub joined_at_ms: u64,
-    /// The Raft id derived from its name.
+    /// The Raft id of the store it joined with (one per store incarnation).
     pub id: u64,
 }
 
@@ -301,6 +301,10 @@ pub struct ClusterState {
     /// what it acknowledged, which Raft does not allow. It must rejoin under a new name.
     #[serde(default)]
     pub departed: BTreeSet<String>,
+    /// Raft ids of the store incarnations that left: a store with one of these ids never
+    /// joins again (its log was wiped), though its name may come back with a new store.
+    #[serde(default)]
+    pub departed_ids: BTreeSet<u64>,
 }
 
 impl ClusterState {

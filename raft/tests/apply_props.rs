@@ -51,12 +51,14 @@ fn command() -> impl Strategy<Value = Command> {
         prop_oneof![Just("127.0.0.1:1214"), Just("h:0"), Just("nohost")].prop_map(String::from);
     prop_oneof![
         (node(), addr.clone()).prop_map(|(node, addr)| Command::Bootstrap {
+            id: None,
             cluster: "c1".into(),
             node,
             addr,
             at_ms: 1
         }),
         (node(), addr.clone(), any::<u64>()).prop_map(|(node, addr, at_ms)| Command::Join {
+            id: None,
             node,
             addr,
             at_ms
@@ -150,6 +152,7 @@ fn history() -> impl Strategy<Value = Vec<Command>> {
         cmds.insert(
             0,
             Command::Bootstrap {
+                id: None,
                 cluster: "c1".into(),
                 node: "n1".into(),
                 addr: "127.0.0.1:1214".into(),
@@ -222,6 +225,7 @@ proptest! {
 fn leave_of_last_node_is_refused() {
     let mut s = ClusterState::default();
     let boot = Command::Bootstrap {
+        id: None,
         cluster: "c".into(),
         node: "n1".into(),
         addr: "h:1".into(),
@@ -241,12 +245,14 @@ fn leave_cleans_instances_and_placement() {
     let mut s = ClusterState::default();
     for cmd in [
         Command::Bootstrap {
+            id: None,
             cluster: "c".into(),
             node: "n1".into(),
             addr: "h:1".into(),
             at_ms: 0,
         },
         Command::Join {
+            id: None,
             node: "n2".into(),
             addr: "h:2".into(),
             at_ms: 0,
@@ -283,6 +289,7 @@ fn update_with_stale_version_is_refused() {
     apply(
         &mut s,
         &Command::Bootstrap {
+            id: None,
             cluster: "c".into(),
             node: "n1".into(),
             addr: "h:1".into(),

@@ -38,6 +38,12 @@ impl Paths {
         self.root.join("var/raft")
     }
 
+    /// `<root>/var/raft.id`: the Raft id of the store in `var/raft` (a new one for every
+    /// new store: a node that left and comes back under its name is a new Raft member).
+    pub fn raft_id_file(&self) -> PathBuf {
+        self.root.join("var/raft.id")
+    }
+
     /// `<root>/var/run`: control socket and pid file.
     pub fn run_dir(&self) -> PathBuf {
         self.root.join("var/run")

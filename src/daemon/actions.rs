@@ -369,8 +369,12 @@ impl Daemon {
         // A node outside the cluster does not know its name: it seals with an empty one.
         let keyring = Keyring::new("", secret.as_bytes());
         let client = ClientOptions::new(&target, keyring, me.clone()).build();
-        let options = json!({ "node": me, "port": cfg.listener_port,
-            "addr": if cfg.listener_addr.is_unspecified() { Value::Null } else { json!(format!("{}:{}", cfg.listener_addr, cfg.listener_port)) } });
+        // The store this node joins with is a new Raft member: a new id, sent with the
+        // request and recorded once the cluster accepted it.
+        let id = super::new_raft_id();
+        let addr = (!cfg.listener_addr.is_unspecified()).then(|| cfg.advertised_addr());
+        let options =
+            json!({ "node": me, "port": cfg.listener_port, "addr": addr, "id": id.to_string() });
         let resp = client
             .request("join", options, Duration::from_secs(10))
             .await
@@ -399,6 +403,9 @@ impl Daemon {
         let listener = data.get("listener").cloned().unwrap_or(json!({}));
         tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
         self.wipe_raft().await?;
+        super::write_store_id(&self.paths, id).map_err(|e| {
+            ActionError::new(code::ERROR, format!("cannot record the new raft id: {e}"))
+        })?;
         let secret = secret.to_string();
         let cfg = self.edit_config(|doc| {
             doc.set("cluster", "name", &name);
@@ -447,28 +454,29 @@ impl Daemon {
                 format!("{}:{port}", peer.ip())
             }
         };
+        // Raft ids travel as decimal strings (JSON tools round 64-bit integers); a joiner
+        // that sends none uses the id derived from its name.
+        let id = match opt_str(o, "id")? {
+            Some(s) => s.parse().map_err(|_| {
+                ActionError::bad(format!("option id must be a raft id in decimal, got {s:?}"))
+            })?,
+            None => node_id(&joiner),
+        };
         let node = self.node()?;
-        let id = node_id(&joiner);
-        let already = node.read(|s| s.nodes.contains_key(&joiner))
-            || node
-                .metrics()
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .is_some();
+        let already = membership::member_id(&node, &joiner).is_some();
         if already && member && sender == joiner {
             // A member asking to join again is telling us its listener moved.
             self.update_member_addr(&joiner, &addr).await?;
             return Ok(json!({ "node": joiner, "addr": addr }));
         }
         if let Some(leader) = self.leader_elsewhere(&node)? {
-            let options = json!({ "node": joiner, "addr": addr });
+            let options = json!({ "node": joiner, "addr": addr, "id": id.to_string() });
             return self
                 .ask_leader(&leader, "join", options, Duration::from_secs(30))
                 .await;
         }
         let guard = self.membership_guard()?;
-        let admission = membership::admit(&node, &joiner, &addr)
+        let admission = membership::admit(&node, &joiner, id, &addr)
             .await
             .map_err(membership_error)?;
         let mut nodes: Vec<String> = node.read(|s| s.nodes.keys().cloned().collect());

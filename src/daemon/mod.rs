@@ -26,6 +26,7 @@ use raft::node_id;
 use raft::Command;
 use raft::Member;
 use raft::Node;
+use raft::NodeId;
 use raft::ProposeError;
 use tokio::sync::watch;
 
@@ -100,6 +101,8 @@ pub struct Daemon {
     node_gen: watch::Sender<u64>,
     /// Connections to the other nodes.
     pub peers: Arc<Peers>,
+    /// The Raft id of the current store (`var/raft.id`); set by `start_raft`.
+    raft_id: std::sync::atomic::AtomicU64,
     /// Raft RPCs refused as misaddressed, here and by the peers this node sent to.
     pub rpc_counters: Arc<raft::rpc::RpcCounters>,
     /// Node names the listener accepts frames from (besides `join`).
@@ -162,6 +165,7 @@ impl Daemon {
             dequeue: tokio::sync::Notify::new(),
             peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
             rpc_counters: Arc::default(),
+            raft_id: std::sync::atomic::AtomicU64::new(0),
             members,
             paths,
             config: RwLock::new((doc, cfg)),
@@ -225,11 +229,12 @@ impl Daemon {
     /// The receiving side of this node's Raft RPCs: refuses what is not addressed to it.
     pub fn inbox(&self) -> raft::rpc::Inbox {
         let cfg = self.config();
-        raft::rpc::Inbox::new(
-            cfg.cluster_name,
-            node_id(&cfg.name),
-            self.rpc_counters.clone(),
-        )
+        raft::rpc::Inbox::new(cfg.cluster_name, self.raft_id(), self.rpc_counters.clone())
+    }
+
+    /// The Raft id of this node's current store incarnation.
+    pub fn raft_id(&self) -> NodeId {
+        self.raft_id.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the store and starts Raft; bootstraps a one-node cluster if this node is alone.
@@ -240,6 +245,9 @@ impl Daemon {
             path: dir.display().to_string(),
             reason,
         };
+        // Before sled creates the store: a store without an id file is an old one.
+        let id = store_id(&self.paths, &cfg.name).map_err(|e| store_err(e.to_string()))?;
+        self.raft_id.store(id, std::sync::atomic::Ordering::Relaxed);
         let backend = open_sled(&dir)
             .await
             .map_err(|e| store_err(e.to_string()))?;
@@ -247,19 +255,12 @@ impl Daemon {
         let net = raftnet::raft_net(
             self.peers.clone(),
             &cfg.cluster_name,
-            node_id(&cfg.name),
+            id,
             self.rpc_counters.clone(),
         );
-        let node = Node::start(
-            node_id(&cfg.name),
-            raft_config(&cfg.cluster_name),
-            net,
-            log,
-            sm,
-            machine,
-        )
-        .await
-        .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let node = Node::start(id, raft_config(&cfg.cluster_name), net, log, sm, machine)
+            .await
+            .map_err(|e| DaemonError::Raft(e.to_string()))?;
         let alone = cfg.nodes.iter().all(|n| *n == cfg.name);
         if !node.is_initialized().await && alone {
             tracing::info!(cluster = %cfg.cluster_name, "initializing a one-node cluster");
@@ -290,6 +291,7 @@ impl Daemon {
             node: cfg.name.clone(),
             addr: self.advertised_addr(),
             at_ms: now_ms(),
+            id: Some(node.id),
         };
         match node.propose(cmd).await {
             Ok(_) | Err(ProposeError::Rejected(raft::CommandError::AlreadyBootstrapped { .. })) => {
@@ -311,7 +313,14 @@ impl Daemon {
                 ActionError::new(code::ERROR, format!("cannot remove {}: {e}", dir.display()))
             })?;
         }
-        Ok(())
+        let id_file = self.paths.raft_id_file();
+        match std::fs::remove_file(&id_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ActionError::new(
+                code::ERROR,
+                format!("cannot remove {}: {e}", id_file.display()),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Rewrites node.conf with `edit` applied, and makes it the running config.
@@ -630,7 +639,7 @@ impl Daemon {
     /// Announces the listener address once bound, if the cluster records another one.
     fn announce_if_moved(self: &Arc<Self>) {
         let Ok(node) = self.node() else { return };
-        let me = node_id(&self.name());
+        let me = self.raft_id();
         let recorded = node
             .metrics()
             .membership_config
@@ -901,6 +910,46 @@ async fn sigterm() {
         }
         Err(_) => std::future::pending().await,
     }
+}
+
+/// The Raft id of the store under `paths`: read from `var/raft.id`; for a new store a
+/// random one, so that every store incarnation is a distinct Raft member (a node that left
+/// and wiped its log can rejoin under its old name); for a store made before ids were per
+/// store, the hash of the node name it has always used.
+fn store_id(paths: &Paths, name: &str) -> std::io::Result<NodeId> {
+    let file = paths.raft_id_file();
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{}: not a raft id: {e}", file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let legacy = paths.raft_dir().join("conf").exists();
+            let id = if legacy { node_id(name) } else { new_raft_id() };
+            write_store_id(paths, id)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records `id` as the Raft id of the next store (durably: a restart must not change it).
+pub(crate) fn write_store_id(paths: &Paths, id: NodeId) -> std::io::Result<()> {
+    use std::io::Write;
+    let file = paths.raft_id_file();
+    let dir = file.parent().expect("var/ has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension("id.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{id}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A random Raft id for a new store incarnation (never 0).
+pub(crate) fn new_raft_id() -> NodeId {
+    rand::random::<u64>().max(1)
 }
 
 /// Opens sled, waiting briefly for a previous handle's lock to be released.

@@ -33,6 +33,8 @@ impl Daemon {
         let cfg = self.config();
         Ok(json!({
             "role": role(m.state),
+            // A string: JSON tools round 64-bit integers.
+            "raft_id": node.id.to_string(),
             "address": self.advertised_addr(),
             "term": m.current_term,
             "last_log_index": m.last_log_index,

@@ -161,6 +161,7 @@ async fn three_nodes_replicate_and_survive_leader_loss() {
     propose(
         &[&n1],
         Command::Bootstrap {
+            id: None,
             cluster: "c1".into(),
             node: "n1".into(),
             addr: "n1:1214".into(),
@@ -175,6 +176,7 @@ async fn three_nodes_replicate_and_survive_leader_loss() {
         propose(
             &[&n1],
             Command::Join {
+                id: None,
                 node: name.into(),
                 addr: format!("{name}:1214"),
                 at_ms: 0,
@@ -252,6 +254,7 @@ async fn sled_node_recovers_its_state_after_restart() {
         propose(
             &[&n1],
             Command::Bootstrap {
+                id: None,
                 cluster: "c1".into(),
                 node: "n1".into(),
                 addr: "n1:1214".into(),
