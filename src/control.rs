@@ -130,6 +130,36 @@ impl ControlClient {
         }
     }
 
+    /// Sends a typed request and decodes its reply; an error answer keeps its status.
+    pub async fn call<R: crate::api::ApiRequest>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Reply, crate::api::ApiError> {
+        use crate::api::ApiError;
+        use crate::api::Status;
+        let options = crate::api::reply(req)?;
+        let resp = self
+            .request(R::ACTION.as_str(), options, timeout)
+            .await
+            .map_err(|e| {
+                let status = match e {
+                    ControlError::NotRunning { .. } | ControlError::Timeout(_) => {
+                        Status::Unavailable
+                    }
+                    _ => Status::Error,
+                };
+                ApiError::new(status, e.to_string())
+            })?;
+        if !resp.is_ok() {
+            let message = resp
+                .error
+                .unwrap_or_else(|| format!("{} failed with status {}", R::ACTION, resp.status));
+            return Err(ApiError::new(resp.status, message));
+        }
+        crate::api::decode_reply(R::ACTION, resp.data)
+    }
+
     /// Sends one request and waits up to `timeout` for its answer.
     pub async fn request(
         &self,

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is thin; everything it does lives in this library so that
 //! integration tests, benchmarks and the fuzzer call the same code.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -4,7 +4,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
 use om::wire::{
-    peek_sender, status, Body, Envelope, ErrorKind, Keyring, Request, Response, WireError, ACTIONS,
+    peek_sender, status, Body, Envelope, ErrorKind, Keyring, Request, Response, WireError,
     LEN_SIZE, NONCE_LEN, SALT_LEN, TAG_LEN,
 };
 use proptest::prelude::*;
@@ -224,7 +224,7 @@ proptest! {
 
     #[test]
     fn every_action_round_trips(
-        action in prop::sample::select(ACTIONS),
+        action in prop::sample::select(om::api::Action::ALL).prop_map(|a| a.as_str()),
         options in json_value(),
         sender in nodename(),
         reqid in any::<u64>(),

@@ -425,8 +425,12 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             Ok(())
         }
         DaemonCmd::Leave { node, force } => {
-            let options = json!({ "node": node, "force": force });
-            let data = call(paths, "leave", options, Duration::from_secs(40)).await?;
+            let req = crate::api::options::Leave { node, force };
+            let left = ControlClient::new(paths)
+                .call(&req, Duration::from_secs(40))
+                .await
+                .map_err(|e| CliError(e.to_string()))?;
+            let data = crate::api::reply(&left).map_err(|e| CliError(e.to_string()))?;
             print(format, &data, render::kv);
             Ok(())
         }

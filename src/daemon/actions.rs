@@ -11,18 +11,17 @@ use std::time::Duration;
 use raft::membership;
 use raft::membership::MembershipError;
 use raft::node_id;
-use raft::state::GlobalExpect;
-use raft::state::LocalExpect;
-use raft::state::MonitorStatus;
-use raft::state::NodeExpect;
-use raft::state::NodeStatus;
 use raft::Command;
-use raft::ProposeError;
+
 use serde_json::json;
 use serde_json::Value;
 
 use super::Daemon;
 use super::StopKind;
+use crate::api;
+use crate::api::action::Door;
+use crate::api::options;
+use crate::api::Action;
 use crate::wire::status as code;
 use crate::wire::ClientOptions;
 use crate::wire::Keyring;
@@ -45,95 +44,10 @@ pub enum Origin {
     },
 }
 
-/// A failed action: a status code and a message for the operator.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ActionError {
-    /// Response status (see [`crate::wire::status`]).
-    pub status: i32,
-    /// What went wrong, and what to do about it when we know.
-    pub message: String,
-}
-
-impl ActionError {
-    /// An error with `status` and `message`.
-    pub fn new(status: i32, message: impl Into<String>) -> ActionError {
-        ActionError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad(message: impl Into<String>) -> ActionError {
-        ActionError::new(code::BAD_REQUEST, message)
-    }
-}
-
-impl From<ProposeError> for ActionError {
-    fn from(e: ProposeError) -> ActionError {
-        let status = match &e {
-            ProposeError::NotLeader { .. } | ProposeError::Stopped(_) => code::UNAVAILABLE,
-            ProposeError::MembershipBusy(_) => code::UNAVAILABLE,
-            ProposeError::Rejected(_) | ProposeError::Membership(_) => code::ERROR,
-        };
-        ActionError::new(status, e.to_string())
-    }
-}
+/// A failed action: the API's error.
+pub use crate::api::ApiError as ActionError;
 
 type Result<T> = std::result::Result<T, ActionError>;
-
-fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ActionError::bad(format!(
-            "option {key} must be a string, got {other}"
-        ))),
-    }
-}
-
-fn req_str<'a>(o: &'a Value, key: &str) -> Result<&'a str> {
-    opt_str(o, key)?.ok_or_else(|| ActionError::bad(format!("missing option {key}")))
-}
-
-fn opt_bool(o: &Value, key: &str) -> Result<Option<bool>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ActionError::bad(format!(
-            "option {key} must be true or false, got {other}"
-        ))),
-    }
-}
-
-fn opt_u64(o: &Value, key: &str) -> Result<Option<u64>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ActionError::bad(format!(
-                "option {key} must be a non-negative integer, got {v}"
-            ))
-        }),
-    }
-}
-
-/// Parses an optional option with `FromStr`, turning its error into a bad-request message.
-fn opt_parse<T: std::str::FromStr>(o: &Value, key: &str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    opt_str(o, key)?
-        .map(|s| s.parse::<T>().map_err(|e| ActionError::bad(e.to_string())))
-        .transpose()
-}
-
-fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| ActionError::bad(format!("cannot decode {what}: {e}")))
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
-}
 
 impl Daemon {
     /// Serves one request.
@@ -153,181 +67,212 @@ impl Daemon {
     }
 
     async fn dispatch(self: &Arc<Self>, origin: &Origin, req: Request) -> Result<Value> {
-        let o = &req.options;
-        if let Origin::Peer { member: false, .. } = origin {
-            if req.action != "join" {
+        let action: Action = req.action.parse()?;
+        let from_peer = matches!(origin, Origin::Peer { .. });
+        match (origin, action.door()) {
+            (Origin::Peer { member: false, .. }, _) if action != Action::Join => {
                 return Err(ActionError::new(
                     code::FORBIDDEN,
-                    format!(
-                        "{} is only served to cluster members; a new node may only join",
-                        req.action
-                    ),
-                ));
+                    format!("{action} is only served to cluster members; a new node may only join"),
+                ))
             }
+            (Origin::Control, Door::Peer) => {
+                return Err(ActionError::new(
+                    code::FORBIDDEN,
+                    format!("{action} is served to cluster peers only"),
+                ))
+            }
+            (Origin::Peer { .. }, Door::Control) => {
+                return Err(ActionError::new(
+                    code::FORBIDDEN,
+                    format!("{action} is served on the local control socket only"),
+                ))
+            }
+            _ => {}
         }
-        let from_peer = matches!(origin, Origin::Peer { .. });
-        match req.action.as_str() {
-            "daemon_status" => self.status(opt_bool(o, "local")?.unwrap_or(false)).await,
-            "daemon_stop" | "daemon_shutdown" => {
-                if opt_str(o, "thread_id")?.is_some() {
-                    return self.thread_action(&req.action, o).await;
+        let o = req.options;
+        match action {
+            Action::DaemonStatus => {
+                let opts: options::DaemonStatus = api::parse(action, o)?;
+                self.status(opts.local).await
+            }
+            Action::DaemonStop | Action::DaemonShutdown | Action::DaemonStart => {
+                let opts: options::ThreadRef = api::parse(action, o)?;
+                if let Some(id) = opts.thread_id {
+                    return self.thread_action(action, &id).await;
                 }
-                let kind = if req.action == "daemon_stop" {
-                    StopKind::Stop
-                } else {
-                    StopKind::Shutdown
+                let kind = match action {
+                    Action::DaemonStop => StopKind::Stop,
+                    Action::DaemonShutdown => StopKind::Shutdown,
+                    _ => return Err(ActionError::bad("daemon_start needs option thread_id")),
                 };
                 self.request_stop(kind);
                 Ok(json!({ "stopping": self.name() }))
             }
-            "daemon_start" => self.thread_action(&req.action, o).await,
-            "daemon_inject_fault" if !from_peer => {
-                let id = req_str(o, "thread_id")?;
-                if id == "raft" && opt_bool(o, "fatal")?.unwrap_or(false) {
+            Action::DaemonInjectFault => {
+                let opts: options::InjectFault = api::parse(action, o)?;
+                if opts.thread_id == "raft" && opts.fatal {
                     // The Raft core itself stops, as on an openraft fatal error.
                     self.node()?.shutdown().await;
-                    return Ok(json!({ "thread_id": id, "raft_stopped": true }));
+                    return Ok(json!({ "thread_id": opts.thread_id, "raft_stopped": true }));
                 }
                 self.threads
-                    .inject_fault(id)
+                    .inject_fault(&opts.thread_id)
                     .map_err(|e| ActionError::bad(e.to_string()))?;
-                Ok(json!({ "thread_id": id, "killed": true }))
+                Ok(json!({ "thread_id": opts.thread_id, "killed": true }))
             }
             // `om node set|edit config` ask before writing a new listener address.
-            "check_listener_addr" if !from_peer => {
-                let addr = req_str(o, "addr")?;
-                self.check_addr_free(addr)?;
-                Ok(json!({ "addr": addr, "free": true }))
+            Action::CheckListenerAddr => {
+                let opts: options::CheckListenerAddr = api::parse(action, o)?;
+                self.check_addr_free(&opts.addr)?;
+                api::reply(&options::AddrFree {
+                    addr: opts.addr,
+                    free: true,
+                })
             }
-            "blacklist_status" => Ok(self.listener.blacklist().status()),
-            "blacklist_clear" => {
+            Action::BlacklistStatus => Ok(self.listener.blacklist().status()),
+            Action::BlacklistClear => {
                 let cleared = self.listener.blacklist().blacklisted_count();
                 self.listener.blacklist().clear();
                 Ok(json!({ "cleared": cleared }))
             }
-            "join" => match origin {
-                Origin::Control => self.join_cluster(o).await,
+            Action::Join => match origin {
+                Origin::Control => self.join_cluster(api::parse(action, o)?).await,
                 Origin::Peer {
                     sender,
                     addr,
                     member,
-                } => self.admit(sender, *addr, *member, o).await,
-            },
-            "leave" => match origin {
-                Origin::Control => self.leave(o).await,
-                Origin::Peer { .. } => {
-                    let force = opt_bool(o, "force")?.unwrap_or(false);
-                    self.evict(req_str(o, "node")?, force).await
+                } => {
+                    self.admit(sender, *addr, *member, api::parse(action, o)?)
+                        .await
                 }
             },
-            "set_node_monitor" => {
-                let node = opt_str(o, "node")?.map_or_else(|| self.name(), str::to_string);
-                let cmd = Command::SetNodeMonitor {
-                    node,
-                    status: opt_parse::<NodeStatus>(o, "status")?,
-                    local_expect: opt_parse::<NodeExpect>(o, "local_expect")?,
-                    frozen: opt_bool(o, "frozen")?,
+            Action::Leave => {
+                let opts: options::Leave = api::parse(action, o)?;
+                let left = match (origin, opts.node) {
+                    (Origin::Control, Some(n)) if n != self.name() => {
+                        self.evict(&n, opts.force).await?
+                    }
+                    (Origin::Control, _) => self.leave_cluster(opts.force).await?,
+                    (Origin::Peer { .. }, Some(n)) => self.evict(&n, opts.force).await?,
+                    (Origin::Peer { .. }, None) => {
+                        return Err(ActionError::bad("leave over the wire needs option node"))
+                    }
                 };
-                encode(&self.propose(cmd).await?)
+                api::reply(&left)
             }
-            "get_node_monitor" => {
-                let node = self.node()?;
-                let monitors = node.read(|s| s.node_monitors.clone());
-                match opt_str(o, "node")? {
-                    None => encode(&monitors),
-                    Some(n) => monitors.get(n).map(encode).unwrap_or_else(|| {
+            Action::SetNodeMonitor => {
+                let opts: options::SetNodeMonitor = api::parse(action, o)?;
+                let cmd = Command::SetNodeMonitor {
+                    node: opts.node.unwrap_or_else(|| self.name()),
+                    status: opts.status,
+                    local_expect: opts.local_expect,
+                    frozen: opts.frozen,
+                };
+                api::reply(&self.propose(cmd).await?)
+            }
+            Action::GetNodeMonitor => {
+                let opts: options::NodeRef = api::parse(action, o)?;
+                let monitors = self.node()?.read(|s| s.node_monitors.clone());
+                match opts.node {
+                    None => api::reply(&monitors),
+                    Some(n) => monitors.get(&n).map(api::reply).unwrap_or_else(|| {
                         Err(ActionError::bad(format!(
                             "node {n:?} is not a cluster member"
                         )))
                     }),
                 }
             }
-            "set_service_monitor" => {
+            Action::SetServiceMonitor => {
+                let opts: options::SetServiceMonitor = api::parse(action, o)?;
                 let cmd = Command::SetServiceMonitor {
-                    svc: req_str(o, "svcname")?.to_string(),
-                    node: opt_str(o, "node")?.map(str::to_string),
-                    status: opt_parse::<MonitorStatus>(o, "status")?,
-                    local_expect: opt_parse::<LocalExpect>(o, "local_expect")?,
-                    global_expect: opt_parse::<GlobalExpect>(o, "global_expect")?,
-                    reset_retries: opt_bool(o, "reset_retries")?.unwrap_or(false),
+                    svc: opts.svcname,
+                    node: opts.node,
+                    status: opts.status,
+                    local_expect: opts.local_expect,
+                    global_expect: opts.global_expect,
+                    reset_retries: opts.reset_retries,
                 };
-                encode(&self.propose(cmd).await?)
+                api::reply(&self.propose(cmd).await?)
             }
-            "get_service_monitor" => {
-                let node = self.node()?;
-                match opt_str(o, "svcname")? {
-                    None => node.read(|s| {
-                        encode(
-                            &s.services
-                                .iter()
-                                .map(|(k, v)| (k.clone(), json!({"global_expect": v.global_expect, "instances": v.instances})))
-                                .collect::<serde_json::Map<_, _>>(),
-                        )
-                    }),
-                    Some(svc) => node.read(|s| match s.services.get(svc) {
-                        Some(v) => encode(&json!({"global_expect": v.global_expect, "instances": v.instances})),
-                        None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
-                    }),
-                }
+            Action::GetServiceMonitor => {
+                let opts: options::ServiceFilter = api::parse(action, o)?;
+                self.service_monitors(opts.svcname.as_deref())
             }
-            "clear" => {
+            Action::Clear => {
+                let opts: options::Clear = api::parse(action, o)?;
                 let cmd = Command::Clear {
-                    svc: req_str(o, "svcname")?.to_string(),
-                    node: opt_str(o, "node")?.map(str::to_string),
+                    svc: opts.svcname,
+                    node: opts.node,
                 };
-                encode(&self.propose(cmd).await?)
+                api::reply(&self.propose(cmd).await?)
             }
-            "get_service_config" => {
-                let svc = req_str(o, "svcname")?;
-                let node = self.node()?;
-                node.read(|s| match s.services.get(svc) {
-                    Some(v) => {
-                        Ok(json!({ "svcname": svc, "config": v.config, "version": v.version }))
-                    }
+            Action::GetServiceConfig => {
+                let opts: options::ServiceRef = api::parse(action, o)?;
+                let svc = opts.svcname;
+                self.node()?.read(|s| match s.services.get(&svc) {
+                    Some(v) => api::reply(&options::ServiceConfig {
+                        config: v.config.clone(),
+                        version: v.version,
+                        svcname: svc.clone(),
+                    }),
                     None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
                 })
             }
             // Validates the config (section and key named in errors) before committing.
-            "set_service_config" => crate::services::set_service_config(self, o).await,
-            "service_action" | "service_logs" | "service_status" | "job_list" | "job_show"
-            | "job_cancel" => crate::services::handle(self, &req.action, o).await,
-            "events" => {
-                let since = opt_u64(o, "since")?.unwrap_or(0);
-                let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));
+            Action::SetServiceConfig => {
+                crate::services::set_service_config(self, api::parse(action, o)?).await
+            }
+            Action::ServiceAction
+            | Action::ServiceLogs
+            | Action::ServiceStatus
+            | Action::JobList
+            | Action::JobShow
+            | Action::JobCancel => crate::services::handle(self, action, o).await,
+            Action::Events => {
+                let opts: options::Events = api::parse(action, o)?;
+                let since = opts.since.unwrap_or(0);
+                let wait = Duration::from_millis(opts.wait_ms.unwrap_or(0).min(60_000));
                 let events = self.events.since(since, wait).await;
                 let next = events.last().map_or(since, |e| e.seq);
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
-            "raft_append" | "raft_vote" | "raft_snapshot" if from_peer => {
-                self.raft_rpc(&req.action, req.options).await
+            Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot => {
+                self.raft_rpc(action, o).await
             }
-            "raft_propose" if from_peer => {
-                let msg: raft::rpc::Addressed<Command> = decode(req.options, "raft_propose")?;
+            Action::RaftPropose => {
+                let msg: raft::rpc::Addressed<Command> = api::parse(action, o)?;
                 self.inbox()
                     .check(&msg)
                     .map_err(|e| ActionError::new(code::MISADDRESSED, e.to_string()))?;
+                debug_assert!(from_peer, "the door check admits peers only");
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
-                let committed = self.node()?.propose(msg.rpc).await?;
-                encode(&committed)
+                api::reply(&self.node()?.propose(msg.rpc).await?)
             }
-            a if a.starts_with("raft_") => Err(ActionError::new(
-                code::FORBIDDEN,
-                format!("{a} is served to cluster peers only"),
-            )),
-            other => Err(ActionError::new(
-                code::UNKNOWN_ACTION,
-                format!(
-                    "unknown action {other:?}; known actions: {}",
-                    crate::wire::ACTIONS.join(", ")
-                ),
-            )),
         }
     }
 
+    /// `get_service_monitor`: one service's or every service's monitor.
+    fn service_monitors(&self, svc: Option<&str>) -> Result<Value> {
+        let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
+        self.node()?.read(|s| match svc {
+            None => api::reply(
+                &s.services
+                    .iter()
+                    .map(|(k, v)| (k.clone(), view(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+            ),
+            Some(svc) => match s.services.get(svc) {
+                Some(v) => api::reply(&view(v)),
+                None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
+            },
+        })
+    }
+
     /// Serves an addressed Raft RPC; a misaddressed one gets `MISADDRESSED`.
-    async fn raft_rpc(&self, action: &str, options: Value) -> Result<Value> {
-        let msg: raft::rpc::Addressed<raft::rpc::Rpc> = decode(options, action)?;
-        if msg.rpc.action() != action {
+    async fn raft_rpc(&self, action: Action, options: Value) -> Result<Value> {
+        let msg: raft::rpc::Addressed<raft::rpc::Rpc> = api::parse(action, options)?;
+        if msg.rpc.action() != action.as_str() {
             return Err(ActionError::bad(format!(
                 "{action} carries a {} request",
                 msg.rpc.action()
@@ -338,12 +283,11 @@ impl Daemon {
         if let Err(refusal) = &reply.answer {
             return Err(ActionError::new(code::MISADDRESSED, refusal.to_string()));
         }
-        encode(&reply)
+        api::reply(&reply)
     }
 
-    async fn thread_action(&self, action: &str, o: &Value) -> Result<Value> {
-        let id = req_str(o, "thread_id")?;
-        let r = if action == "daemon_start" {
+    async fn thread_action(&self, action: Action, id: &str) -> Result<Value> {
+        let r = if action == Action::DaemonStart {
             self.threads.start(id)
         } else {
             self.threads.stop(id).await
@@ -353,12 +297,12 @@ impl Daemon {
     }
 
     /// Control-socket `join`: makes this node join the cluster `node` belongs to.
-    async fn join_cluster(self: &Arc<Self>, o: &Value) -> Result<Value> {
-        let secret = req_str(o, "secret")?;
+    async fn join_cluster(self: &Arc<Self>, o: options::JoinCluster) -> Result<Value> {
+        let secret = o.secret.as_str();
         // Checked before anything is sent or wiped: the secret is written to node.conf last.
         crate::config::validate("cluster.secret", secret)
             .map_err(|e| ActionError::bad(e.to_string()))?;
-        let target = req_str(o, "node")?;
+        let target = o.node.as_str();
         let target = if target.contains(':') {
             target.to_string()
         } else {
@@ -393,14 +337,9 @@ impl Daemon {
                 ),
             ));
         }
-        let data = resp.data;
-        let cluster = data.get("cluster").cloned().unwrap_or(Value::Null);
-        let name = req_str(&cluster, "name")?.to_string();
-        let nodes: Vec<String> = decode(
-            cluster.get("nodes").cloned().unwrap_or(Value::Null),
-            "cluster.nodes",
-        )?;
-        let listener = data.get("listener").cloned().unwrap_or(json!({}));
+        let admitted: options::Admitted = api::decode_reply(Action::Join, resp.data)?;
+        let options::ClusterSection { name, nodes } = admitted.cluster;
+        let listener = admitted.listener;
         tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
         self.wipe_raft().await?;
         super::write_store_id(&self.paths, id).map_err(|e| {
@@ -411,12 +350,8 @@ impl Daemon {
             doc.set("cluster", "name", &name);
             doc.set("cluster", "secret", &secret);
             doc.set("cluster", "nodes", &nodes.join(" "));
-            if let Some(obj) = listener.as_object() {
-                for (k, v) in obj {
-                    if let Some(v) = v.as_str() {
-                        doc.set("listener", k, v);
-                    }
-                }
+            for (k, v) in &listener {
+                doc.set("listener", k, v);
             }
         })?;
         self.set_keyring(Keyring::new(
@@ -427,7 +362,11 @@ impl Daemon {
             .await
             .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
         self.refresh_members();
-        Ok(json!({ "cluster": name, "nodes": nodes, "leader": data.get("leader") }))
+        api::reply(&options::Joined {
+            cluster: name,
+            nodes,
+            leader: admitted.leader,
+        })
     }
 
     /// Wire `join`: admits `node` into this cluster (on the leader; forwarded otherwise).
@@ -436,9 +375,9 @@ impl Daemon {
         sender: &str,
         peer: SocketAddr,
         member: bool,
-        o: &Value,
+        o: options::Admit,
     ) -> Result<Value> {
-        let joiner = req_str(o, "node")?.to_string();
+        let joiner = o.node;
         if !member && joiner != sender {
             return Err(ActionError::new(
                 code::FORBIDDEN,
@@ -446,17 +385,14 @@ impl Daemon {
             ));
         }
         raft::apply::check_name("node", &joiner).map_err(|e| ActionError::bad(e.to_string()))?;
-        let addr = match opt_str(o, "addr")? {
-            Some(a) => a.to_string(),
-            None => {
-                let port =
-                    opt_u64(o, "port")?.ok_or_else(|| ActionError::bad("missing option port"))?;
-                format!("{}:{port}", peer.ip())
-            }
+        let addr = match (o.addr, o.port) {
+            (Some(a), _) => a,
+            (None, Some(port)) => format!("{}:{port}", peer.ip()),
+            (None, None) => return Err(ActionError::bad("join: missing option addr or port")),
         };
         // Raft ids travel as decimal strings (JSON tools round 64-bit integers); a joiner
         // that sends none uses the id derived from its name.
-        let id = match opt_str(o, "id")? {
+        let id = match &o.id {
             Some(s) => s.parse().map_err(|_| {
                 ActionError::bad(format!("option id must be a raft id in decimal, got {s:?}"))
             })?,
@@ -467,12 +403,17 @@ impl Daemon {
         if already && member && sender == joiner {
             // A member asking to join again is telling us its listener moved.
             self.update_member_addr(&joiner, &addr).await?;
-            return Ok(json!({ "node": joiner, "addr": addr }));
+            return api::reply(&options::AddrRecorded { node: joiner, addr });
         }
         if let Some(leader) = self.leader_elsewhere(&node)? {
-            let options = json!({ "node": joiner, "addr": addr, "id": id.to_string() });
+            let fwd = options::Admit {
+                node: joiner,
+                addr: Some(addr),
+                port: None,
+                id: Some(id.to_string()),
+            };
             return self
-                .ask_leader(&leader, "join", options, Duration::from_secs(30))
+                .ask_leader(&leader, "join", api::reply(&fwd)?, Duration::from_secs(30))
                 .await;
         }
         let guard = self.membership_guard()?;
@@ -484,38 +425,32 @@ impl Daemon {
         let catch_up = self.config().join_timeout;
         tokio::spawn(async move {
             let _guard = guard;
-            match admission
-                .complete(&node, crate::wire::now_ms(), catch_up)
-                .await
-            {
+            let done = admission.complete(&node, crate::wire::now_ms(), catch_up);
+            match done.await {
                 Ok(_) => tracing::info!(node = %joiner, "joined"),
                 Err(e) => tracing::error!(node = %joiner, "join failed: {e}"),
             }
         });
         let cfg = self.config();
-        Ok(json!({
-            "cluster": { "name": cfg.cluster_name, "nodes": nodes },
-            "listener": {
-                "max_frame": cfg.max_frame.to_string(),
-                "replay_window": format!("{}ms", cfg.replay_window.as_millis()),
+        api::reply(&options::Admitted {
+            cluster: options::ClusterSection {
+                name: cfg.cluster_name.clone(),
+                nodes,
             },
-            "leader": self.name(),
-        }))
-    }
-
-    /// Control-socket `leave`: without `node` (or naming this node), this node leaves its
-    /// cluster and becomes a cluster of one; with another `node`, that member is evicted
-    /// (the way to remove a dead node), through the leader.
-    async fn leave(self: &Arc<Self>, o: &Value) -> Result<Value> {
-        let force = opt_bool(o, "force")?.unwrap_or(false);
-        match opt_str(o, "node")? {
-            Some(n) if n != self.name() => self.evict(n, force).await,
-            _ => self.leave_cluster(force).await,
-        }
+            listener: [
+                ("max_frame".to_string(), cfg.max_frame.to_string()),
+                (
+                    "replay_window".to_string(),
+                    format!("{}ms", cfg.replay_window.as_millis()),
+                ),
+            ]
+            .into(),
+            leader: self.name(),
+        })
     }
 
     /// This node leaves its cluster; it becomes a cluster of one.
-    async fn leave_cluster(self: &Arc<Self>, force: bool) -> Result<Value> {
+    async fn leave_cluster(self: &Arc<Self>, force: bool) -> Result<options::Left> {
         let me = self.name();
         if self.node()?.read(|s| s.nodes.len()) <= 1 {
             return Err(ActionError::bad(format!(
@@ -529,24 +464,30 @@ impl Daemon {
             .await
             .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
         self.refresh_members();
-        Ok(json!({ "left": me }))
+        Ok(options::Left { left: me })
     }
 
     /// Wire `leave` (and the local part of `om node daemon leave`): removes `node` from the
     /// Raft membership and from `cluster.nodes`, on the leader.
-    async fn evict(self: &Arc<Self>, name: &str, force: bool) -> Result<Value> {
+    async fn evict(self: &Arc<Self>, name: &str, force: bool) -> Result<options::Left> {
         let node = self.node()?;
         if let Some(leader) = self.leader_elsewhere(&node)? {
-            let options = json!({ "node": name, "force": force });
-            return self
-                .ask_leader(&leader, "leave", options, Duration::from_secs(30))
-                .await;
+            let fwd = options::Leave {
+                node: Some(name.to_string()),
+                force,
+            };
+            let data = self
+                .ask_leader(&leader, "leave", api::reply(&fwd)?, Duration::from_secs(30))
+                .await?;
+            return api::decode_reply(Action::Leave, data);
         }
         let _guard = self.membership_guard()?;
         membership::evict(&node, name, force)
             .await
             .map_err(membership_error)?;
-        Ok(json!({ "left": name }))
+        Ok(options::Left {
+            left: name.to_string(),
+        })
     }
 }
 

@@ -21,7 +21,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use raft::state::Avail;
-use raft::state::GlobalExpect;
 use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
 use raft::state::NodeStatus;
@@ -30,7 +29,10 @@ use serde_json::json;
 use serde_json::Map;
 use serde_json::Value;
 
-use crate::daemon::actions::ActionError;
+use crate::api;
+use crate::api::options;
+use crate::api::Action;
+use crate::api::ApiError as ActionError;
 use crate::daemon::Daemon;
 use crate::wire::status as code;
 use config::ServiceConfig;
@@ -40,16 +42,6 @@ use instance::InstanceRt;
 use instance::Transcript;
 use jobs::Jobs;
 use log::ServiceLogs;
-
-/// The request actions served here.
-pub const ACTIONS: &[&str] = &[
-    "service_action",
-    "service_logs",
-    "service_status",
-    "job_list",
-    "job_show",
-    "job_cancel",
-];
 
 /// The per-daemon state of this module: logs, jobs, instance runtimes, and the flags the
 /// monitor sets.
@@ -123,47 +115,18 @@ fn bad(msg: impl Into<String>) -> ActionError {
     ActionError::new(code::BAD_REQUEST, msg)
 }
 
-fn opt_str<'a>(o: &'a Value, key: &str) -> Result<Option<&'a str>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(bad(format!("option {key} must be a string, got {v}"))),
-    }
-}
-
-fn req_str<'a>(o: &'a Value, key: &str) -> Result<&'a str> {
-    opt_str(o, key)?.ok_or_else(|| bad(format!("missing option {key}")))
-}
-
-fn opt_bool(o: &Value, key: &str) -> Result<Option<bool>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(bad(format!("option {key} must be true or false, got {v}"))),
-    }
-}
-
-fn opt_u64(o: &Value, key: &str) -> Result<Option<u64>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            bad(format!(
-                "option {key} must be a non-negative integer, got {v}"
-            ))
-        }),
-    }
-}
-
-/// Serves one of [`ACTIONS`].
-pub async fn handle(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Value> {
+/// Serves the service and job actions.
+pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Value) -> Result<Value> {
     match action {
-        "service_action" => service_action(daemon, o).await,
-        "service_logs" => service_logs(daemon, o).await,
-        "service_status" => service_status(daemon, o),
-        "job_list" | "job_show" | "job_cancel" => job_action(daemon, action, o).await,
+        Action::ServiceAction => service_action(daemon, api::parse(action, o)?).await,
+        Action::ServiceLogs => service_logs(daemon, api::parse(action, o)?).await,
+        Action::ServiceStatus => service_status(daemon, api::parse(action, o)?),
+        Action::JobList | Action::JobShow | Action::JobCancel => {
+            job_action(daemon, action, api::parse(action, o)?).await
+        }
         other => Err(ActionError::new(
             code::UNKNOWN_ACTION,
-            format!("unknown service action {other:?}"),
+            format!("{other} is not a service action"),
         )),
     }
 }
@@ -172,18 +135,23 @@ pub async fn handle(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Val
 ///
 /// Options: `svcname`, `config` (the INI text), `version` (the version the edit started
 /// from: refused if the service moved on), `create` (refuse if it exists), `delete`.
-pub async fn set_service_config(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
-    let svc = req_str(o, "svcname")?.to_string();
+pub async fn set_service_config(
+    daemon: &Arc<Daemon>,
+    o: options::SetServiceConfig,
+) -> Result<Value> {
+    let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
     let exists = daemon.node()?.read(|s| s.services.contains_key(&svc));
-    let cmd = if opt_bool(o, "delete")?.unwrap_or(false) {
+    let cmd = if o.delete {
         Command::DeleteService { svc }
     } else {
-        let text = req_str(o, "config")?.to_string();
+        let text = o
+            .config
+            .ok_or_else(|| bad("set_service_config: missing option config"))?;
         ServiceConfig::parse(&text)
             .map_err(|e| bad(format!("invalid config for service {svc}: {e}")))?;
-        let expected_version = opt_u64(o, "version")?;
-        if opt_bool(o, "create")?.unwrap_or(false) {
+        let expected_version = o.version;
+        if o.create {
             Command::CreateService { svc, config: text }
         } else if exists || expected_version.is_some() {
             Command::UpdateService {
@@ -208,17 +176,17 @@ fn addr_of(daemon: &Daemon, node: &str) -> Result<String> {
 }
 
 /// Sends `action` to `node` and returns its data.
-async fn forward(
+async fn forward<O: serde::Serialize>(
     daemon: &Daemon,
     node: &str,
-    action: &str,
-    o: &Value,
+    action: Action,
+    o: &O,
     timeout: Duration,
 ) -> Result<Value> {
     let addr = addr_of(daemon, node)?;
     daemon
         .peers
-        .call(&addr, action, o.clone(), timeout)
+        .call(&addr, action.as_str(), api::reply(o)?, timeout)
         .await
         .map_err(|e| match e {
             crate::daemon::peers::PeerError::Failed {
@@ -277,38 +245,25 @@ pub fn parse_command(argv: &[String]) -> Result<ActionCmd> {
     Ok(cmd)
 }
 
-fn command_argv(o: &Value) -> Result<Vec<String>> {
-    match o.get("command") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| bad("option command must be a list of strings"))
-            })
-            .collect(),
-        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
-        _ => Err(bad("missing option command (a list such as [\"start\"])")),
-    }
-}
-
 /// `service_action`: runs an instance action on this node (or on `node`), synchronously
 /// (`{out, err, ret}`) or as a job (`{job_id}`).
-async fn service_action(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
-    let svc = req_str(o, "svcname")?.to_string();
-    let argv = command_argv(o)?;
+async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Result<Value> {
+    let svc = o.svcname.clone();
+    let argv = o
+        .command
+        .as_ref()
+        .and_then(options::Argv::words)
+        .ok_or_else(|| bad("missing option command (a list such as [\"start\"])"))?;
     let cmd = parse_command(&argv)?;
-    let sync = opt_bool(o, "sync")?.unwrap_or(true);
+    let sync = o.sync.unwrap_or(true);
     let me = daemon.name();
-    if let Some(node) = opt_str(o, "node")? {
-        if node != me {
-            let timeout = if sync {
-                action_timeout(daemon, &svc)
-            } else {
-                Duration::from_secs(15)
-            };
-            return forward(daemon, node, "service_action", o, timeout).await;
-        }
+    if let Some(node) = o.node.as_deref().filter(|n| *n != me) {
+        let timeout = if sync {
+            action_timeout(daemon, &svc)
+        } else {
+            Duration::from_secs(15)
+        };
+        return forward(daemon, node, Action::ServiceAction, &o, timeout).await;
     }
     let cx = ctx(daemon);
     // Refuse what cannot run before answering, for jobs too.
@@ -595,17 +550,24 @@ fn cmd_text(cmd: &ActionCmd) -> String {
 /// Options: `svcname`, `backlog` (lines, default 50), `node` (only that node), `local`,
 /// `cursor` (a number with `local`, else `{node: number}`: return the lines after it),
 /// `wait_ms` (with a cursor: wait up to this long for a first line).
-async fn service_logs(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
-    let svc = req_str(o, "svcname")?.to_string();
+async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<Value> {
+    let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
-    let backlog = opt_u64(o, "backlog")?.unwrap_or(50) as usize;
-    let wait = Duration::from_millis(opt_u64(o, "wait_ms")?.unwrap_or(0).min(60_000));
+    let backlog = o.backlog.unwrap_or(50) as usize;
+    let wait = Duration::from_millis(o.wait_ms.unwrap_or(0).min(60_000));
     let lg = local(daemon);
-    if opt_bool(o, "local")?.unwrap_or(false) {
-        return Ok(local_logs(&lg, &svc, backlog, opt_u64(o, "cursor")?, wait).await);
+    if o.local {
+        let at = match o.cursor {
+            None => None,
+            Some(options::LogCursor::At(n)) => Some(n),
+            Some(options::LogCursor::PerNode(_)) => {
+                return Err(bad("service_logs: with local, cursor is a line number"))
+            }
+        };
+        return Ok(local_logs(&lg, &svc, backlog, at, wait).await);
     }
     let me = daemon.name();
-    let nodes: Vec<(String, String)> = match opt_str(o, "node")? {
+    let nodes: Vec<(String, String)> = match o.node.as_deref() {
         Some(n) => vec![(n.to_string(), addr_of(daemon, n)?)],
         None => daemon.node()?.read(|s| {
             s.nodes
@@ -614,14 +576,20 @@ async fn service_logs(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
                 .collect()
         }),
     };
-    let cursors = o.get("cursor").and_then(Value::as_object).cloned();
+    let cursors = match o.cursor {
+        Some(options::LogCursor::PerNode(c)) => Some(c),
+        Some(options::LogCursor::At(_)) => {
+            return Err(bad("service_logs: cursor is a map of node to line number"))
+        }
+        None => None,
+    };
     let follow = cursors.is_some();
     let mut set = tokio::task::JoinSet::new();
     for (n, addr) in nodes {
         let mut opts = json!({ "svcname": svc, "local": true, "backlog": backlog });
         let mut cursor = None;
         if let Some(c) = &cursors {
-            let at = c.get(&n).and_then(Value::as_u64).unwrap_or(0);
+            let at = c.get(&n).copied().unwrap_or(0);
             cursor = Some(at);
             opts["cursor"] = json!(at);
             opts["wait_ms"] = json!(wait.as_millis() as u64);
@@ -642,7 +610,12 @@ async fn service_logs(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
         });
     }
     let mut lines: Vec<log::LogLine> = Vec::new();
-    let mut cursor_out: Map<String, Value> = cursors.clone().unwrap_or_default();
+    let mut cursor_out: Map<String, Value> = cursors
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, at)| (n, json!(at)))
+        .collect();
     let mut errors = Map::new();
     let mut grace: Option<tokio::time::Instant> = None;
     loop {
@@ -697,12 +670,9 @@ async fn local_logs(
 
 /// `service_status`: the service, its instances with their nodes' states, and its progress
 /// towards `target` (default: its `global_expect`).
-fn service_status(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
-    let svc = req_str(o, "svcname")?.to_string();
-    let target = match opt_str(o, "target")? {
-        Some(t) => Some(t.parse::<GlobalExpect>().map_err(|e| bad(e.to_string()))?),
-        None => None,
-    };
+fn service_status(daemon: &Arc<Daemon>, o: options::ServiceStatus) -> Result<Value> {
+    let svc = o.svcname;
+    let target = o.target;
     let node = daemon.node()?;
     let mut state = node.read(|s| s.clone());
     let Some(service) = state.services.get(&svc).cloned() else {
@@ -764,12 +734,14 @@ fn service_status(daemon: &Arc<Daemon>, o: &Value) -> Result<Value> {
 }
 
 /// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.
-async fn job_action(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Value> {
-    if let Some(node) = opt_str(o, "node")? {
-        if node != daemon.name() {
-            return forward(daemon, node, action, o, Duration::from_secs(15)).await;
-        }
+async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> Result<Value> {
+    if let Some(node) = o.node.as_deref().filter(|n| *n != daemon.name()) {
+        return forward(daemon, node, action, &o, Duration::from_secs(15)).await;
     }
+    let id = || {
+        o.id.as_deref()
+            .ok_or_else(|| bad(format!("{action}: missing option id")))
+    };
     let jobs = local(daemon).jobs.clone();
     let err = |e: jobs::JobError| {
         let status = match e {
@@ -779,13 +751,13 @@ async fn job_action(daemon: &Arc<Daemon>, action: &str, o: &Value) -> Result<Val
         ActionError::new(status, e.to_string())
     };
     match action {
-        "job_list" => Ok(json!({ "node": daemon.name(), "jobs": jobs.list() })),
-        "job_show" => {
-            let (rec, out, err_text) = jobs.show(req_str(o, "id")?).map_err(err)?;
+        Action::JobList => Ok(json!({ "node": daemon.name(), "jobs": jobs.list() })),
+        Action::JobShow => {
+            let (rec, out, err_text) = jobs.show(id()?).map_err(err)?;
             Ok(json!({ "job": rec, "out": out, "err": err_text }))
         }
         _ => {
-            let rec = jobs.cancel(req_str(o, "id")?).map_err(err)?;
+            let rec = jobs.cancel(id()?).map_err(err)?;
             local(daemon)
                 .logs
                 .warn(&rec.svc, format!("job {} canceled", rec.id));

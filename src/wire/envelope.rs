@@ -26,30 +26,31 @@ use super::error::WireError;
 /// Maximum nesting depth accepted when decoding an envelope.
 pub const MAX_DEPTH: usize = 128;
 
-/// Response status codes; 0 is success, anything else is an error.
+/// Response status codes on the wire; 0 is success, anything else is an error. The typed
+/// view is [`crate::api::Status`], which documents each.
 pub mod status {
-    /// The request succeeded.
-    pub const OK: i32 = 0;
-    /// The handler failed; `error` says why.
-    pub const ERROR: i32 = 1;
-    /// The action is not known to the receiver.
-    pub const UNKNOWN_ACTION: i32 = 2;
-    /// The options are missing a field or hold a bad value.
-    pub const BAD_REQUEST: i32 = 3;
-    /// The sender is not allowed to run this action (a non-member asking for anything but `join`).
-    pub const FORBIDDEN: i32 = 4;
-    /// The request timestamp is outside the receiver's replay window (check the clocks).
-    pub const STALE: i32 = 5;
-    /// The envelope decrypted but its body could not be decoded.
-    pub const BAD_PAYLOAD: i32 = 6;
-    /// The handler panicked or the response could not be encoded.
-    pub const INTERNAL: i32 = 7;
-    /// The receiver cannot serve the request now (stopping, not leader, ...); retry later.
-    pub const UNAVAILABLE: i32 = 8;
-    /// A Raft RPC or forwarded proposal named another cluster or another target node than
-    /// the receiver (the sender's address book is wrong); the sender treats it as
-    /// unreachable.
-    pub const MISADDRESSED: i32 = 9;
+    use crate::api::Status;
+
+    /// See [`Status::Ok`].
+    pub const OK: i32 = Status::Ok.wire();
+    /// See [`Status::Error`].
+    pub const ERROR: i32 = Status::Error.wire();
+    /// See [`Status::UnknownAction`].
+    pub const UNKNOWN_ACTION: i32 = Status::UnknownAction.wire();
+    /// See [`Status::BadRequest`].
+    pub const BAD_REQUEST: i32 = Status::BadRequest.wire();
+    /// See [`Status::Forbidden`].
+    pub const FORBIDDEN: i32 = Status::Forbidden.wire();
+    /// See [`Status::Stale`].
+    pub const STALE: i32 = Status::Stale.wire();
+    /// See [`Status::BadPayload`].
+    pub const BAD_PAYLOAD: i32 = Status::BadPayload.wire();
+    /// See [`Status::Internal`].
+    pub const INTERNAL: i32 = Status::Internal.wire();
+    /// See [`Status::Unavailable`].
+    pub const UNAVAILABLE: i32 = Status::Unavailable.wire();
+    /// See [`Status::Misaddressed`].
+    pub const MISADDRESSED: i32 = Status::Misaddressed.wire();
 }
 
 /// The plaintext of every frame.

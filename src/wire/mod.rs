@@ -33,33 +33,3 @@ pub use fuzz::{fuzz_frame, fuzz_request};
 pub use io::{check_len, read_body, read_frame, read_len, write_empty, write_frame, EMPTY_PACKET};
 pub use keyring::{Decrypted, Keyring, Opened};
 pub use replay::{ReplayGuard, DEFAULT_REPLAY_WINDOW_MS};
-
-/// Every action name of protocol v1 (OpenSVC's names, plus the Raft RPCs).
-pub const ACTIONS: &[&str] = &[
-    "daemon_status",
-    "daemon_stop",
-    "daemon_start",
-    "daemon_shutdown",
-    "blacklist_status",
-    "blacklist_clear",
-    "join",
-    "leave",
-    "set_node_monitor",
-    "get_node_monitor",
-    "set_service_monitor",
-    "get_service_monitor",
-    "clear",
-    "get_service_config",
-    "set_service_config",
-    "service_action",
-    "service_logs",
-    "service_status",
-    "job_list",
-    "job_show",
-    "job_cancel",
-    "events",
-    "raft_append",
-    "raft_vote",
-    "raft_snapshot",
-    "raft_propose",
-];

@@ -1,0 +1,190 @@
+//! The agent API as types, shared by the daemon (which serves it) and the CLI and peers
+//! (which call it), the way openraft's examples share their request types.
+//!
+//! - [`Action`]: every action name of the protocol, parsed once at the edge.
+//! - [`Status`]: the response status codes.
+//! - [`ApiError`]: a failed call: a status and a message for the operator.
+//! - [`options`]: one options struct per action, decoded with serde so that a missing or
+//!   malformed option is a `BAD_REQUEST` naming the option.
+//! - [`ApiRequest`]: ties an options struct to its action and its reply type, for the
+//!   typed calls ([`crate::control::ControlClient::call`], [`crate::daemon::peers::Peers::call_typed`]).
+//!
+//! The bytes on the wire do not change: a request is still `{action, options}` and a
+//! response `{status, data, error}` (docs/PROTOCOL.md).
+
+pub mod action;
+pub mod options;
+
+pub use action::Action;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Response status codes (docs/PROTOCOL.md section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(i32)]
+pub enum Status {
+    /// The request succeeded.
+    Ok = 0,
+    /// The handler failed; `error` says why.
+    Error = 1,
+    /// The action is not known to the receiver.
+    UnknownAction = 2,
+    /// The options are missing a field or hold a bad value.
+    BadRequest = 3,
+    /// The sender may not run this action.
+    Forbidden = 4,
+    /// The request timestamp is outside the receiver's replay window.
+    Stale = 5,
+    /// The envelope decrypted but its body could not be decoded.
+    BadPayload = 6,
+    /// The handler panicked or the response could not be encoded.
+    Internal = 7,
+    /// The receiver cannot serve the request now; retry later.
+    Unavailable = 8,
+    /// A Raft RPC or forwarded proposal named another cluster or target than the receiver.
+    Misaddressed = 9,
+}
+
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: &'static [Status] = &[
+        Status::Ok,
+        Status::Error,
+        Status::UnknownAction,
+        Status::BadRequest,
+        Status::Forbidden,
+        Status::Stale,
+        Status::BadPayload,
+        Status::Internal,
+        Status::Unavailable,
+        Status::Misaddressed,
+    ];
+
+    /// The code on the wire.
+    pub const fn wire(self) -> i32 {
+        self as i32
+    }
+
+    /// The status of a wire code; `None` for a handler-specific code.
+    pub fn from_code(code: i32) -> Option<Status> {
+        Status::ALL.iter().copied().find(|s| s.wire() == code)
+    }
+}
+
+/// A failed call: a status code and a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Response status code (see [`Status`]).
+    pub status: i32,
+    /// What went wrong, and what to do about it when we know.
+    pub message: String,
+}
+
+/// A status as a [`Status`] or as a raw wire code (a peer's answer, kept as it came).
+pub trait StatusCode {
+    /// The code on the wire.
+    fn code(self) -> i32;
+}
+
+impl StatusCode for Status {
+    fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+impl StatusCode for i32 {
+    fn code(self) -> i32 {
+        self
+    }
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: impl StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status.code(),
+            message: message.into(),
+        }
+    }
+
+    /// A `BAD_REQUEST`.
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(Status::BadRequest, message)
+    }
+
+    /// Whether this error has status `s`.
+    pub fn is(&self, s: Status) -> bool {
+        self.status == s.wire()
+    }
+}
+
+impl From<raft::ProposeError> for ApiError {
+    fn from(e: raft::ProposeError) -> ApiError {
+        use raft::ProposeError as P;
+        let status = match &e {
+            P::NotLeader { .. } | P::Stopped(_) | P::MembershipBusy(_) => Status::Unavailable,
+            P::Rejected(_) | P::Membership(_) => Status::Error,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// An options struct that is the request of one action, with the type of its reply.
+pub trait ApiRequest: Serialize {
+    /// The action this request is sent as.
+    const ACTION: Action;
+    /// What a successful answer's `data` decodes to.
+    type Reply: DeserializeOwned;
+}
+
+/// Decodes the options of `action` into its struct; a serde error (which names the field)
+/// becomes a `BAD_REQUEST`.
+pub fn parse<T: DeserializeOwned>(action: Action, options: Value) -> Result<T, ApiError> {
+    let options = match options {
+        Value::Null => Value::Object(serde_json::Map::new()),
+        other => other,
+    };
+    serde_json::from_value(options).map_err(|e| ApiError::bad(format!("{action}: {e}")))
+}
+
+/// Encodes a reply as the `data` of a response.
+pub fn reply<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::new(Status::Internal, e.to_string()))
+}
+
+/// Decodes the `data` of a successful answer to `action`.
+pub fn decode_reply<T: DeserializeOwned>(action: Action, data: Value) -> Result<T, ApiError> {
+    serde_json::from_value(data)
+        .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_are_the_documented_ones() {
+        let codes: Vec<i32> = Status::ALL.iter().map(|s| s.wire()).collect();
+        assert_eq!(codes, (0..=9).collect::<Vec<_>>());
+        assert_eq!(Status::from_code(9), Some(Status::Misaddressed));
+        assert_eq!(Status::from_code(42), None);
+    }
+
+    #[test]
+    fn a_bad_option_names_the_option() {
+        let e = parse::<options::SetNodeMonitor>(
+            Action::SetNodeMonitor,
+            serde_json::json!({"status": "sleeping"}),
+        )
+        .unwrap_err();
+        assert!(e.is(Status::BadRequest));
+        assert!(e.message.contains("node monitor status"), "{e}");
+        assert!(e.message.contains("idle"), "{e}");
+        let e = parse::<options::ServiceRef>(Action::GetServiceConfig, serde_json::json!({}))
+            .unwrap_err();
+        assert!(e.message.contains("svcname"), "{e}");
+    }
+}

@@ -1,0 +1,384 @@
+//! One options struct per action (several actions share one where their options are the
+//! same), decoded with serde: a missing or malformed option is a `BAD_REQUEST` naming the
+//! option, a value outside a closed set names the allowed values. Options a struct does
+//! not list are ignored, as docs/PROTOCOL.md promises; `null` means absent.
+
+use raft::node::Committed;
+use raft::state::GlobalExpect;
+use raft::state::LocalExpect;
+use raft::state::MonitorStatus;
+use raft::state::NodeExpect;
+use raft::state::NodeStatus;
+use serde::Deserialize;
+use serde::Deserializer;
+use serde::Serialize;
+
+use super::Action;
+use super::ApiRequest;
+
+/// A `bool` option where `null` or absence mean `false`.
+fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// `daemon_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DaemonStatus {
+    /// Only this node's own view (what peers ask each other).
+    #[serde(deserialize_with = "flag")]
+    pub local: bool,
+}
+
+/// `daemon_stop`, `daemon_start`, `daemon_shutdown`: the whole daemon, or one thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThreadRef {
+    /// One of the daemon's threads (listener, raft, monitor, scheduler, watcher, control).
+    pub thread_id: Option<String>,
+}
+
+/// `daemon_inject_fault` (control socket, testing aid).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectFault {
+    /// The thread to crash.
+    pub thread_id: String,
+    /// With `raft`: stop the Raft core itself, as an openraft fatal error does.
+    #[serde(default, deserialize_with = "flag")]
+    pub fatal: bool,
+}
+
+/// `check_listener_addr` (control socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckListenerAddr {
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl ApiRequest for CheckListenerAddr {
+    const ACTION: Action = Action::CheckListenerAddr;
+    type Reply = AddrFree;
+}
+
+/// The answer to [`CheckListenerAddr`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrFree {
+    /// The address asked about.
+    pub addr: String,
+    /// Always true in a successful answer (a taken address is an error naming its holder).
+    pub free: bool,
+}
+
+/// `join` on the control socket: make this node join the cluster `node` belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinCluster {
+    /// The cluster secret.
+    pub secret: String,
+    /// A member: `name` (port 1214) or `host:port`.
+    pub node: String,
+}
+
+/// `join` over the wire: admit `node` (or, from a member naming itself, its new address).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admit {
+    /// The joiner's name (must be the sender's for a non-member).
+    pub node: String,
+    /// Its listener address (`host:port`); default: the frame's source IP and `port`.
+    pub addr: Option<String>,
+    /// Its listener port, when `addr` is absent.
+    pub port: Option<u16>,
+    /// The Raft id of its new store, in decimal (JSON tools round 64-bit integers).
+    pub id: Option<String>,
+}
+
+/// `leave`: this node leaves, or `node` is evicted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Leave {
+    /// The member to remove (default, on the control socket: this node).
+    pub node: Option<String>,
+    /// Allow a removal that leaves a single voter.
+    #[serde(deserialize_with = "flag")]
+    pub force: bool,
+}
+
+/// The answer to [`Leave`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    /// The node removed.
+    pub left: String,
+}
+
+impl ApiRequest for Leave {
+    const ACTION: Action = Action::Leave;
+    type Reply = Left;
+}
+
+/// `set_node_monitor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetNodeMonitor {
+    /// The node (default: the receiver).
+    pub node: Option<String>,
+    /// New monitor status.
+    pub status: Option<NodeStatus>,
+    /// New local expectation.
+    pub local_expect: Option<NodeExpect>,
+    /// Frozen or thawed.
+    pub frozen: Option<bool>,
+}
+
+impl ApiRequest for SetNodeMonitor {
+    const ACTION: Action = Action::SetNodeMonitor;
+    type Reply = Committed;
+}
+
+/// `get_node_monitor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRef {
+    /// One node (default: all).
+    pub node: Option<String>,
+}
+
+/// `set_service_monitor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetServiceMonitor {
+    /// The service.
+    pub svcname: String,
+    /// The instance's node, for `status` and `local_expect`.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// New instance monitor status.
+    #[serde(default)]
+    pub status: Option<MonitorStatus>,
+    /// New instance local expectation.
+    #[serde(default)]
+    pub local_expect: Option<LocalExpect>,
+    /// New global expectation.
+    #[serde(default)]
+    pub global_expect: Option<GlobalExpect>,
+    /// Forget the restart counts.
+    #[serde(default, deserialize_with = "flag")]
+    pub reset_retries: bool,
+}
+
+impl ApiRequest for SetServiceMonitor {
+    const ACTION: Action = Action::SetServiceMonitor;
+    type Reply = Committed;
+}
+
+/// `get_service_monitor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceFilter {
+    /// One service (default: all).
+    pub svcname: Option<String>,
+}
+
+/// `clear`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clear {
+    /// The service.
+    pub svcname: String,
+    /// One node's instance (default: all).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl ApiRequest for Clear {
+    const ACTION: Action = Action::Clear;
+    type Reply = Committed;
+}
+
+/// `get_service_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// The service.
+    pub svcname: String,
+}
+
+impl ApiRequest for ServiceRef {
+    const ACTION: Action = Action::GetServiceConfig;
+    type Reply = ServiceConfig;
+}
+
+/// The answer to `get_service_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceConfig {
+    /// The service.
+    pub svcname: String,
+    /// Its config text.
+    pub config: String,
+    /// Its config version.
+    pub version: u64,
+}
+
+/// `set_service_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetServiceConfig {
+    /// The service.
+    pub svcname: String,
+    /// The new config text (not with `delete`).
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Refuse unless the current version is this one.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Refuse if the service exists.
+    #[serde(default, deserialize_with = "flag")]
+    pub create: bool,
+    /// Delete the service.
+    #[serde(default, deserialize_with = "flag")]
+    pub delete: bool,
+}
+
+impl ApiRequest for SetServiceConfig {
+    const ACTION: Action = Action::SetServiceConfig;
+    type Reply = Committed;
+}
+
+/// An instance action's argv: a list, or (for hand-typed requests) one space-separated
+/// string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Argv {
+    /// `["start", "--rid", "app#1"]`.
+    List(Vec<String>),
+    /// `"start --rid app#1"`.
+    Line(String),
+}
+
+impl Argv {
+    /// The words, or `None` when there are none.
+    pub fn words(&self) -> Option<Vec<String>> {
+        let words: Vec<String> = match self {
+            Argv::List(v) => v.clone(),
+            Argv::Line(s) => s.split_whitespace().map(str::to_string).collect(),
+        };
+        (!words.is_empty()).then_some(words)
+    }
+}
+
+/// `service_action`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAction {
+    /// The service.
+    pub svcname: String,
+    /// The action and its arguments.
+    #[serde(default)]
+    pub command: Option<Argv>,
+    /// Wait for the result (default) or run it as a job.
+    #[serde(default)]
+    pub sync: Option<bool>,
+    /// The node to run it on (default: the receiver).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// `service_logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceLogs {
+    /// The service.
+    pub svcname: String,
+    /// Lines per node before the cursor (default 50).
+    #[serde(default)]
+    pub backlog: Option<u64>,
+    /// One node's lines only.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// This node's lines only (what nodes ask each other).
+    #[serde(default, deserialize_with = "flag")]
+    pub local: bool,
+    /// Lines after this cursor.
+    #[serde(default)]
+    pub cursor: Option<LogCursor>,
+    /// Long-poll this long for new lines (at most 60 000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// Where a log reader stands: a line number on one node (with `local`), or one per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogCursor {
+    /// This node's lines after this one.
+    At(u64),
+    /// Each node's lines after its number.
+    PerNode(std::collections::BTreeMap<String, u64>),
+}
+
+/// `service_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// The service.
+    pub svcname: String,
+    /// A global_expect to report progress towards.
+    #[serde(default)]
+    pub target: Option<GlobalExpect>,
+}
+
+/// `job_list`, `job_show`, `job_cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Jobs {
+    /// The node whose jobs (default: the receiver).
+    pub node: Option<String>,
+    /// The job (show, cancel).
+    pub id: Option<String>,
+}
+
+/// `events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Events {
+    /// Events after this sequence number.
+    pub since: Option<u64>,
+    /// Long-poll this long for new events (at most 60 000).
+    pub wait_ms: Option<u64>,
+}
+
+/// The answer to a wire [`Admit`] of a new node: what the joiner writes into node.conf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The cluster it joins.
+    pub cluster: ClusterSection,
+    /// `listener.*` parameters every member shares.
+    pub listener: std::collections::BTreeMap<String, String>,
+    /// The leader that admitted it.
+    pub leader: String,
+}
+
+/// node.conf's `[cluster]` as a joiner receives it (the secret it has already).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSection {
+    /// `cluster.name`.
+    pub name: String,
+    /// `cluster.nodes`, the joiner included.
+    pub nodes: Vec<String>,
+}
+
+/// The answer to a wire [`Admit`] from a member naming itself: its new address recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrRecorded {
+    /// The member.
+    pub node: String,
+    /// Its listener address now.
+    pub addr: String,
+}
+
+/// The answer to [`JoinCluster`] once this node reset its Raft state and is catching up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its members, this node included.
+    pub nodes: Vec<String>,
+    /// The leader that admitted this node.
+    pub leader: String,
+}
+
+impl ApiRequest for JoinCluster {
+    const ACTION: Action = Action::Join;
+    type Reply = Joined;
+}
