@@ -999,3 +999,90 @@ async fn a_client_does_not_race_the_idle_close() {
     }
     assert_eq!(c.local_addr(), local);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forger_at_a_members_address_cannot_cut_its_established_connection() {
+    let fx = Fixture::start_with(ListenerConfig {
+        blacklist_ttl: Duration::from_millis(800),
+        ..config(0)
+    })
+    .await;
+    // The real n1, connected and authenticated.
+    let n1 = fx.client("n1", LO1);
+    assert!(n1.request("echo", json!({}), T).await.unwrap().is_ok());
+    // Someone on the same address sends garbage under n1's name until it is blacklisted.
+    let forged = Keyring::new("test", "guess");
+    for i in 1..=6u64 {
+        let wait = if i <= 5 {
+            T
+        } else {
+            Duration::from_millis(100)
+        };
+        one_shot(
+            &fx,
+            LO1,
+            &request_frame(&forged, "n1", i, "x", json!({})),
+            wait,
+        )
+        .await;
+    }
+    wait_for("the pair is blacklisted", || {
+        fx.listener.blacklist().is_blacklisted("n1", LO1)
+    })
+    .await;
+    // n1's established connection is still served...
+    for _ in 0..3 {
+        assert!(n1.request("echo", json!({}), T).await.unwrap().is_ok());
+    }
+    // ...a new connection under its name from that address is not, until the entry expires.
+    let f = request_frame(&fx.keyring, "n1", 99, "echo", json!({}));
+    let r = one_shot(&fx, LO1, &f, Duration::from_millis(200)).await;
+    assert!(matches!(r, Read::Nothing), "dropped while blacklisted");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = one_shot(&fx, LO1, &f, T).await;
+    assert!(
+        matches!(r, Read::Frame(99, ref resp) if resp.is_ok()),
+        "served after expiry"
+    );
+    assert_eq!(fx.listener.blacklist().summary(), json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_frames_are_refused_but_do_not_blacklist_their_sender() {
+    let fx = Fixture::start().await;
+    let captured = request_frame(&fx.keyring, "n2", 7, "echo", json!({}));
+    assert!(matches!(
+        one_shot(&fx, LO1, &captured, T).await,
+        Read::Frame(7, _)
+    ));
+    for _ in 0..10 {
+        one_shot(&fx, LO1, &captured, Duration::from_millis(50)).await;
+    }
+    wait_for("replays refused", || fx.rejected(ErrorKind::Replayed) == 10).await;
+    assert!(!fx.listener.blacklist().is_blacklisted("n2", LO1));
+    assert_eq!(fx.listener.blacklist().summary(), json!({}));
+    let c = fx.client("n2", LO1);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_names_take_one_entry_per_address() {
+    let fx = Fixture::start().await;
+    let forged = Keyring::new("test", "guess");
+    for i in 0..200u64 {
+        let name = format!("fake{i}");
+        let f = request_frame(&forged, &name, i, "x", json!({}));
+        one_shot(&fx, LO2, &f, Duration::from_millis(20)).await;
+    }
+    // 16 names of their own, then everything else from 127.0.0.2 in one shared entry.
+    let entries = fx.listener.blacklist().entries();
+    assert_eq!(
+        entries.len(),
+        om::listener::blacklist::NAMES_PER_ADDR + 1,
+        "{entries:?}"
+    );
+    assert!(fx.listener.blacklist().is_blacklisted("*", LO2));
+    // Members, even from that address, are still served.
+    let c = fx.client("n3", LO2);
+    assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
+}

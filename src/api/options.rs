@@ -382,3 +382,12 @@ impl ApiRequest for JoinCluster {
     const ACTION: Action = Action::Join;
     type Reply = Joined;
 }
+
+/// `blacklist_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlacklistStatus {
+    /// Per-address detail and expiry instead of the seed's `{sender: count}`.
+    #[serde(deserialize_with = "flag")]
+    pub detail: bool,
+}

@@ -183,8 +183,12 @@ pub enum DaemonCmd {
 /// `om node daemon blacklist ...`
 #[derive(Debug, Subcommand)]
 pub enum BlacklistCmd {
-    /// Show the blacklisted senders and their invalid frame counts.
-    Status,
+    /// Show the senders and their counts of consecutive invalid frames.
+    Status {
+        /// Per source address, with whether it is blacklisted and when that expires.
+        #[arg(long)]
+        detail: bool,
+    },
     /// Empty the blacklist.
     Clear,
 }
@@ -435,11 +439,13 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             Ok(())
         }
         DaemonCmd::Blacklist { cmd } => {
-            let action = match cmd {
-                BlacklistCmd::Status => "blacklist_status",
-                BlacklistCmd::Clear => "blacklist_clear",
+            let (action, options) = match cmd {
+                BlacklistCmd::Status { detail } => {
+                    ("blacklist_status", json!({ "detail": detail }))
+                }
+                BlacklistCmd::Clear => ("blacklist_clear", json!({})),
             };
-            let data = call(paths, action, json!({}), t).await?;
+            let data = call(paths, action, options, t).await?;
             print(format, &data, |d| {
                 serde_json::to_string_pretty(d).unwrap_or_default() + "\n"
             });

@@ -170,6 +170,11 @@ pub const PARAMS: &[Param] = &[
         help: "a frame not complete this long after its first byte closes the connection",
     },
     Param {
+        key: "listener.blacklist_ttl",
+        default: "10m",
+        help: "a blacklisted (sender, address) pair is served again this long after its last invalid frame",
+    },
+    Param {
         key: "listener.idle_timeout",
         default: "300s",
         help: "a connection without any frame for this long is closed",
@@ -222,6 +227,8 @@ pub struct NodeConfig {
     pub frame_timeout: Duration,
     /// `listener.idle_timeout`.
     pub idle_timeout: Duration,
+    /// `listener.blacklist_ttl`.
+    pub blacklist_ttl: Duration,
     /// `cluster.name` (empty before bootstrap or join).
     pub cluster_name: String,
     /// `cluster.secret` (empty before bootstrap or join).
@@ -283,6 +290,7 @@ impl NodeConfig {
             handshake_timeout: duration(&get("listener.handshake_timeout")).expect("validated"),
             frame_timeout: duration(&get("listener.frame_timeout")).expect("validated"),
             idle_timeout: duration(&get("listener.idle_timeout")).expect("validated"),
+            blacklist_ttl: duration(&get("listener.blacklist_ttl")).expect("validated"),
             cluster_name: get("cluster.name"),
             secret: get("cluster.secret"),
             nodes: get("cluster.nodes")
@@ -347,7 +355,10 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         {
             bad("expected a duration such as 5s, 500ms or 1m")
         }
-        "listener.handshake_timeout" | "listener.frame_timeout" | "listener.idle_timeout"
+        "listener.handshake_timeout"
+        | "listener.frame_timeout"
+        | "listener.idle_timeout"
+        | "listener.blacklist_ttl"
             if duration(value).is_none_or(|d| d.is_zero()) =>
         {
             bad("expected a positive duration such as 10s, 500ms or 5m")

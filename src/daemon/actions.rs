@@ -130,7 +130,15 @@ impl Daemon {
                     free: true,
                 })
             }
-            Action::BlacklistStatus => Ok(self.listener.blacklist().status()),
+            Action::BlacklistStatus => {
+                let opts: options::BlacklistStatus = api::parse(action, o)?;
+                let bl = self.listener.blacklist();
+                Ok(if opts.detail {
+                    bl.status()
+                } else {
+                    bl.summary()
+                })
+            }
             Action::BlacklistClear => {
                 let cleared = self.listener.blacklist().blacklisted_count();
                 self.listener.blacklist().clear();

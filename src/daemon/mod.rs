@@ -868,6 +868,7 @@ pub fn listener_config(cfg: &NodeConfig) -> ListenerConfig {
         handshake_timeout: cfg.handshake_timeout,
         frame_timeout: cfg.frame_timeout,
         idle_timeout: cfg.idle_timeout,
+        blacklist_ttl: cfg.blacklist_ttl,
         ..ListenerConfig::default()
     }
 }

@@ -1,30 +1,47 @@
 //! Blacklist of (sender nodename, source address) pairs that sent invalid frames.
 //!
 //! A pair that sends [`BLACKLIST_THRESHOLD`] consecutive invalid frames is blacklisted; its
-//! later frames are dropped before any crypto, until an operator clears the blacklist
-//! (`om node daemon blacklist clear`) — entries do not expire by themselves, as in OpenSVC.
-//! A valid frame from a pair that is not blacklisted resets its count. Keying by source
-//! address too means a forger using a member's name from another address only gets its own
-//! pair blacklisted, never the member's.
+//! later frames on new connections are dropped before any crypto, until the entry expires
+//! (`listener.blacklist_ttl`, default 10 minutes: a misconfigured peer, a clock skew or a
+//! secret rotated node by node must not cut a member off for good) or an operator clears
+//! the blacklist (`om node daemon blacklist clear`). A valid frame from a pair that is not
+//! blacklisted resets its count.
 //!
-//! Memory is bounded: at most [`MAX_TRACKED`] pairs are tracked. When the table is full,
-//! the pairs that are counting but not blacklisted are forgotten first; if every tracked
-//! pair is blacklisted, new pairs are not tracked (their frames are still refused one by one,
-//! only not blacklisted).
+//! What a forger cannot do with it:
+//! - get a member dropped from another address: the key includes the source address;
+//! - cut a member's established connection: the listener does not apply the blacklist to
+//!   the sender a connection has already authenticated (see the listener);
+//! - count toward it with captured traffic: replayed and stale frames are refused but not
+//!   counted (the listener counts only frames that fail for lack of the key or that a
+//!   key holder sent malformed);
+//! - fill the table and slow every frame down: each source address tracks at most
+//!   [`NAMES_PER_ADDR`] names of non-members individually (past that, they share one
+//!   entry for the address, so made-up names cost one slot), the table holds at most
+//!   [`MAX_TRACKED`] pairs, and every operation is a map lookup: a full table is swept of
+//!   expired entries at most once a second, and otherwise new pairs are not tracked.
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Consecutive invalid frames that get a (sender, address) pair blacklisted.
 pub const BLACKLIST_THRESHOLD: u32 = 5;
 /// Most (sender, address) pairs tracked at once.
 pub const MAX_TRACKED: usize = 65_536;
+/// Non-member names tracked one by one per source address; the rest share one entry.
+pub const NAMES_PER_ADDR: usize = 16;
+/// Default of `listener.blacklist_ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// The shared entry of an address's untracked non-member names.
+const ANY_NAME: &str = "*";
+/// How often a full table is swept of expired entries, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// One tracked (sender, address) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairState {
     /// Consecutive invalid frames (stops growing at the threshold).
     pub count: u32,
@@ -32,12 +49,14 @@ pub struct PairState {
     pub blacklisted: bool,
     /// Frames dropped without decryption since it was blacklisted.
     pub dropped: u64,
+    /// The last invalid frame (or the blacklisting): the entry expires a TTL after it.
+    last: Instant,
 }
 
 /// A row of [`Blacklist::entries`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlacklistEntry {
-    /// Sender nodename as announced in the frame header.
+    /// Sender nodename as announced in the frame header (`*`: an address's other names).
     pub sender: String,
     /// Source address of the TCP connection.
     pub addr: IpAddr,
@@ -45,13 +64,21 @@ pub struct BlacklistEntry {
     pub state: PairState,
 }
 
+#[derive(Debug)]
+struct Table {
+    pairs: BTreeMap<(String, IpAddr), PairState>,
+    names_per_addr: BTreeMap<IpAddr, usize>,
+    last_sweep: Option<Instant>,
+}
+
 /// Thread-safe blacklist shared by all connections of a listener (and across restarts).
 #[derive(Debug)]
 pub struct Blacklist {
     threshold: u32,
     max_tracked: usize,
+    ttl: Mutex<Duration>,
     tracked: AtomicUsize,
-    pairs: Mutex<BTreeMap<String, BTreeMap<IpAddr, PairState>>>,
+    table: Mutex<Table>,
 }
 
 impl Default for Blacklist {
@@ -66,29 +93,78 @@ impl Blacklist {
         Blacklist {
             threshold: threshold.max(1),
             max_tracked,
+            ttl: Mutex::new(DEFAULT_TTL),
             tracked: AtomicUsize::new(0),
-            pairs: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(Table {
+                pairs: BTreeMap::new(),
+                names_per_addr: BTreeMap::new(),
+                last_sweep: None,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<IpAddr, PairState>>> {
-        self.pairs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sets how long an entry lives after its last invalid frame (`listener.blacklist_ttl`).
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self.ttl.lock().unwrap_or_else(|p| p.into_inner()) = ttl;
     }
 
-    fn recount(&self, map: &BTreeMap<String, BTreeMap<IpAddr, PairState>>) {
-        let n = map.values().map(|m| m.len()).sum();
-        self.tracked.store(n, Ordering::Release);
+    fn ttl(&self) -> Duration {
+        *self.ttl.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether frames from this pair must be dropped; counts the drop when so.
-    pub fn check_and_count_drop(&self, sender: &str, addr: IpAddr) -> bool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key a frame from `sender` at `addr` counts under: its own pair when tracked (or
+    /// when there is room for it, or when it is a member), else the address's shared entry.
+    fn key(&self, t: &Table, sender: &str, addr: IpAddr, member: bool) -> (String, IpAddr) {
+        let own = (sender.to_owned(), addr);
+        if member || t.pairs.contains_key(&own) {
+            return own;
+        }
+        if t.names_per_addr.get(&addr).copied().unwrap_or(0) < NAMES_PER_ADDR {
+            own
+        } else {
+            (ANY_NAME.to_owned(), addr)
+        }
+    }
+
+    fn remove(&self, t: &mut Table, key: &(String, IpAddr)) {
+        if t.pairs.remove(key).is_some() {
+            self.tracked.fetch_sub(1, Ordering::AcqRel);
+            if key.0 != ANY_NAME {
+                if let Some(n) = t.names_per_addr.get_mut(&key.1) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.names_per_addr.remove(&key.1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The live state of `key`: an expired entry is removed and reads as absent.
+    fn live(&self, t: &mut Table, key: &(String, IpAddr), now: Instant) -> Option<PairState> {
+        let st = *t.pairs.get(key)?;
+        if now.duration_since(st.last) > self.ttl() {
+            self.remove(t, key);
+            return None;
+        }
+        Some(st)
+    }
+
+    /// Whether frames from this pair must be dropped; counts the drop when so. `member`:
+    /// whether `sender` is a cluster member (members never share an address's entry).
+    pub fn check_and_count_drop(&self, sender: &str, addr: IpAddr, member: bool) -> bool {
         if self.tracked.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let mut map = self.lock();
-        match map.get_mut(sender).and_then(|m| m.get_mut(&addr)) {
+        let mut t = self.lock();
+        let key = self.key(&t, sender, addr, member);
+        match self.live(&mut t, &key, Instant::now()) {
             Some(st) if st.blacklisted => {
-                st.dropped += 1;
+                t.pairs.get_mut(&key).expect("live").dropped += 1;
                 true
             }
             _ => false,
@@ -100,40 +176,65 @@ impl Blacklist {
         self.get(sender, addr).is_some_and(|s| s.blacklisted)
     }
 
-    /// The state of one pair, if tracked.
+    /// The state of one pair, if tracked and not expired.
     pub fn get(&self, sender: &str, addr: IpAddr) -> Option<PairState> {
-        self.lock().get(sender).and_then(|m| m.get(&addr)).copied()
+        let mut t = self.lock();
+        self.live(&mut t, &(sender.to_owned(), addr), Instant::now())
+    }
+
+    /// Removes expired entries when the table is full, at most once per [`SWEEP_EVERY`].
+    fn sweep_if_full(&self, t: &mut Table, now: Instant) {
+        if self.tracked.load(Ordering::Acquire) < self.max_tracked {
+            return;
+        }
+        if t.last_sweep
+            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+        {
+            return;
+        }
+        t.last_sweep = Some(now);
+        let ttl = self.ttl();
+        let expired: Vec<(String, IpAddr)> = t
+            .pairs
+            .iter()
+            .filter(|(_, st)| now.duration_since(st.last) > ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.remove(t, k);
+        }
     }
 
     /// Counts an invalid frame; returns true when this frame got the pair blacklisted.
-    pub fn record_invalid(&self, sender: &str, addr: IpAddr) -> bool {
-        let mut map = self.lock();
-        let known = map.get(sender).is_some_and(|m| m.contains_key(&addr));
-        if !known && self.tracked.load(Ordering::Acquire) >= self.max_tracked {
-            for m in map.values_mut() {
-                m.retain(|_, st| st.blacklisted);
-            }
-            map.retain(|_, m| !m.is_empty());
-            self.recount(&map);
+    pub fn record_invalid(&self, sender: &str, addr: IpAddr, member: bool) -> bool {
+        let now = Instant::now();
+        let mut t = self.lock();
+        let key = self.key(&t, sender, addr, member);
+        let known = self.live(&mut t, &key, now).is_some();
+        if !known {
+            self.sweep_if_full(&mut t, now);
             if self.tracked.load(Ordering::Acquire) >= self.max_tracked {
                 return false;
             }
+            if key.0 != ANY_NAME {
+                *t.names_per_addr.entry(addr).or_default() += 1;
+            }
+            self.tracked.fetch_add(1, Ordering::AcqRel);
         }
-        let st = map
-            .entry(sender.to_owned())
-            .or_default()
-            .entry(addr)
-            .or_default();
+        let threshold = self.threshold;
+        let st = t.pairs.entry(key).or_insert(PairState {
+            count: 0,
+            blacklisted: false,
+            dropped: 0,
+            last: now,
+        });
         if st.blacklisted {
             return false;
         }
-        st.count = (st.count + 1).min(self.threshold);
-        st.blacklisted = st.count >= self.threshold;
-        let newly = st.blacklisted;
-        if !known {
-            self.tracked.fetch_add(1, Ordering::AcqRel);
-        }
-        newly
+        st.count = (st.count + 1).min(threshold);
+        st.blacklisted = st.count >= threshold;
+        st.last = now;
+        st.blacklisted
     }
 
     /// Resets the count of a pair after a valid frame (a blacklisted pair stays blacklisted).
@@ -141,75 +242,84 @@ impl Blacklist {
         if self.tracked.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut map = self.lock();
-        let Some(m) = map.get_mut(sender) else {
-            return;
-        };
-        if m.get(&addr).is_some_and(|st| !st.blacklisted) {
-            m.remove(&addr);
-            if m.is_empty() {
-                map.remove(sender);
-            }
-            self.tracked.fetch_sub(1, Ordering::AcqRel);
+        let mut t = self.lock();
+        let key = (sender.to_owned(), addr);
+        if t.pairs.get(&key).is_some_and(|st| !st.blacklisted) {
+            self.remove(&mut t, &key);
         }
     }
 
     /// Empties the blacklist (`om node daemon blacklist clear`).
     pub fn clear(&self) {
-        let mut map = self.lock();
-        map.clear();
+        let mut t = self.lock();
+        t.pairs.clear();
+        t.names_per_addr.clear();
         self.tracked.store(0, Ordering::Release);
     }
 
-    /// Number of blacklisted pairs.
+    /// Number of blacklisted pairs (expired ones included until they are next looked at).
     pub fn blacklisted_count(&self) -> usize {
-        self.lock()
-            .values()
-            .flat_map(|m| m.values())
-            .filter(|s| s.blacklisted)
+        self.entries()
+            .iter()
+            .filter(|e| e.state.blacklisted)
             .count()
     }
 
-    /// All tracked pairs, ordered by sender then address.
+    /// All live pairs, ordered by sender then address.
     pub fn entries(&self) -> Vec<BlacklistEntry> {
+        let ttl = self.ttl();
+        let now = Instant::now();
         self.lock()
+            .pairs
             .iter()
-            .flat_map(|(sender, m)| {
-                m.iter().map(move |(addr, st)| BlacklistEntry {
-                    sender: sender.clone(),
-                    addr: *addr,
-                    state: *st,
-                })
+            .filter(|(_, st)| now.duration_since(st.last) <= ttl)
+            .map(|((sender, addr), st)| BlacklistEntry {
+                sender: sender.clone(),
+                addr: *addr,
+                state: *st,
             })
             .collect()
     }
 
-    /// Data of `blacklist_status`: per sender nodename, its highest count, whether any of
-    /// its addresses is blacklisted, and the per-address detail.
+    /// Data of `blacklist_status` (the seed's shape): each sender nodename with its
+    /// highest count of consecutive invalid frames, e.g. `{"node1": 1, "node2": 5}`.
+    pub fn summary(&self) -> Value {
+        let mut out: BTreeMap<String, u32> = BTreeMap::new();
+        for e in self.entries() {
+            let c = out.entry(e.sender).or_default();
+            *c = (*c).max(e.state.count);
+        }
+        json!(out)
+    }
+
+    /// Data of `blacklist_status` with `detail`: per sender nodename, its highest count,
+    /// whether any of its addresses is blacklisted, when that expires, and the per-address
+    /// detail.
     ///
     /// ```text
-    /// {"node2": {"count": 5, "blacklisted": true,
+    /// {"node2": {"count": 5, "blacklisted": true, "expires_in_s": 598,
     ///            "addrs": {"10.0.0.2": {"count": 5, "blacklisted": true, "dropped": 12}}}}
     /// ```
     pub fn status(&self) -> Value {
-        let map = self.lock();
+        let ttl = self.ttl();
+        let now = Instant::now();
         let mut out = Map::new();
-        for (sender, addrs) in map.iter() {
-            let mut a = Map::new();
-            let mut count = 0;
-            let mut any = false;
-            for (addr, st) in addrs {
-                count = count.max(st.count);
-                any |= st.blacklisted;
-                a.insert(
-                    addr.to_string(),
-                    json!({"count": st.count, "blacklisted": st.blacklisted, "dropped": st.dropped}),
-                );
+        for e in self.entries() {
+            let row = out
+                .entry(e.sender.clone())
+                .or_insert_with(|| json!({"count": 0, "blacklisted": false, "addrs": {}}));
+            let st = e.state;
+            if st.count > row["count"].as_u64().unwrap_or(0) as u32 {
+                row["count"] = json!(st.count);
             }
-            out.insert(
-                sender.clone(),
-                json!({"count": count, "blacklisted": any, "addrs": a}),
-            );
+            if st.blacklisted {
+                row["blacklisted"] = json!(true);
+                let left = ttl.saturating_sub(now.duration_since(st.last)).as_secs();
+                let shortest = row["expires_in_s"].as_u64().map_or(left, |s| s.min(left));
+                row["expires_in_s"] = json!(shortest);
+            }
+            row["addrs"][e.addr.to_string()] =
+                json!({"count": st.count, "blacklisted": st.blacklisted, "dropped": st.dropped});
         }
         Value::Object(out)
     }
@@ -226,13 +336,13 @@ mod tests {
     fn five_consecutive_invalid_blacklist_a_pair() {
         let bl = Blacklist::default();
         for i in 1..=4 {
-            assert!(!bl.record_invalid("n1", A));
+            assert!(!bl.record_invalid("n1", A, true));
             assert_eq!(bl.get("n1", A).unwrap().count, i);
         }
-        assert!(!bl.check_and_count_drop("n1", A));
-        assert!(bl.record_invalid("n1", A));
-        assert!(bl.check_and_count_drop("n1", A));
-        assert!(bl.check_and_count_drop("n1", A));
+        assert!(!bl.check_and_count_drop("n1", A, true));
+        assert!(bl.record_invalid("n1", A, true));
+        assert!(bl.check_and_count_drop("n1", A, true));
+        assert!(bl.check_and_count_drop("n1", A, true));
         assert_eq!(bl.get("n1", A).unwrap().dropped, 2);
         assert!(!bl.is_blacklisted("n1", B));
         assert_eq!(bl.blacklisted_count(), 1);
@@ -241,7 +351,7 @@ mod tests {
         assert_eq!(st["n1"]["blacklisted"], true);
         assert_eq!(st["n1"]["addrs"]["127.0.0.1"]["dropped"], 2);
         bl.clear();
-        assert!(!bl.check_and_count_drop("n1", A));
+        assert!(!bl.check_and_count_drop("n1", A, true));
         assert_eq!(bl.status(), json!({}));
     }
 
@@ -249,12 +359,12 @@ mod tests {
     fn a_valid_frame_resets_the_count() {
         let bl = Blacklist::default();
         for _ in 0..4 {
-            bl.record_invalid("n1", A);
+            bl.record_invalid("n1", A, true);
         }
         bl.record_valid("n1", A);
         assert_eq!(bl.get("n1", A), None);
         for _ in 0..4 {
-            assert!(!bl.record_invalid("n1", A));
+            assert!(!bl.record_invalid("n1", A, true));
         }
         assert!(!bl.is_blacklisted("n1", A));
         assert_eq!(bl.status()["n1"]["count"], 4);
@@ -264,30 +374,61 @@ mod tests {
     fn pairs_are_independent() {
         let bl = Blacklist::default();
         for _ in 0..10 {
-            bl.record_invalid("n1", B);
+            bl.record_invalid("n1", B, true);
         }
         assert!(bl.is_blacklisted("n1", B));
         assert!(!bl.is_blacklisted("n1", A));
-        assert!(!bl.check_and_count_drop("n1", A));
+        assert!(!bl.check_and_count_drop("n1", A, true));
     }
 
     #[test]
     fn table_is_bounded_and_keeps_blacklisted_pairs() {
         let bl = Blacklist::new(2, 4);
-        bl.record_invalid("bad", A);
-        bl.record_invalid("bad", A);
+        bl.record_invalid("bad", A, false);
+        bl.record_invalid("bad", A, false);
         for i in 0..10 {
-            bl.record_invalid(&format!("n{i}"), A);
+            bl.record_invalid(&format!("n{i}"), A, true);
         }
         assert!(bl.entries().len() <= 4);
         assert!(bl.is_blacklisted("bad", A));
         let bl = Blacklist::new(1, 2);
-        bl.record_invalid("x", A);
-        bl.record_invalid("y", A);
+        bl.record_invalid("x", A, true);
+        bl.record_invalid("y", A, true);
         assert!(
-            !bl.record_invalid("z", A),
+            !bl.record_invalid("z", A, true),
             "table full of blacklisted pairs"
         );
         assert_eq!(bl.entries().len(), 2);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let bl = Blacklist::new(2, 100);
+        bl.set_ttl(Duration::from_millis(50));
+        bl.record_invalid("n1", A, true);
+        bl.record_invalid("n1", A, true);
+        assert!(bl.check_and_count_drop("n1", A, true));
+        assert_eq!(bl.summary(), json!({"n1": 2}));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!bl.check_and_count_drop("n1", A, true), "expired");
+        assert_eq!(bl.summary(), json!({}));
+        assert!(!bl.record_invalid("n1", A, true), "counting again from 1");
+    }
+
+    #[test]
+    fn made_up_names_share_one_entry_per_address_but_members_do_not() {
+        let bl = Blacklist::new(5, 1000);
+        for i in 0..10_000 {
+            bl.record_invalid(&format!("fake{i}"), A, false);
+        }
+        // 16 names of their own, then one shared entry for the address.
+        assert_eq!(bl.entries().len(), NAMES_PER_ADDR + 1);
+        assert!(bl.is_blacklisted(ANY_NAME, A));
+        // Another made-up name from that address is dropped through the shared entry...
+        assert!(bl.check_and_count_drop("fake-new", A, false));
+        // ...but a member from the same address is not.
+        assert!(!bl.check_and_count_drop("n1", A, true));
+        bl.record_invalid("n1", A, true);
+        assert_eq!(bl.get("n1", A).map(|s| s.count), Some(1));
     }
 }

@@ -140,6 +140,9 @@ pub struct ListenerConfig {
     /// Time without any frame after which an authenticated connection is closed, unless
     /// requests of it are running (`listener.idle_timeout`, default 300 s).
     pub idle_timeout: Duration,
+    /// How long a blacklist entry lives after its last invalid frame
+    /// (`listener.blacklist_ttl`, default 10 minutes).
+    pub blacklist_ttl: Duration,
     /// Bytes the frame buffers of all not-yet-authenticated connections may hold together
     /// (default [`DEFAULT_UNAUTH_BUDGET`]; not a node.conf parameter).
     pub unauth_budget: usize,
@@ -158,6 +161,7 @@ impl Default for ListenerConfig {
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            blacklist_ttl: blacklist::DEFAULT_TTL,
             unauth_budget: DEFAULT_UNAUTH_BUDGET,
         }
     }
@@ -342,6 +346,7 @@ impl Listener {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_window_ms(config.replay_window.as_millis() as u64);
+        self.shared.blacklist.set_ttl(config.blacklist_ttl);
         let max_conns = conn_cap(config.max_conns);
         let run = Arc::new(Run {
             gate: Gate::new(max_conns, config.max_conns_per_addr),
@@ -553,6 +558,7 @@ async fn serve_conn(
         wr: Some(wr),
         tx: None,
         writer: None,
+        trusted: None,
     };
     let mut end = conn.frames(&mut rd, false).await;
     if end == End::Authenticated {
@@ -572,6 +578,10 @@ struct Conn {
     tx: Option<mpsc::Sender<Vec<u8>>>,
     writer: Option<AbortOnDrop>,
     inflight: Arc<Semaphore>,
+    /// The sender this connection authenticated as (its first dispatched frame): the
+    /// blacklist does not apply to it here, so a forger's garbage on other connections
+    /// cannot cut a member's established connection.
+    trusted: Option<String>,
 }
 
 /// A frame read, with what it holds of the unauthenticated budget.
@@ -596,7 +606,10 @@ impl Conn {
                 self.shared.handler.dequeue_actions();
                 continue;
             }
-            match self.shared.validate(&mut frame, self.peer) {
+            match self
+                .shared
+                .validate(&mut frame, self.peer, self.trusted.as_deref())
+            {
                 Verdict::Drop => {}
                 Verdict::Close => return End::Graceful,
                 Verdict::Reply(reqid, resp, member) => {
@@ -608,6 +621,9 @@ impl Conn {
                 }
                 Verdict::Dispatch(ctx, req) => {
                     drop((frame, charge));
+                    if self.trusted.is_none() {
+                        self.trusted = Some(ctx.sender.clone());
+                    }
                     if !self.dispatch(ctx, req).await {
                         return End::Abort;
                     }
@@ -867,9 +883,17 @@ impl Shared {
     fn invalid(&self, sender: &str, ip: IpAddr, e: &WireError) {
         self.metrics.reject(e.kind());
         tracing::debug!(sender, %ip, error = %e, "invalid frame");
-        if self.blacklist.record_invalid(sender, ip) {
+        let member = self.members.is_member(sender);
+        if self.blacklist.record_invalid(sender, ip, member) {
             Metrics::incr(&self.metrics.blacklisted);
-            tracing::warn!(sender, %ip, "blacklisted after {BLACKLIST_THRESHOLD} consecutive invalid frames");
+            tracing::warn!(
+                sender,
+                %ip,
+                "blacklisted after {BLACKLIST_THRESHOLD} consecutive invalid frames; its new \
+                 connections are dropped until the entry expires or `om node daemon \
+                 blacklist clear` is run on {}",
+                self.nodename
+            );
         }
     }
 
@@ -882,7 +906,7 @@ impl Shared {
         )
     }
 
-    fn validate(&self, frame: &mut Frame, peer: SocketAddr) -> Verdict {
+    fn validate(&self, frame: &mut Frame, peer: SocketAddr, trusted: Option<&str>) -> Verdict {
         let ip = peer.ip();
         let sender = match frame.sender() {
             Ok(s) => s,
@@ -891,11 +915,11 @@ impl Shared {
                 return Verdict::Drop;
             }
         };
-        if self.blacklist.check_and_count_drop(sender, ip) {
+        let mut member = self.members.is_member(sender);
+        if trusted != Some(sender) && self.blacklist.check_and_count_drop(sender, ip, member) {
             Metrics::incr(&self.metrics.dropped_blacklisted);
             return Verdict::Drop;
         }
-        let mut member = self.members.is_member(sender);
         Metrics::incr(&self.metrics.decrypt_attempts);
         let keyring = self.keyring_for(member);
         // A frame from a member's name that the cluster key does not open may be a new
@@ -988,7 +1012,10 @@ impl Shared {
         e: WireError,
         member: bool,
     ) -> Verdict {
-        self.invalid(sender, ip, &e);
+        // Refused, but not counted toward the blacklist: anyone who captured traffic can
+        // replay it, and a clock skew makes a member's frames stale.
+        self.metrics.reject(e.kind());
+        tracing::debug!(sender, %ip, error = %e, "replayed or stale frame");
         match e {
             WireError::Stale { .. } => Verdict::Reply(
                 reqid,
