@@ -40,6 +40,43 @@ pub enum ControlError {
     BadAnswer(String),
 }
 
+/// Takes this root for one daemon: an exclusive lock on `var/run/om.pid`, which then holds
+/// this process's id. Held until the returned file is dropped (or the process dies, so a
+/// killed daemon leaves no stale lock). Taken before the store is opened: a second daemon
+/// is told who holds the root instead of failing on sled's own lock seconds later.
+pub fn lock_root(paths: &Paths) -> Result<std::fs::File, DaemonError> {
+    use std::io::Read;
+    use std::io::Seek;
+    use std::io::Write;
+    let file = paths.pid_file();
+    let err = |e: std::io::Error| DaemonError::Control {
+        path: file.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(paths.run_dir()).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&file)
+        .map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = f.read_to_string(&mut text);
+            let pid = text.trim().parse().unwrap_or(0);
+            return Err(DaemonError::AlreadyRunning { pid });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    f.set_len(0).map_err(err)?;
+    f.rewind().map_err(err)?;
+    write!(f, "{}", std::process::id()).map_err(err)?;
+    Ok(f)
+}
+
 /// Refuses to start a second daemon on the same root; removes a stale socket.
 pub fn check_not_running(paths: &Paths) -> Result<(), DaemonError> {
     let sock = paths.control_socket();
