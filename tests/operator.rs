@@ -244,3 +244,33 @@ async fn join_errors_say_what_happened() {
         .unwrap_err();
     assert!(e.contains("this node's own listener"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_blacklisted_by_wrong_secrets_is_told_how_to_clear_it() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 2, None).unwrap();
+    c.start_all().await.unwrap();
+    let secret = om::config::NodeConfig::load(&c.nodes[0].paths.node_conf())
+        .unwrap()
+        .1
+        .secret;
+    let wrong = json!({
+        "secret": "not-the-secret-but-long-enough-0123456789",
+        "node": c.nodes[0].addr(),
+    });
+    for _ in 0..om::listener::BLACKLIST_THRESHOLD {
+        let e = c.nodes[1].call("join", wrong.clone(), T).await.unwrap_err();
+        assert!(e.contains("the secret is wrong"), "{e}");
+    }
+    // Now even the right secret goes unanswered: the message says why and what to run.
+    let right = json!({ "secret": secret, "node": c.nodes[0].addr() });
+    let e = c.nodes[1].call("join", right, T).await.unwrap_err();
+    assert!(e.contains("probably blacklisted"), "{e}");
+    assert!(e.contains("om node daemon blacklist clear"), "{e}");
+    c.nodes[0]
+        .call("blacklist_clear", json!({}), T)
+        .await
+        .unwrap();
+    om::cli::local::join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut |_| {})
+        .await
+        .expect("joins once the blacklist is cleared");
+}
