@@ -61,15 +61,26 @@ pub fn lock_root(paths: &Paths) -> Result<std::fs::File, DaemonError> {
         .truncate(false)
         .open(&file)
         .map_err(err)?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = f.read_to_string(&mut text);
-            let pid = text.trim().parse().unwrap_or(0);
-            return Err(DaemonError::AlreadyRunning { pid });
+    // A holder that answers on the control socket is running: refused at once. One that
+    // does not is starting or stopping (`restart` starts us while the old process still
+    // closes its store after removing its socket): give it a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let answers =
+                    std::os::unix::net::UnixStream::connect(paths.control_socket()).is_ok();
+                if answers || std::time::Instant::now() >= deadline {
+                    let mut text = String::new();
+                    let _ = f.read_to_string(&mut text);
+                    let pid = text.trim().parse().unwrap_or(0);
+                    return Err(DaemonError::AlreadyRunning { pid });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
     }
     f.set_len(0).map_err(err)?;
     f.rewind().map_err(err)?;
