@@ -40,6 +40,54 @@ pub enum ControlError {
     BadAnswer(String),
 }
 
+/// Takes this root for one daemon: an exclusive lock on `var/run/om.pid`, which then holds
+/// this process's id. Held until the returned file is dropped (or the process dies, so a
+/// killed daemon leaves no stale lock). Taken before the store is opened: a second daemon
+/// is told who holds the root instead of failing on sled's own lock seconds later.
+pub fn lock_root(paths: &Paths) -> Result<std::fs::File, DaemonError> {
+    use std::io::Read;
+    use std::io::Seek;
+    use std::io::Write;
+    let file = paths.pid_file();
+    let err = |e: std::io::Error| DaemonError::Control {
+        path: file.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(paths.run_dir()).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&file)
+        .map_err(err)?;
+    // A holder that answers on the control socket is running: refused at once. One that
+    // does not is starting or stopping (`restart` starts us while the old process still
+    // closes its store after removing its socket): give it a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let answers =
+                    std::os::unix::net::UnixStream::connect(paths.control_socket()).is_ok();
+                if answers || std::time::Instant::now() >= deadline {
+                    let mut text = String::new();
+                    let _ = f.read_to_string(&mut text);
+                    let pid = text.trim().parse().unwrap_or(0);
+                    return Err(DaemonError::AlreadyRunning { pid });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+    }
+    f.set_len(0).map_err(err)?;
+    f.rewind().map_err(err)?;
+    write!(f, "{}", std::process::id()).map_err(err)?;
+    Ok(f)
+}
+
 /// Refuses to start a second daemon on the same root; removes a stale socket.
 pub fn check_not_running(paths: &Paths) -> Result<(), DaemonError> {
     let sock = paths.control_socket();

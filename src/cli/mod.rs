@@ -68,6 +68,8 @@ pub enum Top {
     },
     /// Measure committed commands per second, latency and failover time.
     Bench(bench::BenchArgs),
+    /// Print om's version.
+    Version,
     /// `om <svc> ...`: service commands (`om <svc> --help`).
     #[command(external_subcommand)]
     Svc(Vec<String>),
@@ -206,6 +208,9 @@ impl From<crate::control::ControlError> for CliError {
 
 type Result<T> = std::result::Result<T, CliError>;
 
+/// Exit code of a command line that names no command (clap's code for usage errors).
+const USAGE_EXIT: i32 = 2;
+
 /// Parses the command line and runs it; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -217,6 +222,12 @@ pub fn main() -> i32 {
         builder.worker_threads(n);
     }
     let rt = builder.enable_all().build().expect("tokio runtime");
+    if let Top::Svc(args) = &cli.cmd {
+        if let Some(hint) = rt.block_on(mistyped_command(&Paths::new(&cli.root), args)) {
+            eprintln!("om: {hint}");
+            return USAGE_EXIT;
+        }
+    }
     match rt.block_on(run(cli)) {
         Ok(()) => 0,
         Err(e) => {
@@ -224,6 +235,74 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Levenshtein distance between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// What the operator probably meant by a first word clap took for a service name: a
+/// top-level command within edit distance 2, or a `node daemon` / `node` command typed
+/// without its prefix. `None` when nothing is close.
+pub fn command_suggestion(word: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let top = Cli::command();
+    let names = |c: &clap::Command| -> Vec<String> {
+        c.get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .chain(c.has_subcommands().then(|| "help".to_string()))
+            .collect()
+    };
+    let close = names(&top)
+        .into_iter()
+        .map(|n| (edit_distance(word, &n), n))
+        .filter(|(d, _)| *d <= 2)
+        .min();
+    if let Some((_, name)) = close {
+        return Some(name);
+    }
+    let node = top.find_subcommand("node")?;
+    let daemon = node.find_subcommand("daemon")?;
+    if daemon.find_subcommand(word).is_some() {
+        return Some(format!("node daemon {word}"));
+    }
+    node.find_subcommand(word).map(|_| format!("node {word}"))
+}
+
+/// `Some(message)` when `om WORD ...` names no service and WORD looks like a mistyped
+/// command: running it as a service command would only say the service does not exist.
+async fn mistyped_command(paths: &Paths, args: &[String]) -> Option<String> {
+    let word = args.first()?;
+    // Creating is how a service with such a name comes to exist.
+    if args.get(1).is_some_and(|a| a == "create") {
+        return None;
+    }
+    let suggestion = command_suggestion(word)?;
+    // A service may carry a name close to a command: it wins. Without a daemon there is
+    // no service to run anyway, so the hint is the useful answer.
+    let exists = ControlClient::new(paths)
+        .request(
+            "get_service_config",
+            json!({ "svcname": word }),
+            Duration::from_secs(5),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+    (!exists).then(|| format!("unknown command {word}; did you mean {suggestion}?"))
 }
 
 type ReloadHandle =
@@ -241,7 +320,11 @@ fn init_tracing(level: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter_for(level));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // In the background stderr is om.log: colour codes there would only garble it.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
@@ -266,6 +349,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Top::Demo { exit, nodes } => demo::run(nodes, exit).await,
         Top::Bench(args) => bench::run(args, format).await,
+        Top::Version => {
+            let version = env!("CARGO_PKG_VERSION");
+            print(format, &json!({ "version": version }), |_| {
+                format!("{version}\n")
+            });
+            Ok(())
+        }
         Top::Node {
             cmd: NodeCmd::Events { follow },
         } => events(&paths, follow, format).await,
@@ -362,10 +452,11 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf())
                 .map_err(|e| CliError(e.to_string()))?;
             init_tracing(&cfg.log_level);
+            let _root_lock =
+                crate::control::lock_root(paths).map_err(|e| CliError(e.to_string()))?;
             let daemon = crate::daemon::Daemon::open(paths.clone())
                 .await
                 .map_err(|e| CliError(e.to_string()))?;
-            tracing::info!(node = %daemon.name(), root = %paths.root.display(), "daemon running");
             daemon.run().await.map_err(|e| CliError(e.to_string()))
         }
         DaemonCmd::Start {
@@ -478,9 +569,11 @@ async fn start_background(paths: &Paths) -> Result<()> {
         .append(true)
         .open(&log)
         .map_err(|e| CliError(format!("{}: {e}", log.display())))?;
+    // Where this start's lines begin: older runs' errors are not this start's reason.
+    let offset = out.metadata().map(|m| m.len()).unwrap_or(0);
     let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(bin)
+    let mut child = std::process::Command::new(bin)
         .arg("--root")
         .arg(&paths.root)
         .args(["node", "daemon", "run"])
@@ -497,16 +590,67 @@ async fn start_background(paths: &Paths) -> Result<()> {
             eprintln!(" running; log: {}", log.display());
             return Ok(());
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!();
+            let reason =
+                start_failure(&log, offset).unwrap_or_else(|| "it printed no reason".to_string());
+            return Err(CliError(format!(
+                "the daemon exited at start ({status}): {reason}; log: {}",
+                log.display()
+            )));
+        }
         if Instant::now() >= deadline {
             eprintln!();
             return Err(CliError(format!(
-                "the daemon did not answer within 20s; see {}",
+                "the daemon (pid {}) did not answer within 20s; see {}",
+                child.id(),
                 log.display()
             )));
         }
         eprint!(".");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Why a daemon started in the background exited: from its lines of om.log (those after
+/// `offset`), the `om: ...` line its `main` printed last, else the last ERROR line, else
+/// the last line. ANSI colour codes are stripped (a log written by an older build).
+fn start_failure(log: &std::path::Path, offset: u64) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes[start..]));
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let pick = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("om: "))
+        .or_else(|| lines.iter().rev().find(|l| l.contains("ERROR")).copied())
+        .or_else(|| lines.last().copied())?;
+    Some(pick.to_string())
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn stop_and_wait(paths: &Paths, action: &str) -> Result<()> {

@@ -18,13 +18,41 @@ pub struct SyntaxError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Line {
-    Section(String),
+    Section {
+        name: String,
+        /// The line as read, printed back untouched.
+        raw: String,
+    },
     Entry {
         key: String,
         value: String,
+        /// The line as read; `None` once `set` changed it, so it is printed anew.
+        raw: Option<String>,
+        /// The inline comment with the whitespace before it (`"   # why"`): an edit keeps it.
+        comment: String,
     },
     /// Blank lines and comments, kept verbatim.
     Other(String),
+}
+
+/// Splits `text` at its inline comment: a `#` or `;` that follows whitespace. Returns the
+/// text before the whitespace and the comment with that whitespace.
+fn split_comment(text: &str) -> (&str, &str) {
+    let mut prev_ws = false;
+    for (i, c) in text.char_indices() {
+        if (c == '#' || c == ';') && prev_ws {
+            let head = text[..i].trim_end();
+            return (head, &text[head.len()..]);
+        }
+        prev_ws = c.is_whitespace();
+    }
+    (text, "")
+}
+
+/// Whether `value` would be cut short by [`IniDoc::parse`] (it holds an inline comment
+/// marker, or leading or trailing whitespace that parsing trims).
+pub fn value_survives(value: &str) -> bool {
+    split_comment(value).1.is_empty() && value.trim() == value
 }
 
 /// A parsed INI file that prints back as it was read, plus edits.
@@ -34,42 +62,67 @@ pub struct IniDoc {
 }
 
 impl IniDoc {
-    /// Parses `text`; keys before any section header are an error.
+    /// Parses `text`; keys before any section header are an error. A `#` or `;` at the
+    /// start of a line, or after whitespace anywhere on a line, starts a comment.
     pub fn parse(text: &str) -> Result<IniDoc, SyntaxError> {
         let mut lines = Vec::new();
         let mut in_section = false;
         for (i, raw) in text.lines().enumerate() {
             let t = raw.trim();
-            let err = |reason: &str| SyntaxError {
+            let err = |reason: String| SyntaxError {
                 line: i + 1,
-                reason: reason.to_string(),
+                reason,
             };
             if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
                 lines.push(Line::Other(raw.to_string()));
-            } else if let Some(rest) = t.strip_prefix('[') {
-                let name = rest
-                    .strip_suffix(']')
-                    .ok_or_else(|| err("section header without a closing ']'"))?
-                    .trim();
+                continue;
+            }
+            let body = split_comment(t).0;
+            if let Some(rest) = body.strip_prefix('[') {
+                // Section names are not secrets: they may be quoted in errors.
+                let Some(close) = rest.find(']') else {
+                    return Err(err(format!(
+                        "expected ']' to close the section header '[{rest}' \
+                         (a comment after it starts with ' #' or ' ;')"
+                    )));
+                };
+                if !rest[close + 1..].trim().is_empty() {
+                    return Err(err(format!(
+                        "expected the end of the line or a comment (' #' or ' ;') after \
+                         the section header '[{}]'",
+                        &rest[..close]
+                    )));
+                }
+                let name = rest[..close].trim();
                 if name.is_empty() {
-                    return Err(err("empty section name"));
+                    return Err(err("empty section name in '[]'".into()));
                 }
                 in_section = true;
-                lines.push(Line::Section(name.to_string()));
-            } else if let Some((k, v)) = t.split_once('=') {
-                if !in_section {
-                    return Err(err("key outside of a [section]"));
-                }
+                lines.push(Line::Section {
+                    name: name.to_string(),
+                    raw: raw.to_string(),
+                });
+            } else if let Some((k, v)) = body.split_once('=') {
                 let key = k.trim();
                 if key.is_empty() {
-                    return Err(err("empty key before '='"));
+                    return Err(err("expected a key before '='".into()));
+                }
+                if !in_section {
+                    return Err(err(format!(
+                        "key '{key}' comes before any '[section]' header"
+                    )));
                 }
                 lines.push(Line::Entry {
                     key: key.to_string(),
                     value: v.trim().to_string(),
+                    raw: Some(raw.to_string()),
+                    comment: split_comment(raw).1.to_string(),
                 });
             } else {
-                return Err(err("expected '[section]', 'key = value' or a comment"));
+                // The line itself is not quoted: it could be a misplaced secret.
+                return Err(err(
+                    "expected '[section]', 'key = value' or a comment".into()
+                ));
             }
         }
         Ok(IniDoc { lines })
@@ -81,8 +134,8 @@ impl IniDoc {
         let mut section = String::new();
         for l in &self.lines {
             match l {
-                Line::Section(s) => section = s.clone(),
-                Line::Entry { key, value } => {
+                Line::Section { name, .. } => section = name.clone(),
+                Line::Entry { key, value, .. } => {
                     out.push((section.clone(), key.clone(), value.clone()))
                 }
                 Line::Other(_) => {}
@@ -97,8 +150,8 @@ impl IniDoc {
         let mut found = None;
         for l in &self.lines {
             match l {
-                Line::Section(s) => current = s,
-                Line::Entry { key: k, value } if current == section && k == key => {
+                Line::Section { name, .. } => current = name,
+                Line::Entry { key: k, value, .. } if current == section && k == key => {
                     found = Some(value.as_str())
                 }
                 _ => {}
@@ -112,10 +165,29 @@ impl IniDoc {
     pub fn set(&mut self, section: &str, key: &str, value: &str) {
         let positions = self.positions(section, key);
         if let Some((&last, earlier)) = positions.split_last() {
-            self.lines[last] = Line::Entry {
-                key: key.to_string(),
-                value: value.to_string(),
-            };
+            if let Line::Entry {
+                value: v,
+                raw,
+                comment,
+                ..
+            } = &mut self.lines[last]
+            {
+                // The comment says what the key is for: it stays, at its column if it can.
+                let old = raw
+                    .take()
+                    .unwrap_or_else(|| format!("{key} = {v}{comment}"));
+                let text = comment.trim_start();
+                let col = old.len() - text.len();
+                let new_len = key.len() + 3 + value.len();
+                *comment = if text.is_empty() {
+                    String::new()
+                } else if new_len < col {
+                    format!("{}{text}", " ".repeat(col - new_len))
+                } else {
+                    format!(" {text}")
+                };
+                *v = value.to_string();
+            }
             for &i in earlier.iter().rev() {
                 self.lines.remove(i);
             }
@@ -124,14 +196,16 @@ impl IniDoc {
         let entry = Line::Entry {
             key: key.to_string(),
             value: value.to_string(),
+            raw: None,
+            comment: String::new(),
         };
         let mut current: Option<&str> = None;
         let mut insert_at = None;
         for (i, l) in self.lines.iter().enumerate() {
             match l {
-                Line::Section(s) => {
-                    current = Some(s);
-                    if s == section {
+                Line::Section { name, .. } => {
+                    current = Some(name);
+                    if name == section {
                         insert_at = Some(i + 1);
                     }
                 }
@@ -145,7 +219,10 @@ impl IniDoc {
                 if !self.lines.is_empty() {
                     self.lines.push(Line::Other(String::new()));
                 }
-                self.lines.push(Line::Section(section.to_string()));
+                self.lines.push(Line::Section {
+                    name: section.to_string(),
+                    raw: format!("[{section}]"),
+                });
                 self.lines.push(entry);
             }
         }
@@ -157,7 +234,7 @@ impl IniDoc {
         let mut out = Vec::new();
         for (i, l) in self.lines.iter().enumerate() {
             match l {
-                Line::Section(s) => current = s,
+                Line::Section { name, .. } => current = name,
                 Line::Entry { key: k, .. } if current == section && k == key => out.push(i),
                 _ => {}
             }
@@ -170,8 +247,8 @@ impl IniDoc {
         let mut current = String::new();
         let before = self.lines.len();
         self.lines.retain(|l| match l {
-            Line::Section(s) => {
-                current = s.clone();
+            Line::Section { name, .. } => {
+                current = name.clone();
                 true
             }
             Line::Entry { key: k, .. } => !(current == section && k == key),
@@ -185,8 +262,14 @@ impl fmt::Display for IniDoc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for l in &self.lines {
             match l {
-                Line::Section(s) => writeln!(f, "[{s}]")?,
-                Line::Entry { key, value } => writeln!(f, "{key} = {value}")?,
+                Line::Section { raw, .. } => writeln!(f, "{raw}")?,
+                Line::Entry { raw: Some(raw), .. } => writeln!(f, "{raw}")?,
+                Line::Entry {
+                    key,
+                    value,
+                    raw: None,
+                    comment,
+                } => writeln!(f, "{key} = {value}{comment}")?,
                 Line::Other(raw) => writeln!(f, "{raw}")?,
             }
         }
@@ -215,11 +298,51 @@ mod tests {
     }
 
     #[test]
-    fn syntax_errors_name_the_line() {
+    fn inline_comments_on_sections_and_values_survive_edits() {
+        let text = "[node]   # this host\nname = n1    # default: the hostname\n\
+                    split_action = stop       ; stop | none\n\
+                    [listener] ; the port\nport = 1214\nstart = a.sh;b.sh #c\n";
+        let mut doc = IniDoc::parse(text).unwrap();
+        assert_eq!(doc.to_string(), text, "an unedited document prints as read");
+        assert_eq!(doc.get("node", "name"), Some("n1"));
+        assert_eq!(doc.get("node", "split_action"), Some("stop"));
+        // A ';' or '#' inside a word is part of the value.
+        assert_eq!(doc.get("listener", "start"), Some("a.sh;b.sh"));
+        doc.set("node", "name", "n10");
+        doc.set("node", "split_action", "none");
+        assert_eq!(
+            doc.to_string(),
+            "[node]   # this host\nname = n10   # default: the hostname\n\
+             split_action = none       ; stop | none\n\
+             [listener] ; the port\nport = 1214\nstart = a.sh;b.sh #c\n"
+        );
+        // A value too long for the comment's column pushes the comment right.
+        doc.set("node", "name", "a-very-long-node-name");
+        assert!(doc
+            .to_string()
+            .contains("name = a-very-long-node-name # default: the hostname\n"));
+        assert!(value_survives("a;b") && !value_survives("a ;b") && !value_survives("a #"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_what_was_expected() {
         assert_eq!(
             IniDoc::parse("[node]\nname n1\n").unwrap_err().to_string(),
             "line 2: expected '[section]', 'key = value' or a comment"
         );
-        assert_eq!(IniDoc::parse("a = 1\n").unwrap_err().line, 1);
+        let e = IniDoc::parse("a = 1\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.reason.contains("before any '[section]'"), "{e}");
+        let e = IniDoc::parse("[node]\n[listener  # c\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("expected ']'"), "{e}");
+        let e = IniDoc::parse("[node] x\n").unwrap_err();
+        assert!(
+            e.reason.contains("after the section header '[node]'"),
+            "{e}"
+        );
+        // Without whitespace before it, '#' is not a comment: text follows the header.
+        assert!(IniDoc::parse("[node]#c\n").is_err());
+        assert!(IniDoc::parse("[node] #c\n").is_ok());
     }
 }

@@ -345,6 +345,10 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             reason: reason.to_string(),
         })
     };
+    if !ini::value_survives(value) {
+        // Written as is, the file would read back as another value.
+        return bad("a value cannot contain ' #' or ' ;' (they start a comment) nor begin or end with spaces");
+    }
     let name_ok = |v: &str| raft::apply::check_name("node", v).is_ok();
     match key {
         "node.name" if !value.is_empty() && !name_ok(value) => {

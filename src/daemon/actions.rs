@@ -23,6 +23,7 @@ use crate::api::action::Door;
 use crate::api::options;
 use crate::api::Action;
 use crate::wire::status as code;
+use crate::wire::ClientError;
 use crate::wire::ClientOptions;
 use crate::wire::Keyring;
 use crate::wire::Request;
@@ -310,32 +311,148 @@ impl Daemon {
         // Checked before anything is sent or wiped: the secret is written to node.conf last.
         crate::config::validate("cluster.secret", secret)
             .map_err(|e| ActionError::bad(e.to_string()))?;
-        let target = o.node.as_str();
-        let target = if target.contains(':') {
-            target.to_string()
-        } else {
-            format!("{target}:{}", crate::config::DEFAULT_PORT)
+        let given = o.node.as_str();
+        // Each failure below says what happened: the operator's next step differs for a
+        // typo, a dead member, a wrong secret and a blacklisted node.
+        let target = match given.rsplit_once(':') {
+            Some((host, port)) => {
+                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                    return Err(ActionError::bad(format!(
+                        "--node {given}: {port:?} is not a port (1..=65535): expected a member's \
+                         name or host:port"
+                    )));
+                }
+                if host.is_empty() {
+                    return Err(ActionError::bad(format!(
+                        "--node {given}: no host before the port: expected host:port"
+                    )));
+                }
+                given.to_string()
+            }
+            None => format!("{given}:{}", crate::config::DEFAULT_PORT),
         };
         let me = self.name();
         let cfg = self.config();
+        // Checked before resolving: a member's name may not resolve on this host. Only
+        // with a leader: a node evicted while it was down still lists its old cluster.
+        let members: Vec<raft::Member> = match self.node() {
+            Ok(node) if node.metrics().current_leader.is_some() => node
+                .metrics()
+                .membership_config
+                .nodes()
+                .map(|(_, m)| m.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let already = |resolved: &[SocketAddr]| -> Result<()> {
+            let is_target = |m: &raft::Member| {
+                m.name == given
+                    || m.addr == target
+                    || m.addr
+                        .parse::<SocketAddr>()
+                        .is_ok_and(|a| resolved.contains(&a))
+            };
+            if members.len() > 1 && members.iter().any(|m| m.name != me && is_target(m)) {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                return Err(ActionError::bad(format!(
+                    "this node is already a member of cluster {} with {given} (members: {}); \
+                     nothing to do (to move to another cluster, `om node daemon leave` first)",
+                    cfg.cluster_name,
+                    names.join(" ")
+                )));
+            }
+            Ok(())
+        };
+        already(&[])?;
+        let resolved: Vec<SocketAddr> =
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(&target))
+                .await
+            {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(e)) => {
+                    return Err(ActionError::bad(format!(
+                        "--node {given}: the name does not resolve ({e}); give a member's name \
+                         that resolves on this host, or its host:port"
+                    )))
+                }
+                Err(_) => {
+                    return Err(ActionError::bad(format!(
+                        "--node {given}: the name did not resolve within 5s; give the \
+                         member's host:port"
+                    )))
+                }
+            };
+        already(&resolved)?;
+        let bound = *self.bound.lock().unwrap();
+        if bound.is_some_and(|b| resolved.contains(&b)) {
+            return Err(ActionError::bad(format!(
+                "--node {given} is this node's own listener: name a member of the cluster to join"
+            )));
+        }
         // A node outside the cluster does not know its name: it seals with an empty one.
         let keyring = Keyring::new("", secret.as_bytes());
-        let client = ClientOptions::new(&target, keyring, me.clone()).build();
+        let connect = Duration::from_secs(5);
+        let client = ClientOptions::new(&target, keyring, me.clone())
+            .connect_timeout(connect)
+            .connect()
+            .await
+            .map_err(|e| {
+                let why = match &e {
+                    ClientError::Connect { source, .. }
+                        if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        format!(
+                            "nothing listens at {target} (connection refused): is om running \
+                             there, and is {} its listener.port?",
+                            target.rsplit_once(':').map_or("", |(_, p)| p)
+                        )
+                    }
+                    ClientError::Connect { source, .. } => {
+                        format!("{target} is unreachable: {source}")
+                    }
+                    ClientError::Timeout { .. } => format!(
+                        "{target} did not accept a connection within {connect:?}: the host is \
+                         down or unreachable, or a firewall drops the packets"
+                    ),
+                    other => other.to_string(),
+                };
+                ActionError::new(
+                    code::UNAVAILABLE,
+                    format!("cannot join through {given}: {why}"),
+                )
+            })?;
         // The store this node joins with is a new Raft member: a new id, sent with the
         // request and recorded once the cluster accepted it.
         let id = super::new_raft_id();
         let addr = (!cfg.listener_addr.is_unspecified()).then(|| cfg.advertised_addr());
         let options =
             json!({ "node": me, "port": cfg.listener_port, "addr": addr, "id": id.to_string() });
-        let resp = client
-            .request("join", options, Duration::from_secs(10))
-            .await
-            .map_err(|e| {
-                ActionError::new(
-                    code::UNAVAILABLE,
-                    format!("join request to {target} failed: {e} (a node closes the connection on frames it cannot decrypt: check the secret)"),
-                )
-            })?;
+        let answer = Duration::from_secs(10);
+        let resp = client.request("join", options, answer).await.map_err(|e| {
+            let blacklist = format!(
+                "after {} frames it cannot decrypt, a member drops this node's new \
+                 connections unanswered until the entry expires (listener.blacklist_ttl, 10m \
+                 by default) or `om node daemon blacklist clear` is run on it",
+                crate::listener::BLACKLIST_THRESHOLD
+            );
+            let why = match &e {
+                ClientError::Closed { .. } => format!(
+                    "{target} closed the connection without answering: a member does that to \
+                     frames it cannot decrypt, so the secret is wrong: check the secret (and \
+                     do not retry blindly: {blacklist})"
+                ),
+                ClientError::Timeout { .. } => format!(
+                    "{target} accepted the connection but did not answer within {answer:?}: \
+                     this node is probably blacklisted there ({blacklist}), or the member is \
+                     overloaded"
+                ),
+                other => other.to_string(),
+            };
+            ActionError::new(
+                code::UNAVAILABLE,
+                format!("cannot join through {given}: {why}"),
+            )
+        })?;
         if !resp.is_ok() {
             return Err(ActionError::new(
                 resp.status,

@@ -494,7 +494,6 @@ impl Daemon {
             path: self.paths.run_dir().display().to_string(),
             reason: e.to_string(),
         })?;
-        std::fs::write(self.paths.pid_file(), std::process::id().to_string()).ok();
         raise_fd_limit();
 
         // Bind once here so that a port in use is a start-up error, not a restart loop.
@@ -534,6 +533,13 @@ impl Daemon {
         self.threads.spawn(
             "raft",
             Arc::new(move |stop| Box::pin(d.clone().pump_events(stop))),
+        );
+        // Only now: an operator reading the log must not see "running" before a failed bind.
+        tracing::info!(
+            node = %self.name(),
+            root = %self.paths.root.display(),
+            listener = ?*self.bound.lock().unwrap(),
+            "daemon running"
         );
         crate::monitor::spawn(&self);
         let d = self.clone();

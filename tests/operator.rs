@@ -1,0 +1,276 @@
+//! Operating om for real, with real processes: `om node daemon start` fails fast with the
+//! reason, one daemon per root, a background om.log without colour codes, `om version`,
+//! mistyped commands, and join errors that say what happened.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+use om::cli::local::free_port;
+use om::cli::local::LocalCluster;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(15);
+
+fn om(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("OM_SECRET")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run om");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A node root with a node.conf on 127.0.0.1:`port`.
+fn root(port: u16) -> tempfile::TempDir {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = tempfile::Builder::new().prefix("om-op-").tempdir().unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.path().join("etc"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("etc/node.conf"),
+        format!("[node]\nname = op1\n\n[listener]\naddr = 127.0.0.1\nport = {port}\n"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Kills the background daemon of a root when the test ends, passed or not.
+struct Background<'a>(&'a Path);
+
+impl Background<'_> {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.0.join("var/run/om.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Background<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) with a pid this test's daemon wrote; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn start_fails_at_once_with_the_reason_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = root(port);
+    let _guard = Background(dir.path());
+    let t0 = Instant::now();
+    let (code, _, err) = om(dir.path(), &["node", "daemon", "start"]);
+    let took = t0.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("Address already in use"),
+        "the reason is printed: {err}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
+    let log = std::fs::read_to_string(dir.path().join("var/log/om.log")).unwrap();
+    assert!(
+        !log.contains("daemon running"),
+        "\"daemon running\" logged before the bind failed:\n{log}"
+    );
+
+    // A node.conf that does not parse: the line and what was expected, at once.
+    std::fs::write(
+        dir.path().join("etc/node.conf"),
+        "[node]\nname = op1\n[listener\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let (code, _, err) = om(dir.path(), &["node", "daemon", "start"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("expected ']'"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_per_root_its_log_has_no_colour_and_typos_get_a_hint() {
+    let port = free_port().unwrap();
+    let dir = root(port);
+    let r = dir.path();
+    let bg = Background(r);
+    let (code, _, err) = om(r, &["node", "daemon", "start"]);
+    assert_eq!(code, 0, "{err}");
+    let pid = bg.pid().expect("the daemon wrote its pid");
+
+    // A second daemon on the same root is told who holds it, at once.
+    let t0 = Instant::now();
+    let (code, out, err) = om(r, &["node", "daemon", "run"]);
+    assert_ne!(code, 0, "a second daemon ran: {out}{err}");
+    assert!(
+        err.contains(&format!(
+            "another daemon is running on this root (pid {pid})"
+        )),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{err}");
+
+    let log = std::fs::read_to_string(r.join("var/log/om.log")).unwrap();
+    assert!(log.contains("daemon running"), "{log}");
+    assert!(!log.contains("\x1b["), "ANSI codes in om.log:\n{log}");
+
+    // `om version`, as text and JSON.
+    let (code, out, _) = om(r, &["version"]);
+    assert_eq!((code, out.trim()), (0, env!("CARGO_PKG_VERSION")));
+    let (code, out, _) = om(r, &["--format", "json", "version"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, json!({ "version": env!("CARGO_PKG_VERSION") }));
+
+    // Typos of commands are not taken for a service name.
+    let (code, _, err) = om(r, &["nod", "status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown command nod; did you mean node?"),
+        "{err}"
+    );
+    let (code, _, err) = om(r, &["status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did you mean node daemon status?"), "{err}");
+    let (code, _, err) = om(r, &["demo1", "print", "config"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did you mean demo?"), "{err}");
+    // ... unless a service has that name: then it is the service.
+    let cfg = r.join("demo1.conf");
+    std::fs::write(&cfg, "[DEFAULT]\nnodes = *   # every member\n").unwrap();
+    let (code, _, err) = om(r, &["demo1", "create", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = om(r, &["demo1", "print", "config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nodes = *"), "{out}");
+    // A word far from every command is still a service name (which does not exist).
+    let (code, _, err) = om(r, &["webshop", "status"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, _, err) = om(r, &["node", "daemon", "stop"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_errors_say_what_happened() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 3, None).unwrap();
+    c.start_all().await.unwrap();
+    let secret = om::config::NodeConfig::load(&c.nodes[0].paths.node_conf())
+        .unwrap()
+        .1
+        .secret;
+    let join = |node: &str| json!({ "secret": secret, "node": node });
+    let n2 = &c.nodes[1];
+
+    // Nothing listens there.
+    let closed = free_port().unwrap();
+    let e = n2
+        .call("join", join(&format!("127.0.0.1:{closed}")), T)
+        .await
+        .unwrap_err();
+    assert!(e.contains("nothing listens at 127.0.0.1:"), "{e}");
+    assert!(e.contains("connection refused"), "{e}");
+
+    // Bad addresses are refused before anything is sent.
+    let e = n2
+        .call("join", join("127.0.0.1:99999"), T)
+        .await
+        .unwrap_err();
+    assert!(e.contains("\"99999\" is not a port"), "{e}");
+    let e = n2
+        .call("join", join("no-such-host.invalid"), T)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("does not resolve") && e.contains("host:port"),
+        "{e}"
+    );
+
+    // A wrong secret: said so, with the blacklist warning and the command to clear it.
+    let wrong = json!({
+        "secret": "not-the-secret-but-long-enough-0123456789",
+        "node": c.nodes[0].addr(),
+    });
+    let e = n2.call("join", wrong, T).await.unwrap_err();
+    assert!(e.contains("the secret is wrong"), "{e}");
+    assert!(e.contains("om node daemon blacklist clear"), "{e}");
+
+    // Through the CLI: the same message, no secret in it, exit code 1.
+    let (code, _, err) = om(
+        &n2.paths.root,
+        &[
+            "node",
+            "daemon",
+            "join",
+            "--secret",
+            &secret,
+            "--node",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a port"), "{err}");
+    assert!(!err.contains(&secret), "the secret was printed: {err}");
+
+    // A member asking to join its own cluster again is told it is one already.
+    om::cli::local::join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut |_| {})
+        .await
+        .unwrap();
+    for target in [c.nodes[0].addr(), "n1".to_string()] {
+        let e = c.nodes[1].call("join", join(&target), T).await.unwrap_err();
+        assert!(e.contains("already a member of cluster"), "{target}: {e}");
+    }
+    // Its own listener is not a cluster to join.
+    let e = c.nodes[2]
+        .call("join", join(&c.nodes[2].addr()), T)
+        .await
+        .unwrap_err();
+    assert!(e.contains("this node's own listener"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_blacklisted_by_wrong_secrets_is_told_how_to_clear_it() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 2, None).unwrap();
+    c.start_all().await.unwrap();
+    let secret = om::config::NodeConfig::load(&c.nodes[0].paths.node_conf())
+        .unwrap()
+        .1
+        .secret;
+    let wrong = json!({
+        "secret": "not-the-secret-but-long-enough-0123456789",
+        "node": c.nodes[0].addr(),
+    });
+    for _ in 0..om::listener::BLACKLIST_THRESHOLD {
+        let e = c.nodes[1].call("join", wrong.clone(), T).await.unwrap_err();
+        assert!(e.contains("the secret is wrong"), "{e}");
+    }
+    // Now even the right secret goes unanswered: the message says why and what to run.
+    let right = json!({ "secret": secret, "node": c.nodes[0].addr() });
+    let e = c.nodes[1].call("join", right, T).await.unwrap_err();
+    assert!(e.contains("probably blacklisted"), "{e}");
+    assert!(e.contains("om node daemon blacklist clear"), "{e}");
+    c.nodes[0]
+        .call("blacklist_clear", json!({}), T)
+        .await
+        .unwrap();
+    om::cli::local::join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut |_| {})
+        .await
+        .expect("joins once the blacklist is cleared");
+}
