@@ -68,6 +68,20 @@ pub struct Stats {
     pub shared_terms: u64,
     /// Log ids appended again with another entry (a restarted leader resuming its term).
     pub log_ids_reused: u64,
+    /// RPCs the network delivered to another node than the one at their address.
+    pub misdelivered: u64,
+    /// RPCs refused by an inbox as misaddressed, and replies a sender discarded as coming
+    /// from the wrong node or as refusals (the nodes' `RpcCounters`).
+    pub rpc_refused: u64,
+    pub rpc_misdelivered: u64,
+    /// Member addresses corrupted in Raft's membership, and repaired by an announcement.
+    pub addr_faults: u64,
+    pub addr_repairs: u64,
+    /// Restarts on a new listener address.
+    pub relistens: u64,
+    /// Proposals forwarded by a non-leader, and how many were sent twice.
+    pub forwarded: u64,
+    pub forwards_duplicated: u64,
     pub heal_leader_ms: u64,
     pub heal_commit_ms: u64,
     pub lin_ops: u64,
