@@ -328,8 +328,10 @@ impl World {
         let on_disk = openraft::RaftLogReader::try_get_log_entries(&mut log, ..)
             .await
             .map_err(|e| format!("{name}: reading the log: {e}"))?;
-        self.rec().on_start(idx, &on_disk);
         let restored = machine.read(|d| d.last_applied);
+        let config = machine.read(|d| d.membership.membership().get_joint_config().clone());
+        self.rec()
+            .on_start_state(idx, &on_disk, restored.map(|l| l.index), config);
         if let Some(at) = restored {
             let h = crate::check::state_hash(&machine);
             self.rec()
