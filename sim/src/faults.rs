@@ -288,7 +288,7 @@ pub async fn inject(w: Arc<World>, base: tokio::time::Instant, plan: Vec<(u64, F
                 let name = w.ident(i);
                 let fits = w
                     .leader()
-                    .is_some_and(|(_, l)| records_right(&w, &l) && spare(&l, &[&name]));
+                    .is_some_and(|(_, l)| records_right(&w, &l) && spare(&w, &l, &[&name]));
                 if !fits {
                     w.ev(
                         &w.names[i],
@@ -355,7 +355,7 @@ async fn corrupt_addr(w: Arc<World>, kind: AddrFault, a: u64, b: u64) {
         AddrFault::Swap => vec![&ma.name, &mb.name],
         _ => vec![&ma.name],
     };
-    if !records_right(&w, &leader) || !spare(&leader, &hit) {
+    if !records_right(&w, &leader) || !spare(&w, &leader, &hit) {
         w.ev(
             "op",
             format_args!("corrupt: skipped, the quorum needs {hit:?}"),
@@ -417,9 +417,17 @@ async fn corrupt_addr(w: Arc<World>, kind: AddrFault, a: u64, b: u64) {
 }
 
 /// Whether every half of the leader's configuration keeps a majority of voters the leader
-/// replicates to (itself, and those that acknowledged all it applied) without `names`.
-fn spare(leader: &raft::Node, names: &[&str]) -> bool {
+/// replicates to (itself, and those that acknowledged all it applied) without `names`, as
+/// far as a leader that recently heard from a quorum knows.
+fn spare(w: &World, leader: &raft::Node, names: &[&str]) -> bool {
     let m = leader.metrics();
+    // A leader cut off from the others still believes its last view of them: only trust one
+    // that a quorum acknowledged within an election timeout.
+    if m.millis_since_quorum_ack
+        .is_none_or(|ms| ms > w.cfg.election_min_ms)
+    {
+        return false;
+    }
     let applied = m.last_applied.map(|l| l.index);
     let membership = m.membership_config.membership();
     let healthy = |v: &u64| {
