@@ -54,6 +54,20 @@ pub enum MembershipError {
         /// Those voters' names.
         voters: String,
     },
+    /// The leader cannot remove itself from a configuration of two voters.
+    #[error("{node:?} leads a configuration of two voters; removing itself could lose the quorum for good: move the leadership to {voters} (or stop {node}) and leave through the new leader")]
+    LeaderSelfRemoval {
+        /// The leader asked to remove itself.
+        node: String,
+        /// The other voter.
+        voters: String,
+    },
+    /// The new configuration would have no quorum among the voters the leader reaches.
+    #[error("the new configuration would have no quorum among the members this leader reaches (not replicating: {lagging}); bring them back, or fix their address, first")]
+    Unreachable {
+        /// The voters the leader does not replicate to.
+        lagging: String,
+    },
     /// The learner did not catch up in time; it was removed again.
     #[error("{node} did not catch up within {after:?}; the learner was removed ({rollback})")]
     CatchUp {
@@ -223,6 +237,17 @@ impl Admission {
                 after: catch_up,
                 rollback: String::new(),
             })?;
+        let base: BTreeSet<NodeId> = node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        let mut after = base.clone();
+        after.insert(id);
+        wait_reachable(node, &[base, after], Some(id), catch_up).await?;
         node.add_voters(BTreeSet::from([id])).await?;
         let cmd = Command::Join {
             node: self.name.clone(),
@@ -248,8 +273,14 @@ impl Admission {
 }
 
 /// Leave or eviction (on the leader): removes `name` from Raft's voters and learners, then
-/// commits `Leave`. Refuses to go below two voters unless `force`, and never removes the
-/// last voter.
+/// commits `Leave`. Refuses to go below two voters unless `force`, never removes the last
+/// voter, never lets the leader remove itself from a two-voter configuration, and refuses a
+/// removal whose new configuration has no quorum among the members the leader reaches.
+///
+/// The voters counted are those of the configuration the change starts from: openraft
+/// computes a removal from the *last* half of a joint configuration (a change still in
+/// progress), so `[n1,n2,n3] + [n1,n3]` minus n1 is `[n1,n3] + [n3]`, one voter, although
+/// the union has three.
 pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), MembershipError> {
     let Some(id) = member_id(node, name) else {
         return Err(MembershipError::NotMember { node: name.into() });
@@ -258,19 +289,25 @@ pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), Membershi
     let membership = m.membership_config.membership();
     let in_raft = membership.get_node(&id).is_some();
     let in_state = node.read(|s| s.nodes.contains_key(name));
-    let voters: Vec<(NodeId, String)> = membership
-        .voter_ids()
-        .filter(|v| *v != id)
-        .map(|v| {
-            (
-                v,
-                membership
-                    .get_node(&v)
-                    .map_or(v.to_string(), |n| n.name.clone()),
-            )
-        })
+    let joint = membership.get_joint_config();
+    let base: BTreeSet<NodeId> = joint.last().cloned().unwrap_or_default();
+    let voter_name = |v: &NodeId| {
+        membership
+            .get_node(v)
+            .map_or(v.to_string(), |n| n.name.clone())
+    };
+    let voters: Vec<(NodeId, String)> = base
+        .iter()
+        .filter(|v| **v != id)
+        .map(|v| (*v, voter_name(v)))
         .collect();
-    let removes_voter = membership.voter_ids().any(|v| v == id);
+    let removes_voter = base.contains(&id);
+    let names = |vs: &[(NodeId, String)]| {
+        vs.iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     if removes_voter && (voters.is_empty() || (voters.len() < 2 && !force)) {
         if voters.is_empty() {
             return Err(CommandError::LastNode { node: name.into() }.into());
@@ -278,12 +315,24 @@ pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), Membershi
         return Err(MembershipError::LastVoters {
             node: name.into(),
             left: voters.len(),
-            voters: voters
-                .iter()
-                .map(|(_, n)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
+            voters: names(&voters),
         });
+    }
+    // The leader removing itself appends the final configuration, in which it is no voter,
+    // before anyone else has it. If it then loses power, it never campaigns again (it is not
+    // a voter in its own latest configuration), and it refuses its vote to the others (its
+    // log is longer); with two voters the other one cannot win without it: quorum lost for
+    // good (simulator seed 3708). With three or more, the others are a majority of the old
+    // configuration and elect a leader without it.
+    if removes_voter && id == node.id && voters.len() < 2 {
+        return Err(MembershipError::LeaderSelfRemoval {
+            node: name.into(),
+            voters: names(&voters),
+        });
+    }
+    if removes_voter {
+        let after: BTreeSet<NodeId> = voters.iter().map(|(v, _)| *v).collect();
+        wait_reachable(node, &[base, after], None, REACH_WAIT).await?;
     }
     if in_raft {
         node.remove_members(BTreeSet::from([id])).await?;
@@ -292,6 +341,77 @@ pub async fn evict(node: &Node, name: &str, force: bool) -> Result<(), Membershi
         match node.propose(Command::Leave { node: name.into() }).await {
             Ok(_) | Err(ProposeError::Rejected(CommandError::NodeNotFound { .. })) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// How long `evict` waits for the members it needs to be caught up (a follower briefly
+/// behind under load is not a reason to refuse).
+const REACH_WAIT: Duration = Duration::from_secs(2);
+
+/// [`check_reachable`], retried for up to `within`: lag under load passes, a member that is
+/// down or misaddressed does not.
+async fn wait_reachable(
+    node: &Node,
+    configs: &[BTreeSet<NodeId>],
+    caught_up: Option<NodeId>,
+    within: Duration,
+) -> Result<(), MembershipError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check_reachable(node, configs, caught_up) {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("membership change waits: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Refuses a voter change whose configurations (both halves of the joint configuration
+/// openraft goes through) would not each have a majority among the voters the leader
+/// currently replicates to: itself, those that have acknowledged everything it applied, and
+/// `caught_up` (a learner the caller has just seen catch up).
+///
+/// openraft uses a configuration from the moment it is appended and accepts no other change
+/// until it commits. A change that needs a member the leader cannot reach (down, cut off, or
+/// recorded at a wrong address) never commits, and blocks every later change, the address
+/// repair included: the cluster is wedged for good.
+fn check_reachable(
+    node: &Node,
+    configs: &[BTreeSet<NodeId>],
+    caught_up: Option<NodeId>,
+) -> Result<(), MembershipError> {
+    let m = node.metrics();
+    let applied = m.last_applied.map(|l| l.index);
+    let healthy = |v: &NodeId| {
+        *v == node.id
+            || Some(*v) == caught_up
+            || m.replication.as_ref().is_some_and(|r| {
+                r.get(v)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|l| Some(l.index) >= applied)
+            })
+    };
+    let membership = m.membership_config.membership();
+    for config in configs {
+        let reached = config.iter().filter(|v| healthy(v)).count();
+        if reached * 2 <= config.len() {
+            let lagging: Vec<String> = config
+                .iter()
+                .filter(|v| !healthy(v))
+                .map(|v| {
+                    membership
+                        .get_node(v)
+                        .map_or(v.to_string(), |n| n.name.clone())
+                })
+                .collect();
+            return Err(MembershipError::Unreachable {
+                lagging: lagging.join(" "),
+            });
         }
     }
     Ok(())

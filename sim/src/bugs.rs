@@ -17,6 +17,10 @@ pub enum Bug {
     /// Clients read the local state of whatever node they ask instead of
     /// `Node::read_linearizable` (a stale-read bug in a read path).
     StaleRead,
+    /// Every node's inbox answers whatever RPC arrives, as whoever it was meant for
+    /// (`raft::rpc::Inbox::without_address_check`): a leader whose RPC for another member
+    /// reaches itself or a third node counts that answer as the member's.
+    RpcTargetUnchecked,
 }
 
 impl Bug {
@@ -25,6 +29,7 @@ impl Bug {
         Bug::DoubleApply,
         Bug::ForgetVote,
         Bug::StaleRead,
+        Bug::RpcTargetUnchecked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +38,7 @@ impl Bug {
             Bug::DoubleApply => "double-apply",
             Bug::ForgetVote => "forget-vote",
             Bug::StaleRead => "stale-read",
+            Bug::RpcTargetUnchecked => "rpc-target-unchecked",
         }
     }
 
@@ -42,6 +48,7 @@ impl Bug {
             Bug::DoubleApply => "the state machine re-applies an earlier command after a later one",
             Bug::ForgetVote => "the log store forgets the saved vote on restart (double voting)",
             Bug::StaleRead => "reads are served from any node's local state, without a leader check",
+            Bug::RpcTargetUnchecked => "inboxes answer misaddressed raft rpcs as their intended target (no address check)",
         }
     }
 }

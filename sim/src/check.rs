@@ -9,6 +9,10 @@
 //! - state machine safety: every node applies the same entry at the same index, and has the
 //!   same state after it (also after restoring or installing a snapshot), which is the state
 //!   `apply` gives when the committed log is replayed from scratch;
+//! - commit quorum: whenever a leader saves an index as committed, the entry there is in
+//!   the logs of a majority of the voters of each half of the configuration it commits
+//!   under (its latest in its log): the invariant a leader that counts a misaddressed answer
+//!   as a member's breaks;
 //! - durability: every acknowledged command is in the committed log at the index it was
 //!   acknowledged with, and its reply is the one the replay gives;
 //! - linearizability of the client history, per cluster parameter (see `linear`);
@@ -68,6 +72,20 @@ pub struct Stats {
     pub shared_terms: u64,
     /// Log ids appended again with another entry (a restarted leader resuming its term).
     pub log_ids_reused: u64,
+    /// RPCs the network delivered to another node than the one at their address.
+    pub misdelivered: u64,
+    /// RPCs refused by an inbox as misaddressed, and replies a sender discarded as coming
+    /// from the wrong node or as refusals (the nodes' `RpcCounters`).
+    pub rpc_refused: u64,
+    pub rpc_misdelivered: u64,
+    /// Member addresses corrupted in Raft's membership, and repaired by an announcement.
+    pub addr_faults: u64,
+    pub addr_repairs: u64,
+    /// Restarts on a new listener address.
+    pub relistens: u64,
+    /// Proposals forwarded by a non-leader, and how many were sent twice.
+    pub forwarded: u64,
+    pub forwards_duplicated: u64,
     pub heal_leader_ms: u64,
     pub heal_commit_ms: u64,
     pub lin_ops: u64,
@@ -120,6 +138,13 @@ pub struct Recorder {
     truncated: Vec<BTreeMap<u64, LogId<NodeId>>>,
     /// Per node: the highest acknowledged vote (reset when the node is wiped).
     votes: Vec<Option<Vote<NodeId>>>,
+    /// Per node: the voter configurations (both halves of a joint one) of the membership
+    /// entries in its log, by index; and the configuration its state machine held when it
+    /// started, for a log that has none (`None` after a snapshot install: unknown).
+    configs: Vec<BTreeMap<u64, Vec<BTreeSet<NodeId>>>>,
+    base_config: Vec<Option<Vec<BTreeSet<NodeId>>>>,
+    /// Per node: entries up to here are covered by a snapshot or purged (held, not listed).
+    covered: Vec<u64>,
     /// Leaders seen per term.
     leaders: BTreeMap<u64, BTreeSet<usize>>,
     pub ops: Vec<RegOp>,
@@ -137,6 +162,9 @@ impl Recorder {
             committed: BTreeMap::new(),
             states: BTreeMap::new(),
             votes: vec![None; nodes],
+            configs: vec![BTreeMap::new(); nodes],
+            base_config: vec![None; nodes],
+            covered: vec![0; nodes],
             leaders: BTreeMap::new(),
             ops: Vec::new(),
             acked: Vec::new(),
@@ -186,9 +214,32 @@ impl Recorder {
         self.votes[node] = None;
         self.logs[node].clear();
         self.truncated[node].clear();
+        self.configs[node].clear();
+        self.base_config[node] = None;
+        self.covered[node] = 0;
     }
 
     /// A node (re)starts with this log on its disk.
+    /// A node (re)starts with this log on its disk, and this applied state (snapshot).
+    pub fn on_start_state(
+        &mut self,
+        node: usize,
+        entries: &[Entry<TypeConfig>],
+        applied: Option<u64>,
+        config: Vec<BTreeSet<NodeId>>,
+    ) {
+        self.on_start(node, entries);
+        self.configs[node] = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some((e.log_id.index, m.get_joint_config().clone())),
+                _ => None,
+            })
+            .collect();
+        self.base_config[node] = Some(config);
+        self.covered[node] = applied.unwrap_or(0);
+    }
+
     pub fn on_start(&mut self, node: usize, entries: &[Entry<TypeConfig>]) {
         self.logs[node] = entries
             .iter()
@@ -196,7 +247,50 @@ impl Recorder {
             .collect();
     }
 
+    /// A node saves `log_id` as committed. On a leader (its vote is its own and committed)
+    /// the entry must be held by a majority of each half of its current configuration.
+    pub fn on_commit(&mut self, w: &World, node: usize, log_id: LogId<NodeId>) {
+        let me = w.id(node);
+        let leads = self.votes[node].is_some_and(|v| v.committed && v.leader_id.node_id == me);
+        if !leads {
+            return;
+        }
+        let config = match self.configs[node].last_key_value() {
+            Some((_, c)) => c.clone(),
+            None => match &self.base_config[node] {
+                Some(c) => c.clone(),
+                None => return,
+            },
+        };
+        let index = log_id.index;
+        for voters in &config {
+            let holders: Vec<String> = voters
+                .iter()
+                .filter(|id| {
+                    w.index_of(**id).is_some_and(|i| {
+                        self.covered[i] >= index
+                            || self.logs[i].get(&index).is_some_and(|(l, _)| *l == log_id)
+                    })
+                })
+                .map(|id| w.name_of(*id))
+                .collect();
+            if holders.len() * 2 <= voters.len() {
+                let all: Vec<String> = voters.iter().map(|id| w.name_of(*id)).collect();
+                let what = format!(
+                    "commit quorum: {} committed {} under voters [{}], but only [{}] hold it",
+                    w.names[node],
+                    w.log_id(&Some(log_id)),
+                    all.join(","),
+                    holders.join(",")
+                );
+                self.violation(w, what);
+                return;
+            }
+        }
+    }
+
     pub fn on_purge(&mut self, node: usize, upto: u64) {
+        self.covered[node] = self.covered[node].max(upto);
         self.logs[node] = self.logs[node].split_off(&(upto + 1));
     }
 
@@ -256,6 +350,9 @@ impl Recorder {
                 }
             }
             self.logs[node].insert(e.log_id.index, (e.log_id, h));
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.configs[node].insert(e.log_id.index, m.get_joint_config().clone());
+            }
         }
     }
 
@@ -267,6 +364,7 @@ impl Recorder {
         removed: &[Entry<TypeConfig>],
     ) {
         self.logs[node].split_off(&since);
+        self.configs[node].split_off(&since);
         for e in removed {
             if self
                 .committed
@@ -319,6 +417,13 @@ impl Recorder {
         if how != "applying" {
             // A snapshot covers the committed entries up to its index.
             self.truncated[node] = self.truncated[node].split_off(&(index + 1));
+            self.covered[node] = self.covered[node].max(index);
+            if how == "installed snapshot" {
+                // The log was replaced up to there: which configuration the node holds is
+                // known again at its next membership entry.
+                self.configs[node] = self.configs[node].split_off(&(index + 1));
+                self.base_config[node] = None;
+            }
         }
         match self.states.get(&index) {
             None => {

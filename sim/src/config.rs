@@ -19,6 +19,9 @@ pub struct NetParams {
     /// reorders it behind later ones.
     pub long_delay: f64,
     pub long_delay_max_us: u64,
+    /// Probability that a message reaches another listening node than the one at its
+    /// address (the sender included), as a stale address or a reused port would.
+    pub misdeliver: f64,
 }
 
 impl NetParams {
@@ -31,6 +34,7 @@ impl NetParams {
             delay_max_us: 2_000,
             long_delay: 0.0,
             long_delay_max_us: 0,
+            misdeliver: 0.0,
         }
     }
 }
@@ -83,6 +87,15 @@ pub struct SimConfig {
     pub membership_gap_ms: u64,
     /// Mean gap between wall-clock jumps on some node (0 = none).
     pub clock_jump_gap_ms: u64,
+    /// Mean gap between corruptions of a member's address in Raft's membership (another
+    /// member's, a dead one, or two swapped), each repaired later (0 = none).
+    pub addr_fault_gap_ms: u64,
+    /// Mean gap between restarts of a node on a new listener address (0 = none).
+    pub relisten_gap_ms: u64,
+    /// Probability that a client's proposal goes through a non-leader that forwards it.
+    pub forward: f64,
+    /// Probability that a forwarded proposal is sent twice.
+    pub forward_dup: f64,
     pub clients: usize,
     /// Mean think time of a client between operations.
     pub client_gap_ms: u64,
@@ -156,6 +169,32 @@ impl SimConfig {
         } else {
             0
         };
+        // Drawn after the older fields, so that adding them did not move those.
+        let misdeliver = if on(&mut r) {
+            *r.pick(&[0.002, 0.01, 0.05])
+        } else {
+            0.0
+        };
+        let addr_fault_gap_ms = if on(&mut r) {
+            r.between(1_000, 6_000)
+        } else {
+            0
+        };
+        let relisten_gap_ms = if on(&mut r) {
+            r.between(1_500, 8_000)
+        } else {
+            0
+        };
+        let forward = if on(&mut r) {
+            *r.pick(&[0.2, 0.5, 1.0])
+        } else {
+            0.0
+        };
+        let forward_dup = if forward > 0.0 && on(&mut r) {
+            *r.pick(&[0.02, 0.1, 0.3])
+        } else {
+            0.0
+        };
         let clients = r.between(1, 4) as usize;
         let client_gap_ms = r.between(5, 150);
         let client_timeout_ms = r.between(500, 4_000);
@@ -181,6 +220,7 @@ impl SimConfig {
                 delay_max_us,
                 long_delay,
                 long_delay_max_us,
+                misdeliver,
             },
             partition_gap_ms,
             crash_gap_ms,
@@ -189,6 +229,10 @@ impl SimConfig {
             sync_delay_us,
             membership_gap_ms,
             clock_jump_gap_ms,
+            addr_fault_gap_ms,
+            relisten_gap_ms,
+            forward,
+            forward_dup,
             clients,
             client_gap_ms,
             client_timeout_ms,
@@ -199,7 +243,7 @@ impl SimConfig {
     /// The openraft configuration of every node.
     pub fn raft_config(&self) -> openraft::Config {
         openraft::Config {
-            cluster_name: "sim".into(),
+            cluster_name: crate::net::CLUSTER.into(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
@@ -226,7 +270,8 @@ impl fmt::Display for SimConfig {
             "{} nodes{}, heartbeat {}ms, election {}..{}ms, batch {}, snapshot every {} keep {} chunk {}, \
              faults {}ms: loss {} dup {} delay {}..{}us long {}@{}us, partitions every {}ms, \
              crashes every {}ms down {}..{}ms (leader {}), sync {}us, membership every {}ms, \
-             clock jumps every {}ms; {} clients every {}ms timeout {}ms on {} keys",
+             clock jumps every {}ms, misdelivery {}, address faults every {}ms, relistens every {}ms, \
+             forwarding {} dup {}; {} clients every {}ms timeout {}ms on {} keys",
             self.nodes,
             if self.daemon_timing {
                 " (daemon timing)"
@@ -255,6 +300,11 @@ impl fmt::Display for SimConfig {
             self.sync_delay_us,
             self.membership_gap_ms,
             self.clock_jump_gap_ms,
+            n.misdeliver,
+            self.addr_fault_gap_ms,
+            self.relisten_gap_ms,
+            self.forward,
+            self.forward_dup,
             self.clients,
             self.client_gap_ms,
             self.client_timeout_ms,

@@ -1,15 +1,23 @@
 //! The fault schedule: partitions (symmetric and one-way, changing over time), crashes and
-//! restarts, wall-clock jumps. Drawn up front from the `faults` stream, so that it does not
-//! depend on how the run goes; "the leader" is resolved when the fault fires.
+//! restarts, wall-clock jumps, corrupted member addresses in Raft's membership (repaired
+//! later by the node's announcement), restarts on a new listener address. Drawn up front
+//! from the `faults` streams, so that it does not depend on how the run goes; "the leader"
+//! and which members an address fault hits are resolved when the fault fires.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft::membership;
+use raft::membership::MembershipError;
+use raft::CommandError;
+use raft::Member;
 use tokio::time::sleep_until;
+use tokio::time::timeout;
 
 use crate::config::SimConfig;
 use crate::rng::Rng;
+use crate::workload;
 use crate::world::Status;
 use crate::world::World;
 
@@ -37,6 +45,30 @@ pub enum Fault {
         node: usize,
         delta_ms: i64,
     },
+    /// A member's address in Raft's membership is rewritten on the leader, bypassing
+    /// `membership::set_addr`'s check, as a stale or typo'd record would be: to another
+    /// member's address, to a dead one, or swapped with another member's. The draws pick
+    /// the members among the leader's, in id order, when it fires.
+    AddrCorrupt {
+        kind: AddrFault,
+        a: u64,
+        b: u64,
+    },
+    /// Every node whose record is wrong announces its address (`membership::set_addr`).
+    AddrRepair,
+    /// The node is restarted listening on a new port, and announces it.
+    Relisten(Target),
+}
+
+/// How a member's address record is corrupted.
+#[derive(Debug, Clone, Copy)]
+pub enum AddrFault {
+    /// Set to another member's address (possibly the leader's own).
+    Taken,
+    /// Set to an address nobody listens at.
+    Dead,
+    /// Two members' addresses exchanged.
+    Swap,
 }
 
 /// (virtual ms, fault), in time order.
@@ -144,6 +176,45 @@ pub fn schedule(cfg: &SimConfig) -> Vec<(u64, Fault)> {
             out.push((t, Fault::ClockJump { node, delta_ms }));
         }
     }
+    if cfg.addr_fault_gap_ms > 0 {
+        let mut r = Rng::stream(cfg.seed, "faults.addr");
+        let mut t = 0;
+        loop {
+            t += r.exp(cfg.addr_fault_gap_ms) + 1;
+            if t >= cfg.fault_ms {
+                break;
+            }
+            let kind = *r.pick(&[
+                AddrFault::Taken,
+                AddrFault::Taken,
+                AddrFault::Dead,
+                AddrFault::Swap,
+            ]);
+            let (a, b) = (r.next_u64(), r.next_u64());
+            out.push((t, Fault::AddrCorrupt { kind, a, b }));
+            // Repaired some time later, or in the heal phase at the latest.
+            let after = r.between(200, 4_000);
+            if t + after < cfg.fault_ms {
+                out.push((t + after, Fault::AddrRepair));
+            }
+        }
+    }
+    if cfg.relisten_gap_ms > 0 {
+        let mut r = Rng::stream(cfg.seed, "faults.relisten");
+        let mut t = 0;
+        loop {
+            t += r.exp(cfg.relisten_gap_ms) + 1;
+            if t >= cfg.fault_ms {
+                break;
+            }
+            let target = if r.chance(0.3) {
+                Target::Leader
+            } else {
+                Target::Node(r.below(n as u64) as usize)
+            };
+            out.push((t, Fault::Relisten(target)));
+        }
+    }
     // Stable sort: same-time faults keep their stream order.
     out.sort_by_key(|(t, _)| *t);
     out
@@ -201,6 +272,46 @@ pub async fn inject(w: Arc<World>, base: tokio::time::Instant, plan: Vec<(u64, F
                     }
                 }
             }
+            Fault::AddrCorrupt { kind, a, b } => {
+                tokio::spawn(corrupt_addr(w.clone(), kind, a, b));
+            }
+            Fault::AddrRepair => {
+                for i in 0..w.cfg.nodes {
+                    let w = w.clone();
+                    tokio::spawn(async move {
+                        workload::announce(&w, i, Some(&w.faults_over)).await;
+                    });
+                }
+            }
+            Fault::Relisten(t) => {
+                let i = resolve(&w, t, &mut r);
+                let name = w.ident(i);
+                let fits = w
+                    .leader()
+                    .is_some_and(|(_, l)| records_right(&w, &l) && spare(&w, &l, &[&name]));
+                if !fits {
+                    w.ev(
+                        &w.names[i],
+                        format_args!("restart on a new address skipped"),
+                    );
+                } else if w.status(i) == Status::Up {
+                    w.crash(i, "restart on a new address");
+                    w.relisten(i);
+                    w.rec().stats.relistens += 1;
+                    match w.start(i).await {
+                        Ok(_) => {
+                            let w = w.clone();
+                            tokio::spawn(async move {
+                                workload::announce(&w, i, Some(&w.faults_over)).await;
+                            });
+                        }
+                        Err(e) => {
+                            w.ev(&w.names[i], format_args!("restart failed: {e}"));
+                            down.push(i);
+                        }
+                    }
+                }
+            }
             Fault::ClockJump { node, delta_ms } => {
                 w.slots()[node].clock.offset_ms += delta_ms;
                 w.rec().stats.clock_jumps += 1;
@@ -211,4 +322,143 @@ pub async fn inject(w: Arc<World>, base: tokio::time::Instant, plan: Vec<(u64, F
             }
         }
     }
+}
+
+/// Rewrites member addresses in the leader's Raft membership (`Node::set_member`, which
+/// `membership::set_addr` is built on, without its check). Before writing another member's
+/// address, asks `membership::set_addr` for the same change: it must refuse it.
+async fn corrupt_addr(w: Arc<World>, kind: AddrFault, a: u64, b: u64) {
+    let Some((lidx, leader)) = w.leader() else {
+        return;
+    };
+    let members: Vec<Member> = leader
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, m)| m.clone())
+        .collect();
+    if members.len() < 2 {
+        return;
+    }
+    let ma = members[(a % members.len() as u64) as usize].clone();
+    let others: Vec<&Member> = members.iter().filter(|m| m.name != ma.name).collect();
+    let mb = others[(b % others.len() as u64) as usize].clone();
+    // One address problem at a time, and only of a member the cluster can do without (the
+    // same for a restart on a new address): the nodes find each other through these
+    // records, so with several wrong at once no leader may be elected to take the repair,
+    // and a configuration that needs a member it cannot
+    // reach never commits, and openraft accepts no other change (the repair included) until
+    // it does, so a wrong record of a member the quorum needs wedges the cluster for good
+    // (README.md, "Bugs found"). The fault models a stale record among redundant members.
+    let hit: Vec<&str> = match kind {
+        AddrFault::Swap => vec![&ma.name, &mb.name],
+        _ => vec![&ma.name],
+    };
+    if !records_right(&w, &leader) || !spare(&w, &leader, &hit) {
+        w.ev(
+            "op",
+            format_args!("corrupt: skipped, the quorum needs {hit:?}"),
+        );
+        return;
+    }
+    let t = Duration::from_millis(w.cfg.client_timeout_ms.max(2_000));
+    let writes: Vec<Member> = match kind {
+        AddrFault::Taken => {
+            // The checked path must refuse what the fault is about to force. (No await
+            // between the look-up and set_addr's own check: nothing changes in between.)
+            if let Some(holder) = membership::addr_holder(&leader, &mb.addr, &ma.name) {
+                let r = timeout(t, membership::set_addr(&leader, &ma.name, &mb.addr)).await;
+                if !matches!(
+                    r,
+                    Ok(Err(MembershipError::Refused(
+                        CommandError::AddrTaken { .. }
+                    )))
+                ) {
+                    let what = format!(
+                        "membership: set_addr gave {} the address {} that {holder} holds: {r:?}",
+                        ma.name, mb.addr
+                    );
+                    w.rec().violation(&w, what);
+                }
+            }
+            vec![Member::new(ma.name.clone(), mb.addr.clone())]
+        }
+        AddrFault::Dead => {
+            let host = ma.addr.split(':').next().unwrap_or("dead");
+            vec![Member::new(ma.name.clone(), format!("{host}:6999"))]
+        }
+        AddrFault::Swap => vec![
+            Member::new(ma.name.clone(), mb.addr.clone()),
+            Member::new(mb.name.clone(), ma.addr.clone()),
+        ],
+    };
+    w.rec().stats.addr_faults += 1;
+    for m in writes {
+        w.ev(
+            "op",
+            format_args!(
+                "corrupt: record {} at {} via {}",
+                m.name, m.addr, w.names[lidx]
+            ),
+        );
+        match timeout(t, leader.set_member(raft::node_id(&m.name), m)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                w.ev("op", format_args!("corrupt: {e}"));
+                return;
+            }
+            Err(_) => {
+                w.ev("op", format_args!("corrupt: timed out"));
+                return;
+            }
+        }
+    }
+}
+
+/// Whether every half of the leader's configuration keeps a majority of voters the leader
+/// replicates to (itself, and those that acknowledged all it applied) without `names`, as
+/// far as a leader that recently heard from a quorum knows.
+fn spare(w: &World, leader: &raft::Node, names: &[&str]) -> bool {
+    let m = leader.metrics();
+    // A leader cut off from the others still believes its last view of them: only trust one
+    // that a quorum acknowledged within an election timeout.
+    if m.millis_since_quorum_ack
+        .is_none_or(|ms| ms > w.cfg.election_min_ms)
+    {
+        return false;
+    }
+    let applied = m.last_applied.map(|l| l.index);
+    let membership = m.membership_config.membership();
+    let healthy = |v: &u64| {
+        let name = membership
+            .get_node(v)
+            .map(|n| n.name.as_str())
+            .unwrap_or("");
+        !names.contains(&name)
+            && (*v == leader.id
+                || m.replication.as_ref().is_some_and(|r| {
+                    r.get(v)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|l| Some(l.index) >= applied)
+                }))
+    };
+    membership
+        .get_joint_config()
+        .iter()
+        .all(|c| c.iter().filter(|v| healthy(v)).count() * 2 > c.len())
+}
+
+/// Whether the leader's membership records every current member at the address it listens
+/// at (no address problem outstanding).
+fn records_right(w: &World, leader: &raft::Node) -> bool {
+    let m = leader.metrics();
+    let slots = w.slots();
+    let right = m
+        .membership_config
+        .membership()
+        .nodes()
+        .all(|(id, rec)| slots.iter().all(|s| s.id != *id || s.addr == rec.addr));
+    right
 }

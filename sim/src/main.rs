@@ -228,6 +228,14 @@ fn print_totals(results: &[SeedResult]) {
         t.log_ids_reused += s.log_ids_reused;
         t.lin_ops += s.lin_ops;
         t.lin_unchecked_keys += s.lin_unchecked_keys;
+        t.misdelivered += s.misdelivered;
+        t.rpc_refused += s.rpc_refused;
+        t.rpc_misdelivered += s.rpc_misdelivered;
+        t.addr_faults += s.addr_faults;
+        t.addr_repairs += s.addr_repairs;
+        t.relistens += s.relistens;
+        t.forwarded += s.forwarded;
+        t.forwards_duplicated += s.forwards_duplicated;
         t.heal_leader_ms = t.heal_leader_ms.max(s.heal_leader_ms);
         t.heal_commit_ms = t.heal_commit_ms.max(s.heal_commit_ms);
     }
@@ -235,7 +243,9 @@ fn print_totals(results: &[SeedResult]) {
         "totals: {:.0}s virtual; {} messages ({} lost, {} duplicated), {} crashes, {} partition changes, \
          {} clock jumps, {} joins, {} leaves, {} snapshots installed; {} writes acknowledged ({} unknown), \
          {} linearizable reads, {} register ops checked ({} keys inconclusive); {} leaderships, \
-         {} terms with two leaders, {} log ids reused; heal: leader within {}ms, commit within {}ms (worst)",
+         {} terms with two leaders, {} log ids reused; addressing: {} misdelivered, {} refused by inboxes, \
+         {} answers discarded by senders, {} address records corrupted, {} announced, {} relistens, \
+         {} proposals forwarded ({} twice); heal: leader within {}ms, commit within {}ms (worst)",
         virt as f64 / 1000.0,
         t.messages,
         t.lost,
@@ -254,6 +264,14 @@ fn print_totals(results: &[SeedResult]) {
         t.leaderships,
         t.shared_terms,
         t.log_ids_reused,
+        t.misdelivered,
+        t.rpc_refused,
+        t.rpc_misdelivered,
+        t.addr_faults,
+        t.addr_repairs,
+        t.relistens,
+        t.forwarded,
+        t.forwards_duplicated,
         t.heal_leader_ms,
         t.heal_commit_ms,
     );

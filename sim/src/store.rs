@@ -160,6 +160,9 @@ impl RaftLogStorage<TypeConfig> for SimLog {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        if let (true, Some(c)) = (self.live(), committed) {
+            self.world.rec().on_commit(&self.world, self.node, c);
+        }
         self.inner.save_committed(committed).await
     }
 

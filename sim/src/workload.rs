@@ -3,8 +3,10 @@
 //! Clients propose every kind of cluster command and read cluster parameters; each
 //! operation on a parameter is recorded with its call and return (or "unknown" on a
 //! timeout) for the linearizability checker, and each acknowledged command for the
-//! durability checker. The operator removes and re-adds members, the way an admin would
-//! with `om node daemon leave|join`.
+//! durability checker. Some proposals go through a non-leader that forwards them
+//! (`net::forward`), lossy and sometimes duplicated. The operator removes and re-adds
+//! members with the daemon's own protocol (`raft::membership`), the way an admin would with
+//! `om node daemon leave|join`; nodes announce a new listener address with it too.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::EntryPayload;
+use raft::membership;
+use raft::membership::MembershipError;
 use raft::node::Committed;
 use raft::state::Avail;
 use raft::state::GlobalExpect;
@@ -23,6 +27,7 @@ use raft::state::MonitorStatus;
 use raft::state::NodeExpect;
 use raft::state::NodeStatus;
 use raft::Command;
+use raft::CommandError;
 use raft::Node;
 use raft::NodeId;
 use raft::ProposeError;
@@ -34,6 +39,7 @@ use crate::bugs::Bug;
 use crate::check::Acked;
 use crate::check::RegOp;
 use crate::linear::Kind;
+use crate::net;
 use crate::rng::fnv1a;
 use crate::rng::Rng;
 use crate::world::Status;
@@ -155,22 +161,33 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
             } else {
                 other_command(&w, &mut rng, target)
             };
-            let register = match &cmd {
-                Command::SetClusterParam { key, value } => Some((key.clone(), value.clone())),
-                _ => None,
-            };
+            let register = cmd_register(&cmd);
             let what = format!("{cmd:?}");
+            // Through the node asked, which forwards it if it does not lead, or straight to
+            // the node (which refuses with a leader hint).
+            let forwarded = rng.chance(w.cfg.forward);
             let call = w.next_seq();
-            w.ev(&who, format_args!("[{call}] propose at {tname}: {what}"));
+            let how = if forwarded { "via" } else { "at" };
+            w.ev(&who, format_args!("[{call}] propose {how} {tname}: {what}"));
             let c = cmd.clone();
-            let out = attempt(&w, target, |n| async move {
-                match n.propose(c).await {
-                    Ok(ok) => Ok(Ok(ok)),
-                    Err(ProposeError::Rejected(e)) => Ok(Err(e)),
-                    Err(e) => Err(e),
-                }
-            })
-            .await;
+            let duplicated = AtomicBool::new(false);
+            let out = if forwarded {
+                let dup = &duplicated;
+                let ww = &w;
+                attempt(&w, target, |_| async move {
+                    net::forward(ww, target, c, dup).await
+                })
+                .await
+            } else {
+                attempt(&w, target, |n| async move {
+                    match n.propose(c).await {
+                        Ok(ok) => Ok(Ok(ok)),
+                        Err(ProposeError::Rejected(e)) => Ok(Err(e)),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await
+            };
             let ret = w.next_seq();
             leader_hint = hint(&w, &out);
             let mut rec = w.rec();
@@ -221,11 +238,33 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
                     }
                 }
             }
+            // A forwarded proposal sent twice may be applied twice: the second copy is,
+            // for the register, another write of the same value, called when the client
+            // called, whose effect (if any) lands at an unknown time. Values are unique per
+            // client operation, so this is exactly what at-least-once delivery allows.
+            if duplicated.load(Ordering::Relaxed) {
+                if let Some((key, value)) = cmd_register(&cmd) {
+                    rec.ops.push(RegOp {
+                        key,
+                        call,
+                        ret: None,
+                        kind: Kind::Write(value),
+                    });
+                }
+            }
         }
         redirected = leader_hint.is_some_and(|l| l != target);
         if let Some(l) = leader_hint {
             target = l;
         }
+    }
+}
+
+/// The register a command writes, and the value.
+fn cmd_register(cmd: &Command) -> Option<(String, Option<String>)> {
+    match cmd {
+        Command::SetClusterParam { key, value } => Some((key.clone(), value.clone())),
+        _ => None,
     }
 }
 
@@ -302,77 +341,125 @@ fn other_command(w: &World, r: &mut Rng, at: usize) -> Command {
     }
 }
 
-/// Adds node `idx` to the cluster through the current leader: learner, voter, then the
-/// `Join` command. `Err` says where it stopped; the operator tries again later.
+/// How long one step of the membership protocol may take before the operator gives up on
+/// it (a `complete` that overruns is rolled back by hand).
+fn step_timeout(w: &World) -> Duration {
+    Duration::from_millis(w.cfg.client_timeout_ms.max(2_000))
+}
+
+/// Adds node `idx` to the cluster through the current leader with the daemon's protocol
+/// (`raft::membership::admit`, then `Admission::complete`: learner, caught up, voter, `Join`;
+/// a failure rolls the learner back). `Err` says where it stopped; the operator tries again.
 pub async fn join(w: &Arc<World>, idx: usize) -> Result<(), String> {
-    let t = Duration::from_millis(w.cfg.client_timeout_ms.max(2_000));
+    let t = step_timeout(w);
     if w.status(idx) == Status::Out {
         w.start(idx).await?;
     }
     let (lidx, leader) = w.leader().ok_or("no leader")?;
-    let (id, member, name) = {
-        let s = &w.slots()[idx];
-        (s.id, s.member.clone(), s.name.clone())
-    };
-    w.ev("op", format_args!("join {name} via {}", w.names[lidx]));
-    let voters: BTreeSet<u64> = leader
-        .metrics()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
-    if !voters.contains(&id) {
-        timeout(t, leader.add_learner(id, member.clone()))
-            .await
-            .map_err(|_| "add_learner timed out".to_string())?
-            .map_err(|e| format!("add_learner: {e}"))?;
-        timeout(t, leader.add_voters(BTreeSet::from([id])))
-            .await
-            .map_err(|_| "add_voters timed out".to_string())?
-            .map_err(|e| format!("add_voters: {e}"))?;
-    }
-    let cmd = Command::Join {
-        node: name.clone(),
-        addr: member.addr.clone(),
-        at_ms: w.wall_ms(lidx),
-    };
-    match timeout(t, leader.propose(cmd)).await {
-        Err(_) => Err("join command timed out".into()),
-        Ok(Ok(_)) | Ok(Err(ProposeError::Rejected(_))) => {
-            w.ev("op", format_args!("{name} joined"));
+    let me = w.member(idx);
+    w.ev(
+        "op",
+        format_args!("join {} at {} via {}", me.name, me.addr, w.names[lidx]),
+    );
+    let admission = timeout(t, membership::admit(&leader, &me.name, w.id(idx), &me.addr))
+        .await
+        .map_err(|_| "admit timed out".to_string())?
+        .map_err(|e| format!("admit: {e}"))?;
+    // `complete` rolls back on its own failures; if it overruns, it is dropped mid-way, and
+    // the rollback is run here, as the daemon's caller would on its deadline.
+    match timeout(
+        t * 3,
+        admission.clone().complete(&leader, w.wall_ms(lidx), t),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {
+            w.ev("op", format_args!("{} joined", me.name));
             w.rec().stats.joins += 1;
             Ok(())
         }
-        Ok(Err(e)) => Err(format!("join command: {e}")),
+        Ok(Err(e)) => Err(format!("complete: {e}")),
+        Err(_) => {
+            let rollback = match timeout(t, admission.rollback(&leader)).await {
+                Ok(r) => r,
+                Err(_) => "timed out".into(),
+            };
+            Err(format!("complete timed out; rollback: {rollback}"))
+        }
     }
 }
 
-/// Removes node `idx` through the current leader, in the daemon's order (`evict`): the
-/// membership change, then the `Leave` command. Once the change is committed the node is
-/// stopped and its disk wiped, as `om node daemon leave` does.
+/// Removes node `idx` through the current leader (`raft::membership::evict`: voter removed,
+/// then `Leave`). Once Raft has committed the removal (the leader's applied membership no
+/// longer has it), the node is stopped and its disk wiped, as `om node daemon leave` does;
+/// a `Leave` left undone is finished by [`finish_interrupted`].
 async fn leave(w: &Arc<World>, idx: usize) -> Result<(), String> {
-    let t = Duration::from_millis(w.cfg.client_timeout_ms.max(2_000));
     let (lidx, leader) = w.leader().ok_or("no leader")?;
     let (id, name) = {
         let s = &w.slots()[idx];
         (s.id, s.name.clone())
     };
     w.ev("op", format_args!("leave {name} via {}", w.names[lidx]));
-    timeout(t, leader.remove_members(BTreeSet::from([id])))
-        .await
-        .map_err(|_| "remove_members timed out".to_string())?
-        .map_err(|e| format!("remove_members: {e}"))?;
-    w.ev("op", format_args!("{name} left"));
-    w.rec().stats.leaves += 1;
-    w.wipe(idx);
-    match timeout(t, leader.propose(Command::Leave { node: name.clone() })).await {
-        Err(_) => Err("leave command timed out".into()),
-        Ok(Ok(_)) | Ok(Err(ProposeError::Rejected(_))) => Ok(()),
-        Ok(Err(e)) => Err(format!("leave command: {e}")),
+    let result = timeout(
+        step_timeout(w) * 2,
+        membership::evict(&leader, &name, false),
+    )
+    .await;
+    let removed = leader.read_machine(|d| d.membership.membership().get_node(&id).is_none());
+    if removed {
+        w.ev("op", format_args!("{name} left"));
+        w.rec().stats.leaves += 1;
+        w.wipe(idx);
+    }
+    match result {
+        Err(_) => Err("evict timed out".into()),
+        Ok(Err(e)) => Err(format!("evict: {e}")),
+        Ok(Ok(())) => Ok(()),
     }
 }
 
-/// The operator: now and then removes a member, and puts back whoever is out.
+/// Completes or undoes what an interrupted step left in one record only (as the daemon's
+/// next attempt does): a name in the state that Raft no longer has (its `Leave` was not
+/// committed) gets its `Leave`; a member in Raft that never committed its `Join` (a
+/// rollback that failed) is evicted, and its node reset to rejoin under a new name.
+async fn finish_interrupted(w: &Arc<World>, leader: &raft::Node) -> Result<(), String> {
+    let m = leader.metrics();
+    // The state lags the log: only judge it once it has caught up.
+    if m.last_applied.map(|l| l.index) != m.last_log_index {
+        return Ok(());
+    }
+    let mem = m.membership_config.membership();
+    let in_state: BTreeSet<String> = leader.read(|s| s.nodes.keys().cloned().collect());
+    let in_raft: BTreeSet<String> = mem.nodes().map(|(_, n)| n.name.clone()).collect();
+    let t = step_timeout(w);
+    if let Some(name) = in_state.difference(&in_raft).next() {
+        w.ev("op", format_args!("finish the leave of {name}"));
+        return match timeout(t * 2, membership::evict(leader, name, false)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("evict {name}: {e}")),
+            Err(_) => Err(format!("evict {name} timed out")),
+        };
+    }
+    if let Some(name) = in_raft.difference(&in_state).next() {
+        let idx = (0..w.cfg.nodes).find(|i| w.ident(*i) == *name);
+        w.ev("op", format_args!("undo the half-done join of {name}"));
+        let r = timeout(t * 2, membership::evict(leader, name, false)).await;
+        let id = raft::node_id(name);
+        let removed = leader.read_machine(|d| d.membership.membership().get_node(&id).is_none());
+        if let (true, Some(idx)) = (removed, idx) {
+            w.wipe(idx);
+        }
+        return match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("evict {name}: {e}")),
+            Err(_) => Err(format!("evict {name} timed out")),
+        };
+    }
+    Ok(())
+}
+
+/// The operator: now and then removes a member, and puts back whoever is out; first it
+/// finishes whatever an interrupted step left.
 pub async fn operator(w: Arc<World>, stop: Arc<AtomicBool>) {
     let mut rng = Rng::stream(w.cfg.seed, "operator");
     let min_voters = if w.cfg.nodes == 3 { 2 } else { 3 };
@@ -384,6 +471,10 @@ pub async fn operator(w: Arc<World>, stop: Arc<AtomicBool>) {
         let Some((_, leader)) = w.leader() else {
             continue;
         };
+        if let Err(e) = finish_interrupted(&w, &leader).await {
+            w.ev("op", format_args!("gave up for now: {e}"));
+            continue;
+        }
         let voters: BTreeSet<u64> = leader
             .metrics()
             .membership_config
@@ -408,5 +499,56 @@ pub async fn operator(w: Arc<World>, stop: Arc<AtomicBool>) {
         if let Err(e) = result {
             w.ev("op", format_args!("gave up for now: {e}"));
         }
+    }
+}
+
+/// Node `idx` announces its listener address to the leader (`membership::set_addr`), as a
+/// restarted daemon does, until it is recorded, it is no longer a member, or `stop` (when
+/// given). A refusal because another member's record holds the address (two records
+/// swapped, which one announcement alone cannot undo) makes the node move to a free port
+/// and announce that. Returns whether its record is right.
+pub async fn announce(w: &Arc<World>, idx: usize, stop: Option<&AtomicBool>) -> bool {
+    let t = step_timeout(w);
+    loop {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) || w.status(idx) != Status::Up {
+            return false;
+        }
+        let me = w.member(idx);
+        let Some((lidx, leader)) = w.leader() else {
+            sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let recorded = leader
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&raft::node_id(&me.name))
+            .map(|m| m.addr.clone());
+        match recorded {
+            None => return false,
+            Some(a) if a == me.addr => return true,
+            Some(_) => {}
+        }
+        w.ev(
+            &w.names[idx],
+            format_args!("announces {} via {}", me.addr, w.names[lidx]),
+        );
+        match timeout(t, membership::set_addr(&leader, &me.name, &me.addr)).await {
+            Ok(Ok(())) => {
+                w.rec().stats.addr_repairs += 1;
+            }
+            Ok(Err(MembershipError::Refused(CommandError::AddrTaken { holder, .. }))) => {
+                w.ev(
+                    &w.names[idx],
+                    format_args!("address {} refused: {holder}'s record holds it", me.addr),
+                );
+                w.relisten(idx);
+                continue;
+            }
+            Ok(Err(MembershipError::NotMember { .. })) => return false,
+            Ok(Err(e)) => w.ev(&w.names[idx], format_args!("announce failed: {e}")),
+            Err(_) => w.ev(&w.names[idx], format_args!("announce timed out")),
+        }
+        sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,9 +1,11 @@
-//! The simulated world of one run: node slots (disk, clock, running Raft), the network, the
-//! recorder the checkers read, and the trace. Shared as `Arc<World>` by every task; each
+//! The simulated world of one run: node slots (disk, clock, listener address, running Raft
+//! and its inbox), the address book, the network, the recorder the checkers read, and the
+//! trace. Shared as `Arc<World>` by every task; each
 //! mutex is held only for a few statements and never across an `.await`.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +15,9 @@ use std::sync::MutexGuard;
 use openraft::LogId;
 use openraft::ServerState;
 use openraft::Vote;
+use raft::rpc::AddressedNet;
+use raft::rpc::Inbox;
+use raft::rpc::RpcCounters;
 use raft::Member;
 use raft::Node;
 use raft::NodeId;
@@ -23,8 +28,9 @@ use tokio::time::Instant;
 use crate::bugs::Bug;
 use crate::check::Recorder;
 use crate::config::SimConfig;
-use crate::net::NetFactory;
 use crate::net::NetState;
+use crate::net::SimTransport;
+use crate::net::CLUSTER;
 use crate::rng::Rng;
 use crate::store::SimDisk;
 use crate::store::SimLog;
@@ -51,11 +57,16 @@ pub struct Clock {
 
 /// One machine of the pool.
 pub struct Slot {
-    /// The node's current name (`n2`, or `n2-r1` after it left and rejoined), its Raft id
-    /// and membership entry.
+    /// The node's current name (`n2`, or `n2-r1` after it left and rejoined) and Raft id.
     pub name: String,
     pub id: NodeId,
-    pub member: Member,
+    /// Where it listens (`n2:7002`; a new port after a restart on a new address). The
+    /// machine keeps it when it rejoins under a new name, as a host keeps its port.
+    pub addr: String,
+    /// How many times it moved its listener.
+    pub moves: u32,
+    /// The address checks' counters, over all incarnations.
+    pub counters: Arc<RpcCounters>,
     /// How many times it left the cluster (and got a new identity).
     pub rejoins: u32,
     pub disk: MemBackend,
@@ -64,6 +75,8 @@ pub struct Slot {
     /// Incarnations started so far.
     pub incarnation: u64,
     pub node: Option<Node>,
+    /// The running incarnation's receiving side (what the transport delivers to).
+    pub inbox: Option<Inbox>,
     pub status: Status,
     pub clock: Clock,
 }
@@ -78,9 +91,13 @@ pub struct World {
     idents: Mutex<BTreeMap<NodeId, (usize, String)>>,
     pub net: Mutex<NetState>,
     pub slots: Mutex<Vec<Slot>>,
+    /// Listener address -> the slot listening there (when it is up).
+    book: Mutex<BTreeMap<String, usize>>,
     pub rec: Mutex<Recorder>,
     trace: Mutex<Trace>,
     seq: AtomicU64,
+    /// Set when the fault phase ends: tasks the faults spawned stop there.
+    pub faults_over: AtomicBool,
 }
 
 /// Wall-clock epoch of every node's clock (ms): 2023-11-14.
@@ -107,7 +124,10 @@ impl World {
                 Slot {
                     name: name.clone(),
                     id: raft::node_id(name),
-                    member: Member::new(name.clone(), format!("{name}:1214")),
+                    addr: base_addr(idx, 0),
+                    moves: 0,
+                    counters: Arc::default(),
+                    inbox: None,
                     rejoins: 0,
                     disk: new_disk(&cfg, idx),
                     live: Arc::new(AtomicU64::new(0)),
@@ -129,7 +149,9 @@ impl World {
                 }
             })
             .collect();
+        let book = (0..cfg.nodes).map(|i| (base_addr(i, 0), i)).collect();
         Arc::new(World {
+            book: Mutex::new(book),
             net: Mutex::new(NetState::new(&cfg)),
             rec: Mutex::new(Recorder::new(cfg.nodes)),
             trace: Mutex::new(Trace::new(keep_trace)),
@@ -139,6 +161,7 @@ impl World {
             idents: Mutex::new(idents),
             slots: Mutex::new(slots),
             seq: AtomicU64::new(0),
+            faults_over: AtomicBool::new(false),
         })
     }
 
@@ -176,6 +199,37 @@ impl World {
     /// A total order of client invocations and returns (finer than virtual time).
     pub fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn book(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
+        lock(&self.book)
+    }
+
+    /// Node `idx`'s membership record as it should be: its current name and address.
+    pub fn member(&self, idx: usize) -> Member {
+        let s = &self.slots()[idx];
+        Member::new(s.name.clone(), s.addr.clone())
+    }
+
+    /// Node `idx` moves its listener to a new port: the address book follows at once,
+    /// the cluster's records only once the node announces it (`membership::set_addr`).
+    pub fn relisten(&self, idx: usize) -> String {
+        let (old, new) = {
+            let mut slots = self.slots();
+            let s = &mut slots[idx];
+            s.moves += 1;
+            let new = base_addr(idx, s.moves);
+            (std::mem::replace(&mut s.addr, new.clone()), new)
+        };
+        let mut book = self.book();
+        book.remove(&old);
+        book.insert(new.clone(), idx);
+        drop(book);
+        self.ev(
+            &self.names[idx],
+            format_args!("listens at {new} (was {old})"),
+        );
+        new
     }
 
     /// The slot whose current identity is `id` (an old identity reaches nobody).
@@ -274,8 +328,10 @@ impl World {
         let on_disk = openraft::RaftLogReader::try_get_log_entries(&mut log, ..)
             .await
             .map_err(|e| format!("{name}: reading the log: {e}"))?;
-        self.rec().on_start(idx, &on_disk);
         let restored = machine.read(|d| d.last_applied);
+        let config = machine.read(|d| d.membership.membership().get_joint_config().clone());
+        self.rec()
+            .on_start_state(idx, &on_disk, restored.map(|l| l.index), config);
         if let Some(at) = restored {
             let h = crate::check::state_hash(&machine);
             self.rec()
@@ -290,7 +346,13 @@ impl World {
         );
         let log = SimLog::new(self.clone(), idx, inc, log);
         let sm = SimMachine::new(self.clone(), idx, inc, sm, machine.clone());
-        let net = NetFactory::new(self.clone(), idx, inc);
+        let counters = self.slots()[idx].counters.clone();
+        let net = AddressedNet::new(SimTransport::new(self.clone(), idx, inc), CLUSTER, id)
+            .with_counters(counters.clone());
+        let mut inbox = Inbox::new(CLUSTER, id, counters);
+        if self.bug() == Some(Bug::RpcTargetUnchecked) {
+            inbox = inbox.without_address_check();
+        }
         let node = Node::start(id, self.cfg.raft_config(), net, log, sm, machine)
             .await
             .map_err(|e| format!("{name}: start: {e}"))?;
@@ -305,6 +367,7 @@ impl World {
                 return Err(format!("{name} crashed while starting"));
             }
             s.node = Some(node.clone());
+            s.inbox = Some(inbox);
             s.status = Status::Up;
         }
         tokio::spawn(watch_metrics(self.clone(), idx, inc, node.clone()));
@@ -322,6 +385,7 @@ impl World {
             }
             s.live.store(0, Ordering::Relaxed);
             s.status = Status::Down;
+            s.inbox = None;
             (s.node.take(), s.disk.clone())
         };
         let lost = disk.crash();
@@ -350,7 +414,6 @@ impl World {
             } else {
                 s.name = format!("{}-r{}", self.names[idx], s.rejoins);
                 s.id = raft::node_id(&s.name);
-                s.member = Member::new(s.name.clone(), format!("{}:1214", s.name));
                 Some((s.id, s.name.clone()))
             }
         };
@@ -361,6 +424,12 @@ impl World {
         self.rec().on_wipe(idx);
         self.ev(&self.names[idx], format_args!("disk wiped"));
     }
+}
+
+/// Node `idx`'s listener address after `moves` moves: `n2:7002`, then `n2:7102`, ... (no
+/// two nodes ever share one; clients' `SetNodeAddr` commands use ports 1000..2000).
+pub fn base_addr(idx: usize, moves: u32) -> String {
+    format!("n{}:{}", idx + 1, 7001 + idx as u32 + 100 * moves)
 }
 
 /// Node `idx`'s disk: the seed's sync delay, scaled by the node's own `disk.nK` stream (one
