@@ -97,6 +97,15 @@ pub struct Admission {
     pub learner_at: u64,
 }
 
+/// Where Raft's membership says member `id` listens (where its RPCs go).
+pub fn recorded_addr(node: &Node, id: NodeId) -> Option<String> {
+    node.metrics()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|mb| mb.addr.clone())
+}
+
 /// Who listens at `addr` among the members, other than `except`, in either record.
 pub fn addr_holder(node: &Node, addr: &str, except: &str) -> Option<String> {
     let in_state = node.read(|s| {
@@ -417,6 +426,19 @@ fn check_reachable(
     Ok(())
 }
 
+/// A member announced (to this node, leader or not) that it listens at `addr`: route its
+/// RPCs there now. Without this, a member whose record is wrong on every node and whose
+/// vote the others need could not be reached by any candidate, so no leader would ever be
+/// elected to record its address. Ignored for non-members and taken addresses.
+pub fn note_announcement(node: &Node, name: &str, addr: &str) {
+    if addr_holder(node, addr, name).is_some() {
+        return;
+    }
+    if let Some(id) = member_id(node, name) {
+        node.address_book().announce(id, addr);
+    }
+}
+
 /// Address change (on the leader): records that member `name` now listens at `addr`, in
 /// Raft's membership (where RPCs go) and then in the state. Refused when another member
 /// holds `addr`.
@@ -431,20 +453,22 @@ pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), Members
     let Some(id) = member_id(node, name) else {
         return Err(MembershipError::NotMember { node: name.into() });
     };
-    let current = node
-        .metrics()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .map(|mb| mb.addr.clone());
+    let current = recorded_addr(node, id);
     let in_state = node.read(|s| s.nodes.get(name).map(|r| r.addr.clone()));
     match current {
         None => return Err(MembershipError::NotMember { node: name.into() }),
         // Announced again (every start does): nothing to record.
-        Some(a) if a == addr && in_state.as_ref().is_none_or(|s| s == addr) => return Ok(()),
+        Some(a) if a == addr && in_state.as_ref().is_none_or(|s| s == addr) => {
+            node.address_book().forget(id);
+            return Ok(());
+        }
         Some(a) if a == addr => {}
         Some(_) => {
+            // RPCs go to the announced address at once: a membership change waiting for this
+            // member (which would block the record below) can then complete.
+            node.address_book().announce(id, addr);
             node.set_member(id, Member::new(name, addr)).await?;
+            node.address_book().forget(id);
         }
     }
     let cmd = Command::SetNodeAddr {

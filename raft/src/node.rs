@@ -68,6 +68,7 @@ pub struct Node {
     /// The openraft handle, for RPC handlers and metrics.
     pub raft: Raft<TypeConfig>,
     machine: Arc<SharedMachine>,
+    book: Arc<crate::rpc::AddressBook>,
 }
 
 impl Node {
@@ -93,7 +94,24 @@ impl Node {
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        Ok(Node { id, raft, machine })
+        Ok(Node {
+            id,
+            raft,
+            machine,
+            book: Arc::default(),
+        })
+    }
+
+    /// Shares `book` with this node's network (the one given to
+    /// [`crate::rpc::AddressedNet::with_address_book`]), so that announced addresses reach it.
+    pub fn with_address_book(mut self, book: Arc<crate::rpc::AddressBook>) -> Node {
+        self.book = book;
+        self
+    }
+
+    /// Addresses announced to this node that the membership does not record yet.
+    pub fn address_book(&self) -> &crate::rpc::AddressBook {
+        &self.book
     }
 
     /// Makes this node the single voter of a new cluster (only on an empty store).

@@ -163,6 +163,43 @@ pub trait Transport: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Reply, TransportError>> + Send;
 }
 
+/// Addresses members announced to this node that Raft's membership does not record yet.
+///
+/// openraft accepts one membership change at a time, and a change whose new configuration
+/// needs a member it cannot reach (the member moved, or its record is wrong) never commits,
+/// so the address repair, itself a membership change, would wait behind it forever. The
+/// leader therefore routes RPCs to an announced address at once, through this book, and
+/// records it in the membership when it can ([`crate::membership::set_addr`]). A wrong entry
+/// is harmless: the node that answers there refuses RPCs not addressed to it.
+#[derive(Debug, Default)]
+pub struct AddressBook {
+    announced: std::sync::Mutex<std::collections::BTreeMap<NodeId, String>>,
+}
+
+impl AddressBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<NodeId, String>> {
+        self.announced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Member `id` says it listens at `addr`.
+    pub fn announce(&self, id: NodeId, addr: &str) {
+        self.lock().insert(id, addr.to_string());
+    }
+
+    /// Raft's membership records member `id`'s address now: the announcement is done.
+    pub fn forget(&self, id: NodeId) {
+        self.lock().remove(&id);
+    }
+
+    /// Where to send member `id`'s RPCs: its announced address, else the recorded one.
+    pub fn resolve(&self, id: NodeId, recorded: &str) -> String {
+        self.lock()
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| recorded.to_string())
+    }
+}
+
 /// Counters of the addressing checks, shared by a node's network and inbox.
 #[derive(Debug, Default)]
 pub struct RpcCounters {
@@ -179,6 +216,7 @@ pub struct AddressedNet<T: Transport> {
     cluster: String,
     me: NodeId,
     counters: Arc<RpcCounters>,
+    book: Arc<AddressBook>,
 }
 
 impl<T: Transport> AddressedNet<T> {
@@ -189,7 +227,14 @@ impl<T: Transport> AddressedNet<T> {
             cluster: cluster.into(),
             me,
             counters: Arc::default(),
+            book: Arc::default(),
         }
+    }
+
+    /// Shares `book` (the node's [`crate::Node::address_book`]).
+    pub fn with_address_book(mut self, book: Arc<AddressBook>) -> AddressedNet<T> {
+        self.book = book;
+        self
     }
 
     /// Shares `counters` (the daemon reports them in its status).
@@ -231,7 +276,11 @@ impl<T: Transport> AddressedConn<T> {
             to: self.target,
             rpc,
         };
-        let sent = self.net.transport.send(&self.member, msg, ttl).await;
+        let to = Member::new(
+            self.member.name.clone(),
+            self.net.book.resolve(self.target, &self.member.addr),
+        );
+        let sent = self.net.transport.send(&to, msg, ttl).await;
         let misdelivered = |why: String| {
             self.net
                 .counters

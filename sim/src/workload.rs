@@ -515,6 +515,13 @@ pub async fn announce(w: &Arc<World>, idx: usize, stop: Option<&AtomicBool>) -> 
         }
         let me = w.member(idx);
         let Some((lidx, leader)) = w.leader() else {
+            // No leader to record it: tell the members, as the daemon does (any member takes
+            // an announcement), so that candidates can reach this node.
+            for j in (0..w.cfg.nodes).filter(|j| *j != idx) {
+                if let Some(n) = w.node(j) {
+                    membership::note_announcement(&n, &me.name, &me.addr);
+                }
+            }
             sleep(Duration::from_millis(50)).await;
             continue;
         };

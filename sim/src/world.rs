@@ -347,15 +347,18 @@ impl World {
         let log = SimLog::new(self.clone(), idx, inc, log);
         let sm = SimMachine::new(self.clone(), idx, inc, sm, machine.clone());
         let counters = self.slots()[idx].counters.clone();
+        let book = Arc::new(raft::rpc::AddressBook::default());
         let net = AddressedNet::new(SimTransport::new(self.clone(), idx, inc), CLUSTER, id)
-            .with_counters(counters.clone());
+            .with_counters(counters.clone())
+            .with_address_book(book.clone());
         let mut inbox = Inbox::new(CLUSTER, id, counters);
         if self.bug() == Some(Bug::RpcTargetUnchecked) {
             inbox = inbox.without_address_check();
         }
         let node = Node::start(id, self.cfg.raft_config(), net, log, sm, machine)
             .await
-            .map_err(|e| format!("{name}: start: {e}"))?;
+            .map_err(|e| format!("{name}: start: {e}"))?
+            .with_address_book(book);
         {
             let mut slots = self.slots();
             let s = &mut slots[idx];

@@ -527,6 +527,7 @@ impl Daemon {
         let already = membership::member_id(&node, &joiner).is_some();
         if already && member && sender == joiner {
             // A member asking to join again is telling us its listener moved.
+            membership::note_announcement(&node, &joiner, &addr);
             self.update_member_addr(&joiner, &addr).await?;
             return api::reply(&options::AddrRecorded { node: joiner, addr });
         }

@@ -252,15 +252,18 @@ impl Daemon {
             .await
             .map_err(|e| store_err(e.to_string()))?;
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
+        let book = Arc::new(raft::rpc::AddressBook::default());
         let net = raftnet::raft_net(
             self.peers.clone(),
             &cfg.cluster_name,
             id,
             self.rpc_counters.clone(),
-        );
+        )
+        .with_address_book(book.clone());
         let node = Node::start(id, raft_config(&cfg.cluster_name), net, log, sm, machine)
             .await
-            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+            .map_err(|e| DaemonError::Raft(e.to_string()))?
+            .with_address_book(book);
         let alone = cfg.nodes.iter().all(|n| *n == cfg.name);
         if !node.is_initialized().await && alone {
             tracing::info!(cluster = %cfg.cluster_name, "initializing a one-node cluster");
@@ -645,13 +648,7 @@ impl Daemon {
     /// Announces the listener address once bound, if the cluster records another one.
     fn announce_if_moved(self: &Arc<Self>) {
         let Ok(node) = self.node() else { return };
-        let me = self.raft_id();
-        let recorded = node
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&me)
-            .map(|m| m.addr.clone());
+        let recorded = raft::membership::recorded_addr(&node, self.raft_id());
         if recorded.is_some_and(|a| a != self.advertised_addr()) {
             let d = self.clone();
             tokio::spawn(async move { d.announce_address().await });
