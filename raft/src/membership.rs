@@ -434,8 +434,11 @@ pub fn note_announcement(node: &Node, name: &str, addr: &str) {
     if addr_holder(node, addr, name).is_some() {
         return;
     }
-    if let Some(id) = member_id(node, name) {
-        node.address_book().announce(id, addr);
+    let Some(id) = member_id(node, name) else {
+        return;
+    };
+    if let Some(recorded) = recorded_addr(node, id) {
+        node.address_book().announce(id, addr, &recorded);
     }
 }
 
@@ -463,10 +466,10 @@ pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), Members
             return Ok(());
         }
         Some(a) if a == addr => {}
-        Some(_) => {
+        Some(recorded) => {
             // RPCs go to the announced address at once: a membership change waiting for this
             // member (which would block the record below) can then complete.
-            node.address_book().announce(id, addr);
+            node.address_book().announce(id, addr, &recorded);
             node.set_member(id, Member::new(name, addr)).await?;
             node.address_book().forget(id);
         }

@@ -171,19 +171,30 @@ pub trait Transport: Clone + Send + Sync + 'static {
 /// leader therefore routes RPCs to an announced address at once, through this book, and
 /// records it in the membership when it can ([`crate::membership::set_addr`]). A wrong entry
 /// is harmless: the node that answers there refuses RPCs not addressed to it.
+///
+/// An announcement holds only while the membership still records what it recorded when the
+/// announcement came: once the record changes, the record is newer than the announcement.
 #[derive(Debug, Default)]
 pub struct AddressBook {
-    announced: std::sync::Mutex<std::collections::BTreeMap<NodeId, String>>,
+    /// Member id -> (announced address, the record it overrides).
+    announced: std::sync::Mutex<std::collections::BTreeMap<NodeId, (String, String)>>,
 }
 
+type Announced = std::collections::BTreeMap<NodeId, (String, String)>;
+
 impl AddressBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<NodeId, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Announced> {
         self.announced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Member `id` says it listens at `addr`.
-    pub fn announce(&self, id: NodeId, addr: &str) {
-        self.lock().insert(id, addr.to_string());
+    /// Member `id`, recorded at `recorded`, says it listens at `addr`.
+    pub fn announce(&self, id: NodeId, addr: &str, recorded: &str) {
+        let mut book = self.lock();
+        if addr == recorded {
+            book.remove(&id);
+        } else {
+            book.insert(id, (addr.to_string(), recorded.to_string()));
+        }
     }
 
     /// Raft's membership records member `id`'s address now: the announcement is done.
@@ -191,12 +202,18 @@ impl AddressBook {
         self.lock().remove(&id);
     }
 
-    /// Where to send member `id`'s RPCs: its announced address, else the recorded one.
+    /// Where to send member `id`'s RPCs: its announced address while the membership still
+    /// records what the announcement overrode, else the recorded one.
     pub fn resolve(&self, id: NodeId, recorded: &str) -> String {
-        self.lock()
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| recorded.to_string())
+        let mut book = self.lock();
+        match book.get(&id) {
+            Some((addr, over)) if over == recorded => addr.clone(),
+            Some(_) => {
+                book.remove(&id);
+                recorded.to_string()
+            }
+            None => recorded.to_string(),
+        }
     }
 }
 
