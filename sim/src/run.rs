@@ -303,10 +303,16 @@ async fn heal(w: &Arc<World>) -> Result<(), String> {
     // Every node announces its listener address if Raft's record of it is wrong (a
     // corrupted record not repaired yet, or a move not announced yet): the daemon does it
     // at start, so the heal does it before asking anything of the cluster.
-    let t0 = Instant::now();
-    for i in 0..w.cfg.nodes {
-        let left = (t0 + HEAL_BOUND).saturating_duration_since(Instant::now());
-        if timeout(left, workload::announce(w, i, None)).await.is_err() {
+    // All at once, as daemons starting on their own do: one node's announcement may need a
+    // leader that only another's makes electable.
+    let announcing: Vec<_> = (0..w.cfg.nodes)
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move { timeout(HEAL_BOUND, workload::announce(&w, i, None)).await })
+        })
+        .collect();
+    for (i, h) in announcing.into_iter().enumerate() {
+        if !matches!(h.await, Ok(Ok(_))) {
             return Err(format!(
                 "liveness: {} could not announce its address within {HEAL_BOUND:?} of the faults ending",
                 w.names[i]
