@@ -479,6 +479,10 @@ impl Daemon {
                 doc.set("listener", k, v);
             }
         })?;
+        // The members and the key first: the leader replicates to this node as soon as it
+        // has answered, and frames from a sender the listener does not know yet would count
+        // toward blacklisting the leader here while Raft starts.
+        self.refresh_members();
         self.set_keyring(Keyring::new(
             cfg.cluster_name.clone(),
             cfg.secret.as_bytes(),
