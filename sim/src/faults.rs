@@ -5,6 +5,7 @@
 //! and which members an address fault hits are resolved when the fault fires.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -328,6 +329,17 @@ pub async fn inject(w: Arc<World>, base: tokio::time::Instant, plan: Vec<(u64, F
 /// `membership::set_addr` is built on, without its check). Before writing another member's
 /// address, asks `membership::set_addr` for the same change: it must refuse it.
 async fn corrupt_addr(w: Arc<World>, kind: AddrFault, a: u64, b: u64) {
+    struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    w.corrupting.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight(&w.corrupting);
+    if w.faults_over.load(Ordering::SeqCst) {
+        return;
+    }
     let Some((lidx, leader)) = w.leader() else {
         return;
     };
@@ -395,6 +407,9 @@ async fn corrupt_addr(w: Arc<World>, kind: AddrFault, a: u64, b: u64) {
     };
     w.rec().stats.addr_faults += 1;
     for m in writes {
+        if w.faults_over.load(Ordering::SeqCst) {
+            return;
+        }
         w.ev(
             "op",
             format_args!(

@@ -207,7 +207,10 @@ async fn scenario(w: &Arc<World>) -> Result<(), String> {
     // Heal phase: no new faults, a calm network, everyone restarted.
     injector.abort();
     stop.store(true, Ordering::Relaxed);
-    w.faults_over.store(true, Ordering::Relaxed);
+    w.faults_over.store(true, Ordering::SeqCst);
+    while w.corrupting.load(Ordering::SeqCst) > 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
     {
         let mut net = w.net();
         net.blocked.clear();

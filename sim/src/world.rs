@@ -98,6 +98,9 @@ pub struct World {
     seq: AtomicU64,
     /// Set when the fault phase ends: tasks the faults spawned stop there.
     pub faults_over: AtomicBool,
+    /// Address corruptions still being written (the heal waits for them: one landing after
+    /// the faults end would be a fault inside the heal).
+    pub corrupting: std::sync::atomic::AtomicUsize,
 }
 
 /// Wall-clock epoch of every node's clock (ms): 2023-11-14.
@@ -162,6 +165,7 @@ impl World {
             slots: Mutex::new(slots),
             seq: AtomicU64::new(0),
             faults_over: AtomicBool::new(false),
+            corrupting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
