@@ -423,43 +423,47 @@ pub fn hostname() -> String {
 /// directory fsynced so the rename survives a power cut. A directory this creates is 0700;
 /// an existing one keeps its mode (the root may be `/`, whose `etc/` is not ours).
 pub fn save(path: &Path, doc: &IniDoc) -> Result<(), ConfigError> {
-    use std::io::Write;
     use std::os::unix::fs::DirBuilderExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::fs::PermissionsExt;
     let err = |e: std::io::Error| ConfigError::Write {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(err)?;
     }
-    let tmp = path.with_extension("conf.tmp");
+    write_durably(path, doc.to_string().as_bytes()).map_err(err)
+}
+
+/// Replaces `path` with `contents` so that a crash leaves the old file or the new one,
+/// and the new one survives a power cut: a `<name>.tmp` created 0600, fsynced, renamed
+/// over `path`, then the directory fsynced. The directory must exist.
+pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
+        .open(&tmp)?;
     // A temp file left by an older version may exist with a wider mode.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    f.write_all(doc.to_string().as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = dir {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuses a file that holds the cluster secret when group or others may read or write it:

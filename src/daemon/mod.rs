@@ -939,16 +939,9 @@ fn store_id(paths: &Paths, name: &str) -> std::io::Result<NodeId> {
 
 /// Records `id` as the Raft id of the next store (durably: a restart must not change it).
 pub(crate) fn write_store_id(paths: &Paths, id: NodeId) -> std::io::Result<()> {
-    use std::io::Write;
     let file = paths.raft_id_file();
-    let dir = file.parent().expect("var/ has a parent");
-    std::fs::create_dir_all(dir)?;
-    let tmp = file.with_extension("id.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{id}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &file)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::create_dir_all(file.parent().expect("var/ has a parent"))?;
+    config::write_durably(&file, format!("{id}\n").as_bytes())
 }
 
 /// A random Raft id for a new store incarnation (never 0).
