@@ -408,7 +408,13 @@ impl Daemon {
             let m = node.metrics();
             set.extend(m.membership_config.nodes().map(|(_, mb)| mb.name.clone()));
         }
-        *self.members.write().unwrap() = set;
+        let mut members = self.members.write().unwrap();
+        // A sender judged while it was not a member had its frames opened with the join
+        // key; those failures say nothing about it now that it is one.
+        for joined in set.difference(&members) {
+            self.listener.blacklist().forget_sender(joined);
+        }
+        *members = set;
     }
 
     /// Keeps node.conf's `cluster.nodes` equal to the replicated member list.

@@ -249,6 +249,20 @@ impl Blacklist {
         }
     }
 
+    /// Forgets every pair of `sender` (it became a cluster member).
+    pub fn forget_sender(&self, sender: &str) {
+        let mut t = self.lock();
+        let keys: Vec<(String, IpAddr)> = t
+            .pairs
+            .keys()
+            .filter(|(s, _)| s == sender)
+            .cloned()
+            .collect();
+        for k in &keys {
+            self.remove(&mut t, k);
+        }
+    }
+
     /// Empties the blacklist (`om node daemon blacklist clear`).
     pub fn clear(&self) {
         let mut t = self.lock();
