@@ -63,8 +63,71 @@ pub enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     /// `raft_vote`.
     Vote(VoteRequest<NodeId>),
-    /// `raft_snapshot`.
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// `raft_snapshot`; its chunk travels as bytes (MessagePack `bin`), not as an array
+    /// of numbers.
+    Snapshot(#[serde(with = "snapshot_chunk")] InstallSnapshotRequest<TypeConfig>),
+}
+
+/// [`InstallSnapshotRequest`] with its `data` as bytes.
+mod snapshot_chunk {
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::SnapshotMeta;
+    use openraft::Vote;
+    use serde::Deserialize;
+    use serde::Deserializer;
+    use serde::Serialize;
+    use serde::Serializer;
+
+    use crate::types::Member;
+    use crate::types::NodeId;
+    use crate::types::TypeConfig;
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        vote: &'a Vote<NodeId>,
+        meta: &'a SnapshotMeta<NodeId, Member>,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+        done: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct In {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, Member>,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        done: bool,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        r: &InstallSnapshotRequest<TypeConfig>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        Out {
+            vote: &r.vote,
+            meta: &r.meta,
+            offset: r.offset,
+            data: &r.data,
+            done: r.done,
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<InstallSnapshotRequest<TypeConfig>, D::Error> {
+        let r = In::deserialize(d)?;
+        Ok(InstallSnapshotRequest {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        })
+    }
 }
 
 impl Rpc {
@@ -447,5 +510,93 @@ impl Inbox {
             responder,
             answer: Ok(answer),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use openraft::Entry;
+    use openraft::EntryPayload;
+    use openraft::LogId;
+    use openraft::Membership;
+    use openraft::SnapshotMeta;
+    use openraft::StoredMembership;
+    use openraft::Vote;
+    use std::collections::BTreeMap;
+
+    fn member(n: u64) -> Member {
+        Member::new(format!("n{n}"), format!("127.0.0.1:{}", 1200 + n))
+    }
+
+    fn membership() -> Membership<NodeId, Member> {
+        let nodes: BTreeMap<NodeId, Member> = (1..=3).map(|n| (n, member(n))).collect();
+        Membership::new(vec![[1, 2, 3].into()], nodes)
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(4, 1), index)
+    }
+
+    fn round_trip(rpc: Rpc) -> (Rpc, Vec<u8>) {
+        let msg = Addressed {
+            cluster: "c1".into(),
+            from: 1,
+            to: 2,
+            rpc,
+        };
+        let bytes = rmp_serde::to_vec_named(&msg).unwrap();
+        let back: Addressed<Rpc> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!((back.cluster.as_str(), back.from, back.to), ("c1", 1, 2));
+        (back.rpc, bytes)
+    }
+
+    #[test]
+    fn every_rpc_round_trips_through_messagepack() {
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 1),
+            prev_log_id: Some(log_id(6)),
+            entries: vec![
+                Entry {
+                    log_id: log_id(7),
+                    payload: EntryPayload::Blank,
+                },
+                Entry {
+                    log_id: log_id(8),
+                    payload: EntryPayload::Membership(membership()),
+                },
+            ],
+            leader_commit: Some(log_id(6)),
+        };
+        let (back, _) = round_trip(Rpc::Append(append.clone()));
+        let Rpc::Append(back) = back else { panic!() };
+        assert_eq!(format!("{back:?}"), format!("{append:?}"));
+        let vote = VoteRequest::new(Vote::new(5, 3), Some(log_id(8)));
+        let (back, _) = round_trip(Rpc::Vote(vote.clone()));
+        let Rpc::Vote(back) = back else { panic!() };
+        assert_eq!(format!("{back:?}"), format!("{vote:?}"));
+    }
+
+    #[test]
+    fn a_snapshot_chunk_travels_as_bytes() {
+        let data: Vec<u8> = (0..=255).collect();
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(9)),
+                last_membership: StoredMembership::new(Some(log_id(8)), membership()),
+                snapshot_id: "s-9".into(),
+            },
+            offset: 0,
+            data: data.clone(),
+            done: true,
+        };
+        let (back, bytes) = round_trip(Rpc::Snapshot(req.clone()));
+        let Rpc::Snapshot(back) = back else { panic!() };
+        assert_eq!(format!("{back:?}"), format!("{req:?}"));
+        // bin8 of 256 bytes does not fit: bin16 marker, length 256, then the bytes as they are.
+        let at = bytes.windows(3).position(|w| w == [0xc5, 1, 0]).expect("a bin16");
+        assert_eq!(&bytes[at + 3..at + 3 + 256], &data[..]);
     }
 }

@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::wire::Doc;
+
 /// Response status codes (docs/PROTOCOL.md section 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(i32)]
@@ -142,12 +144,10 @@ pub trait ApiRequest: Serialize {
 
 /// Decodes the options of `action` into its struct; a serde error (which names the field)
 /// becomes a `BAD_REQUEST`.
-pub fn parse<T: DeserializeOwned>(action: Action, options: Value) -> Result<T, ApiError> {
-    let options = match options {
-        Value::Null => Value::Object(serde_json::Map::new()),
-        other => other,
-    };
-    serde_json::from_value(options).map_err(|e| ApiError::bad(format!("{action}: {e}")))
+pub fn parse<T: DeserializeOwned>(action: Action, options: Doc) -> Result<T, ApiError> {
+    options
+        .decode()
+        .map_err(|e| ApiError::bad(format!("{action}: {e}")))
 }
 
 /// Encodes a reply as the `data` of a response.
@@ -156,8 +156,8 @@ pub fn reply<T: Serialize>(v: &T) -> Result<Value, ApiError> {
 }
 
 /// Decodes the `data` of a successful answer to `action`.
-pub fn decode_reply<T: DeserializeOwned>(action: Action, data: Value) -> Result<T, ApiError> {
-    serde_json::from_value(data)
+pub fn decode_reply<T: DeserializeOwned>(action: Action, data: Doc) -> Result<T, ApiError> {
+    data.decode()
         .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))
 }
 
@@ -174,17 +174,21 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_option_names_the_option() {
-        let e = parse::<options::SetNodeMonitor>(
-            Action::SetNodeMonitor,
-            serde_json::json!({"status": "sleeping"}),
-        )
-        .unwrap_err();
-        assert!(e.is(Status::BadRequest));
-        assert!(e.message.contains("node monitor status"), "{e}");
-        assert!(e.message.contains("idle"), "{e}");
-        let e = parse::<options::ServiceRef>(Action::GetServiceConfig, serde_json::json!({}))
-            .unwrap_err();
-        assert!(e.message.contains("svcname"), "{e}");
+    fn a_bad_option_names_the_option_from_json_and_from_messagepack() {
+        let bad = serde_json::json!({"status": "sleeping"});
+        let good = serde_json::json!({"status": "idle", "local_expect": "thawed"});
+        for doc in [bad.clone().into(), Doc::pack(&bad).unwrap()] {
+            let e = parse::<options::SetNodeMonitor>(Action::SetNodeMonitor, doc).unwrap_err();
+            assert!(e.is(Status::BadRequest));
+            assert!(e.message.contains("node monitor status"), "{e}");
+            assert!(e.message.contains("idle"), "{e}");
+        }
+        for doc in [good.clone().into(), Doc::pack(&good).unwrap()] {
+            parse::<options::SetNodeMonitor>(Action::SetNodeMonitor, doc).unwrap();
+        }
+        for doc in [serde_json::json!({}).into(), Doc::pack(&serde_json::json!({})).unwrap()] {
+            let e = parse::<options::ServiceRef>(Action::GetServiceConfig, doc).unwrap_err();
+            assert!(e.message.contains("svcname"), "{e}");
+        }
     }
 }

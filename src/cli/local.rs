@@ -44,7 +44,7 @@ impl LocalNode {
             .await
             .map_err(|e| e.to_string())?;
         if resp.is_ok() {
-            Ok(resp.data)
+            resp.data.into_value()
         } else {
             Err(resp
                 .error
@@ -355,7 +355,7 @@ pub async fn wait_joined(
             .request("daemon_status", json!({}), Duration::from_secs(3))
             .await
         {
-            let st = resp.data;
+            let st = resp.data.into_value().unwrap_or_default();
             let me = &st["nodes"][name];
             let role = me["role"].as_str().unwrap_or("?");
             let line = format!(

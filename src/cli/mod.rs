@@ -399,7 +399,7 @@ async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) ->
         .request(action, options, timeout)
         .await?;
     if resp.is_ok() {
-        Ok(resp.data)
+        resp.data.into_value().map_err(CliError)
     } else {
         Err(CliError(resp.error.unwrap_or_else(|| {
             format!("{action} failed with status {}", resp.status)

@@ -145,11 +145,6 @@ pub const PARAMS: &[Param] = &[
         help: "largest frame accepted, in bytes (1024..=1073741824)",
     },
     Param {
-        key: "listener.replay_window",
-        default: "60s",
-        help: "frames older or newer than this are refused",
-    },
-    Param {
         key: "listener.max_conns",
         default: "1024",
         help: "connections open at once (1..=1048576; lowered to the fd limit minus a reserve)",
@@ -215,8 +210,6 @@ pub struct NodeConfig {
     pub listener_port: u16,
     /// `listener.max_frame`.
     pub max_frame: usize,
-    /// `listener.replay_window`.
-    pub replay_window: Duration,
     /// `listener.max_conns`.
     pub max_conns: usize,
     /// `listener.max_conns_per_addr`.
@@ -282,7 +275,6 @@ impl NodeConfig {
             listener_addr: get("listener.addr").parse().expect("validated"),
             listener_port: get("listener.port").parse().expect("validated"),
             max_frame: get("listener.max_frame").parse().expect("validated"),
-            replay_window: duration(&get("listener.replay_window")).expect("validated"),
             max_conns: get("listener.max_conns").parse().expect("validated"),
             max_conns_per_addr: get("listener.max_conns_per_addr")
                 .parse()
@@ -324,8 +316,23 @@ fn default_of(key: &str) -> &'static str {
         .map_or("", |p| p.default)
 }
 
+/// Parameters that older versions had and this one ignores: `(key, why)`. A node.conf that
+/// still has one loads (the daemon logs a warning), so an upgrade does not stop a node.
+pub const RETIRED: &[(&str, &str)] = &[(
+    "listener.replay_window",
+    "wire protocol v2 sessions refuse replays by construction; the line can be deleted",
+)];
+
+/// Why `key` is ignored, if it is a retired parameter.
+pub fn retired(key: &str) -> Option<&'static str> {
+    RETIRED.iter().find(|(k, _)| *k == key).map(|(_, why)| *why)
+}
+
 /// Checks that `key` is a known parameter and `value` a valid value for it.
 pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
+    if retired(key).is_some() {
+        return Ok(());
+    }
     if !PARAMS.iter().any(|p| p.key == key) {
         return Err(ConfigError::UnknownKey {
             key: key.to_string(),
@@ -354,7 +361,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "node.name" if !value.is_empty() && !name_ok(value) => {
             bad("1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit")
         }
-        "node.down_timeout" | "node.join_timeout" | "listener.replay_window"
+        "node.down_timeout" | "node.join_timeout"
             if duration(value).is_none() =>
         {
             bad("expected a duration such as 5s, 500ms or 1m")

@@ -25,6 +25,7 @@ use crate::api::Action;
 use crate::wire::status as code;
 use crate::wire::ClientError;
 use crate::wire::ClientOptions;
+use crate::wire::Doc;
 use crate::wire::Keyring;
 use crate::wire::Request;
 use crate::wire::Response;
@@ -67,9 +68,8 @@ impl Daemon {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, origin: &Origin, req: Request) -> Result<Value> {
+    async fn dispatch(self: &Arc<Self>, origin: &Origin, req: Request) -> Result<Doc> {
         let action: Action = req.action.parse()?;
-        let from_peer = matches!(origin, Origin::Peer { .. });
         match (origin, action.door()) {
             (Origin::Peer { member: false, .. }, _) if action != Action::Join => {
                 return Err(ActionError::new(
@@ -92,6 +92,15 @@ impl Daemon {
             _ => {}
         }
         let o = req.options;
+        // The Raft RPCs go from MessagePack straight into openraft's types and back.
+        if let Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot = action {
+            return self.raft_rpc(action, o).await;
+        }
+        self.serve_action(origin, action, o).await.map(Doc::from)
+    }
+
+    async fn serve_action(self: &Arc<Self>, origin: &Origin, action: Action, o: Doc) -> Result<Value> {
+        let from_peer = matches!(origin, Origin::Peer { .. });
         match action {
             Action::DaemonStatus => {
                 let opts: options::DaemonStatus = api::parse(action, o)?;
@@ -247,7 +256,7 @@ impl Daemon {
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
             Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot => {
-                self.raft_rpc(action, o).await
+                unreachable!("{action} is served by dispatch")
             }
             Action::RaftPropose => {
                 let msg: raft::rpc::Addressed<Command> = api::parse(action, o)?;
@@ -279,7 +288,7 @@ impl Daemon {
     }
 
     /// Serves an addressed Raft RPC; a misaddressed one gets `MISADDRESSED`.
-    async fn raft_rpc(&self, action: Action, options: Value) -> Result<Value> {
+    async fn raft_rpc(&self, action: Action, options: Doc) -> Result<Doc> {
         let msg: raft::rpc::Addressed<raft::rpc::Rpc> = api::parse(action, options)?;
         if msg.rpc.action() != action.as_str() {
             return Err(ActionError::bad(format!(
@@ -292,7 +301,7 @@ impl Daemon {
         if let Err(refusal) = &reply.answer {
             return Err(ActionError::new(code::MISADDRESSED, refusal.to_string()));
         }
-        api::reply(&reply)
+        Doc::pack(&reply).map_err(|e| ActionError::new(code::INTERNAL, e))
     }
 
     async fn thread_action(&self, action: Action, id: &str) -> Result<Value> {
@@ -555,7 +564,7 @@ impl Daemon {
         let catch_up = self.config().join_timeout;
         tokio::spawn(async move {
             let _guard = guard;
-            let done = admission.complete(&node, crate::wire::now_ms(), catch_up);
+            let done = admission.complete(&node, crate::clock::now_ms(), catch_up);
             match done.await {
                 Ok(_) => tracing::info!(node = %joiner, "joined"),
                 Err(e) => tracing::error!(node = %joiner, "join failed: {e}"),
@@ -567,14 +576,7 @@ impl Daemon {
                 name: cfg.cluster_name.clone(),
                 nodes,
             },
-            listener: [
-                ("max_frame".to_string(), cfg.max_frame.to_string()),
-                (
-                    "replay_window".to_string(),
-                    format!("{}ms", cfg.replay_window.as_millis()),
-                ),
-            ]
-            .into(),
+            listener: [("max_frame".to_string(), cfg.max_frame.to_string())].into(),
             leader: self.name(),
         })
     }
@@ -609,7 +611,7 @@ impl Daemon {
             let data = self
                 .ask_leader(&leader, "leave", api::reply(&fwd)?, Duration::from_secs(30))
                 .await?;
-            return api::decode_reply(Action::Leave, data);
+            return api::decode_reply(Action::Leave, data.into());
         }
         let _guard = self.membership_guard()?;
         membership::evict(&node, name, force)

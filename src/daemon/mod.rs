@@ -40,7 +40,7 @@ use crate::listener::Listener;
 use crate::listener::ListenerConfig;
 use crate::listener::ListenerHandle;
 use crate::listener::RequestCtx;
-use crate::wire::now_ms;
+use crate::clock::now_ms;
 use crate::wire::status as code;
 use crate::wire::Keyring;
 use crate::wire::Request;
@@ -871,7 +871,6 @@ pub fn listener_config(cfg: &NodeConfig) -> ListenerConfig {
         addr: cfg.listener_addr.to_string(),
         port: cfg.listener_port,
         max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
-        replay_window: cfg.replay_window,
         max_conns: cfg.max_conns,
         max_conns_per_addr: cfg.max_conns_per_addr,
         handshake_timeout: cfg.handshake_timeout,

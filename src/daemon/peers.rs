@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::wire::status;
 use crate::wire::Client;
 use crate::wire::ClientOptions;
+use crate::wire::Doc;
 use crate::wire::Keyring;
 use crate::wire::Request;
 use crate::wire::Response;
@@ -74,14 +76,33 @@ impl Peers {
             .clone()
     }
 
-    /// Sends `action` to the node at `addr` and returns the data of a successful answer.
+    /// Sends `action` to the node at `addr` and returns the data of a successful answer
+    /// as JSON.
     pub async fn call(
         &self,
         addr: &str,
         action: &str,
-        options: Value,
+        options: impl Into<Doc>,
         timeout: Duration,
     ) -> Result<Value, PeerError> {
+        let data = self.call_doc(addr, action, options, timeout).await?;
+        data.into_value().map_err(|e| PeerError::Failed {
+            addr: addr.to_string(),
+            action: action.to_string(),
+            status: status::ERROR,
+            message: format!("the answer has no JSON form: {e}"),
+        })
+    }
+
+    /// Sends `action` to the node at `addr` and returns the data of a successful answer
+    /// as it arrived (to be decoded into its type).
+    pub async fn call_doc(
+        &self,
+        addr: &str,
+        action: &str,
+        options: impl Into<Doc>,
+        timeout: Duration,
+    ) -> Result<Doc, PeerError> {
         let resp = self
             .call_raw(addr, Request::new(action, options), timeout)
             .await?;

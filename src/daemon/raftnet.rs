@@ -1,6 +1,6 @@
 //! openraft's network over the listener: the addressed RPCs of [`raft::rpc`] carried as
 //! `raft_append`, `raft_vote` and `raft_snapshot` requests on the peers' long-lived
-//! encrypted connections.
+//! sessions, encoded as MessagePack straight from openraft's types (no JSON tree).
 //!
 //! Addressing (who the RPC is for, who answered) is checked by [`raft::rpc`], the code the
 //! simulator runs too; this module only moves the bytes. openraft retries and backs off by
@@ -22,6 +22,7 @@ use raft::NodeId;
 use super::peers::PeerError;
 use super::peers::Peers;
 use crate::wire::status;
+use crate::wire::Doc;
 
 /// The daemon's Raft network: addressed RPCs over [`Peers`].
 pub type RaftNet = AddressedNet<PeerTransport>;
@@ -56,10 +57,11 @@ impl Transport for PeerTransport {
         };
         let action = msg.rpc.action();
         let msg_to = msg.to;
-        let options = serde_json::to_value(&msg).map_err(|e| failed(e.to_string()))?;
+        // MessagePack straight from openraft's types (snapshot chunks as `bin`).
+        let options = Doc::pack(&msg).map_err(failed)?;
         let data = self
             .peers
-            .call(addr, action, options, ttl)
+            .call_doc(addr, action, options, ttl)
             .await
             .map_err(|e| match e {
                 PeerError::Unreachable { .. } => TransportError::Unreachable {
@@ -76,7 +78,7 @@ impl Transport for PeerTransport {
                 },
                 other => failed(other.to_string()),
             })?;
-        let reply: Reply = serde_json::from_value(data).map_err(|e| failed(e.to_string()))?;
+        let reply: Reply = data.decode().map_err(failed)?;
         // Only an answer from the node meant counts as hearing from it (node-down marking).
         if reply.responder == msg_to && reply.answer.is_ok() {
             self.peers.saw(&target.name);

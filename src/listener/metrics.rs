@@ -17,13 +17,16 @@ pub struct Metrics {
     pub frames: AtomicU64,
     /// Empty packets (dequeue actions).
     pub empty_packets: AtomicU64,
-    /// Frames dropped before decryption because their (sender, address) pair is blacklisted.
+    /// Hellos refused before any crypto because their (sender, address) pair is blacklisted.
     pub dropped_blacklisted: AtomicU64,
-    /// Decryption attempts (one per frame that passed framing and the blacklist).
+    /// Handshakes attempted (one per hello that passed parsing, the blacklist and the
+    /// membership check).
     pub decrypt_attempts: AtomicU64,
+    /// Sessions opened (handshakes that authenticated).
+    pub sessions: AtomicU64,
     /// Requests handed to the handler.
     pub requests: AtomicU64,
-    /// Response frames queued for sending (handler answers and error answers).
+    /// Responses queued for sending (handler answers and error answers).
     pub responses: AtomicU64,
     /// Pairs that got blacklisted.
     pub blacklisted: AtomicU64,
@@ -31,7 +34,7 @@ pub struct Metrics {
     pub refused_conn_cap: AtomicU64,
     /// Connections shed because the process ran out of file descriptors (spare-descriptor trick).
     pub refused_no_fd: AtomicU64,
-    /// Connections closed for not sending an authenticated frame within `handshake_timeout`.
+    /// Connections closed for not completing a handshake within `handshake_timeout`.
     pub closed_handshake_timeout: AtomicU64,
     /// Connections closed because a started frame did not complete within `frame_timeout`.
     pub closed_frame_timeout: AtomicU64,
@@ -57,6 +60,8 @@ pub struct MetricsSnapshot {
     pub dropped_blacklisted: u64,
     /// See [`Metrics::decrypt_attempts`].
     pub decrypt_attempts: u64,
+    /// See [`Metrics::sessions`].
+    pub sessions: u64,
     /// See [`Metrics::requests`].
     pub requests: u64,
     /// See [`Metrics::responses`].
@@ -113,6 +118,7 @@ impl Metrics {
             empty_packets: get(&self.empty_packets),
             dropped_blacklisted: get(&self.dropped_blacklisted),
             decrypt_attempts: get(&self.decrypt_attempts),
+            sessions: get(&self.sessions),
             requests: get(&self.requests),
             responses: get(&self.responses),
             blacklisted: get(&self.blacklisted),
@@ -140,14 +146,14 @@ mod tests {
         let m = Metrics::default();
         m.reject(ErrorKind::Auth);
         m.reject(ErrorKind::Auth);
-        m.reject(ErrorKind::Stale);
+        m.reject(ErrorKind::BadPayload);
         Metrics::incr(&m.frames);
         assert_eq!(m.rejected(ErrorKind::Auth), 2);
-        assert_eq!(m.rejected(ErrorKind::Replayed), 0);
+        assert_eq!(m.rejected(ErrorKind::Oversize), 0);
         assert_eq!(m.rejected_total(), 3);
         let s = m.snapshot();
         assert_eq!(s.frames, 1);
         assert_eq!(s.rejected.get("auth"), Some(&2));
-        assert_eq!(s.rejected.get("replayed"), None);
+        assert_eq!(s.rejected.get("oversize"), None);
     }
 }

@@ -79,7 +79,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -88,10 +88,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::wire::frame::MAX_RECORD;
 use crate::wire::{
-    check_len, now_ms, read_body, read_len, status, Body, Envelope, EnvelopeHead, Frame, Keyring,
-    ReplayGuard, Request, Response, WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT,
-    DEFAULT_REPLAY_WINDOW_MS,
+    accept, check_len, encode_refusal, parse_hello, read_body, read_len, status, Accepted, Body,
+    Frame, Keyring, Message, Mode, Opener, RefusalCode, ReqId, Request, Response, Sealer,
+    WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, MAX_HELLO_LEN,
 };
 
 /// The only action accepted from a sender that is not in `cluster.nodes`.
@@ -119,10 +120,8 @@ pub struct ListenerConfig {
     pub addr: String,
     /// Port to bind (`listener.port`); 0 picks a free port (tests).
     pub port: u16,
-    /// Largest frame accepted (`listener.max_frame`, default 16 MiB).
+    /// Largest message accepted from a session (`listener.max_frame`, default 16 MiB).
     pub max_frame: u32,
-    /// Replay window (default 60 s).
-    pub replay_window: Duration,
     /// Requests running at once per connection before the reader waits (default 1024).
     pub max_inflight: usize,
     /// Connections open at once (`listener.max_conns`, default 1024); lowered at start when
@@ -154,7 +153,6 @@ impl Default for ListenerConfig {
             addr: "0.0.0.0".into(),
             port: DEFAULT_PORT,
             max_frame: DEFAULT_MAX_FRAME,
-            replay_window: Duration::from_millis(DEFAULT_REPLAY_WINDOW_MS),
             max_inflight: 1024,
             max_conns: 1024,
             max_conns_per_addr: 64,
@@ -170,12 +168,12 @@ impl Default for ListenerConfig {
 /// Who sent a request, handed to the [`Handler`] with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestCtx {
-    /// Sender nodename (authenticated: it is part of the AAD).
+    /// Sender nodename (authenticated: it is bound into the session's handshake).
     pub sender: String,
     /// Source address and port of the connection.
     pub peer: SocketAddr,
     /// The request id the response will echo.
-    pub reqid: u64,
+    pub reqid: ReqId,
     /// Whether the sender was in `cluster.nodes` (false only for `join`).
     pub member: bool,
 }
@@ -222,7 +220,6 @@ struct Shared {
     handler: Arc<dyn Handler>,
     blacklist: Blacklist,
     metrics: Metrics,
-    replay: Mutex<ReplayGuard>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -279,21 +276,8 @@ impl Drop for ListenerHandle {
     }
 }
 
-/// What validation decided for one non-empty frame.
-#[derive(Debug)]
-enum Verdict {
-    /// Run the request.
-    Dispatch(RequestCtx, Request),
-    /// Answer with this error (reqid, response, sender is a member).
-    Reply(u64, Response, bool),
-    /// Ignore the frame.
-    Drop,
-    /// Ignore the frame and close the connection once in-flight requests are answered.
-    Close,
-}
-
 impl Listener {
-    /// Listener state for node `nodename` (the responder name in every response frame).
+    /// Listener state for node `nodename` (the name its welcome gives).
     pub fn new(
         nodename: impl Into<String>,
         keyring: Keyring,
@@ -308,12 +292,12 @@ impl Listener {
                 handler,
                 blacklist: Blacklist::default(),
                 metrics: Metrics::default(),
-                replay: Mutex::new(ReplayGuard::default()),
             }),
         }
     }
 
-    /// Replaces the keyring (cluster secret or name change); applies to the next frame.
+    /// Replaces the keyring (cluster secret or name change); applies to the next handshake
+    /// (sessions already open keep their keys until they close).
     pub fn set_keyring(&self, keyring: Keyring) {
         *self
             .shared
@@ -341,11 +325,6 @@ impl Listener {
     pub async fn start(&self, config: &ListenerConfig) -> io::Result<ListenerHandle> {
         let tcp = TcpListener::bind((config.addr.as_str(), config.port)).await?;
         let local_addr = tcp.local_addr()?;
-        self.shared
-            .replay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_window_ms(config.replay_window.as_millis() as u64);
         self.shared.blacklist.set_ttl(config.blacklist_ttl);
         let max_conns = conn_cap(config.max_conns);
         let run = Arc::new(Run {
@@ -527,8 +506,8 @@ impl Drop for OpenGauge<'_> {
 /// How a connection's frame loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The first authenticated frame was dispatched: go on with the authenticated limits.
-    Authenticated,
+    /// A v1 client's first frame: tell it this node speaks v2, then close.
+    V1,
     /// Stop reading; answer the requests running, then close.
     Graceful,
     /// Close at once.
@@ -558,12 +537,11 @@ async fn serve_conn(
         wr: Some(wr),
         tx: None,
         writer: None,
-        trusted: None,
     };
-    let mut end = conn.frames(&mut rd, false).await;
-    if end == End::Authenticated {
-        end = conn.frames(&mut rd, true).await;
-    }
+    let end = match conn.handshake(&mut rd).await {
+        Ok((session, opener)) => conn.records(&mut rd, &session, opener).await,
+        Err(end) => end,
+    };
     drop(rd);
     conn.finish(end == End::Graceful).await;
 }
@@ -573,30 +551,81 @@ struct Conn {
     shared: Arc<Shared>,
     run: Arc<Run>,
     peer: SocketAddr,
-    /// The write half until the writer task is started (on the first response).
+    /// The write half until the writer task is started (with the first answer).
     wr: Option<OwnedWriteHalf>,
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<Out>>,
     writer: Option<AbortOnDrop>,
     inflight: Arc<Semaphore>,
-    /// The sender this connection authenticated as (its first dispatched frame): the
-    /// blacklist does not apply to it here, so a forger's garbage on other connections
-    /// cannot cut a member's established connection.
-    trusted: Option<String>,
 }
 
-/// A frame read, with what it holds of the unauthenticated budget.
-type ReadFrame = (Frame, Option<Charge>);
+/// Who opened a session.
+#[derive(Debug, Clone)]
+struct Session {
+    sender: String,
+    /// A member session (else a joiner's: only `join` is served).
+    member: bool,
+}
+
+/// What the writer task of a connection sends.
+#[derive(Debug)]
+enum Out {
+    /// A clear frame (welcome, refusal).
+    Clear(Vec<u8>),
+    /// A message's plaintext, sealed by the writer.
+    Message(Vec<u8>),
+}
 
 impl Conn {
-    /// Reads and handles frames until the connection ends or, when `authed` is false, until
-    /// its first authenticated frame is dispatched.
-    async fn frames(&mut self, rd: &mut BufReader<OwnedReadHalf>, authed: bool) -> End {
+    /// Reads frames until a hello and answers it: `Ok` with the session and its opener
+    /// once the welcome is queued, `Err` when the connection is to close. Empty packets
+    /// before the hello are served. All of it within `handshake_timeout`.
+    async fn handshake(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<(Session, Opener), End> {
+        let m = &self.shared.metrics;
+        let deadline = Instant::now() + self.run.limits.handshake_timeout;
+        loop {
+            let frame = match self.next_frame(rd, false, deadline).await {
+                Ok(Some((frame, _charge))) => frame,
+                Ok(None) => return Err(End::Graceful),
+                Err(End::V1) => {
+                    let refusal = encode_refusal(RefusalCode::Version, V1_REFUSAL);
+                    let _ = self.sender(None).send(Out::Clear(refusal)).await;
+                    return Err(End::Graceful);
+                }
+                Err(end) => return Err(end),
+            };
+            Metrics::incr(&m.frames);
+            if frame.is_empty() {
+                Metrics::incr(&m.empty_packets);
+                self.shared.handler.dequeue_actions();
+                continue;
+            }
+            return match self.shared.answer_hello(frame.body(), self.peer) {
+                Ok((session, acc)) => {
+                    Metrics::incr(&m.sessions);
+                    let tx = self.sender(Some(acc.sealer));
+                    if tx.send(Out::Clear(acc.welcome)).await.is_err() {
+                        return Err(End::Abort);
+                    }
+                    Ok((session, acc.opener))
+                }
+                Err(Some(refusal)) => {
+                    let _ = self.sender(None).send(Out::Clear(refusal)).await;
+                    Err(End::Graceful)
+                }
+                Err(None) => Err(End::Abort),
+            };
+        }
+    }
+
+    /// Reads the records of an open session and runs its requests, until the connection
+    /// ends.
+    async fn records(&mut self, rd: &mut BufReader<OwnedReadHalf>, session: &Session, mut opener: Opener) -> End {
         let shared = self.shared.clone();
         let m = &shared.metrics;
-        let handshake = Instant::now() + self.run.limits.handshake_timeout;
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         loop {
-            let (mut frame, charge) = match self.next_frame(rd, authed, handshake).await {
-                Ok(Some(f)) => f,
+            let frame = match self.next_frame(rd, true, far).await {
+                Ok(Some((f, _))) => f,
                 Ok(None) => return End::Graceful,
                 Err(end) => return end,
             };
@@ -606,37 +635,41 @@ impl Conn {
                 self.shared.handler.dequeue_actions();
                 continue;
             }
-            match self
-                .shared
-                .validate(&mut frame, self.peer, self.trusted.as_deref())
-            {
-                Verdict::Drop => {}
-                Verdict::Close => return End::Graceful,
-                Verdict::Reply(reqid, resp, member) => {
-                    let frame = self.shared.seal_response(reqid, resp, member);
-                    Metrics::incr(&m.responses);
-                    if self.sender().send(frame).await.is_err() {
+            let plain = match opener.open(frame.body(), self.run.limits.max_frame) {
+                Ok(None) => continue,
+                Ok(Some(p)) => p,
+                Err(e) => {
+                    // Only the session's peer holds its key: a record that does not open is
+                    // an injected, replayed or cut one, and nothing after it can be trusted.
+                    m.reject(e.kind());
+                    tracing::warn!(sender = %session.sender, peer = %self.peer, error = %e, "closing session: bad record");
+                    return End::Graceful;
+                }
+            };
+            let (ctx, req) = match self.shared.request(plain, session, self.peer) {
+                Ok(r) => r,
+                Err(Some((reqid, resp))) => {
+                    if self.reply(reqid, resp).await.is_err() {
                         return End::Abort;
                     }
+                    continue;
                 }
-                Verdict::Dispatch(ctx, req) => {
-                    drop((frame, charge));
-                    if self.trusted.is_none() {
-                        self.trusted = Some(ctx.sender.clone());
-                    }
-                    if !self.dispatch(ctx, req).await {
-                        return End::Abort;
-                    }
-                    if !authed {
-                        return End::Authenticated;
-                    }
-                }
+                Err(None) => continue,
+            };
+            if !self.dispatch(ctx, req).await {
+                return End::Abort;
             }
         }
     }
 
-    /// Waits for the next frame (until `handshake` before authentication, for
-    /// `idle_timeout` after), then reads it whole within `frame_timeout`.
+    async fn reply(&mut self, reqid: ReqId, resp: Response) -> Result<(), ()> {
+        let plain = self.shared.encode_response(reqid, resp);
+        Metrics::incr(&self.shared.metrics.responses);
+        self.sender(None).send(Out::Message(plain)).await.map_err(|_| ())
+    }
+
+    /// Waits for the next frame (until `handshake` before the session, for `idle_timeout`
+    /// after), then reads it whole within `frame_timeout`.
     async fn next_frame(
         &self,
         rd: &mut BufReader<OwnedReadHalf>,
@@ -667,9 +700,9 @@ impl Conn {
         }
     }
 
-    /// Waits until a byte is buffered (`true`) or the stream ended (`false`). Before
-    /// authentication the wait ends at `handshake`; after it, at `idle_timeout` without a
-    /// frame, unless requests are still running (their answers are not idleness).
+    /// Waits until a byte is buffered (`true`) or the stream ended (`false`). Before the
+    /// session the wait ends at `handshake`; after it, at `idle_timeout` without a frame,
+    /// unless requests are still running (their answers are not idleness).
     async fn wait_for_data(
         &self,
         rd: &mut BufReader<OwnedReadHalf>,
@@ -711,8 +744,8 @@ impl Conn {
         self.inflight.available_permits() < self.run.limits.max_inflight
     }
 
-    /// Reads one frame whose first byte is buffered. Before authentication its length is
-    /// held to [`UNAUTH_MAX_FRAME`] and its buffer is charged to the run's budget.
+    /// Reads one frame whose first byte is buffered: a hello before the session (at most
+    /// [`MAX_HELLO_LEN`] bytes, its buffer charged to the run's budget), a record after.
     async fn read_one(
         &self,
         rd: &mut BufReader<OwnedReadHalf>,
@@ -723,7 +756,7 @@ impl Conn {
             if matches!(e, WireError::Io(_)) {
                 tracing::debug!(peer = %self.peer, error = %e, "connection failed");
             } else {
-                tracing::warn!(peer = %self.peer, error = %e, "closing connection");
+                tracing::debug!(peer = %self.peer, error = %e, "closing connection");
             }
             m.reject(e.kind());
             End::Abort
@@ -731,15 +764,14 @@ impl Conn {
         let Some(len) = read_len(rd).await.map_err(fail)? else {
             return Err(End::Graceful);
         };
-        let max = if authed {
-            self.run.limits.max_frame
-        } else {
-            self.run.limits.max_frame.min(UNAUTH_MAX_FRAME)
-        };
-        check_len(len, max).map_err(fail)?;
         if authed {
+            check_len(len, MAX_RECORD as u32).map_err(fail)?;
             let frame = read_body(rd, len, |_| Ok(())).await.map_err(fail)?;
             return Ok((frame, None));
+        }
+        if len as usize > MAX_HELLO_LEN {
+            // A v1 frame is longer than any hello: read its version byte to say so.
+            return Err(self.refuse_long_first_frame(rd, len).await);
         }
         let mut charge = Charge::new(&self.run.budget);
         match read_body(rd, len, |n| charge.grow(n)).await {
@@ -753,17 +785,31 @@ impl Conn {
         }
     }
 
-    /// The sender of the response queue; starts the writer task on first use.
-    fn sender(&mut self) -> mpsc::Sender<Vec<u8>> {
+    /// A first frame longer than a hello: a v1 client (version byte 1) is to be told that
+    /// this node speaks v2 ([`End::V1`]); anything else is closed as oversize.
+    async fn refuse_long_first_frame(&self, rd: &mut BufReader<OwnedReadHalf>, len: u32) -> End {
+        let m = &self.shared.metrics;
+        if let Ok([1, ..]) = rd.fill_buf().await {
+            m.reject(crate::wire::ErrorKind::BadVersion);
+            return End::V1;
+        }
+        m.reject(crate::wire::ErrorKind::Oversize);
+        tracing::debug!(peer = %self.peer, len, "closing connection: first frame larger than a hello");
+        End::Abort
+    }
+
+    /// The sender of the answer queue; starts the writer task on first use, with the
+    /// session's sealer when there is one.
+    fn sender(&mut self, sealer: Option<Sealer>) -> mpsc::Sender<Out> {
         if let Some(tx) = &self.tx {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Out>(WRITE_QUEUE);
         let wr = self
             .wr
             .take()
             .expect("the write half is there until the writer starts");
-        self.writer = Some(AbortOnDrop(tokio::spawn(conn_writer(rx, wr))));
+        self.writer = Some(AbortOnDrop(tokio::spawn(conn_writer(rx, wr, sealer))));
         self.tx = Some(tx.clone());
         tx
     }
@@ -775,28 +821,25 @@ impl Conn {
         };
         Metrics::incr(&self.shared.metrics.requests);
         let shared = self.shared.clone();
-        let tx = self.sender();
+        let tx = self.sender(None);
         tokio::spawn(async move {
-            let reqid = ctx.reqid;
-            let member = ctx.member;
+            let reqid = ctx.reqid.clone();
             let mut guard = PanicGuard {
                 shared: &shared,
                 tx: &tx,
-                reqid,
-                member,
-                armed: true,
+                reqid: Some(reqid.clone()),
             };
             let resp = shared.handler.handle(ctx, req).await;
-            guard.armed = false;
-            let frame = shared.seal_response(reqid, resp, member);
+            guard.reqid = None;
+            let plain = shared.encode_response(reqid, resp);
             Metrics::incr(&shared.metrics.responses);
-            let _ = tx.send(frame).await;
+            let _ = tx.send(Out::Message(plain)).await;
             drop(permit);
         });
         true
     }
 
-    /// Closes the connection: `graceful` lets the responses of running requests go out
+    /// Closes the connection: `graceful` lets the answers of running requests go out
     /// first (the writer closes the socket when the last one is sent); otherwise dropping
     /// the writer aborts it and closes at once.
     async fn finish(mut self, graceful: bool) {
@@ -807,42 +850,66 @@ impl Conn {
     }
 }
 
+/// A frame read, with what it holds of the unauthenticated budget.
+type ReadFrame = (Frame, Option<Charge>);
+
+/// What a v1 client is told.
+const V1_REFUSAL: &str = "om wire protocol v1 is not spoken here: this node speaks v2 only (a Noise handshake first; see docs/PROTOCOL.md)";
+
 /// Answers `INTERNAL` if a handler panics before producing its response.
 struct PanicGuard<'a> {
     shared: &'a Shared,
-    tx: &'a mpsc::Sender<Vec<u8>>,
-    reqid: u64,
-    member: bool,
-    armed: bool,
+    tx: &'a mpsc::Sender<Out>,
+    reqid: Option<ReqId>,
 }
 
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && std::thread::panicking() {
+        if let (Some(reqid), true) = (self.reqid.take(), std::thread::panicking()) {
             let resp = Response::err(status::INTERNAL, "request handler panicked");
-            let frame = self.shared.seal_response(self.reqid, resp, self.member);
+            let plain = self.shared.encode_response(reqid, resp);
             Metrics::incr(&self.shared.metrics.responses);
-            let _ = self.tx.try_send(frame);
+            let _ = self.tx.try_send(Out::Message(plain));
         }
     }
 }
 
-async fn conn_writer(mut rx: mpsc::Receiver<Vec<u8>>, wr: OwnedWriteHalf) {
+async fn conn_writer(mut rx: mpsc::Receiver<Out>, wr: OwnedWriteHalf, mut sealer: Option<Sealer>) {
     let mut w = BufWriter::with_capacity(IO_BUF, wr);
-    while let Some(frame) = rx.recv().await {
-        if w.write_all(&frame).await.is_err() {
+    let mut buf = Vec::with_capacity(IO_BUF);
+    while let Some(out) = rx.recv().await {
+        buf.clear();
+        if seal_out(&mut sealer, out, &mut buf).is_err() {
             return;
         }
-        while let Ok(frame) = rx.try_recv() {
-            if w.write_all(&frame).await.is_err() {
+        while buf.len() < IO_BUF {
+            let Ok(out) = rx.try_recv() else { break };
+            if seal_out(&mut sealer, out, &mut buf).is_err() {
                 return;
             }
         }
-        if w.flush().await.is_err() {
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
             return;
         }
     }
     let _ = w.shutdown().await;
+}
+
+fn seal_out(sealer: &mut Option<Sealer>, out: Out, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    match (out, sealer) {
+        (Out::Clear(frame), _) => {
+            buf.extend_from_slice(&frame);
+            Ok(())
+        }
+        (Out::Message(plain), Some(s)) => s.seal(&plain, buf),
+        (Out::Message(_), None) => {
+            debug_assert!(false, "a message is only queued on an open session");
+            Err(WireError::Encode("no session".into()))
+        }
+    }
 }
 
 impl Shared {
@@ -853,28 +920,15 @@ impl Shared {
             .clone()
     }
 
-    /// The keyring a sender's frames are opened with: the cluster's for members; for a node
-    /// outside the cluster (which does not know the cluster name yet), the same secrets with
-    /// an empty cluster name. The response is sealed with the same keyring.
-    fn keyring_for(&self, member: bool) -> Keyring {
-        let k = self.keyring();
-        if member {
-            k
-        } else {
-            k.joining()
-        }
-    }
-
-    fn seal_response(&self, reqid: u64, resp: Response, member: bool) -> Vec<u8> {
-        let keyring = self.keyring_for(member);
-        match keyring.seal(&self.nodename, &Envelope::response(reqid, resp)) {
-            Ok(f) => f,
+    fn encode_response(&self, reqid: ReqId, resp: Response) -> Vec<u8> {
+        match Message::response(reqid.clone(), resp).encode() {
+            Ok(p) => p,
             Err(e) => {
-                tracing::error!(reqid, error = %e, "cannot seal response");
+                tracing::error!(%reqid, error = %e, "cannot encode response");
                 let resp = Response::err(status::INTERNAL, format!("cannot encode response: {e}"));
-                keyring
-                    .seal(&self.nodename, &Envelope::response(reqid, resp))
-                    .expect("a small error response always seals")
+                Message::response(reqid, resp)
+                    .encode()
+                    .expect("a small error response always encodes")
             }
         }
     }
@@ -882,147 +936,122 @@ impl Shared {
     /// Counts a refusal that can be blamed on a (sender, address) pair.
     fn invalid(&self, sender: &str, ip: IpAddr, e: &WireError) {
         self.metrics.reject(e.kind());
-        tracing::debug!(sender, %ip, error = %e, "invalid frame");
+        tracing::debug!(sender, %ip, error = %e, "invalid hello");
         let member = self.members.is_member(sender);
         if self.blacklist.record_invalid(sender, ip, member) {
             Metrics::incr(&self.metrics.blacklisted);
             tracing::warn!(
                 sender,
                 %ip,
-                "blacklisted after {BLACKLIST_THRESHOLD} consecutive invalid frames; its new \
-                 connections are dropped until the entry expires or `om node daemon \
+                "blacklisted after {BLACKLIST_THRESHOLD} consecutive invalid handshakes; its new \
+                 connections are refused until the entry expires or `om node daemon \
                  blacklist clear` is run on {}",
                 self.nodename
             );
         }
     }
 
-    fn replay_check(&self, sender: &str, head: &EnvelopeHead) -> Result<(), WireError> {
-        self.replay.lock().unwrap_or_else(|p| p.into_inner()).check(
-            sender,
-            head.ts_ms,
-            head.msg_id,
-            now_ms(),
-        )
-    }
-
-    fn validate(&self, frame: &mut Frame, peer: SocketAddr, trusted: Option<&str>) -> Verdict {
+    /// Checks a hello and runs the node's half of the handshake: the session, or the
+    /// refusal frame to send (`None`: close without a word).
+    fn answer_hello(&self, body: &[u8], peer: SocketAddr) -> Result<(Session, Accepted), Option<Vec<u8>>> {
         let ip = peer.ip();
-        let sender = match frame.sender() {
-            Ok(s) => s,
+        let refuse = |code, reason: String| Some(encode_refusal(code, &reason));
+        let hello = match parse_hello(body) {
+            Ok(h) => h,
+            Err(WireError::BadVersion(v)) => {
+                self.metrics.reject(crate::wire::ErrorKind::BadVersion);
+                let why = if v == 1 { V1_REFUSAL.to_string() } else { format!("unknown protocol version {v}: this node speaks v2") };
+                return Err(refuse(RefusalCode::Version, why));
+            }
             Err(e) => {
                 self.metrics.reject(e.kind());
-                return Verdict::Drop;
+                return Err(refuse(RefusalCode::Malformed, format!("malformed hello: {e}")));
             }
         };
-        let mut member = self.members.is_member(sender);
-        if trusted != Some(sender) && self.blacklist.check_and_count_drop(sender, ip, member) {
+        let sender = hello.sender;
+        let member = self.members.is_member(sender);
+        if self.blacklist.check_and_count_drop(sender, ip, member) {
             Metrics::incr(&self.metrics.dropped_blacklisted);
-            return Verdict::Drop;
+            tracing::debug!(sender, %ip, "refused a blacklisted sender");
+            return Err(refuse(RefusalCode::Blacklisted, format!(
+                "{sender} from {ip} is blacklisted on {} after {BLACKLIST_THRESHOLD} invalid handshakes; \
+                 the entry expires, or run `om node daemon blacklist clear` on {}",
+                self.nodename, self.nodename
+            )));
         }
+        if !hello.receiver.is_empty() && hello.receiver != self.nodename {
+            self.metrics.reject(crate::wire::ErrorKind::BadSender);
+            return Err(refuse(RefusalCode::Misaddressed, format!(
+                "this is node {:?}, not {:?}: the address book that sent you here is stale",
+                self.nodename, hello.receiver
+            )));
+        }
+        let keyring = match hello.mode {
+            Mode::Member if !member => {
+                self.metrics.reject(crate::wire::ErrorKind::UnknownSender);
+                return Err(refuse(RefusalCode::NotMember, format!(
+                    "{sender:?} is not in cluster.nodes of {}: a node outside the cluster may only \
+                     open a join session (om node daemon join)",
+                    self.nodename
+                )));
+            }
+            Mode::Member => self.keyring(),
+            Mode::Join => self.keyring().joining(),
+        };
         Metrics::incr(&self.metrics.decrypt_attempts);
-        let keyring = self.keyring_for(member);
-        // A frame from a member's name that the cluster key does not open may be a new
-        // node under a taken name asking to join: it gets the join key, and is treated as a
-        // non-member (so it may only ask to join, and is told the name is taken).
-        let opened = match keyring.decrypt(frame.body_mut()) {
-            Err(_) if member => {
-                member = false;
-                self.keyring_for(false).decrypt(frame.body_mut())
-            }
-            other => other,
-        };
-        let d = match opened {
-            Ok(d) => d,
-            Err(e) => {
-                // The header parsed above, so the sender is readable again.
-                let sender = frame.sender().unwrap_or_default().to_owned();
-                self.invalid(&sender, ip, &e);
-                // Nothing more from this connection can be authenticated: closing tells a
-                // misconfigured peer at once instead of letting its requests time out.
-                return Verdict::Close;
-            }
-        };
-        let sender = d.sender;
-        let env = match Envelope::decode(d.plaintext) {
-            Ok(env) => env,
-            Err(e) => {
-                // Replay is checked before the payload: decode the head alone.
-                return match EnvelopeHead::decode(d.plaintext) {
-                    Ok(head) => match self.replay_check(sender, &head) {
-                        Err(re) => self.refuse_replay(sender, ip, head.reqid, re, member),
-                        Ok(()) => {
-                            self.invalid(sender, ip, &e);
-                            Verdict::Reply(
-                                head.reqid,
-                                Response::err(status::BAD_PAYLOAD, e.to_string()),
-                                member,
-                            )
-                        }
-                    },
-                    Err(_) => {
-                        self.invalid(sender, ip, &e);
-                        Verdict::Drop
-                    }
+        match accept(&keyring, &hello, &self.nodename) {
+            Ok(acc) => {
+                self.blacklist.record_valid(sender, ip);
+                let session = Session {
+                    sender: sender.to_owned(),
+                    member: hello.mode == Mode::Member,
                 };
+                Ok((session, acc))
             }
-        };
-        let head = EnvelopeHead {
-            ts_ms: env.ts_ms,
-            msg_id: env.msg_id,
-            reqid: env.reqid,
-        };
-        if let Err(re) = self.replay_check(sender, &head) {
-            return self.refuse_replay(sender, ip, head.reqid, re, member);
-        }
-        let req = match env.body {
-            Body::Request(r) => r,
-            Body::Response(_) => {
-                let e = WireError::BadPayload("a response was sent to the listener".into());
+            Err(e) => {
                 self.invalid(sender, ip, &e);
-                return Verdict::Drop;
+                Err(refuse(RefusalCode::Auth, format!(
+                    "the handshake did not authenticate on {}: the cluster secret{} differs",
+                    self.nodename,
+                    if hello.mode == Mode::Member { " or the cluster name" } else { "" }
+                )))
             }
-        };
-        if !member && req.action != JOIN_ACTION {
-            let e = WireError::UnknownSender(sender.to_owned());
-            self.invalid(sender, ip, &e);
-            return Verdict::Reply(
-                head.reqid,
-                Response::err(status::FORBIDDEN, e.to_string()),
-                member,
-            );
         }
-        self.blacklist.record_valid(sender, ip);
-        Verdict::Dispatch(
-            RequestCtx {
-                sender: sender.to_owned(),
-                peer,
-                reqid: head.reqid,
-                member,
-            },
-            req,
-        )
     }
 
-    fn refuse_replay(
-        &self,
-        sender: &str,
-        ip: IpAddr,
-        reqid: u64,
-        e: WireError,
-        member: bool,
-    ) -> Verdict {
-        // Refused, but not counted toward the blacklist: anyone who captured traffic can
-        // replay it, and a clock skew makes a member's frames stale.
-        self.metrics.reject(e.kind());
-        tracing::debug!(sender, %ip, error = %e, "replayed or stale frame");
-        match e {
-            WireError::Stale { .. } => Verdict::Reply(
-                reqid,
-                Response::err(status::STALE, format!("{e}; check the clocks")),
-                member,
-            ),
-            _ => Verdict::Drop,
+    /// Decodes a session's message into a request to run, or the answer to give instead
+    /// (`None`: no answer, the reqid was unreadable or it was not a request).
+    #[allow(clippy::type_complexity)]
+    fn request(&self, plain: Vec<u8>, session: &Session, peer: SocketAddr) -> Result<(RequestCtx, Request), Option<(ReqId, Response)>> {
+        let msg = match Message::decode(&plain) {
+            Ok(m) => m,
+            Err(u) => {
+                self.metrics.reject(u.error.kind());
+                tracing::debug!(sender = %session.sender, error = %u.error, "undecodable message");
+                return Err(u.reqid.map(|id| (id, Response::err(status::BAD_PAYLOAD, u.error.to_string()))));
+            }
+        };
+        let req = match msg.body {
+            Body::Request(r) => r,
+            Body::Response(_) => {
+                self.metrics.reject(crate::wire::ErrorKind::BadPayload);
+                return Err(None);
+            }
+        };
+        // Membership is looked up per request: a member removed while its session is open
+        // keeps only what a non-member may ask.
+        let member = session.member && self.members.is_member(&session.sender);
+        if !member && req.action != JOIN_ACTION {
+            let e = WireError::UnknownSender(session.sender.clone());
+            self.metrics.reject(e.kind());
+            return Err(Some((msg.reqid, Response::err(status::FORBIDDEN, e.to_string()))));
         }
+        let ctx = RequestCtx {
+            sender: session.sender.clone(),
+            peer,
+            reqid: msg.reqid,
+            member,
+        };
+        Ok((ctx, req))
     }
 }

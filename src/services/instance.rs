@@ -367,7 +367,7 @@ pub async fn report(
             status,
             frozen,
             restarts,
-            at_ms: crate::wire::now_ms(),
+            at_ms: crate::clock::now_ms(),
         },
     )
     .await

@@ -131,7 +131,7 @@ impl Jobs {
             command,
             state: "running".into(),
             ret: None,
-            submitted_ms: crate::wire::now_ms(),
+            submitted_ms: crate::clock::now_ms(),
             finished_ms: None,
         };
         self.write(&rec).map_err(|e| JobError::Io(e.to_string()))?;
@@ -143,7 +143,7 @@ impl Jobs {
             let tr = work.await;
             done.ret = Some(tr.ret);
             done.state = if tr.ret == 0 { "succeeded" } else { "failed" }.into();
-            done.finished_ms = Some(crate::wire::now_ms());
+            done.finished_ms = Some(crate::clock::now_ms());
             let dir = me.job_dir(&done.id);
             let _ = std::fs::write(dir.join("out"), &tr.out);
             let _ = std::fs::write(dir.join("err"), &tr.err);
@@ -206,7 +206,7 @@ impl Jobs {
             }
         }
         rec.state = "canceled".into();
-        rec.finished_ms = Some(crate::wire::now_ms());
+        rec.finished_ms = Some(crate::clock::now_ms());
         self.write(&rec).map_err(|e| JobError::Io(e.to_string()))?;
         Ok(rec)
     }
@@ -214,7 +214,7 @@ impl Jobs {
     /// Removes finished jobs beyond the newest [`KEEP`] or older than [`MAX_AGE`].
     pub fn purge(&self) -> usize {
         let all = self.list();
-        let now = crate::wire::now_ms();
+        let now = crate::clock::now_ms();
         let finished: Vec<&JobRecord> = all.iter().filter(|r| r.state != "running").collect();
         let excess = finished.len().saturating_sub(KEEP);
         let mut removed = 0;

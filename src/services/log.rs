@@ -65,7 +65,7 @@ impl ServiceLogs {
     /// Appends a line (best effort: a full disk must not stop the monitor).
     pub fn append(&self, svc: &str, lvl: &str, msg: impl Into<String>) {
         let line = LogLine {
-            t: crate::wire::now_ms(),
+            t: crate::clock::now_ms(),
             node: self.node.lock().unwrap().clone(),
             lvl: lvl.to_string(),
             msg: msg.into(),

@@ -35,6 +35,7 @@ use crate::api::Action;
 use crate::api::ApiError as ActionError;
 use crate::daemon::Daemon;
 use crate::wire::status as code;
+use crate::wire::Doc;
 use config::ServiceConfig;
 use config::Topology;
 use instance::Ctx;
@@ -116,7 +117,7 @@ fn bad(msg: impl Into<String>) -> ActionError {
 }
 
 /// Serves the service and job actions.
-pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Value) -> Result<Value> {
+pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Doc) -> Result<Value> {
     match action {
         Action::ServiceAction => service_action(daemon, api::parse(action, o)?).await,
         Action::ServiceLogs => service_logs(daemon, api::parse(action, o)?).await,

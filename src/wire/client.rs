@@ -1,4 +1,4 @@
-//! Client side of wire protocol v1: one long-lived, pipelined connection to one node.
+//! Client side of wire protocol v2: one long-lived, pipelined session to one node.
 //!
 //! A [`Client`] is a cheap, cloneable handle. Every request gets a fresh `reqid`; requests
 //! from any number of tasks share the connection, a writer task coalesces their frames,
@@ -16,12 +16,12 @@
 //! [`ClientOptions::idle_reconnect`] (default 150 s, half the node's default) and has no
 //! request running on: it connects anew instead, well before the node's timer can fire.
 //!
-//! Responses are authenticated with the keyring and must carry a timestamp inside the
-//! replay window. Replayed responses cannot be delivered: each `reqid` is answered once and
-//! reqids are never reused by a client (the counter starts at a random point so they do not
-//! repeat across restarts either).
+//! Each connection opens with the Noise handshake of [`super::session`] (within the connect
+//! timeout); a node's refusal is [`ClientError::Refused`], with the node's reason. The
+//! writer task seals messages in the order it writes them (record nonces count), and the
+//! reader opens them in the order they arrive; a record that does not open ends the
+//! connection.
 
-use serde_json::Value;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -34,12 +34,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::envelope::{now_ms, Body, Envelope, Request, Response};
 use super::error::WireError;
-use super::frame::DEFAULT_MAX_FRAME;
+use super::frame::{parse_answer, HelloAnswer, Refusal, RefusalCode, DEFAULT_MAX_FRAME, MAX_RECORD};
 use super::io::{read_frame, EMPTY_PACKET};
 use super::keyring::Keyring;
-use super::replay::DEFAULT_REPLAY_WINDOW_MS;
+use super::message::{Body, Doc, Message, ReqId, Request, Response};
+use super::session::{Initiator, Opener, Sealer};
 
 /// Frames queued for the writer task before `request` waits (backpressure).
 const WRITE_QUEUE: usize = 1024;
@@ -77,6 +77,23 @@ pub enum ClientError {
         /// What broke the connection.
         reason: String,
     },
+    /// The node refused the session (wrong secret or cluster, blacklisted, not a member, ...).
+    #[error("{addr} refused the session: {}", .refusal.reason)]
+    Refused {
+        /// The node address.
+        addr: String,
+        /// The node's refusal.
+        refusal: Refusal,
+    },
+    /// The handshake failed on this side (a welcome that does not authenticate, another
+    /// node than the one asked for answered).
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The node address.
+        addr: String,
+        /// What failed.
+        source: WireError,
+    },
     /// The request could not be sealed (bad nodename, too large, ...).
     #[error("cannot encode `{action}` for {addr}: {source}")]
     Encode {
@@ -99,8 +116,8 @@ pub struct ClientOptions {
     bind: Option<IpAddr>,
     max_frame: u32,
     connect_timeout: Duration,
-    replay_window_ms: u64,
     idle_reconnect: Duration,
+    receiver: String,
 }
 
 /// Default of [`ClientOptions::idle_reconnect`].
@@ -116,8 +133,8 @@ impl ClientOptions {
             bind: None,
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(5),
-            replay_window_ms: DEFAULT_REPLAY_WINDOW_MS,
             idle_reconnect: DEFAULT_IDLE_RECONNECT,
+            receiver: String::new(),
         }
     }
 
@@ -148,9 +165,10 @@ impl ClientOptions {
         self
     }
 
-    /// Accepted clock difference for response timestamps (default 60 s).
-    pub fn replay_window(mut self, window: Duration) -> Self {
-        self.replay_window_ms = window.as_millis() as u64;
+    /// The node meant to answer (bound into the handshake; another node's answer fails
+    /// it). Default: whichever node listens at the address.
+    pub fn receiver(mut self, nodename: impl Into<String>) -> Self {
+        self.receiver = nodename.into();
         self
     }
 
@@ -188,11 +206,20 @@ struct Inner {
     connect_lock: tokio::sync::Mutex<()>,
 }
 
-/// One TCP connection; dropping the last handle ends its writer, which ends its reader.
+/// One session; dropping the last handle ends its writer, which ends its reader.
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Out>,
     shared: Arc<ConnShared>,
+}
+
+/// What the writer task sends.
+#[derive(Debug)]
+enum Out {
+    /// A message's plaintext, sealed by the writer.
+    Message(Vec<u8>),
+    /// The empty packet.
+    Empty,
 }
 
 type Waiter = oneshot::Sender<Result<Response, String>>;
@@ -206,6 +233,8 @@ struct ConnShared {
     /// When the connection was made; `last_sent_ms` counts from it.
     born: Instant,
     last_sent_ms: AtomicU64,
+    /// The name the node gave in its welcome.
+    node: String,
 }
 
 #[derive(Debug, Default)]
@@ -296,6 +325,14 @@ impl Client {
             .map(|c| c.shared.local)
     }
 
+    /// The name the node gave when the current session opened, if connected.
+    pub fn node_name(&self) -> Option<String> {
+        let g = self.inner.conn.lock().expect("conn lock");
+        g.as_ref()
+            .filter(|c| !c.shared.is_closed())
+            .map(|c| c.shared.node.clone())
+    }
+
     /// Whether a connection is currently open.
     pub fn is_connected(&self) -> bool {
         self.local_addr().is_some()
@@ -305,10 +342,11 @@ impl Client {
     pub async fn request(
         &self,
         action: &str,
-        options: Value,
+        options: impl Into<Doc>,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
         let deadline = Instant::now() + timeout;
+        let options = options.into();
         match tokio::time::timeout_at(deadline, self.request_inner(action, options)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
@@ -319,19 +357,16 @@ impl Client {
         }
     }
 
-    async fn request_inner(&self, action: &str, options: Value) -> Result<Response, ClientError> {
+    async fn request_inner(&self, action: &str, options: Doc) -> Result<Response, ClientError> {
         let opts = &self.inner.opts;
         let reqid = self.inner.next_reqid.fetch_add(1, Ordering::Relaxed);
-        let env = Envelope::request(reqid, Request::new(action, options));
-        let frame =
-            opts.keyring
-                .seal(&opts.nodename, &env)
-                .map_err(|source| ClientError::Encode {
-                    addr: opts.addr.clone(),
-                    action: action.to_owned(),
-                    source,
-                })?;
-        drop(env);
+        let msg = Message::request(ReqId::Int(reqid), Request::new(action, options));
+        let plain = msg.encode().map_err(|source| ClientError::Encode {
+            addr: opts.addr.clone(),
+            action: action.to_owned(),
+            source,
+        })?;
+        drop(msg);
         let closed = |reason: String| ClientError::Closed {
             addr: opts.addr.clone(),
             action: action.to_owned(),
@@ -359,7 +394,7 @@ impl Client {
             shared: &conn.shared,
             reqid,
         };
-        if conn.tx.send(frame).await.is_err() {
+        if conn.tx.send(Out::Message(plain)).await.is_err() {
             return Err(closed("writer stopped".into()));
         }
         conn.shared.touch();
@@ -380,7 +415,7 @@ impl Client {
         let action = "<empty packet>";
         let conn = self.connection_for(action).await?;
         conn.tx
-            .send(EMPTY_PACKET.to_vec())
+            .send(Out::Empty)
             .await
             .map_err(|_| ClientError::Closed {
                 addr: self.inner.opts.addr.clone(),
@@ -412,23 +447,18 @@ impl Client {
             return Ok(c);
         }
         let opts = &self.inner.opts;
-        let stream = match tokio::time::timeout(opts.connect_timeout, dial(opts)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: opts.addr.clone(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    addr: opts.addr.clone(),
-                    action: action.to_owned(),
-                    after: opts.connect_timeout,
-                })
-            }
-        };
-        let conn = spawn_conn(stream, opts).map_err(|source| ClientError::Connect {
+        let (stream, session) =
+            match tokio::time::timeout(opts.connect_timeout, open_session(opts)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        addr: opts.addr.clone(),
+                        action: action.to_owned(),
+                        after: opts.connect_timeout,
+                    })
+                }
+            };
+        let conn = spawn_conn(stream, session, opts).map_err(|source| ClientError::Connect {
             addr: opts.addr.clone(),
             source,
         })?;
@@ -467,7 +497,40 @@ async fn dial(opts: &ClientOptions) -> io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address resolved")))
 }
 
-fn spawn_conn(stream: TcpStream, opts: &ClientOptions) -> io::Result<Arc<Conn>> {
+/// A session's two halves and the node's name.
+type Session = (Sealer, Opener, String);
+
+/// Connects and runs the handshake.
+async fn open_session(opts: &ClientOptions) -> Result<(TcpStream, Session), ClientError> {
+    let addr = || opts.addr.clone();
+    let mut stream = dial(opts)
+        .await
+        .map_err(|source| ClientError::Connect { addr: addr(), source })?;
+    let handshake = |source| ClientError::Handshake { addr: addr(), source };
+    let (init, hello) =
+        Initiator::start(&opts.keyring, &opts.nodename, &opts.receiver).map_err(handshake)?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| handshake(WireError::Io(e)))?;
+    let answer = read_frame(&mut stream, MAX_RECORD as u32)
+        .await
+        .map_err(handshake)?
+        .ok_or_else(|| handshake(WireError::BadPayload("the node closed without answering the hello".into())))?;
+    let session = match parse_answer(answer.body()).map_err(handshake)? {
+        HelloAnswer::Welcome(noise) => init.finish(noise).map_err(handshake)?,
+        HelloAnswer::Refused(refusal) => {
+            if refusal.code == Some(RefusalCode::Blacklisted) {
+                tracing::warn!(addr = %opts.addr, reason = %refusal.reason, "this node is blacklisted there");
+            }
+            return Err(ClientError::Refused { addr: addr(), refusal });
+        }
+    };
+    Ok((stream, session))
+}
+
+fn spawn_conn(stream: TcpStream, session: Session, opts: &ClientOptions) -> io::Result<Arc<Conn>> {
+    let (sealer, opener, node) = session;
     let local = stream.local_addr()?;
     let (rd, wr) = stream.into_split();
     let shared = Arc::new(ConnShared {
@@ -477,83 +540,91 @@ fn spawn_conn(stream: TcpStream, opts: &ClientOptions) -> io::Result<Arc<Conn>> 
         local,
         born: Instant::now(),
         last_sent_ms: AtomicU64::new(0),
+        node,
     });
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let reader = tokio::spawn(reader_loop(
         BufReader::with_capacity(IO_BUF, rd),
         shared.clone(),
-        opts.keyring.clone(),
+        opener,
         opts.max_frame,
-        opts.replay_window_ms,
     ));
-    tokio::spawn(writer_loop(rx, wr, shared.clone(), reader.abort_handle()));
+    tokio::spawn(writer_loop(rx, wr, sealer, shared.clone(), reader.abort_handle()));
     Ok(Arc::new(Conn { tx, shared }))
 }
 
 async fn reader_loop(
     mut rd: BufReader<OwnedReadHalf>,
     shared: Arc<ConnShared>,
-    keyring: Keyring,
+    mut opener: Opener,
     max_frame: u32,
-    window_ms: u64,
 ) {
     let reason = loop {
-        match read_frame(&mut rd, max_frame).await {
+        let frame = match read_frame(&mut rd, MAX_RECORD as u32).await {
             Ok(None) => break "connection closed by the node".to_string(),
             Ok(Some(f)) if f.is_empty() => continue,
-            Ok(Some(mut f)) => match open_response(&keyring, f.body_mut(), window_ms) {
-                Ok((reqid, resp)) => {
-                    let waiter = shared
-                        .pending
-                        .lock()
-                        .expect("pending lock")
-                        .waiters
-                        .remove(&reqid);
-                    if let Some(w) = waiter {
-                        let _ = w.send(Ok(resp));
-                    }
-                }
-                Err(e) => break format!("invalid response frame: {e}"),
-            },
+            Ok(Some(f)) => f,
             Err(e) => break e.to_string(),
+        };
+        let plain = match opener.open(frame.body(), max_frame) {
+            Ok(None) => continue,
+            Ok(Some(p)) => p,
+            Err(e) => break format!("invalid record: {e}"),
+        };
+        match response(&plain) {
+            Ok((reqid, resp)) => {
+                let waiter = shared
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .waiters
+                    .remove(&reqid);
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(resp));
+                }
+            }
+            Err(e) => break format!("invalid response: {e}"),
         }
     };
     shared.close(reason);
 }
 
-fn open_response(
-    keyring: &Keyring,
-    body: &mut [u8],
-    window_ms: u64,
-) -> Result<(u64, Response), WireError> {
-    let d = keyring.decrypt(body)?;
-    let env = Envelope::decode(d.plaintext)?;
-    let now = now_ms();
-    if env.ts_ms.abs_diff(now) > window_ms {
-        return Err(WireError::Stale {
-            ts_ms: env.ts_ms,
-            now_ms: now,
-            window_ms,
-        });
-    }
-    match env.body {
-        Body::Response(r) => Ok((env.reqid, r)),
-        Body::Request(_) => Err(WireError::BadPayload(
+fn response(plain: &[u8]) -> Result<(u64, Response), WireError> {
+    let m = Message::decode(plain).map_err(|u| u.error)?;
+    match (m.reqid, m.body) {
+        (ReqId::Int(id), Body::Response(r)) => Ok((id, r)),
+        (ReqId::Str(s), _) => Err(WireError::BadPayload(format!(
+            "a response to reqid {s:?}, which this client never sends"
+        ))),
+        (_, Body::Request(_)) => Err(WireError::BadPayload(
             "a request arrived where a response was expected".into(),
         )),
     }
 }
 
+/// Seals `out` into the write buffer.
+fn seal_out(sealer: &mut Sealer, out: Out, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    match out {
+        Out::Message(plain) => sealer.seal(&plain, buf),
+        Out::Empty => {
+            buf.extend_from_slice(&EMPTY_PACKET);
+            Ok(())
+        }
+    }
+}
+
 async fn writer_loop(
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Out>,
     wr: OwnedWriteHalf,
+    mut sealer: Sealer,
     shared: Arc<ConnShared>,
     reader: tokio::task::AbortHandle,
 ) {
     let mut w = BufWriter::with_capacity(IO_BUF, wr);
     let mut client_gone = false;
+    let mut buf = Vec::with_capacity(IO_BUF);
     loop {
-        let frame = tokio::select! {
+        let out = tokio::select! {
             biased;
             _ = shared.close_notify.notified() => break,
             f = rx.recv() => match f {
@@ -564,16 +635,23 @@ async fn writer_loop(
                 }
             },
         };
-        let mut res = w.write_all(&frame).await;
-        while res.is_ok() {
+        buf.clear();
+        let mut res = seal_out(&mut sealer, out, &mut buf);
+        // Coalesce what is queued, up to the buffer's size, into one write.
+        while res.is_ok() && buf.len() < IO_BUF {
             match rx.try_recv() {
-                Ok(f) => res = w.write_all(&f).await,
+                Ok(o) => res = seal_out(&mut sealer, o, &mut buf),
                 Err(_) => break,
             }
         }
-        if res.is_ok() {
-            res = w.flush().await;
-        }
+        let res = match res {
+            Ok(()) => w.write_all(&buf).await.map_err(WireError::Io),
+            Err(e) => Err(e),
+        };
+        let res = match res {
+            Ok(()) if rx.is_empty() => w.flush().await.map_err(WireError::Io),
+            other => other,
+        };
         if let Err(e) = res {
             shared.close(format!("write failed: {e}"));
             break;

@@ -1,12 +1,12 @@
 //! Errors of the wire layer: one variant per reason a frame is refused.
 //!
 //! The listener counts rejections per [`ErrorKind`], so every refusal reason that an
-//! operator may need to tell apart (a peer with the wrong secret, a replay, a clock skew,
+//! operator may need to tell apart (a peer with the wrong secret, a non-member,
 //! an oversize frame, ...) has its own kind.
 
 use std::fmt;
 
-/// Why a frame, an envelope or a stream of frames was refused.
+/// Why a frame, a message or a stream of frames was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The stream or buffer ended inside a frame (fewer bytes than the length field says).
@@ -17,8 +17,8 @@ pub enum WireError {
         /// Bytes actually available.
         got: usize,
     },
-    /// The declared frame length is too small to hold a header and an authentication tag.
-    #[error("frame too short: {len} bytes cannot hold a v1 header and tag")]
+    /// A frame is too short for what it must hold (a hello, a record and its tag).
+    #[error("frame too short: {len} bytes")]
     TooShort {
         /// The declared length of the frame.
         len: usize,
@@ -39,36 +39,19 @@ pub enum WireError {
         /// The bytes available after the length field.
         actual: usize,
     },
-    /// The version byte is not 1.
+    /// The version byte is not 2.
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
     /// The sender nodename is empty, too long or not UTF-8.
     #[error("bad sender nodename: {0}")]
     BadSender(&'static str),
-    /// AES-GCM authentication failed: wrong secret, wrong cluster name or tampered frame.
-    #[error("authentication failed (wrong cluster secret or name, or tampered frame)")]
+    /// A handshake or a record did not authenticate: another secret or cluster name, or a
+    /// forged, replayed, reordered or cut record.
+    #[error("authentication failed (wrong cluster secret or name, or a forged or replayed record)")]
     Auth,
     /// The sender is not in cluster.nodes and the request is not a `join`.
     #[error("sender {0:?} is not a cluster node (only `join` is accepted from non-members)")]
     UnknownSender(String),
-    /// The envelope timestamp is outside the replay window around the receiver's clock.
-    #[error("stale message: ts_ms {ts_ms} is outside now {now_ms} ± {window_ms} ms")]
-    Stale {
-        /// The envelope timestamp.
-        ts_ms: u64,
-        /// The receiver's clock.
-        now_ms: u64,
-        /// The replay window.
-        window_ms: u64,
-    },
-    /// The `(sender, msg_id)` pair was already accepted inside the replay window.
-    #[error("replayed message: msg_id {msg_id} from {sender:?} already seen")]
-    Replayed {
-        /// The sender nodename.
-        sender: String,
-        /// The repeated message id.
-        msg_id: u64,
-    },
     /// The plaintext is not a valid MessagePack envelope of the expected kind.
     #[error("bad payload: {0}")]
     BadPayload(String),
@@ -99,10 +82,6 @@ pub enum ErrorKind {
     Auth,
     /// See [`WireError::UnknownSender`].
     UnknownSender,
-    /// See [`WireError::Stale`].
-    Stale,
-    /// See [`WireError::Replayed`].
-    Replayed,
     /// See [`WireError::BadPayload`].
     BadPayload,
     /// See [`WireError::Encode`].
@@ -113,7 +92,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in index order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Truncated,
         ErrorKind::TooShort,
         ErrorKind::Oversize,
@@ -122,8 +101,6 @@ impl ErrorKind {
         ErrorKind::BadSender,
         ErrorKind::Auth,
         ErrorKind::UnknownSender,
-        ErrorKind::Stale,
-        ErrorKind::Replayed,
         ErrorKind::BadPayload,
         ErrorKind::Encode,
         ErrorKind::Io,
@@ -148,8 +125,6 @@ impl ErrorKind {
             ErrorKind::BadSender => "bad_sender",
             ErrorKind::Auth => "auth",
             ErrorKind::UnknownSender => "unknown_sender",
-            ErrorKind::Stale => "stale",
-            ErrorKind::Replayed => "replayed",
             ErrorKind::BadPayload => "bad_payload",
             ErrorKind::Encode => "encode",
             ErrorKind::Io => "io",
@@ -175,8 +150,6 @@ impl WireError {
             WireError::BadSender(_) => ErrorKind::BadSender,
             WireError::Auth => ErrorKind::Auth,
             WireError::UnknownSender(_) => ErrorKind::UnknownSender,
-            WireError::Stale { .. } => ErrorKind::Stale,
-            WireError::Replayed { .. } => ErrorKind::Replayed,
             WireError::BadPayload(_) => ErrorKind::BadPayload,
             WireError::Encode(_) => ErrorKind::Encode,
             WireError::Io(_) => ErrorKind::Io,

@@ -1,135 +1,231 @@
-//! Frame layout of wire protocol v1 and the header-only parser.
+//! Frame layouts of wire protocol v2 and their parsers: what travels in clear.
+//!
+//! Every frame is `u32 BE len | body`; `len` 0 is the empty packet. A connection opens with
+//! one [`Hello`] from the client, answered by a welcome (Noise's second handshake message)
+//! or a [`Refusal`]; after the welcome every frame is a record (one Noise transport
+//! message, see [`super::session`]).
 //!
 //! ```text
-//! u32 BE  len      length of everything after this field; 0 = empty packet
-//! u8      version  = 1
-//! u8      n        sender nodename length, 1..=255
-//! n       sender   UTF-8 nodename, in clear
-//! 16      salt     HKDF salt, random per message
-//! 12      nonce    AES-GCM nonce, random per message
-//! rest    AES-256-GCM ciphertext || 16-byte tag
+//! hello    = version=2 | kind=1 | mode | n | sender[n] | m | receiver[m] | noise1[48]
+//! welcome  = version=2 | kind=2 | noise2 (e[32] | ENCRYPT(responder name) )
+//! refusal  = version=2 | kind=3 | code | UTF-8 reason
 //! ```
 //!
-//! Parsing the header needs no key, so the listener can read the sender name and check
-//! its blacklist before spending any crypto on a frame.
+//! Parsing needs no key, so the listener reads the sender name and checks its blacklist
+//! before it spends any crypto on a connection.
 
 use super::error::WireError;
 
-/// Protocol version carried in every frame.
-pub const VERSION: u8 = 1;
+/// Protocol version carried in every clear frame.
+pub const VERSION: u8 = 2;
 /// Size of the big-endian length prefix.
 pub const LEN_SIZE: usize = 4;
-/// Size of the HKDF salt.
-pub const SALT_LEN: usize = 16;
-/// Size of the AES-GCM nonce.
-pub const NONCE_LEN: usize = 12;
-/// Size of the AES-GCM authentication tag.
-pub const TAG_LEN: usize = 16;
-/// Longest sender nodename, in bytes.
-pub const MAX_SENDER_LEN: usize = 255;
-/// Smallest non-empty frame body: version, n, a 1-byte name, salt, nonce and tag.
-pub const MIN_BODY_LEN: usize = 2 + 1 + SALT_LEN + NONCE_LEN + TAG_LEN;
-/// Default `listener.max_frame`: 16 MiB.
+/// Longest sender or receiver nodename, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Size of Noise's first message for `NNpsk0` with an empty payload: `e` and a tag.
+pub const NOISE1_LEN: usize = 32 + 16;
+/// Longest hello body: both names at their longest.
+pub const MAX_HELLO_LEN: usize = 5 + 2 * MAX_NAME_LEN + NOISE1_LEN;
+/// Longest Noise message, hence longest record body.
+pub const MAX_RECORD: usize = 65535;
+/// Default `listener.max_frame`: the longest message (request or response), 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Default `listener.port`.
 pub const DEFAULT_PORT: u16 = 1214;
 
-/// The clear part of a frame body, borrowed from it.
+/// The `kind` byte of a clear frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header<'a> {
-    /// Sender nodename.
+#[repr(u8)]
+pub enum Kind {
+    /// Client to node: opens a session.
+    Hello = 1,
+    /// Node to client: the session is open.
+    Welcome = 2,
+    /// Node to client: no session; the node closes the connection.
+    Refusal = 3,
+}
+
+/// Which session a client asks for; it decides the key and what may be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// A member of the cluster: the key binds the cluster name; every action it may ask.
+    Member = 1,
+    /// A node outside the cluster, which knows the secret but not the cluster name: the key
+    /// binds an empty cluster name and only `join` is served.
+    Join = 2,
+}
+
+/// A parsed hello, borrowed from the frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The session asked for.
+    pub mode: Mode,
+    /// The client's nodename, in clear and bound into the handshake.
     pub sender: &'a str,
-    /// Per-message HKDF salt.
-    pub salt: &'a [u8; SALT_LEN],
-    /// Per-message AES-GCM nonce.
-    pub nonce: &'a [u8; NONCE_LEN],
-    /// Length of the header (version through nonce): the AAD, and where the ciphertext starts.
-    pub len: usize,
+    /// The node the client means to reach; empty when it knows only an address.
+    pub receiver: &'a str,
+    /// Noise's first handshake message.
+    pub noise: &'a [u8; NOISE1_LEN],
 }
 
-/// Length of the header (version through nonce) for a sender name of `n` bytes.
-pub const fn header_len(n: usize) -> usize {
-    2 + n + SALT_LEN + NONCE_LEN
+/// Why a node refused a hello (the `code` byte of a refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RefusalCode {
+    /// Not a v2 hello (a v1 frame, or an unknown version).
+    Version = 1,
+    /// A v2 hello that does not parse.
+    Malformed = 2,
+    /// The hello names another node as its receiver.
+    Misaddressed = 3,
+    /// A member session asked by a name that is not in `cluster.nodes`.
+    NotMember = 4,
+    /// The handshake did not authenticate: another secret or cluster name.
+    Auth = 5,
+    /// This (sender, address) pair is blacklisted.
+    Blacklisted = 6,
+    /// Too many handshakes from this address; retry later.
+    RateLimited = 7,
 }
 
-/// Parses the clear header of a frame body (the bytes after the length field).
+impl RefusalCode {
+    /// The code for a byte, if it is one.
+    pub fn from_byte(b: u8) -> Option<RefusalCode> {
+        use RefusalCode::*;
+        [
+            Version,
+            Malformed,
+            Misaddressed,
+            NotMember,
+            Auth,
+            Blacklisted,
+            RateLimited,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == b)
+    }
+}
+
+/// A parsed refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why; `None` for a code this client does not know.
+    pub code: Option<RefusalCode>,
+    /// The node's explanation.
+    pub reason: String,
+}
+
+fn name<'a>(body: &'a [u8], at: usize, what: &'static str) -> Result<(&'a str, usize), WireError> {
+    let n = *body.get(at).ok_or(WireError::TooShort { len: body.len() })? as usize;
+    let end = at + 1 + n;
+    let bytes = body
+        .get(at + 1..end)
+        .ok_or(WireError::TooShort { len: body.len() })?;
+    let s = std::str::from_utf8(bytes).map_err(|_| WireError::BadSender(what))?;
+    Ok((s, end))
+}
+
+/// Parses a hello body (the bytes after the length field). Never panics.
 ///
-/// Checks, in this order: version, sender length, length of the body, sender UTF-8,
-/// room for the authentication tag. Never panics.
-pub fn parse_header(body: &[u8]) -> Result<Header<'_>, WireError> {
-    let Some(&version) = body.first() else {
-        return Err(WireError::TooShort { len: 0 });
+/// Checks, in order: version (a v1 frame is [`WireError::BadVersion`]`(1)`), kind, mode,
+/// sender (1..=255 bytes of UTF-8), receiver (0..=255), the Noise message's exact length.
+pub fn parse_hello(body: &[u8]) -> Result<Hello<'_>, WireError> {
+    match body.first() {
+        None => return Err(WireError::TooShort { len: 0 }),
+        Some(&VERSION) => {}
+        Some(&v) => return Err(WireError::BadVersion(v)),
+    }
+    if body.get(1) != Some(&(Kind::Hello as u8)) {
+        return Err(WireError::BadPayload("the first frame is not a hello".into()));
+    }
+    let mode = match body.get(2) {
+        Some(1) => Mode::Member,
+        Some(2) => Mode::Join,
+        Some(m) => return Err(WireError::BadPayload(format!("unknown session mode {m}"))),
+        None => return Err(WireError::TooShort { len: body.len() }),
     };
-    if version != VERSION {
-        return Err(WireError::BadVersion(version));
+    let (sender, at) = name(body, 3, "sender nodename is not UTF-8")?;
+    if sender.is_empty() {
+        return Err(WireError::BadSender("empty sender nodename"));
     }
-    let Some(&n) = body.get(1) else {
-        return Err(WireError::TooShort { len: body.len() });
-    };
-    let n = n as usize;
-    if n == 0 {
-        return Err(WireError::BadSender("empty nodename"));
-    }
-    let hlen = header_len(n);
-    if body.len() < hlen + TAG_LEN {
-        return Err(WireError::TooShort { len: body.len() });
-    }
-    let sender = std::str::from_utf8(&body[2..2 + n])
-        .map_err(|_| WireError::BadSender("nodename is not UTF-8"))?;
-    let salt: &[u8; SALT_LEN] = body[2 + n..2 + n + SALT_LEN]
+    let (receiver, at) = name(body, at, "receiver nodename is not UTF-8")?;
+    let noise: &[u8; NOISE1_LEN] = body[at..]
         .try_into()
-        .expect("slice length is SALT_LEN");
-    let nonce: &[u8; NONCE_LEN] = body[2 + n + SALT_LEN..hlen]
-        .try_into()
-        .expect("slice length is NONCE_LEN");
-    Ok(Header {
+        .map_err(|_| WireError::BadPayload(format!("the handshake message is {} bytes, not {NOISE1_LEN}", body.len() - at)))?;
+    Ok(Hello {
+        mode,
         sender,
-        salt,
-        nonce,
-        len: hlen,
+        receiver,
+        noise,
     })
 }
 
-/// Splits a complete frame (length prefix included) into its body, checking the length.
-///
-/// Returns `Ok(None)` for the empty packet.
-pub fn split_frame(frame: &[u8], max_frame: u32) -> Result<Option<&[u8]>, WireError> {
-    if frame.len() < LEN_SIZE {
-        return Err(WireError::Truncated {
-            expected: LEN_SIZE,
-            got: frame.len(),
-        });
+/// A hello frame (length prefix included).
+pub fn encode_hello(mode: Mode, sender: &str, receiver: &str, noise: &[u8]) -> Result<Vec<u8>, WireError> {
+    if sender.is_empty() || sender.len() > MAX_NAME_LEN {
+        return Err(WireError::BadSender("sender nodename must be 1..=255 bytes"));
     }
-    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-    if len > max_frame {
-        return Err(WireError::Oversize {
-            len: len as u64,
-            max: max_frame,
-        });
+    if receiver.len() > MAX_NAME_LEN {
+        return Err(WireError::BadSender("receiver nodename must be at most 255 bytes"));
     }
-    let len = len as usize;
-    let rest = &frame[LEN_SIZE..];
-    if rest.len() < len {
-        return Err(WireError::Truncated {
-            expected: len,
-            got: rest.len(),
-        });
-    }
-    if rest.len() > len {
-        return Err(WireError::Trailing {
-            declared: len,
-            actual: rest.len(),
-        });
-    }
-    Ok(if len == 0 { None } else { Some(rest) })
+    assert_eq!(noise.len(), NOISE1_LEN, "NNpsk0 message 1 with an empty payload");
+    let mut body = vec![VERSION, Kind::Hello as u8, mode as u8, sender.len() as u8];
+    body.extend_from_slice(sender.as_bytes());
+    body.push(receiver.len() as u8);
+    body.extend_from_slice(receiver.as_bytes());
+    body.extend_from_slice(noise);
+    Ok(with_len(body))
 }
 
-/// Reads the sender nodename of a complete frame (length prefix included) without any crypto.
-///
-/// This is what a receiver checks against its blacklist before decrypting.
-pub fn peek_sender(frame: &[u8]) -> Result<&str, WireError> {
-    let body = split_frame(frame, u32::MAX)?.ok_or(WireError::TooShort { len: 0 })?;
-    Ok(parse_header(body)?.sender)
+/// A welcome frame around Noise's second message.
+pub fn encode_welcome(noise: &[u8]) -> Vec<u8> {
+    let mut body = vec![VERSION, Kind::Welcome as u8];
+    body.extend_from_slice(noise);
+    with_len(body)
+}
+
+/// A refusal frame; the reason is cut to 1 KiB at a character boundary.
+pub fn encode_refusal(code: RefusalCode, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(1024);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut body = vec![VERSION, Kind::Refusal as u8, code as u8];
+    body.extend_from_slice(&reason.as_bytes()[..end]);
+    with_len(body)
+}
+
+/// What a node answered to a hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloAnswer<'a> {
+    /// Noise's second message.
+    Welcome(&'a [u8]),
+    /// No session.
+    Refused(Refusal),
+}
+
+/// Parses the node's answer to a hello.
+pub fn parse_answer(body: &[u8]) -> Result<HelloAnswer<'_>, WireError> {
+    match body {
+        [VERSION, k, rest @ ..] if *k == Kind::Welcome as u8 => Ok(HelloAnswer::Welcome(rest)),
+        [VERSION, k, code, reason @ ..] if *k == Kind::Refusal as u8 => {
+            Ok(HelloAnswer::Refused(Refusal {
+                code: RefusalCode::from_byte(*code),
+                reason: String::from_utf8_lossy(reason).into_owned(),
+            }))
+        }
+        [v, ..] if *v != VERSION => Err(WireError::BadVersion(*v)),
+        _ => Err(WireError::BadPayload("not a welcome nor a refusal".into())),
+    }
+}
+
+/// Prefixes `body` with its length.
+pub fn with_len(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LEN_SIZE + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// One frame as read from a stream: the body after the length field (empty = empty packet).
@@ -154,32 +250,9 @@ impl Frame {
         &self.body
     }
 
-    /// Mutable body bytes (decryption happens in place).
-    pub fn body_mut(&mut self) -> &mut [u8] {
-        &mut self.body
-    }
-
     /// Gives the body buffer back.
     pub fn into_body(self) -> Vec<u8> {
         self.body
-    }
-
-    /// Parses the clear header.
-    pub fn header(&self) -> Result<Header<'_>, WireError> {
-        parse_header(&self.body)
-    }
-
-    /// The clear sender nodename.
-    pub fn sender(&self) -> Result<&str, WireError> {
-        Ok(self.header()?.sender)
-    }
-
-    /// The frame as bytes on the wire (length prefix included).
-    pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(LEN_SIZE + self.body.len());
-        out.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.body);
-        out
     }
 }
 
@@ -187,87 +260,66 @@ impl Frame {
 mod tests {
     use super::*;
 
-    fn body(sender: &[u8], extra: usize) -> Vec<u8> {
-        let mut b = vec![VERSION, sender.len() as u8];
-        b.extend_from_slice(sender);
-        b.extend(std::iter::repeat_n(
-            7u8,
-            SALT_LEN + NONCE_LEN + TAG_LEN + extra,
-        ));
-        b
+    fn hello(sender: &str, receiver: &str) -> Vec<u8> {
+        encode_hello(Mode::Member, sender, receiver, &[7; NOISE1_LEN]).unwrap()[LEN_SIZE..].to_vec()
     }
 
     #[test]
-    fn parses_a_minimal_header() {
-        let b = body(b"n1", 0);
-        let h = parse_header(&b).unwrap();
-        assert_eq!(h.sender, "n1");
-        assert_eq!(h.len, header_len(2));
-        assert_eq!(h.salt, &[7u8; SALT_LEN]);
+    fn a_hello_round_trips() {
+        let b = hello("n1", "n2");
+        let h = parse_hello(&b).unwrap();
+        assert_eq!((h.mode, h.sender, h.receiver), (Mode::Member, "n1", "n2"));
+        assert_eq!(h.noise, &[7; NOISE1_LEN]);
+        let longest = hello(&"a".repeat(255), &"b".repeat(255));
+        assert_eq!(longest.len(), MAX_HELLO_LEN);
+        assert!(parse_hello(&longest).is_ok());
+        assert!(parse_hello(&hello("n1", "")).unwrap().receiver.is_empty());
     }
 
     #[test]
-    fn rejects_each_header_defect_distinctly() {
-        let mut b = body(b"n1", 0);
-        b[0] = 2;
-        assert!(matches!(parse_header(&b), Err(WireError::BadVersion(2))));
-        let mut b = body(b"n1", 0);
-        b[1] = 0;
-        assert!(matches!(parse_header(&b), Err(WireError::BadSender(_))));
-        let b = body(&[0xff, 0xfe], 0);
-        assert!(matches!(parse_header(&b), Err(WireError::BadSender(_))));
-        let b = body(b"n1", 0);
-        assert!(matches!(
-            parse_header(&b[..b.len() - 1]),
-            Err(WireError::TooShort { .. })
-        ));
-        assert!(matches!(parse_header(&[]), Err(WireError::TooShort { .. })));
-        assert!(matches!(
-            parse_header(&[1]),
-            Err(WireError::TooShort { .. })
-        ));
-        // n claims 200 bytes of name that are not there
-        let mut b = body(b"n1", 0);
-        b[1] = 200;
-        assert!(matches!(parse_header(&b), Err(WireError::TooShort { .. })));
+    fn each_hello_defect_is_refused() {
+        let good = hello("n1", "n2");
+        let mut v1 = good.clone();
+        v1[0] = 1;
+        assert!(matches!(parse_hello(&v1), Err(WireError::BadVersion(1))));
+        let mut kind = good.clone();
+        kind[1] = 2;
+        assert!(matches!(parse_hello(&kind), Err(WireError::BadPayload(_))));
+        let mut mode = good.clone();
+        mode[2] = 9;
+        assert!(matches!(parse_hello(&mode), Err(WireError::BadPayload(_))));
+        let mut empty = good.clone();
+        empty[3] = 0;
+        assert!(parse_hello(&empty).is_err());
+        let mut utf8 = good.clone();
+        utf8[4] = 0xff;
+        assert!(matches!(parse_hello(&utf8), Err(WireError::BadSender(_))));
+        assert!(parse_hello(&good[..good.len() - 1]).is_err());
+        let mut long = good.clone();
+        long.push(0);
+        assert!(parse_hello(&long).is_err());
+        for cut in 0..good.len() {
+            assert!(parse_hello(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(encode_hello(Mode::Join, "", "", &[0; NOISE1_LEN]).is_err());
+        assert!(encode_hello(Mode::Join, &"x".repeat(256), "", &[0; NOISE1_LEN]).is_err());
     }
 
     #[test]
-    fn split_frame_checks_length() {
-        assert!(matches!(
-            split_frame(&[0, 0], 100),
-            Err(WireError::Truncated { .. })
-        ));
-        assert_eq!(split_frame(&[0, 0, 0, 0], 100).unwrap(), None);
-        assert!(matches!(
-            split_frame(&[0, 0, 1, 0], 100),
-            Err(WireError::Oversize { len: 256, max: 100 })
-        ));
-        assert!(matches!(
-            split_frame(&[0, 0, 0, 2, 9], 100),
-            Err(WireError::Truncated {
-                expected: 2,
-                got: 1
-            })
-        ));
-        assert!(matches!(
-            split_frame(&[0, 0, 0, 1, 9, 9], 100),
-            Err(WireError::Trailing {
-                declared: 1,
-                actual: 2
-            })
-        ));
-        assert_eq!(
-            split_frame(&[0, 0, 0, 1, 9], 100).unwrap(),
-            Some(&[9u8][..])
-        );
-    }
-
-    #[test]
-    fn frame_to_wire_prefixes_length() {
-        let f = Frame::from_body(body(b"abc", 3));
-        let w = f.to_wire();
-        assert_eq!(peek_sender(&w).unwrap(), "abc");
-        assert_eq!(split_frame(&w, u32::MAX).unwrap(), Some(f.body()));
+    fn answers_parse() {
+        let w = encode_welcome(&[1, 2, 3]);
+        assert_eq!(parse_answer(&w[LEN_SIZE..]).unwrap(), HelloAnswer::Welcome(&[1, 2, 3]));
+        let r = encode_refusal(RefusalCode::Auth, &"é".repeat(600));
+        match parse_answer(&r[LEN_SIZE..]).unwrap() {
+            HelloAnswer::Refused(r) => {
+                assert_eq!(r.code, Some(RefusalCode::Auth));
+                assert_eq!(r.reason.len(), 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_answer(&[1, 3, 1]), Err(WireError::BadVersion(1))));
+        assert!(parse_answer(&[]).is_err());
+        assert_eq!(RefusalCode::from_byte(7), Some(RefusalCode::RateLimited));
+        assert_eq!(RefusalCode::from_byte(0), None);
     }
 }
