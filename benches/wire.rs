@@ -1,7 +1,8 @@
 //! Wire protocol benchmark: `cargo bench --bench wire`.
 //!
-//! Part 1 measures the per-frame cost on one thread: HKDF key derivation, MessagePack
-//! encoding, and seal/open of frames whose plaintext is about 200 B and 64 KiB.
+//! Part 1 measures on one thread: a handshake (both sides, and the node's side alone), a
+//! forged hello refused, MessagePack encoding, and seal+open of messages of about 200 B and
+//! 64 KiB.
 //! Part 2 runs a listener with an echo handler on loopback, on a single-threaded runtime in
 //! its own OS thread (one core), and drives it from a client runtime on another thread:
 //! one connection with one request in flight, one connection pipelining 64, and 32
@@ -9,11 +10,12 @@
 //! the cost of one request on the server and so its capacity per core.
 //! Every loop is bounded in time; traffic stays on 127.0.0.1.
 
-use hkdf::Hkdf;
 use om::listener::{BoxFuture, Handler, Listener, ListenerConfig, RequestCtx};
-use om::wire::{ClientOptions, Envelope, Keyring, ReplayGuard, Request, Response};
+use om::wire::{
+    accept, parse_hello, ClientOptions, Initiator, Keyring, Message, Opener, ReqId, Request,
+    Response, Sealer, LEN_SIZE,
+};
 use serde_json::json;
-use sha2::Sha256;
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,18 +62,18 @@ fn measure(mut f: impl FnMut()) -> Rate {
     }
 }
 
-fn envelope_of_size(plaintext: usize) -> Envelope {
+fn message_of_size(plaintext: usize) -> Vec<u8> {
     let mut pad = plaintext;
     loop {
-        let env = Envelope::request(
-            7,
+        let m = Message::request(
+            ReqId::Int(7),
             Request::new("raft_append", json!({"term": 3, "data": "x".repeat(pad)})),
         );
-        let len = env.encode().unwrap().len();
-        if len <= plaintext {
-            return env;
+        let bytes = m.encode().unwrap();
+        if bytes.len() <= plaintext {
+            return bytes;
         }
-        pad -= len - plaintext;
+        pad -= bytes.len() - plaintext;
     }
 }
 
@@ -82,6 +84,15 @@ fn row(name: &str, r: &Rate, bytes: Option<usize>) {
     println!("  {name:<34} {:>12.0} {:>10.0} {mbs}", r.per_sec(), r.ns());
 }
 
+/// A client sealer and the node's opener of one fresh session.
+fn session(keyring: &Keyring) -> (Sealer, Opener) {
+    let (init, hello) = Initiator::start(keyring, "node1", "").unwrap();
+    let h = parse_hello(&hello[LEN_SIZE..]).unwrap();
+    let acc = accept(keyring, &h, "node2").unwrap();
+    let (sealer, _, _) = init.finish(&acc.welcome[LEN_SIZE + 2..]).unwrap();
+    (sealer, acc.opener)
+}
+
 fn crypto_part() {
     println!("crypto and encoding, one thread");
     println!(
@@ -89,64 +100,53 @@ fn crypto_part() {
         "operation", "ops/s", "ns/op", "MB/s"
     );
     let keyring = Keyring::new("bench", "a-cluster-secret-of-some-length");
-    let salt = [7u8; 16];
     let r = measure(|| {
-        let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(black_box(&salt)), b"a-cluster-secret-of-some-length")
-            .expand(b"om/v1/bench", &mut okm)
-            .unwrap();
-        black_box(okm);
+        black_box(session(black_box(&keyring)));
     });
-    row("HKDF-SHA256 key derivation", &r, None);
-    // Replay guard at 200k msg/s from 8 senders: it fills to its capacity (1M ids) and
-    // then evicts, which is its steady state under heavy load.
-    let mut guard = ReplayGuard::default();
-    let senders: Vec<String> = (0..8).map(|i| format!("node{i}")).collect();
-    let mut i = 0u64;
-    let t0 = 1_700_000_000_000u64;
+    row("handshake, both sides (2 messages)", &r, None);
+    let (init, hello) = Initiator::start(&keyring, "node1", "").unwrap();
+    drop(init);
     let r = measure(|| {
-        i += 1;
-        let ts = t0 + i / 200;
-        guard
-            .check(
-                &senders[(i % 8) as usize],
-                ts,
-                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                ts,
-            )
-            .unwrap();
+        let h = parse_hello(black_box(&hello[LEN_SIZE..])).unwrap();
+        black_box(accept(&keyring, &h, "node2").unwrap());
     });
-    row(
-        &format!("replay guard check ({}k ids held)", guard.len() / 1000),
-        &r,
-        None,
-    );
+    row("handshake, node side", &r, None);
+    let forged = Initiator::start(&Keyring::new("bench", "wrong"), "node1", "")
+        .unwrap()
+        .1;
+    let r = measure(|| {
+        let h = parse_hello(black_box(&forged[LEN_SIZE..])).unwrap();
+        black_box(accept(&keyring, &h, "node2").unwrap_err());
+    });
+    row("forged hello refused (no DH)", &r, None);
     for (label, size) in [("200 B", 200usize), ("64 KiB", 64 * 1024)] {
-        let env = envelope_of_size(size);
-        let pt = env.encode().unwrap();
-        let frame = keyring.seal("node1", &env).unwrap();
-        let flen = frame.len();
+        let pt = message_of_size(size);
+        let m = Message::decode(&pt).unwrap();
         let r = measure(|| {
-            black_box(black_box(&env).encode().unwrap());
+            black_box(black_box(&m).encode().unwrap());
         });
         row(&format!("msgpack encode {label}"), &r, Some(pt.len()));
         let r = measure(|| {
-            black_box(Envelope::decode(black_box(&pt)).unwrap());
+            black_box(Message::decode(black_box(&pt)).unwrap());
         });
         row(&format!("msgpack decode {label}"), &r, Some(pt.len()));
+        let (mut sealer, mut opener) = session(&keyring);
+        let mut out = Vec::with_capacity(2 * size);
         let r = measure(|| {
-            black_box(keyring.seal("node1", black_box(&env)).unwrap());
+            out.clear();
+            sealer.seal(black_box(&pt), &mut out).unwrap();
+            let mut rest = &out[..];
+            while !rest.is_empty() {
+                let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+                black_box(opener.open(&rest[4..4 + len], u32::MAX).unwrap());
+                rest = &rest[4 + len..];
+            }
         });
-        row(&format!("seal {label} (frame {flen} B)"), &r, Some(flen));
-        let r = measure(|| {
-            black_box(keyring.open(black_box(&frame)).unwrap());
-        });
-        row(&format!("open {label}"), &r, Some(flen));
-        let r = measure(|| {
-            let f = keyring.seal("node1", black_box(&env)).unwrap();
-            black_box(keyring.open(&f).unwrap());
-        });
-        row(&format!("seal+open {label}"), &r, Some(flen));
+        row(
+            &format!("seal+open {label} ({} B on the wire)", out.len()),
+            &r,
+            Some(out.len()),
+        );
     }
     println!();
 }
@@ -308,7 +308,7 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep it short then.
     let quick = !std::env::args().any(|a| a == "--bench");
     println!(
-        "om wire protocol v1 benchmark ({} cores)",
+        "om wire protocol v2 benchmark ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if quick {

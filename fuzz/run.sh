@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs one cargo-fuzz target on stable Rust for a bounded time.
 #
-#   fuzz/run.sh TARGET SECONDS      TARGET: frame_decoder | request_decoder
+#   fuzz/run.sh TARGET SECONDS      TARGET: frame_decoder | handshake_decoder
 #
 # The committed seeds in fuzz/corpus/TARGET are read, never written: new inputs go to
 # fuzz/corpus-run/TARGET (ignored by git). A crash leaves its input in
@@ -15,8 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
 case "$target" in
-  frame_decoder|request_decoder) ;;
-  *) echo "unknown target: $target (frame_decoder, request_decoder)" >&2; exit 2 ;;
+  frame_decoder|handshake_decoder) ;;
+  *) echo "unknown target: $target (frame_decoder, handshake_decoder)" >&2; exit 2 ;;
 esac
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -4,9 +4,12 @@
 //! Regenerate the seeds after a deliberate format change with
 //! `OM_REGEN_FUZZ_CORPUS=1 cargo test --test fuzz_corpus`.
 
-use om::wire::fuzz::{fuzz_keyring, FrameReport};
-use om::wire::{fuzz_frame, fuzz_request, Envelope, Request, Response, EMPTY_PACKET};
-use serde_json::{json, Value};
+use om::wire::fuzz::{fuzz_keyring, FrameReport, HandshakeReport, FUZZ_NODE};
+use om::wire::{
+    accept_for_testing, encode_refusal, fuzz_frame, fuzz_handshake, parse_hello, Doc, Initiator,
+    Keyring, Message, RefusalCode, ReqId, Request, Response, EMPTY_PACKET, LEN_SIZE,
+};
+use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -16,163 +19,202 @@ fn corpus_dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-const TS: u64 = 1_700_000_000_000;
+const E_CLIENT: [u8; 32] = [1; 32];
+const E_NODE: [u8; 32] = [2; 32];
 
-fn env(reqid: u64, action: &str, options: Value) -> Envelope {
-    Envelope {
-        ts_ms: TS,
-        msg_id: 1000 + reqid,
-        reqid,
-        body: om::wire::Body::Request(Request::new(action, options)),
-    }
+fn hello(k: &Keyring, sender: &str, receiver: &str) -> Vec<u8> {
+    Initiator::start_for_testing(k, sender, receiver, &E_CLIENT)
+        .unwrap()
+        .1[LEN_SIZE..]
+        .to_vec()
 }
 
-fn seal(sender: &str, e: &Envelope, seed: u8) -> Vec<u8> {
-    fuzz_keyring()
-        .seal_with(sender, e, &[seed; 16], &[seed ^ 0x5a; 12])
+fn request(reqid: u64, action: &str, options: impl Into<Doc>) -> Vec<u8> {
+    Message::request(ReqId::Int(reqid), Request::new(action, options))
+        .encode()
         .unwrap()
 }
 
-/// The deterministic seeds: (target, file name, bytes).
-fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let join = env(1, "join", json!({"node": "n9", "port": 1214, "addr": null}));
-    let status = env(2, "daemon_status", json!({}));
-    let monitor = env(
-        3,
-        "set_service_monitor",
-        json!({"svcname": "svc1", "local_expect": "started", "global_expect": "started", "reset_retries": true}),
-    );
-    let action = env(
-        4,
-        "service_action",
-        json!({"svcname": "svc1", "command": ["compliance", "fix", "--moduleset", "foo"], "sync": true}),
-    );
-    let append = env(
-        5,
-        "raft_append",
-        json!({"vote": {"term": 3, "node": "n1"}, "entries": [{"index": 7, "payload": [1, 2, 3]}], "f": 1.5, "neg": -42}),
-    );
-    let ok = Envelope {
-        ts_ms: TS,
-        msg_id: 77,
-        reqid: 2,
-        body: om::wire::Body::Response(Response::ok(json!({"cluster": {"name": "c1"}}))),
+fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
+    let k = fuzz_keyring();
+    let mut out = vec![
+        ("valid-hello.bin".to_string(), hello(k, "n9", FUZZ_NODE)),
+        ("valid-hello-any-receiver.bin".into(), hello(k, "n9", "")),
+        (
+            "valid-hello-255.bin".into(),
+            hello(k, &"n".repeat(255), FUZZ_NODE),
+        ),
+        ("valid-hello-utf8.bin".into(), hello(k, "nœud-ü", "")),
+        (
+            "valid-hello-join.bin".into(),
+            hello(&k.joining(), "joiner", ""),
+        ),
+    ];
+    let h = hello(k, "n9", FUZZ_NODE);
+    let acc = accept_for_testing(k, &parse_hello(&h).unwrap(), FUZZ_NODE, &E_NODE).unwrap();
+    out.push((
+        "answer-welcome.bin".into(),
+        acc.welcome[LEN_SIZE..].to_vec(),
+    ));
+    out.push((
+        "answer-refusal.bin".into(),
+        encode_refusal(RefusalCode::Blacklisted, "blacklisted")[LEN_SIZE..].to_vec(),
+    ));
+    let edge = |name: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = h.clone();
+        f(&mut v);
+        (format!("edge-{name}.bin"), v)
     };
-    let err = Envelope {
-        ts_ms: TS,
-        msg_id: 78,
-        reqid: 3,
-        body: om::wire::Body::Response(Response::err(4, "sender \"x\" is not a cluster node")),
+    out.push(edge("v1-version", &|v| v[0] = 1));
+    out.push(edge("bad-kind", &|v| v[1] = 9));
+    out.push(edge("bad-mode", &|v| v[2] = 0));
+    out.push(edge("empty-sender", &|v| v[3] = 0));
+    out.push(edge("sender-past-end", &|v| v[3] = 200));
+    out.push(edge("bad-utf8", &|v| v[4] = 0xff));
+    out.push(edge("truncated", &|v| {
+        v.pop();
+    }));
+    out.push(edge("trailing", &|v| v.push(0)));
+    out.push(edge("bad-tag", &|v| {
+        let last = v.len() - 1;
+        v[last] ^= 1;
+    }));
+    out.push(edge("changed-name", &|v| v[5] ^= 0x20));
+    out.push((
+        "edge-wrong-secret.bin".into(),
+        hello(&Keyring::new("fuzz", "another secret"), "n9", ""),
+    ));
+    out.push(("edge-empty.bin".into(), vec![]));
+    out
+}
+
+fn frame_seeds() -> Vec<(String, Vec<u8>)> {
+    let addressed = raft::rpc::Addressed {
+        cluster: "fuzz".to_string(),
+        from: 1,
+        to: 2,
+        rpc: raft::rpc::Rpc::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(3, 1),
+            None,
+        )),
     };
-
-    // frame_decoder: valid frames, a stream of several, and header/framing edge cases.
-    let f = "frame_decoder";
-    out.push((f, "valid-join.bin".into(), seal("n9", &join, 1)));
-    out.push((f, "valid-response.bin".into(), seal("n1", &ok, 2)));
-    out.push((
-        f,
-        "valid-sender-255.bin".into(),
-        seal(&"n".repeat(255), &status, 3),
-    ));
-    out.push((
-        f,
-        "valid-sender-utf8.bin".into(),
-        seal("nœud-ü", &monitor, 4),
-    ));
-    let mut stream = seal("n1", &append, 5);
-    stream.extend_from_slice(&EMPTY_PACKET);
-    stream.extend(seal("n2", &action, 6));
-    out.push((f, "valid-stream.bin".into(), stream));
-    out.push((f, "empty-packet.bin".into(), EMPTY_PACKET.to_vec()));
-    out.push((f, "edge-short-length.bin".into(), vec![0, 0]));
-    out.push((
-        f,
-        "edge-oversize.bin".into(),
-        vec![0xff, 0xff, 0xff, 0xff, 1, 1, b'n'],
-    ));
-    let valid = seal("n1", &status, 7);
-    let mut v = valid.clone();
-    v[4] = 2;
-    out.push((f, "edge-bad-version.bin".into(), v));
-    let mut v = valid.clone();
-    v[5] = 0;
-    out.push((f, "edge-empty-sender.bin".into(), v));
-    let mut v = valid.clone();
-    v[6] = 0xc3;
-    out.push((f, "edge-bad-utf8.bin".into(), v));
-    let mut v = valid.clone();
-    v[5] = 200;
-    out.push((f, "edge-sender-past-end.bin".into(), v));
-    out.push((
-        f,
-        "edge-truncated.bin".into(),
-        valid[..valid.len() - 1].to_vec(),
-    ));
-    let mut v = valid.clone();
-    let last = v.len() - 1;
-    v[last] ^= 1;
-    out.push((f, "edge-bad-tag.bin".into(), v));
-    out.push((f, "edge-no-ciphertext.bin".into(), {
-        let mut b = vec![0, 0, 0, 47, 1, 1, b'n'];
-        b.extend_from_slice(&[0; 44]);
-        b
-    }));
-
-    // request_decoder: plaintext envelopes and decoder edge cases.
-    let r = "request_decoder";
-    for (name, e) in [
-        ("valid-join", &join),
-        ("valid-daemon-status", &status),
-        ("valid-set-service-monitor", &monitor),
-        ("valid-service-action", &action),
-        ("valid-raft-append", &append),
-        ("valid-response-ok", &ok),
-        ("valid-response-err", &err),
-    ] {
-        out.push((r, format!("{name}.bin"), e.encode().unwrap()));
-    }
-    // The envelope as msgpack arrays instead of maps: bodies must be maps.
-    out.push((
-        r,
-        "edge-tuple-envelope.bin".into(),
-        rmp_serde::to_vec(&status).unwrap(),
-    ));
-    out.push((r, "edge-empty.bin".into(), vec![]));
-    out.push((r, "edge-reserved-c1.bin".into(), vec![0xc1]));
-    let mut v = status.encode().unwrap();
-    v.push(0xc0);
-    out.push((r, "edge-trailing.bin".into(), v));
-    out.push((
-        r,
-        "edge-mixed-body.bin".into(),
-        rmp_serde::to_vec_named(&json!({"ts_ms": TS, "msg_id": 1, "reqid": 1,
-            "body": {"action": "x", "status": 0}}))
-        .unwrap(),
-    ));
-    out.push((r, "edge-bin-option.bin".into(), {
-        let mut b =
-            rmp_serde::to_vec_named(&json!({"ts_ms": TS, "msg_id": 1, "reqid": 1})).unwrap();
-        b[0] = 0x84;
-        b.extend_from_slice(b"\xa4body\x82\xa6action\xa1x\xa7options\xc4\x02\x01\x02");
-        b
-    }));
-    out.push((
-        r,
-        "edge-huge-str-len.bin".into(),
-        vec![
-            0x84, 0xa5, b't', b's', b'_', b'm', b's', 0xdb, 0xff, 0xff, 0xff, 0xff, 0x41,
-        ],
-    ));
+    let mut out = vec![
+        (
+            "valid-join.bin".to_string(),
+            request(1, "join", json!({"node": "n9", "port": 1214, "id": "77"})),
+        ),
+        (
+            "valid-daemon-status.bin".into(),
+            request(2, "daemon_status", json!({})),
+        ),
+        (
+            "valid-set-service-monitor.bin".into(),
+            request(
+                3,
+                "set_service_monitor",
+                json!({"svcname": "svc1", "local_expect": "started", "global_expect": "started"}),
+            ),
+        ),
+        (
+            "valid-service-action.bin".into(),
+            request(
+                4,
+                "service_action",
+                json!({"svcname": "svc1", "command": ["compliance", "fix", "--moduleset", "foo"], "sync": true}),
+            ),
+        ),
+        (
+            "valid-raft-vote.bin".into(),
+            request(5, "raft_vote", Doc::pack(&addressed).unwrap()),
+        ),
+        (
+            "valid-string-reqid.bin".into(),
+            Message::request(
+                ReqId::Str("zeek-7".into()),
+                Request::new("get_nodes", json!({})),
+            )
+            .encode()
+            .unwrap(),
+        ),
+        (
+            "valid-response-ok.bin".into(),
+            Message::response(
+                ReqId::Int(2),
+                Response::ok(json!({"cluster": {"name": "c1"}})),
+            )
+            .encode()
+            .unwrap(),
+        ),
+        (
+            "valid-response-err.bin".into(),
+            Message::response(ReqId::Int(3), Response::err(4, "only join"))
+                .encode()
+                .unwrap(),
+        ),
+        ("valid-bin-option.bin".into(), {
+            let mut b = vec![0x83, 0xa5];
+            b.extend_from_slice(b"reqid\x01\xa6action\xa1x\xa7options\xc4\x02\x01\x02");
+            b
+        }),
+    ];
+    let status = request(2, "daemon_status", json!({}));
+    let mut trailing = status.clone();
+    trailing.push(0xc0);
     let mut deep = json!(0);
     for _ in 0..200 {
         deep = json!([deep]);
     }
-    out.push((
-        r,
-        "edge-deep-nesting.bin".into(),
-        env(9, "clear", deep).encode().unwrap(),
-    ));
+    out.extend([
+        ("edge-trailing.bin".to_string(), trailing),
+        ("edge-empty.bin".into(), vec![]),
+        ("edge-reserved-c1.bin".into(), vec![0xc1]),
+        (
+            "edge-array-message.bin".into(),
+            rmp_serde::to_vec(&(1, "daemon_status", json!({}))).unwrap(),
+        ),
+        (
+            "edge-mixed.bin".into(),
+            rmp_serde::to_vec_named(&json!({"reqid": 1, "action": "x", "status": 0})).unwrap(),
+        ),
+        (
+            "edge-no-reqid.bin".into(),
+            rmp_serde::to_vec_named(&json!({"action": "x"})).unwrap(),
+        ),
+        ("edge-ext-option.bin".into(), {
+            let mut b = vec![0x83, 0xa5];
+            b.extend_from_slice(b"reqid\x01\xa6action\xa1x\xa7options\xd4\x01\x00");
+            b
+        }),
+        (
+            "edge-huge-str-len.bin".into(),
+            vec![
+                0x83, 0xa5, b'r', b'e', b'q', b'i', b'd', 0xdb, 0xff, 0xff, 0xff, 0xff, 0x41,
+            ],
+        ),
+        ("edge-deep-nesting.bin".into(), request(9, "clear", deep)),
+        (
+            "edge-stream-empty-packets.bin".into(),
+            [EMPTY_PACKET, EMPTY_PACKET].concat(),
+        ),
+        ("edge-stream-short-length.bin".into(), vec![0, 0]),
+        (
+            "edge-stream-oversize.bin".into(),
+            vec![0xff, 0xff, 0xff, 0xff, 1],
+        ),
+    ]);
+    out
+}
+
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out: Vec<_> = handshake_seeds()
+        .into_iter()
+        .map(|(n, b)| ("handshake_decoder", n, b))
+        .collect();
+    out.extend(
+        frame_seeds()
+            .into_iter()
+            .map(|(n, b)| ("frame_decoder", n, b)),
+    );
     out
 }
 
@@ -197,19 +239,33 @@ fn seeds_are_committed_and_current() {
 }
 
 fn replay(target: &str, f: impl Fn(&str, &[u8])) -> usize {
-    let mut n = 0;
     let mut entries: Vec<_> = fs::read_dir(corpus_dir(target))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     entries.sort();
-    for path in entries {
+    for path in &entries {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let data = fs::read(&path).unwrap();
-        f(&name, &data);
-        n += 1;
+        f(&name, &fs::read(path).unwrap());
     }
-    n
+    entries.len()
+}
+
+#[test]
+fn handshake_corpus_replays_through_the_fuzz_entry_point() {
+    let n = replay("handshake_decoder", |name, data| {
+        let r: HandshakeReport = fuzz_handshake(data);
+        if name.starts_with("valid-hello") {
+            assert!(r.hello && r.accepted, "{name}: {r:?}");
+        }
+        if name.starts_with("answer-") {
+            assert!(r.answer && !r.hello, "{name}: {r:?}");
+        }
+        if name.starts_with("edge-") {
+            assert!(!r.accepted, "{name}: {r:?}");
+        }
+    });
+    assert!(n >= 15, "only {n} handshake seeds");
 }
 
 #[test]
@@ -217,25 +273,14 @@ fn frame_corpus_replays_through_the_fuzz_entry_point() {
     let n = replay("frame_decoder", |name, data| {
         let r: FrameReport = fuzz_frame(data);
         if name.starts_with("valid-") {
-            assert!(r.opened >= 1 && !r.stream_error, "{name}: {r:?}");
+            assert!(r.message, "{name}: {r:?}");
         }
         if name.starts_with("edge-") {
-            assert_eq!(r.opened, 0, "{name}: {r:?}");
+            assert!(!r.message, "{name}: {r:?}");
+        }
+        if name.starts_with("edge-stream-") {
+            assert!(r.frames > 0 || r.stream_error, "{name}: {r:?}");
         }
     });
     assert!(n >= 15, "only {n} frame seeds");
-}
-
-#[test]
-fn request_corpus_replays_through_the_fuzz_entry_point() {
-    let n = replay("request_decoder", |name, data| {
-        let r = fuzz_request(data);
-        if name.starts_with("valid-") {
-            assert!(r.is_ok(), "{name}: {r:?}");
-        }
-        if name.starts_with("edge-") {
-            assert!(r.is_err(), "{name}: decoded {r:?}");
-        }
-    });
-    assert!(n >= 15, "only {n} request seeds");
 }

@@ -254,7 +254,7 @@ async fn failover_service_runs_once_switches_freezes_fails_over_and_logs() {
     let killed = Instant::now();
     eprintln!(
         "kill at {}",
-        om::services::log::format_ts(om::wire::now_ms())
+        om::services::log::format_ts(om::clock::now_ms())
     );
     c.nodes[1].kill();
     kill(victim_app, "-KILL");

@@ -1,5 +1,6 @@
-//! Arbitrary bytes into the frame layer: stream framing, header parsing, decryption and
-//! `Keyring::open` (see `om::wire::fuzz::fuzz_frame`).
+//! Arbitrary bytes as the records of a session and as a message's plaintext: framing,
+//! record opening, chunking and the MessagePack message decoder (see
+//! `om::wire::fuzz::fuzz_frame`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -596,7 +596,10 @@ mod tests {
         let Rpc::Snapshot(back) = back else { panic!() };
         assert_eq!(format!("{back:?}"), format!("{req:?}"));
         // bin8 of 256 bytes does not fit: bin16 marker, length 256, then the bytes as they are.
-        let at = bytes.windows(3).position(|w| w == [0xc5, 1, 0]).expect("a bin16");
+        let at = bytes
+            .windows(3)
+            .position(|w| w == [0xc5, 1, 0])
+            .expect("a bin16");
         assert_eq!(&bytes[at + 3..at + 3 + 256], &data[..]);
     }
 }

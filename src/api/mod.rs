@@ -186,7 +186,10 @@ mod tests {
         for doc in [good.clone().into(), Doc::pack(&good).unwrap()] {
             parse::<options::SetNodeMonitor>(Action::SetNodeMonitor, doc).unwrap();
         }
-        for doc in [serde_json::json!({}).into(), Doc::pack(&serde_json::json!({})).unwrap()] {
+        for doc in [
+            serde_json::json!({}).into(),
+            Doc::pack(&serde_json::json!({})).unwrap(),
+        ] {
             let e = parse::<options::ServiceRef>(Action::GetServiceConfig, doc).unwrap_err();
             assert!(e.message.contains("svcname"), "{e}");
         }

@@ -155,9 +155,14 @@ pub const PARAMS: &[Param] = &[
         help: "connections open at once from one source IP (1..=1048576)",
     },
     Param {
+        key: "listener.handshake_rate",
+        default: "50",
+        help: "handshakes accepted per second from one source IP, with a burst as large (0..=100000; 0 = no limit)",
+    },
+    Param {
         key: "listener.handshake_timeout",
         default: "10s",
-        help: "a connection without an authenticated frame after this long is closed",
+        help: "a connection that has not completed its handshake after this long is closed",
     },
     Param {
         key: "listener.frame_timeout",
@@ -214,6 +219,8 @@ pub struct NodeConfig {
     pub max_conns: usize,
     /// `listener.max_conns_per_addr`.
     pub max_conns_per_addr: usize,
+    /// `listener.handshake_rate`.
+    pub handshake_rate: u32,
     /// `listener.handshake_timeout`.
     pub handshake_timeout: Duration,
     /// `listener.frame_timeout`.
@@ -279,6 +286,7 @@ impl NodeConfig {
             max_conns_per_addr: get("listener.max_conns_per_addr")
                 .parse()
                 .expect("validated"),
+            handshake_rate: get("listener.handshake_rate").parse().expect("validated"),
             handshake_timeout: duration(&get("listener.handshake_timeout")).expect("validated"),
             frame_timeout: duration(&get("listener.frame_timeout")).expect("validated"),
             idle_timeout: duration(&get("listener.idle_timeout")).expect("validated"),
@@ -380,6 +388,11 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
                 .is_ok_and(|n| (1..=1 << 20).contains(&n)) =>
         {
             bad("expected a connection count in 1..=1048576")
+        }
+        "listener.handshake_rate"
+            if !value.parse::<u32>().is_ok_and(|n| n <= 100_000) =>
+        {
+            bad("expected a number of handshakes per second in 0..=100000")
         }
         "node.split_action" if !matches!(value, "stop" | "none") => {
             bad("allowed values are stop, none")

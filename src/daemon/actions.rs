@@ -99,7 +99,12 @@ impl Daemon {
         self.serve_action(origin, action, o).await.map(Doc::from)
     }
 
-    async fn serve_action(self: &Arc<Self>, origin: &Origin, action: Action, o: Doc) -> Result<Value> {
+    async fn serve_action(
+        self: &Arc<Self>,
+        origin: &Origin,
+        action: Action,
+        o: Doc,
+    ) -> Result<Value> {
         let from_peer = matches!(origin, Origin::Peer { .. });
         match action {
             Action::DaemonStatus => {

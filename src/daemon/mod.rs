@@ -30,6 +30,7 @@ use raft::NodeId;
 use raft::ProposeError;
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
 use crate::config;
 use crate::config::IniDoc;
 use crate::config::NodeConfig;
@@ -40,7 +41,6 @@ use crate::listener::Listener;
 use crate::listener::ListenerConfig;
 use crate::listener::ListenerHandle;
 use crate::listener::RequestCtx;
-use crate::clock::now_ms;
 use crate::wire::status as code;
 use crate::wire::Keyring;
 use crate::wire::Request;
@@ -873,6 +873,7 @@ pub fn listener_config(cfg: &NodeConfig) -> ListenerConfig {
         max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
         max_conns: cfg.max_conns,
         max_conns_per_addr: cfg.max_conns_per_addr,
+        handshake_rate: cfg.handshake_rate,
         handshake_timeout: cfg.handshake_timeout,
         frame_timeout: cfg.frame_timeout,
         idle_timeout: cfg.idle_timeout,

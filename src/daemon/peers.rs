@@ -14,8 +14,6 @@ use crate::wire::Client;
 use crate::wire::ClientOptions;
 use crate::wire::Doc;
 use crate::wire::Keyring;
-use crate::wire::Request;
-use crate::wire::Response;
 
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +35,9 @@ pub enum PeerError {
 pub struct Peers {
     me: RwLock<String>,
     keyring: RwLock<Keyring>,
-    clients: Mutex<BTreeMap<String, Client>>,
+    /// One session per (address, node meant): a Raft RPC names its target, so that an
+    /// address that reaches another node fails the handshake instead of reaching it.
+    clients: Mutex<BTreeMap<(String, String), Client>>,
     seen: Mutex<BTreeMap<String, Instant>>,
 }
 
@@ -68,11 +68,15 @@ impl Peers {
         self.me.read().unwrap().clone()
     }
 
-    fn client(&self, addr: &str) -> Client {
+    fn client(&self, addr: &str, receiver: &str) -> Client {
         let mut clients = self.clients.lock().unwrap();
         clients
-            .entry(addr.to_string())
-            .or_insert_with(|| ClientOptions::new(addr, self.keyring(), self.me()).build())
+            .entry((addr.to_string(), receiver.to_string()))
+            .or_insert_with(|| {
+                ClientOptions::new(addr, self.keyring(), self.me())
+                    .receiver(receiver)
+                    .build()
+            })
             .clone()
     }
 
@@ -85,7 +89,7 @@ impl Peers {
         options: impl Into<Doc>,
         timeout: Duration,
     ) -> Result<Value, PeerError> {
-        let data = self.call_doc(addr, action, options, timeout).await?;
+        let data = self.call_doc(addr, "", action, options, timeout).await?;
         data.into_value().map_err(|e| PeerError::Failed {
             addr: addr.to_string(),
             action: action.to_string(),
@@ -94,18 +98,24 @@ impl Peers {
         })
     }
 
-    /// Sends `action` to the node at `addr` and returns the data of a successful answer
-    /// as it arrived (to be decoded into its type).
+    /// Sends `action` to node `receiver` (empty: whoever listens) at `addr` and returns
+    /// the data of a successful answer as it arrived (to be decoded into its type).
     pub async fn call_doc(
         &self,
         addr: &str,
+        receiver: &str,
         action: &str,
         options: impl Into<Doc>,
         timeout: Duration,
     ) -> Result<Doc, PeerError> {
-        let resp = self
-            .call_raw(addr, Request::new(action, options), timeout)
-            .await?;
+        let client = self.client(addr, receiver);
+        let resp = client
+            .request(action, options, timeout)
+            .await
+            .map_err(|e| PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
         if resp.is_ok() {
             Ok(resp.data)
         } else {
@@ -116,23 +126,6 @@ impl Peers {
                 message: resp.error.unwrap_or_default(),
             })
         }
-    }
-
-    /// Sends a request and returns the peer's response as is.
-    pub async fn call_raw(
-        &self,
-        addr: &str,
-        req: Request,
-        timeout: Duration,
-    ) -> Result<Response, PeerError> {
-        let client = self.client(addr);
-        client
-            .request(&req.action, req.options, timeout)
-            .await
-            .map_err(|e| PeerError::Unreachable {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })
     }
 
     /// Records that `node` was heard from now.

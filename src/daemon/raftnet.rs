@@ -61,7 +61,7 @@ impl Transport for PeerTransport {
         let options = Doc::pack(&msg).map_err(failed)?;
         let data = self
             .peers
-            .call_doc(addr, action, options, ttl)
+            .call_doc(addr, &target.name, action, options, ttl)
             .await
             .map_err(|e| match e {
                 PeerError::Unreachable { .. } => TransportError::Unreachable {

@@ -1,6 +1,7 @@
 //! What the listener grants to connections it has not authenticated yet: connection slots
 //! (a global cap and a cap per source IP), the memory their frame buffers may hold (a global
-//! budget), and a rate limit on the warnings refusals log.
+//! budget), handshakes per second per source IP, and a rate limit on the warnings refusals
+//! log.
 //!
 //! A [`Gate`] and a [`Budget`] belong to one run of the accept loop: every connection is
 //! closed when the loop ends, so nothing outlives it.
@@ -169,6 +170,57 @@ impl Drop for Charge {
     }
 }
 
+/// Handshakes per second per source IP: a token bucket per address, `rate` tokens a
+/// second up to a burst of `rate`. Each handshake costs the node a Diffie-Hellman, so a
+/// flood from one address is refused before any crypto.
+#[derive(Debug)]
+pub(crate) struct HandshakeRate {
+    rate: f64,
+    // Only looked up and updated, never iterated into output.
+    buckets: Mutex<BTreeMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Addresses tracked at once. When the table is full, addresses whose bucket has refilled
+/// (idle ones: forgetting them changes nothing) make room; if none has, a new address is
+/// refused until one does, so a flood from many addresses cannot reset anyone's limit.
+const MAX_RATE_ADDRS: usize = 4096;
+
+impl HandshakeRate {
+    /// `rate` handshakes a second per address (0: no limit).
+    pub(crate) fn new(rate: u32) -> HandshakeRate {
+        HandshakeRate {
+            rate: f64::from(rate),
+            buckets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Takes a token for a handshake from `ip` at `now`; `false` when none is left.
+    pub(crate) fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() >= MAX_RATE_ADDRS && !b.contains_key(&ip) {
+            let rate = self.rate;
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < rate
+            });
+            if b.len() >= MAX_RATE_ADDRS {
+                return false;
+            }
+        }
+        let (tokens, at) = b.entry(ip).or_insert((self.rate, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
 /// Lets one warning through per `every`, and counts the ones it holds back.
 #[derive(Debug)]
 pub(crate) struct WarnLimit {
@@ -233,6 +285,38 @@ mod tests {
         assert_eq!(b.used(), 40);
         drop(c2);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn handshakes_are_limited_per_address_and_refill() {
+        let r = HandshakeRate::new(3);
+        let t = Instant::now();
+        assert!((0..3).all(|_| r.allow(A, t)));
+        assert!(!r.allow(A, t));
+        assert!(r.allow(B, t), "another address has its own bucket");
+        assert!(
+            r.allow(A, t + Duration::from_millis(340)),
+            "a third of a second: one token"
+        );
+        assert!(!r.allow(A, t + Duration::from_millis(340)));
+        assert!((0..100).all(|_| HandshakeRate::new(0).allow(A, t)));
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_addresses_only() {
+        let r = HandshakeRate::new(1);
+        let t = Instant::now();
+        let ip = |i: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..MAX_RATE_ADDRS as u32 {
+            assert!(r.allow(ip(i), t));
+        }
+        // Every bucket is empty: a new address waits, and nobody got a fresh bucket.
+        assert!(!r.allow(B, t));
+        assert!(!r.allow(ip(0), t));
+        // A second later they have all refilled: the idle ones make room.
+        let later = t + Duration::from_secs(1);
+        assert!(r.allow(B, later));
+        assert!(r.buckets.lock().unwrap().len() <= 1);
     }
 
     #[test]

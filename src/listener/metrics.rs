@@ -32,6 +32,8 @@ pub struct Metrics {
     pub blacklisted: AtomicU64,
     /// Connections accepted and closed at once: the global or per-address cap was reached.
     pub refused_conn_cap: AtomicU64,
+    /// Hellos refused because their source IP passed `listener.handshake_rate`.
+    pub refused_handshake_rate: AtomicU64,
     /// Connections shed because the process ran out of file descriptors (spare-descriptor trick).
     pub refused_no_fd: AtomicU64,
     /// Connections closed for not completing a handshake within `handshake_timeout`.
@@ -70,6 +72,8 @@ pub struct MetricsSnapshot {
     pub blacklisted: u64,
     /// See [`Metrics::refused_conn_cap`].
     pub refused_conn_cap: u64,
+    /// See [`Metrics::refused_handshake_rate`].
+    pub refused_handshake_rate: u64,
     /// See [`Metrics::refused_no_fd`].
     pub refused_no_fd: u64,
     /// See [`Metrics::closed_handshake_timeout`].
@@ -123,6 +127,7 @@ impl Metrics {
             responses: get(&self.responses),
             blacklisted: get(&self.blacklisted),
             refused_conn_cap: get(&self.refused_conn_cap),
+            refused_handshake_rate: get(&self.refused_handshake_rate),
             refused_no_fd: get(&self.refused_no_fd),
             closed_handshake_timeout: get(&self.closed_handshake_timeout),
             closed_frame_timeout: get(&self.closed_frame_timeout),

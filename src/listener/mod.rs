@@ -73,7 +73,7 @@ pub mod metrics;
 pub use blacklist::{Blacklist, BlacklistEntry, PairState, BLACKLIST_THRESHOLD};
 pub use metrics::{Metrics, MetricsSnapshot};
 
-use limits::{Budget, Charge, Gate, Refusal, Slot, WarnLimit};
+use limits::{Budget, Charge, Gate, HandshakeRate, Refusal, Slot, WarnLimit};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
@@ -130,8 +130,11 @@ pub struct ListenerConfig {
     /// Connections open at once from one source IP (`listener.max_conns_per_addr`,
     /// default 64).
     pub max_conns_per_addr: usize,
-    /// Time a connection has to send its first authenticated frame
-    /// (`listener.handshake_timeout`, default 10 s).
+    /// Handshakes accepted per second from one source IP, with a burst as large
+    /// (`listener.handshake_rate`, default 50; 0 = no limit).
+    pub handshake_rate: u32,
+    /// Time a connection has to complete its handshake (`listener.handshake_timeout`,
+    /// default 10 s).
     pub handshake_timeout: Duration,
     /// Time a frame has to arrive whole once its first byte has
     /// (`listener.frame_timeout`, default 10 s).
@@ -156,6 +159,7 @@ impl Default for ListenerConfig {
             max_inflight: 1024,
             max_conns: 1024,
             max_conns_per_addr: 64,
+            handshake_rate: 50,
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -329,6 +333,7 @@ impl Listener {
         let max_conns = conn_cap(config.max_conns);
         let run = Arc::new(Run {
             gate: Gate::new(max_conns, config.max_conns_per_addr),
+            rate: HandshakeRate::new(config.handshake_rate),
             budget: Budget::new(config.unauth_budget),
             limits: ConnLimits {
                 max_frame: config.max_frame,
@@ -381,6 +386,7 @@ struct ConnLimits {
 /// What the connections of one run of the accept loop share.
 struct Run {
     gate: Arc<Gate>,
+    rate: HandshakeRate,
     budget: Arc<Budget>,
     limits: ConnLimits,
     max_conns_per_addr: usize,
@@ -538,8 +544,9 @@ async fn serve_conn(
         tx: None,
         writer: None,
     };
-    let end = match conn.handshake(&mut rd).await {
-        Ok((session, opener)) => conn.records(&mut rd, &session, opener).await,
+    let deadline = Instant::now() + conn.run.limits.handshake_timeout;
+    let end = match conn.handshake(&mut rd, deadline).await {
+        Ok((session, opener)) => conn.records(&mut rd, &session, opener, deadline).await,
         Err(end) => end,
     };
     drop(rd);
@@ -579,11 +586,15 @@ impl Conn {
     /// Reads frames until a hello and answers it: `Ok` with the session and its opener
     /// once the welcome is queued, `Err` when the connection is to close. Empty packets
     /// before the hello are served. All of it within `handshake_timeout`.
-    async fn handshake(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<(Session, Opener), End> {
+    async fn handshake(
+        &mut self,
+        rd: &mut BufReader<OwnedReadHalf>,
+        deadline: Instant,
+    ) -> Result<(Session, Opener), End> {
         let m = &self.shared.metrics;
-        let deadline = Instant::now() + self.run.limits.handshake_timeout;
+        let mut empties = 0;
         loop {
-            let frame = match self.next_frame(rd, false, deadline).await {
+            let frame = match self.next_frame(rd, Phase::Hello, deadline).await {
                 Ok(Some((frame, _charge))) => frame,
                 Ok(None) => return Err(End::Graceful),
                 Err(End::V1) => {
@@ -595,13 +606,30 @@ impl Conn {
             };
             Metrics::incr(&m.frames);
             if frame.is_empty() {
+                empties += 1;
+                if empties > MAX_EMPTY_BEFORE_HELLO {
+                    tracing::debug!(peer = %self.peer, "closing connection: empty packets and no hello");
+                    return Err(End::Abort);
+                }
                 Metrics::incr(&m.empty_packets);
                 self.shared.handler.dequeue_actions();
                 continue;
             }
+            if !self
+                .run
+                .rate
+                .allow(self.peer.ip(), std::time::Instant::now())
+            {
+                Metrics::incr(&m.refused_handshake_rate);
+                let why = "too many handshakes from this address; retry in a second (listener.handshake_rate)";
+                let _ = self
+                    .sender(None)
+                    .send(Out::Clear(encode_refusal(RefusalCode::RateLimited, why)))
+                    .await;
+                return Err(End::Graceful);
+            }
             return match self.shared.answer_hello(frame.body(), self.peer) {
                 Ok((session, acc)) => {
-                    Metrics::incr(&m.sessions);
                     let tx = self.sender(Some(acc.sealer));
                     if tx.send(Out::Clear(acc.welcome)).await.is_err() {
                         return Err(End::Abort);
@@ -619,12 +647,22 @@ impl Conn {
 
     /// Reads the records of an open session and runs its requests, until the connection
     /// ends.
-    async fn records(&mut self, rd: &mut BufReader<OwnedReadHalf>, session: &Session, mut opener: Opener) -> End {
+    ///
+    /// A hello proves nothing (anyone can replay a recorded one): until its first record
+    /// opens, the session keeps the handshake deadline and the unauthenticated budget, and
+    /// the sender's blacklist count is not reset.
+    async fn records(
+        &mut self,
+        rd: &mut BufReader<OwnedReadHalf>,
+        session: &Session,
+        mut opener: Opener,
+        handshake: Instant,
+    ) -> End {
         let shared = self.shared.clone();
         let m = &shared.metrics;
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut phase = Phase::Unproven;
         loop {
-            let frame = match self.next_frame(rd, true, far).await {
+            let frame = match self.next_frame(rd, phase, handshake).await {
                 Ok(Some((f, _))) => f,
                 Ok(None) => return End::Graceful,
                 Err(end) => return end,
@@ -635,7 +673,15 @@ impl Conn {
                 self.shared.handler.dequeue_actions();
                 continue;
             }
-            let plain = match opener.open(frame.body(), self.run.limits.max_frame) {
+            let opened = opener.open(frame.body(), self.run.limits.max_frame);
+            if opened.is_ok() && phase == Phase::Unproven {
+                phase = Phase::Proven;
+                Metrics::incr(&m.sessions);
+                shared
+                    .blacklist
+                    .record_valid(&session.sender, self.peer.ip());
+            }
+            let plain = match opened {
                 Ok(None) => continue,
                 Ok(Some(p)) => p,
                 Err(e) => {
@@ -665,7 +711,10 @@ impl Conn {
     async fn reply(&mut self, reqid: ReqId, resp: Response) -> Result<(), ()> {
         let plain = self.shared.encode_response(reqid, resp);
         Metrics::incr(&self.shared.metrics.responses);
-        self.sender(None).send(Out::Message(plain)).await.map_err(|_| ())
+        self.sender(None)
+            .send(Out::Message(plain))
+            .await
+            .map_err(|_| ())
     }
 
     /// Waits for the next frame (until `handshake` before the session, for `idle_timeout`
@@ -673,9 +722,10 @@ impl Conn {
     async fn next_frame(
         &self,
         rd: &mut BufReader<OwnedReadHalf>,
-        authed: bool,
+        phase: Phase,
         handshake: Instant,
     ) -> Result<Option<ReadFrame>, End> {
+        let authed = phase == Phase::Proven;
         let limits = &self.run.limits;
         if !self.wait_for_data(rd, authed, handshake).await? {
             return Ok(None);
@@ -684,7 +734,7 @@ impl Conn {
         if !authed {
             frame_deadline = frame_deadline.min(handshake);
         }
-        match tokio::time::timeout_at(frame_deadline, self.read_one(rd, authed)).await {
+        match tokio::time::timeout_at(frame_deadline, self.read_one(rd, phase)).await {
             Ok(r) => r.map(Some),
             Err(_) => {
                 let m = &self.shared.metrics;
@@ -744,12 +794,13 @@ impl Conn {
         self.inflight.available_permits() < self.run.limits.max_inflight
     }
 
-    /// Reads one frame whose first byte is buffered: a hello before the session (at most
-    /// [`MAX_HELLO_LEN`] bytes, its buffer charged to the run's budget), a record after.
+    /// Reads one frame whose first byte is buffered: a hello (at most [`MAX_HELLO_LEN`]
+    /// bytes) or a record (at most [`MAX_RECORD`]), its buffer charged to the run's budget
+    /// until the session is proven.
     async fn read_one(
         &self,
         rd: &mut BufReader<OwnedReadHalf>,
-        authed: bool,
+        phase: Phase,
     ) -> Result<ReadFrame, End> {
         let m = &self.shared.metrics;
         let fail = |e: WireError| {
@@ -764,12 +815,14 @@ impl Conn {
         let Some(len) = read_len(rd).await.map_err(fail)? else {
             return Err(End::Graceful);
         };
-        if authed {
+        if phase != Phase::Hello {
             check_len(len, MAX_RECORD as u32).map_err(fail)?;
+        }
+        if phase == Phase::Proven {
             let frame = read_body(rd, len, |_| Ok(())).await.map_err(fail)?;
             return Ok((frame, None));
         }
-        if len as usize > MAX_HELLO_LEN {
+        if phase == Phase::Hello && len as usize > MAX_HELLO_LEN {
             // A v1 frame is longer than any hello: read its version byte to say so.
             return Err(self.refuse_long_first_frame(rd, len).await);
         }
@@ -789,7 +842,16 @@ impl Conn {
     /// this node speaks v2 ([`End::V1`]); anything else is closed as oversize.
     async fn refuse_long_first_frame(&self, rd: &mut BufReader<OwnedReadHalf>, len: u32) -> End {
         let m = &self.shared.metrics;
-        if let Ok([1, ..]) = rd.fill_buf().await {
+        // A v1 client writes a frame at once: its version byte is there or about to be.
+        // A peer that sent only a length is not waited for.
+        let first = match rd.buffer().first() {
+            Some(b) => Some(*b),
+            None => match tokio::time::timeout(Duration::from_millis(100), rd.fill_buf()).await {
+                Ok(Ok(buf)) => buf.first().copied(),
+                _ => None,
+            },
+        };
+        if first == Some(1) {
             m.reject(crate::wire::ErrorKind::BadVersion);
             return End::V1;
         }
@@ -852,6 +914,21 @@ impl Conn {
 
 /// A frame read, with what it holds of the unauthenticated budget.
 type ReadFrame = (Frame, Option<Charge>);
+
+/// Where a connection is: what its next frame may be and which limits apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the hello: empty packets or a hello, within the handshake deadline.
+    Hello,
+    /// Welcomed, but no record of the client has opened yet: a replayed hello gets this
+    /// far. Records, still within the handshake deadline and the unauthenticated budget.
+    Unproven,
+    /// A record opened: the peer holds the session keys. Idle timeout, no budget.
+    Proven,
+}
+
+/// Empty packets a connection may send before its hello.
+const MAX_EMPTY_BEFORE_HELLO: u32 = 64;
 
 /// What a v1 client is told.
 const V1_REFUSAL: &str = "om wire protocol v1 is not spoken here: this node speaks v2 only (a Noise handshake first; see docs/PROTOCOL.md)";
@@ -953,19 +1030,30 @@ impl Shared {
 
     /// Checks a hello and runs the node's half of the handshake: the session, or the
     /// refusal frame to send (`None`: close without a word).
-    fn answer_hello(&self, body: &[u8], peer: SocketAddr) -> Result<(Session, Accepted), Option<Vec<u8>>> {
+    fn answer_hello(
+        &self,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Result<(Session, Accepted), Option<Vec<u8>>> {
         let ip = peer.ip();
         let refuse = |code, reason: String| Some(encode_refusal(code, &reason));
         let hello = match parse_hello(body) {
             Ok(h) => h,
             Err(WireError::BadVersion(v)) => {
                 self.metrics.reject(crate::wire::ErrorKind::BadVersion);
-                let why = if v == 1 { V1_REFUSAL.to_string() } else { format!("unknown protocol version {v}: this node speaks v2") };
+                let why = if v == 1 {
+                    V1_REFUSAL.to_string()
+                } else {
+                    format!("unknown protocol version {v}: this node speaks v2")
+                };
                 return Err(refuse(RefusalCode::Version, why));
             }
             Err(e) => {
                 self.metrics.reject(e.kind());
-                return Err(refuse(RefusalCode::Malformed, format!("malformed hello: {e}")));
+                return Err(refuse(
+                    RefusalCode::Malformed,
+                    format!("malformed hello: {e}"),
+                ));
             }
         };
         let sender = hello.sender;
@@ -980,20 +1068,26 @@ impl Shared {
             )));
         }
         if !hello.receiver.is_empty() && hello.receiver != self.nodename {
-            self.metrics.reject(crate::wire::ErrorKind::BadSender);
-            return Err(refuse(RefusalCode::Misaddressed, format!(
-                "this is node {:?}, not {:?}: the address book that sent you here is stale",
-                self.nodename, hello.receiver
-            )));
+            self.metrics.reject(crate::wire::ErrorKind::Misaddressed);
+            return Err(refuse(
+                RefusalCode::Misaddressed,
+                format!(
+                    "this is node {:?}, not {:?}: the address book that sent you here is stale",
+                    self.nodename, hello.receiver
+                ),
+            ));
         }
         let keyring = match hello.mode {
             Mode::Member if !member => {
                 self.metrics.reject(crate::wire::ErrorKind::UnknownSender);
-                return Err(refuse(RefusalCode::NotMember, format!(
+                return Err(refuse(
+                    RefusalCode::NotMember,
+                    format!(
                     "{sender:?} is not in cluster.nodes of {}: a node outside the cluster may only \
                      open a join session (om node daemon join)",
                     self.nodename
-                )));
+                ),
+                ));
             }
             Mode::Member => self.keyring(),
             Mode::Join => self.keyring().joining(),
@@ -1001,7 +1095,6 @@ impl Shared {
         Metrics::incr(&self.metrics.decrypt_attempts);
         match accept(&keyring, &hello, &self.nodename) {
             Ok(acc) => {
-                self.blacklist.record_valid(sender, ip);
                 let session = Session {
                     sender: sender.to_owned(),
                     member: hello.mode == Mode::Member,
@@ -1010,11 +1103,18 @@ impl Shared {
             }
             Err(e) => {
                 self.invalid(sender, ip, &e);
-                Err(refuse(RefusalCode::Auth, format!(
-                    "the handshake did not authenticate on {}: the cluster secret{} differs",
-                    self.nodename,
-                    if hello.mode == Mode::Member { " or the cluster name" } else { "" }
-                )))
+                Err(refuse(
+                    RefusalCode::Auth,
+                    format!(
+                        "the handshake did not authenticate on {}: the cluster secret{} differs",
+                        self.nodename,
+                        if hello.mode == Mode::Member {
+                            " or the cluster name"
+                        } else {
+                            ""
+                        }
+                    ),
+                ))
             }
         }
     }
@@ -1022,13 +1122,20 @@ impl Shared {
     /// Decodes a session's message into a request to run, or the answer to give instead
     /// (`None`: no answer, the reqid was unreadable or it was not a request).
     #[allow(clippy::type_complexity)]
-    fn request(&self, plain: Vec<u8>, session: &Session, peer: SocketAddr) -> Result<(RequestCtx, Request), Option<(ReqId, Response)>> {
+    fn request(
+        &self,
+        plain: Vec<u8>,
+        session: &Session,
+        peer: SocketAddr,
+    ) -> Result<(RequestCtx, Request), Option<(ReqId, Response)>> {
         let msg = match Message::decode(&plain) {
             Ok(m) => m,
             Err(u) => {
                 self.metrics.reject(u.error.kind());
                 tracing::debug!(sender = %session.sender, error = %u.error, "undecodable message");
-                return Err(u.reqid.map(|id| (id, Response::err(status::BAD_PAYLOAD, u.error.to_string()))));
+                return Err(u
+                    .reqid
+                    .map(|id| (id, Response::err(status::BAD_PAYLOAD, u.error.to_string()))));
             }
         };
         let req = match msg.body {
@@ -1044,7 +1151,10 @@ impl Shared {
         if !member && req.action != JOIN_ACTION {
             let e = WireError::UnknownSender(session.sender.clone());
             self.metrics.reject(e.kind());
-            return Err(Some((msg.reqid, Response::err(status::FORBIDDEN, e.to_string()))));
+            return Err(Some((
+                msg.reqid,
+                Response::err(status::FORBIDDEN, e.to_string()),
+            )));
         }
         let ctx = RequestCtx {
             sender: session.sender.clone(),

@@ -35,7 +35,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::error::WireError;
-use super::frame::{parse_answer, HelloAnswer, Refusal, RefusalCode, DEFAULT_MAX_FRAME, MAX_RECORD};
+use super::frame::{
+    parse_answer, HelloAnswer, Refusal, RefusalCode, DEFAULT_MAX_FRAME, MAX_RECORD,
+};
 use super::io::{read_frame, EMPTY_PACKET};
 use super::keyring::Keyring;
 use super::message::{Body, Doc, Message, ReqId, Request, Response};
@@ -503,10 +505,14 @@ type Session = (Sealer, Opener, String);
 /// Connects and runs the handshake.
 async fn open_session(opts: &ClientOptions) -> Result<(TcpStream, Session), ClientError> {
     let addr = || opts.addr.clone();
-    let mut stream = dial(opts)
-        .await
-        .map_err(|source| ClientError::Connect { addr: addr(), source })?;
-    let handshake = |source| ClientError::Handshake { addr: addr(), source };
+    let mut stream = dial(opts).await.map_err(|source| ClientError::Connect {
+        addr: addr(),
+        source,
+    })?;
+    let handshake = |source| ClientError::Handshake {
+        addr: addr(),
+        source,
+    };
     let (init, hello) =
         Initiator::start(&opts.keyring, &opts.nodename, &opts.receiver).map_err(handshake)?;
     stream
@@ -516,14 +522,21 @@ async fn open_session(opts: &ClientOptions) -> Result<(TcpStream, Session), Clie
     let answer = read_frame(&mut stream, MAX_RECORD as u32)
         .await
         .map_err(handshake)?
-        .ok_or_else(|| handshake(WireError::BadPayload("the node closed without answering the hello".into())))?;
+        .ok_or_else(|| {
+            handshake(WireError::BadPayload(
+                "the node closed without answering the hello".into(),
+            ))
+        })?;
     let session = match parse_answer(answer.body()).map_err(handshake)? {
         HelloAnswer::Welcome(noise) => init.finish(noise).map_err(handshake)?,
         HelloAnswer::Refused(refusal) => {
             if refusal.code == Some(RefusalCode::Blacklisted) {
                 tracing::warn!(addr = %opts.addr, reason = %refusal.reason, "this node is blacklisted there");
             }
-            return Err(ClientError::Refused { addr: addr(), refusal });
+            return Err(ClientError::Refused {
+                addr: addr(),
+                refusal,
+            });
         }
     };
     Ok((stream, session))
@@ -549,7 +562,13 @@ fn spawn_conn(stream: TcpStream, session: Session, opts: &ClientOptions) -> io::
         opener,
         opts.max_frame,
     ));
-    tokio::spawn(writer_loop(rx, wr, sealer, shared.clone(), reader.abort_handle()));
+    tokio::spawn(writer_loop(
+        rx,
+        wr,
+        sealer,
+        shared.clone(),
+        reader.abort_handle(),
+    ));
     Ok(Arc::new(Conn { tx, shared }))
 }
 

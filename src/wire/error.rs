@@ -47,11 +47,21 @@ pub enum WireError {
     BadSender(&'static str),
     /// A handshake or a record did not authenticate: another secret or cluster name, or a
     /// forged, replayed, reordered or cut record.
-    #[error("authentication failed (wrong cluster secret or name, or a forged or replayed record)")]
+    #[error(
+        "authentication failed (wrong cluster secret or name, or a forged or replayed record)"
+    )]
     Auth,
     /// The sender is not in cluster.nodes and the request is not a `join`.
     #[error("sender {0:?} is not a cluster node (only `join` is accepted from non-members)")]
     UnknownSender(String),
+    /// A hello names another node as its receiver.
+    #[error("misaddressed: this is node {me:?}, the hello is for {asked:?}")]
+    Misaddressed {
+        /// This node's name.
+        me: String,
+        /// The receiver the hello names.
+        asked: String,
+    },
     /// The plaintext is not a valid MessagePack envelope of the expected kind.
     #[error("bad payload: {0}")]
     BadPayload(String),
@@ -82,6 +92,8 @@ pub enum ErrorKind {
     Auth,
     /// See [`WireError::UnknownSender`].
     UnknownSender,
+    /// See [`WireError::Misaddressed`].
+    Misaddressed,
     /// See [`WireError::BadPayload`].
     BadPayload,
     /// See [`WireError::Encode`].
@@ -92,7 +104,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in index order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Truncated,
         ErrorKind::TooShort,
         ErrorKind::Oversize,
@@ -101,6 +113,7 @@ impl ErrorKind {
         ErrorKind::BadSender,
         ErrorKind::Auth,
         ErrorKind::UnknownSender,
+        ErrorKind::Misaddressed,
         ErrorKind::BadPayload,
         ErrorKind::Encode,
         ErrorKind::Io,
@@ -125,6 +138,7 @@ impl ErrorKind {
             ErrorKind::BadSender => "bad_sender",
             ErrorKind::Auth => "auth",
             ErrorKind::UnknownSender => "unknown_sender",
+            ErrorKind::Misaddressed => "misaddressed",
             ErrorKind::BadPayload => "bad_payload",
             ErrorKind::Encode => "encode",
             ErrorKind::Io => "io",
@@ -150,6 +164,7 @@ impl WireError {
             WireError::BadSender(_) => ErrorKind::BadSender,
             WireError::Auth => ErrorKind::Auth,
             WireError::UnknownSender(_) => ErrorKind::UnknownSender,
+            WireError::Misaddressed { .. } => ErrorKind::Misaddressed,
             WireError::BadPayload(_) => ErrorKind::BadPayload,
             WireError::Encode(_) => ErrorKind::Encode,
             WireError::Io(_) => ErrorKind::Io,

@@ -117,7 +117,9 @@ pub struct Refusal {
 }
 
 fn name<'a>(body: &'a [u8], at: usize, what: &'static str) -> Result<(&'a str, usize), WireError> {
-    let n = *body.get(at).ok_or(WireError::TooShort { len: body.len() })? as usize;
+    let n = *body
+        .get(at)
+        .ok_or(WireError::TooShort { len: body.len() })? as usize;
     let end = at + 1 + n;
     let bytes = body
         .get(at + 1..end)
@@ -137,7 +139,9 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello<'_>, WireError> {
         Some(&v) => return Err(WireError::BadVersion(v)),
     }
     if body.get(1) != Some(&(Kind::Hello as u8)) {
-        return Err(WireError::BadPayload("the first frame is not a hello".into()));
+        return Err(WireError::BadPayload(
+            "the first frame is not a hello".into(),
+        ));
     }
     let mode = match body.get(2) {
         Some(1) => Mode::Member,
@@ -150,9 +154,12 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello<'_>, WireError> {
         return Err(WireError::BadSender("empty sender nodename"));
     }
     let (receiver, at) = name(body, at, "receiver nodename is not UTF-8")?;
-    let noise: &[u8; NOISE1_LEN] = body[at..]
-        .try_into()
-        .map_err(|_| WireError::BadPayload(format!("the handshake message is {} bytes, not {NOISE1_LEN}", body.len() - at)))?;
+    let noise: &[u8; NOISE1_LEN] = body[at..].try_into().map_err(|_| {
+        WireError::BadPayload(format!(
+            "the handshake message is {} bytes, not {NOISE1_LEN}",
+            body.len() - at
+        ))
+    })?;
     Ok(Hello {
         mode,
         sender,
@@ -162,14 +169,27 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello<'_>, WireError> {
 }
 
 /// A hello frame (length prefix included).
-pub fn encode_hello(mode: Mode, sender: &str, receiver: &str, noise: &[u8]) -> Result<Vec<u8>, WireError> {
+pub fn encode_hello(
+    mode: Mode,
+    sender: &str,
+    receiver: &str,
+    noise: &[u8],
+) -> Result<Vec<u8>, WireError> {
     if sender.is_empty() || sender.len() > MAX_NAME_LEN {
-        return Err(WireError::BadSender("sender nodename must be 1..=255 bytes"));
+        return Err(WireError::BadSender(
+            "sender nodename must be 1..=255 bytes",
+        ));
     }
     if receiver.len() > MAX_NAME_LEN {
-        return Err(WireError::BadSender("receiver nodename must be at most 255 bytes"));
+        return Err(WireError::BadSender(
+            "receiver nodename must be at most 255 bytes",
+        ));
     }
-    assert_eq!(noise.len(), NOISE1_LEN, "NNpsk0 message 1 with an empty payload");
+    assert_eq!(
+        noise.len(),
+        NOISE1_LEN,
+        "NNpsk0 message 1 with an empty payload"
+    );
     let mut body = vec![VERSION, Kind::Hello as u8, mode as u8, sender.len() as u8];
     body.extend_from_slice(sender.as_bytes());
     body.push(receiver.len() as u8);
@@ -308,7 +328,10 @@ mod tests {
     #[test]
     fn answers_parse() {
         let w = encode_welcome(&[1, 2, 3]);
-        assert_eq!(parse_answer(&w[LEN_SIZE..]).unwrap(), HelloAnswer::Welcome(&[1, 2, 3]));
+        assert_eq!(
+            parse_answer(&w[LEN_SIZE..]).unwrap(),
+            HelloAnswer::Welcome(&[1, 2, 3])
+        );
         let r = encode_refusal(RefusalCode::Auth, &"é".repeat(600));
         match parse_answer(&r[LEN_SIZE..]).unwrap() {
             HelloAnswer::Refused(r) => {
@@ -317,7 +340,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_answer(&[1, 3, 1]), Err(WireError::BadVersion(1))));
+        assert!(matches!(
+            parse_answer(&[1, 3, 1]),
+            Err(WireError::BadVersion(1))
+        ));
         assert!(parse_answer(&[]).is_err());
         assert_eq!(RefusalCode::from_byte(7), Some(RefusalCode::RateLimited));
         assert_eq!(RefusalCode::from_byte(0), None);

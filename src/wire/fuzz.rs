@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use super::error::WireError;
-use super::frame::{parse_answer, parse_hello, HelloAnswer, LEN_SIZE};
+use super::frame::{parse_answer, parse_hello, HelloAnswer, Mode, LEN_SIZE};
 use super::io::read_frame;
 use super::keyring::Keyring;
 use super::message::{Body, Message};
@@ -57,7 +57,12 @@ pub fn fuzz_handshake(data: &[u8]) -> HandshakeReport {
     if let Ok(h) = parse_hello(data) {
         report.hello = true;
         assert!(!h.sender.is_empty() && h.sender.len() <= 255 && h.receiver.len() <= 255);
-        if let Ok(acc) = accept(fuzz_keyring(), &h, FUZZ_NODE) {
+        // The keyring a node answers the session's mode with.
+        let keyring = match h.mode {
+            Mode::Member => fuzz_keyring().clone(),
+            Mode::Join => fuzz_keyring().joining(),
+        };
+        if let Ok(acc) = accept(&keyring, &h, FUZZ_NODE) {
             report.accepted = true;
             assert!(matches!(
                 parse_answer(&acc.welcome[LEN_SIZE..]),
@@ -70,7 +75,10 @@ pub fn fuzz_handshake(data: &[u8]) -> HandshakeReport {
         if let HelloAnswer::Welcome(noise) = a {
             let (init, _) = Initiator::start(fuzz_keyring(), "fuzz-client", "").expect("start");
             // A welcome from anyone but the node that saw our hello never authenticates.
-            assert!(init.finish(noise).is_err(), "a forged welcome opened a session");
+            assert!(
+                init.finish(noise).is_err(),
+                "a forged welcome opened a session"
+            );
         }
     }
     report
@@ -125,11 +133,18 @@ pub fn fuzz_frame(data: &[u8]) -> FrameReport {
     let mut rest = &wire[..];
     let mut opened = None;
     while let Ok(Some(f)) = poll_ready(read_frame(&mut rest, u32::MAX)) {
-        if let Some(m) = node_opener.open(f.body(), u32::MAX).expect("own records open") {
+        if let Some(m) = node_opener
+            .open(f.body(), u32::MAX)
+            .expect("own records open")
+        {
             opened = Some(m);
         }
     }
-    assert_eq!(opened.as_deref(), Some(data), "sealing and opening changed the bytes");
+    assert_eq!(
+        opened.as_deref(),
+        Some(data),
+        "sealing and opening changed the bytes"
+    );
     let direct = Message::decode(data);
     if let Ok(m) = &direct {
         report.message = true;
@@ -138,7 +153,10 @@ pub fn fuzz_frame(data: &[u8]) -> FrameReport {
         assert_eq!(&again, m, "re-encoding changed the message");
         if let Body::Request(r) = &m.body {
             let _ = r.options.clone().decode::<crate::api::options::Admit>();
-            let _ = r.options.clone().decode::<raft::rpc::Addressed<raft::rpc::Rpc>>();
+            let _ = r
+                .options
+                .clone()
+                .decode::<raft::rpc::Addressed<raft::rpc::Rpc>>();
         }
     }
     report

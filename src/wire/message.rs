@@ -146,8 +146,9 @@ impl Doc {
                 out.extend_from_slice(b);
                 Ok(())
             }
-            Doc::Json(v) => rmp_serde::encode::write_named(out, v)
-                .map_err(|e| WireError::Encode(e.to_string())),
+            Doc::Json(v) => {
+                rmp_serde::encode::write_named(out, v).map_err(|e| WireError::Encode(e.to_string()))
+            }
         }
     }
 }
@@ -402,7 +403,10 @@ fn read_fields<'a>(plain: &'a [u8], f: &mut Fields<'a>) -> Result<(), String> {
         }
     }
     if c.pos != plain.len() {
-        return Err(format!("{} trailing bytes after the message", plain.len() - c.pos));
+        return Err(format!(
+            "{} trailing bytes after the message",
+            plain.len() - c.pos
+        ));
     }
     Ok(())
 }
@@ -445,7 +449,8 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
-        let end = end.ok_or_else(|| format!("truncated: {n} bytes needed at offset {}", self.pos))?;
+        let end =
+            end.ok_or_else(|| format!("truncated: {n} bytes needed at offset {}", self.pos))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -456,7 +461,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, String> {
-        Ok(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
     fn map_len(&mut self) -> Result<usize, String> {
@@ -518,10 +526,15 @@ impl<'a> Cursor<'a> {
             }
             return Ok(ReqId::Str(s.to_owned()));
         }
-        let n = self.int()?;
-        u64::try_from(n)
-            .map(ReqId::Int)
-            .map_err(|_| "reqid must be a non-negative integer or a string".into())
+        let not = || "reqid must be a non-negative integer or a string".to_string();
+        match self.byte()? {
+            m @ 0x00..=0x7f => Ok(ReqId::Int(u64::from(m))),
+            0xcc => Ok(ReqId::Int(self.be(1)?)),
+            0xcd => Ok(ReqId::Int(self.be(2)?)),
+            0xce => Ok(ReqId::Int(self.be(4)?)),
+            0xcf => Ok(ReqId::Int(self.be(8)?)),
+            _ => Err(not()),
+        }
     }
 
     /// Skips one value and returns its bytes.
@@ -581,14 +594,30 @@ mod tests {
 
     #[test]
     fn a_request_is_a_flat_map_and_round_trips() {
-        let m = Message::request(ReqId::Int(3), Request::new("daemon_status", json!({"a": 1})));
+        let m = Message::request(
+            ReqId::Int(3),
+            Request::new("daemon_status", json!({"a": 1})),
+        );
         let bytes = m.encode().unwrap();
         let v: Value = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(v, json!({"reqid": 3, "action": "daemon_status", "options": {"a": 1}}));
+        assert_eq!(
+            v,
+            json!({"reqid": 3, "action": "daemon_status", "options": {"a": 1}})
+        );
         let back = round_trip(&m);
-        let Body::Request(r) = back.body else { panic!() };
+        let Body::Request(r) = back.body else {
+            panic!()
+        };
         assert_eq!(r.options.to_value().unwrap(), json!({"a": 1}));
         assert_eq!(back.reqid, ReqId::Int(3));
+    }
+
+    #[test]
+    fn reqids_take_the_whole_u64_range() {
+        for n in [0, 127, 128, 1 << 40, u64::MAX] {
+            let m = Message::request(ReqId::Int(n), Request::new("x", json!({})));
+            assert_eq!(round_trip(&m).reqid, ReqId::Int(n));
+        }
     }
 
     #[test]
@@ -596,7 +625,10 @@ mod tests {
         let m = Message::response(ReqId::Str("zeek-17".into()), Response::err(3, "no svcname"));
         let bytes = m.encode().unwrap();
         let v: Value = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(v, json!({"reqid": "zeek-17", "status": 3, "data": null, "error": "no svcname"}));
+        assert_eq!(
+            v,
+            json!({"reqid": "zeek-17", "status": 3, "data": null, "error": "no svcname"})
+        );
         assert_eq!(round_trip(&m).reqid, ReqId::Str("zeek-17".into()));
     }
 
@@ -607,11 +639,18 @@ mod tests {
             #[serde(with = "serde_bytes")]
             data: Vec<u8>,
         }
-        let c = Chunk { data: vec![1, 2, 3] };
-        let m = Message::request(ReqId::Int(1), Request::new("raft_snapshot", Doc::pack(&c).unwrap()));
+        let c = Chunk {
+            data: vec![1, 2, 3],
+        };
+        let m = Message::request(
+            ReqId::Int(1),
+            Request::new("raft_snapshot", Doc::pack(&c).unwrap()),
+        );
         let bytes = m.encode().unwrap();
         assert!(bytes.windows(2).any(|w| w == [0xc4, 3]), "bin8 of 3 bytes");
-        let Body::Request(r) = round_trip(&m).body else { panic!() };
+        let Body::Request(r) = round_trip(&m).body else {
+            panic!()
+        };
         assert_eq!(r.options.decode::<Chunk>().unwrap(), c);
     }
 
@@ -649,7 +688,9 @@ mod tests {
 
     #[test]
     fn trailing_bytes_deep_nesting_ext_and_huge_lengths_are_refused() {
-        let ok = Message::request(ReqId::Int(9), Request::new("x", json!({}))).encode().unwrap();
+        let ok = Message::request(ReqId::Int(9), Request::new("x", json!({})))
+            .encode()
+            .unwrap();
         let mut trailing = ok.clone();
         trailing.push(0xc0);
         assert!(Message::decode(&trailing).is_err());
@@ -657,7 +698,9 @@ mod tests {
         for _ in 0..(MAX_DEPTH + 5) {
             deep = json!([deep]);
         }
-        let m = Message::request(ReqId::Int(9), Request::new("x", deep)).encode().unwrap();
+        let m = Message::request(ReqId::Int(9), Request::new("x", deep))
+            .encode()
+            .unwrap();
         assert!(Message::decode(&m).is_err());
         let head = |tail: &[u8]| {
             let mut b = vec![0x83, 0xa5, b'r', b'e', b'q', b'i', b'd', 1];
@@ -668,12 +711,12 @@ mod tests {
         };
         assert!(Message::decode(&head(&[0x80])).is_ok());
         for tail in [
-            &[0xd4, 1, 0][..],                             // fixext
-            &[0xdb, 0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],  // str32 of 4 GiB
-            &[0xdd, 0xff, 0xff, 0xff, 0xff, 1][..],        // array32 of 4 G items
-            &[0xc6, 0xff, 0xff, 0xff, 0xff][..],           // bin32 of 4 GiB
+            &[0xd4, 1, 0][..],                            // fixext
+            &[0xdb, 0xff, 0xff, 0xff, 0xff, 1, 2, 3][..], // str32 of 4 GiB
+            &[0xdd, 0xff, 0xff, 0xff, 0xff, 1][..],       // array32 of 4 G items
+            &[0xc6, 0xff, 0xff, 0xff, 0xff][..],          // bin32 of 4 GiB
             &[0xc1][..],
-            &[0xa2, 0xff, 0xfe][..],                       // invalid UTF-8
+            &[0xa2, 0xff, 0xfe][..], // invalid UTF-8
         ] {
             assert!(Message::decode(&head(tail)).is_err(), "{tail:?}");
         }
@@ -691,8 +734,19 @@ mod tests {
         }
         assert!(!Doc::Packed(vec![0xc0]).decode::<O>().unwrap().local);
         assert!(!Doc::Json(Value::Null).decode::<O>().unwrap().local);
-        assert!(Doc::Json(json!({"local": true})).decode::<O>().unwrap().local);
-        assert!(Doc::pack(&json!({"local": true})).unwrap().decode::<O>().unwrap().local);
+        assert!(
+            Doc::Json(json!({"local": true}))
+                .decode::<O>()
+                .unwrap()
+                .local
+        );
+        assert!(
+            Doc::pack(&json!({"local": true}))
+                .unwrap()
+                .decode::<O>()
+                .unwrap()
+                .local
+        );
         let d = Doc::pack(&json!({"a": [1, "b"]})).unwrap();
         assert_eq!(serde_json::to_value(&d).unwrap(), json!({"a": [1, "b"]}));
     }

@@ -25,7 +25,9 @@ use snow::{HandshakeState, StatelessTransportState};
 use std::sync::Arc;
 
 use super::error::WireError;
-use super::frame::{encode_hello, encode_welcome, Hello, Mode, LEN_SIZE, MAX_NAME_LEN, MAX_RECORD, NOISE1_LEN};
+use super::frame::{
+    encode_hello, encode_welcome, Hello, Mode, LEN_SIZE, MAX_NAME_LEN, MAX_RECORD, NOISE1_LEN,
+};
 use super::keyring::Keyring;
 
 /// The Noise protocol name.
@@ -56,12 +58,20 @@ pub fn prologue(mode: Mode, sender: &str, receiver: &str, cluster: &str) -> Vec<
     p
 }
 
-fn handshake(psk: &[u8; 32], prologue: &[u8], initiator: bool) -> HandshakeState {
+fn handshake(
+    psk: &[u8; 32],
+    prologue: &[u8],
+    initiator: bool,
+    e: Option<&[u8; 32]>,
+) -> HandshakeState {
     let params = NOISE_PARAMS.parse().expect("a valid Noise protocol name");
-    let b = snow::Builder::new(params)
+    let mut b = snow::Builder::new(params)
         .psk(0, psk)
         .and_then(|b| b.prologue(prologue))
         .expect("psk and prologue are accepted before build");
+    if let Some(e) = e {
+        b = b.fixed_ephemeral_key_for_testing_only(e);
+    }
     let hs = if initiator {
         b.build_initiator()
     } else {
@@ -85,20 +95,47 @@ pub struct Initiator {
 
 impl std::fmt::Debug for Initiator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Initiator").field("receiver", &self.receiver).finish()
+        f.debug_struct("Initiator")
+            .field("receiver", &self.receiver)
+            .finish()
     }
 }
 
 impl Initiator {
     /// Starts a session as `sender` toward `receiver` (empty: whoever listens there);
     /// returns the hello frame to send.
-    pub fn start(keyring: &Keyring, sender: &str, receiver: &str) -> Result<(Initiator, Vec<u8>), WireError> {
+    pub fn start(
+        keyring: &Keyring,
+        sender: &str,
+        receiver: &str,
+    ) -> Result<(Initiator, Vec<u8>), WireError> {
+        Initiator::start_inner(keyring, sender, receiver, None)
+    }
+
+    /// [`Initiator::start`] with a fixed ephemeral private key: for known-answer tests
+    /// and reproducible fuzz seeds only (a fixed key gives up forward secrecy).
+    #[doc(hidden)]
+    pub fn start_for_testing(
+        keyring: &Keyring,
+        sender: &str,
+        receiver: &str,
+        e: &[u8; 32],
+    ) -> Result<(Initiator, Vec<u8>), WireError> {
+        Initiator::start_inner(keyring, sender, receiver, Some(e))
+    }
+
+    fn start_inner(
+        keyring: &Keyring,
+        sender: &str,
+        receiver: &str,
+        e: Option<&[u8; 32]>,
+    ) -> Result<(Initiator, Vec<u8>), WireError> {
         if sender.is_empty() || sender.len() > MAX_NAME_LEN || receiver.len() > MAX_NAME_LEN {
             return Err(WireError::BadSender("nodenames must be 1..=255 bytes"));
         }
         let mode = keyring.mode();
         let p = prologue(mode, sender, receiver, keyring.cluster_name());
-        let mut hs = handshake(&keyring.psk(0), &p, true);
+        let mut hs = handshake(&keyring.psk(0), &p, true, e);
         let mut msg = [0u8; NOISE1_LEN];
         let n = hs.write_message(&[], &mut msg).map_err(noise_err)?;
         assert_eq!(n, NOISE1_LEN, "NNpsk0 message 1 is e and a tag");
@@ -113,7 +150,10 @@ impl Initiator {
             return Err(WireError::BadPayload("oversize welcome".into()));
         }
         let mut payload = vec![0u8; welcome.len()];
-        let n = self.hs.read_message(welcome, &mut payload).map_err(noise_err)?;
+        let n = self
+            .hs
+            .read_message(welcome, &mut payload)
+            .map_err(noise_err)?;
         let name = String::from_utf8(payload[..n].to_vec())
             .map_err(|_| WireError::BadPayload("the node's name is not UTF-8".into()))?;
         if !self.receiver.is_empty() && name != self.receiver {
@@ -128,6 +168,7 @@ impl Initiator {
 }
 
 /// A session a node accepted.
+#[derive(Debug)]
 pub struct Accepted {
     /// The welcome frame to send (length prefix included).
     pub welcome: Vec<u8>,
@@ -144,9 +185,35 @@ pub struct Accepted {
 /// [`WireError::Auth`] when no secret opens the hello (another secret or cluster name).
 /// The caller has checked the receiver name and the mode already.
 pub fn accept(keyring: &Keyring, hello: &Hello<'_>, me: &str) -> Result<Accepted, WireError> {
-    let p = prologue(hello.mode, hello.sender, hello.receiver, keyring.cluster_name());
+    accept_inner(keyring, hello, me, None)
+}
+
+/// [`accept`] with a fixed ephemeral private key: for known-answer tests and
+/// reproducible fuzz seeds only.
+#[doc(hidden)]
+pub fn accept_for_testing(
+    keyring: &Keyring,
+    hello: &Hello<'_>,
+    me: &str,
+    e: &[u8; 32],
+) -> Result<Accepted, WireError> {
+    accept_inner(keyring, hello, me, Some(e))
+}
+
+fn accept_inner(
+    keyring: &Keyring,
+    hello: &Hello<'_>,
+    me: &str,
+    e: Option<&[u8; 32]>,
+) -> Result<Accepted, WireError> {
+    let p = prologue(
+        hello.mode,
+        hello.sender,
+        hello.receiver,
+        keyring.cluster_name(),
+    );
     for secret_index in 0..keyring.secret_count() {
-        let mut hs = handshake(&keyring.psk(secret_index), &p, false);
+        let mut hs = handshake(&keyring.psk(secret_index), &p, false, e);
         let mut empty = [0u8; NOISE1_LEN];
         match hs.read_message(hello.noise, &mut empty) {
             Ok(0) => {}
@@ -155,7 +222,9 @@ pub fn accept(keyring: &Keyring, hello: &Hello<'_>, me: &str) -> Result<Accepted
             Err(e) => return Err(noise_err(e)),
         }
         let mut msg = vec![0u8; 32 + me.len() + TAG_LEN];
-        let n = hs.write_message(me.as_bytes(), &mut msg).map_err(noise_err)?;
+        let n = hs
+            .write_message(me.as_bytes(), &mut msg)
+            .map_err(noise_err)?;
         msg.truncate(n);
         let (sealer, opener) = split(hs)?;
         return Ok(Accepted {
@@ -191,7 +260,9 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("nonce", &self.nonce).finish()
+        f.debug_struct("Sealer")
+            .field("nonce", &self.nonce)
+            .finish()
     }
 }
 
@@ -232,7 +303,9 @@ pub struct Opener {
 
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opener").field("nonce", &self.nonce).finish()
+        f.debug_struct("Opener")
+            .field("nonce", &self.nonce)
+            .finish()
     }
 }
 
@@ -243,7 +316,13 @@ impl Opener {
     /// or cut): the session is over. [`WireError::Oversize`] when the message would pass
     /// `max_message`.
     pub fn open(&mut self, record: &[u8], max_message: u32) -> Result<Option<Vec<u8>>, WireError> {
-        if record.len() < 1 + TAG_LEN || record.len() > MAX_RECORD {
+        if record.len() > MAX_RECORD {
+            return Err(WireError::Oversize {
+                len: record.len() as u64,
+                max: MAX_RECORD as u32,
+            });
+        }
+        if record.len() < 1 + TAG_LEN {
             return Err(WireError::TooShort { len: record.len() });
         }
         let mut plain = vec![0u8; record.len()];
@@ -254,7 +333,9 @@ impl Opener {
         self.nonce += 1;
         let (flags, chunk) = (plain[0], &plain[1..n]);
         if flags & !LAST != 0 {
-            return Err(WireError::BadPayload(format!("unknown record flags {flags:#x}")));
+            return Err(WireError::BadPayload(format!(
+                "unknown record flags {flags:#x}"
+            )));
         }
         let total = self.message.len() as u64 + chunk.len() as u64;
         if total > u64::from(max_message) {
@@ -287,7 +368,10 @@ mod tests {
     use super::*;
     use crate::wire::frame::{parse_hello, LEN_SIZE};
 
-    fn pair(client: &Keyring, node: &Keyring) -> Result<(Sealer, Opener, Sealer, Opener), WireError> {
+    fn pair(
+        client: &Keyring,
+        node: &Keyring,
+    ) -> Result<(Sealer, Opener, Sealer, Opener), WireError> {
         let (init, hello) = Initiator::start(client, "n1", "n2")?;
         let h = parse_hello(&hello[LEN_SIZE..])?;
         let acc = accept(node, &h, "n2")?;
@@ -326,7 +410,11 @@ mod tests {
             let mut back = Vec::new();
             ns.seal(&msg, &mut back).unwrap();
             let r = records(&back);
-            let last = r.iter().map(|r| co.open(r, u32::MAX).unwrap()).last().unwrap();
+            let last = r
+                .iter()
+                .map(|r| co.open(r, u32::MAX).unwrap())
+                .last()
+                .unwrap();
             assert_eq!(last.unwrap(), msg);
         }
     }
@@ -340,15 +428,24 @@ mod tests {
         let mut b = Vec::new();
         cs.seal(b"two", &mut b).unwrap();
         // reordered
-        assert!(matches!(no.open(records(&b)[0], 1 << 20), Err(WireError::Auth)));
+        assert!(matches!(
+            no.open(records(&b)[0], 1 << 20),
+            Err(WireError::Auth)
+        ));
         let (mut cs, _co, _ns, mut no) = pair(&k, &k).unwrap();
         let mut a2 = Vec::new();
         cs.seal(b"one", &mut a2).unwrap();
         // a record of another session (a recorded stream) does not open in this one
-        assert!(matches!(no.open(records(&a)[0], 1 << 20), Err(WireError::Auth)));
+        assert!(matches!(
+            no.open(records(&a)[0], 1 << 20),
+            Err(WireError::Auth)
+        ));
         assert!(no.open(records(&a2)[0], 1 << 20).unwrap().is_some());
         // replayed within the session
-        assert!(matches!(no.open(records(&a2)[0], 1 << 20), Err(WireError::Auth)));
+        assert!(matches!(
+            no.open(records(&a2)[0], 1 << 20),
+            Err(WireError::Auth)
+        ));
         // reflected: the node's own record sent back to it
         let mut mine = Vec::new();
         ns.seal(b"x", &mut mine).unwrap();
@@ -358,8 +455,14 @@ mod tests {
     #[test]
     fn a_hello_under_another_secret_cluster_or_name_is_refused() {
         let k = Keyring::new("c", "s");
-        assert!(matches!(pair(&Keyring::new("c", "t"), &k), Err(WireError::Auth)));
-        assert!(matches!(pair(&Keyring::new("d", "s"), &k), Err(WireError::Auth)));
+        assert!(matches!(
+            pair(&Keyring::new("c", "t"), &k),
+            Err(WireError::Auth)
+        ));
+        assert!(matches!(
+            pair(&Keyring::new("d", "s"), &k),
+            Err(WireError::Auth)
+        ));
         assert!(matches!(pair(&k.joining(), &k), Err(WireError::Auth)));
         // rotation: the node accepts the old secret too
         let rotated = Keyring::new("c", "new").with_secret("s");
