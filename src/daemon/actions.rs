@@ -27,6 +27,7 @@ use crate::wire::ClientError;
 use crate::wire::ClientOptions;
 use crate::wire::Doc;
 use crate::wire::Keyring;
+use crate::wire::RefusalCode;
 use crate::wire::Request;
 use crate::wire::Response;
 
@@ -428,6 +429,21 @@ impl Daemon {
                         "{target} did not accept a connection within {connect:?}: the host is \
                          down or unreachable, or a firewall drops the packets"
                     ),
+                    ClientError::Refused { refusal, .. } => match refusal.code {
+                        Some(RefusalCode::Auth) => format!(
+                            "{target} refused the handshake: the secret is not this cluster's; \
+                             check the secret, and do not retry blindly: after {} refused \
+                             handshakes a member refuses this node from this address until the \
+                             entry expires (listener.blacklist_ttl, 10m by default) or `om node \
+                             daemon blacklist clear` is run on it",
+                            crate::listener::BLACKLIST_THRESHOLD
+                        ),
+                        Some(RefusalCode::Blacklisted) => format!(
+                            "{target} has blacklisted this node: {}",
+                            refusal.reason
+                        ),
+                        _ => format!("{target} refused the session: {}", refusal.reason),
+                    },
                     other => other.to_string(),
                 };
                 ActionError::new(
@@ -443,22 +459,10 @@ impl Daemon {
             json!({ "node": me, "port": cfg.listener_port, "addr": addr, "id": id.to_string() });
         let answer = Duration::from_secs(10);
         let resp = client.request("join", options, answer).await.map_err(|e| {
-            let blacklist = format!(
-                "after {} frames it cannot decrypt, a member drops this node's new \
-                 connections unanswered until the entry expires (listener.blacklist_ttl, 10m \
-                 by default) or `om node daemon blacklist clear` is run on it",
-                crate::listener::BLACKLIST_THRESHOLD
-            );
             let why = match &e {
-                ClientError::Closed { .. } => format!(
-                    "{target} closed the connection without answering: a member does that to \
-                     frames it cannot decrypt, so the secret is wrong: check the secret (and \
-                     do not retry blindly: {blacklist})"
-                ),
                 ClientError::Timeout { .. } => format!(
-                    "{target} accepted the connection but did not answer within {answer:?}: \
-                     this node is probably blacklisted there ({blacklist}), or the member is \
-                     overloaded"
+                    "{target} opened a session but did not answer within {answer:?}: the \
+                     member is overloaded or its Raft core is stuck; see its om.log"
                 ),
                 other => other.to_string(),
             };

@@ -311,11 +311,12 @@ mod tests {
             assert!(r.allow(ip(i), t));
         }
         // Every bucket is empty: a new address waits, and nobody got a fresh bucket.
-        assert!(!r.allow(B, t));
+        let new = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1));
+        assert!(!r.allow(new, t));
         assert!(!r.allow(ip(0), t));
         // A second later they have all refilled: the idle ones make room.
         let later = t + Duration::from_secs(1);
-        assert!(r.allow(B, later));
+        assert!(r.allow(new, later));
         assert!(r.buckets.lock().unwrap().len() <= 1);
     }
 
