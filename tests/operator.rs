@@ -264,7 +264,7 @@ async fn a_joiner_blacklisted_by_wrong_secrets_is_told_how_to_clear_it() {
     // Now even the right secret goes unanswered: the message says why and what to run.
     let right = json!({ "secret": secret, "node": c.nodes[0].addr() });
     let e = c.nodes[1].call("join", right, T).await.unwrap_err();
-    assert!(e.contains("probably blacklisted"), "{e}");
+    assert!(e.contains("has blacklisted this node"), "{e}");
     assert!(e.contains("om node daemon blacklist clear"), "{e}");
     c.nodes[0]
         .call("blacklist_clear", json!({}), T)

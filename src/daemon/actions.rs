@@ -431,7 +431,7 @@ impl Daemon {
                     ),
                     ClientError::Refused { refusal, .. } => match refusal.code {
                         Some(RefusalCode::Auth) => format!(
-                            "{target} refused the handshake: the secret is not this cluster's; \
+                            "{target} refused the handshake: the secret is wrong (not this cluster's): \
                              check the secret, and do not retry blindly: after {} refused \
                              handshakes a member refuses this node from this address until the \
                              entry expires (listener.blacklist_ttl, 10m by default) or `om node \
