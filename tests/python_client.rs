@@ -40,13 +40,22 @@ async fn the_python_client_talks_to_a_real_node() {
         python(&args)
     };
 
-    let (code, out, err) = client(&["--name", "n1", "--empty", "daemon_status", r#"{"local": true}"#]);
+    let (code, out, err) = client(&[
+        "--name",
+        "n1",
+        "--empty",
+        "daemon_status",
+        r#"{"local": true}"#,
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["node"], "n1", "{v}");
     assert_eq!(v["status"], 0, "{v}");
     assert_eq!(v["data"]["self"]["role"], "leader", "{v}");
-    assert_eq!(v["data"]["self"]["listener_metrics"]["empty_packets"], 1, "{v}");
+    assert_eq!(
+        v["data"]["self"]["listener_metrics"]["empty_packets"], 1,
+        "{v}"
+    );
 
     // A name outside cluster.nodes is refused a member session, with the code.
     let (code, out, _) = client(&["--name", "stranger", "daemon_status"]);

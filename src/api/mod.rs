@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::wire::Doc;
 
-/// Response status codes (docs/PROTOCOL.md section 8).
+/// Response status codes (docs/PROTOCOL.md section 11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(i32)]
 pub enum Status {

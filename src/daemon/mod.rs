@@ -85,7 +85,7 @@ pub fn raft_config(cluster: &str) -> openraft::Config {
         election_timeout_min: 250,
         election_timeout_max: 500,
         max_payload_entries: 512,
-        // Chunks travel as MessagePack arrays inside frames: keep them well under max_frame.
+        // A chunk travels as MessagePack `bin` in one message: keep it well under max_frame.
         snapshot_max_chunk_size: 256 * 1024,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         ..Default::default()
@@ -132,6 +132,12 @@ impl Daemon {
     /// Loads node.conf (creating a one-node cluster identity if it has none) and opens Raft.
     pub async fn open(paths: Paths) -> Result<Arc<Daemon>, DaemonError> {
         let (mut doc, mut cfg) = NodeConfig::load(&paths.node_conf())?;
+        for (section, key, _) in doc.entries() {
+            let key = format!("{section}.{key}");
+            if let Some(why) = config::retired(&key) {
+                tracing::warn!("node.conf: {key} is ignored: {why}");
+            }
+        }
         if cfg.has_cluster() {
             config::check_secret_mode(&paths.node_conf())?;
         } else {

@@ -1,19 +1,18 @@
-//! Blacklist of (sender nodename, source address) pairs that sent invalid frames.
+//! Blacklist of (sender nodename, source address) pairs that failed handshakes.
 //!
-//! A pair that sends [`BLACKLIST_THRESHOLD`] consecutive invalid frames is blacklisted; its
-//! later frames on new connections are dropped before any crypto, until the entry expires
-//! (`listener.blacklist_ttl`, default 10 minutes: a misconfigured peer, a clock skew or a
-//! secret rotated node by node must not cut a member off for good) or an operator clears
-//! the blacklist (`om node daemon blacklist clear`). A valid frame from a pair that is not
-//! blacklisted resets its count.
+//! A pair that fails [`BLACKLIST_THRESHOLD`] consecutive handshakes is blacklisted; its
+//! later hellos are refused before any crypto, until the entry expires
+//! (`listener.blacklist_ttl`, default 10 minutes: a misconfigured peer or a secret rotated
+//! node by node must not cut a member off for good) or an operator clears the blacklist
+//! (`om node daemon blacklist clear`). A session whose first record opens resets the pair's
+//! count.
 //!
 //! What a forger cannot do with it:
 //! - get a member dropped from another address: the key includes the source address;
-//! - cut a member's established connection: the listener does not apply the blacklist to
-//!   the sender a connection has already authenticated (see the listener);
-//! - count toward it with captured traffic: replayed and stale frames are refused but not
-//!   counted (the listener counts only frames that fail for lack of the key or that a
-//!   key holder sent malformed);
+//! - cut a member's established session: the blacklist is checked on hellos only;
+//! - count toward it with captured traffic: a replayed hello authenticates (and proves
+//!   nothing), and records that do not open close their session without being counted;
+//!   only hellos that fail for lack of the secret count;
 //! - fill the table and slow every frame down: each source address tracks at most
 //!   [`NAMES_PER_ADDR`] names of non-members individually (past that, they share one
 //!   entry for the address, so made-up names cost one slot), the table holds at most

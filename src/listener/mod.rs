@@ -1,13 +1,13 @@
-//! The node listener: one TCP port serving wire protocol v1 frames.
+//! The node listener: one TCP port serving wire protocol v2 sessions.
 //!
-//! Connections are long-lived and carry many frames both ways. Each connection has a reader
-//! (which validates frames in order) and a writer (which sends responses, batching them).
-//! Requests run as separate tasks, so a connection pipelines: many requests in flight,
-//! responses in completion order, matched by the `reqid` they echo. At most
-//! [`ListenerConfig::max_inflight`] requests run per connection; past that the reader stops
-//! reading (TCP backpressure).
+//! Connections are long-lived and carry many requests both ways. Each connection opens with
+//! a hello (see [`crate::wire::session`]); then a reader opens the client's records in
+//! order and a writer seals the answers, batching them. Requests run as separate tasks, so
+//! a session pipelines: many requests in flight, responses in completion order, matched by
+//! the `reqid` they echo. At most [`ListenerConfig::max_inflight`] requests run per
+//! connection; past that the reader stops reading (TCP backpressure).
 //!
-//! # Limits (what a peer without the key can cost)
+//! # Limits (what a peer without the secret can cost)
 //!
 //! - Connections: at most [`ListenerConfig::max_conns`] in all and
 //!   [`ListenerConfig::max_conns_per_addr`] per source IP; one over a cap is accepted and
@@ -15,53 +15,47 @@
 //!   The global cap is lowered to the soft RLIMIT_NOFILE minus [`fdlimit::FD_RESERVE`] and
 //!   a spare descriptor; when descriptors run out anyway, the accept loop closes the spare,
 //!   accepts and drops one pending connection and reopens it, so the backlog drains.
-//! - Before its first authenticated frame (one dispatched to the handler: a replayed, stale
-//!   or forbidden frame does not count) a connection has [`ListenerConfig::handshake_timeout`]
-//!   in all, its frames may be at most [`UNAUTH_MAX_FRAME`], and its frame buffers are
-//!   charged to a budget shared by all such connections ([`ListenerConfig::unauth_budget`]);
-//!   past it the connection is closed. Its writer task starts only with a first response.
-//! - Once any byte of a frame has arrived, the whole frame must arrive within
-//!   [`ListenerConfig::frame_timeout`].
-//! - An authenticated connection without a frame for [`ListenerConfig::idle_timeout`] is
-//!   closed gracefully, unless requests of it are still running.
+//! - Handshakes: at most [`ListenerConfig::handshake_rate`] a second per source IP (each
+//!   costs a Diffie-Hellman); past it a hello is refused before any crypto.
+//! - Until the session is proven (its first record opened: a replayed hello is welcomed but
+//!   proves nothing) a connection has [`ListenerConfig::handshake_timeout`] in all, its
+//!   first frame may be at most [`MAX_HELLO_LEN`] bytes, at most
+//!   [`MAX_EMPTY_BEFORE_HELLO`] empty packets come before it, and its buffers are charged
+//!   to a budget shared by all such connections ([`ListenerConfig::unauth_budget`]); past
+//!   it the connection is closed. Its writer task starts only with a first answer.
+//! - A record is at most 65535 bytes (one Noise message), a message at most
+//!   [`ListenerConfig::max_frame`]; once any byte of a frame has arrived, the whole frame
+//!   must arrive within [`ListenerConfig::frame_timeout`].
+//! - A proven session without a frame for [`ListenerConfig::idle_timeout`] is closed
+//!   gracefully, unless requests of it are still running.
 //!
-//! # Validation order (per frame)
+//! # The hello, in order
 //!
-//! 1. framing: the length is checked against `max_frame` (or [`UNAUTH_MAX_FRAME`] before
-//!    authentication) before the body is read; an oversize frame closes the connection. The empty packet calls
-//!    [`Handler::dequeue_actions`].
-//! 2. header: version, sender name (frames with a broken header have no sender to blame:
-//!    they are only counted).
-//! 3. blacklist: a blacklisted (sender, source address) pair is dropped here, before any
+//! 1. framing: the length is checked before the body is read; a first frame longer than a
+//!    hello is refused (a v1 frame is told that this node speaks v2). The empty packet
+//!    calls [`Handler::dequeue_actions`].
+//! 2. the handshake rate of the source IP.
+//! 3. parsing: version, kind, mode, names (a v1 frame is a `version` refusal).
+//! 4. blacklist: a blacklisted (sender, source address) pair is refused here, before any
 //!    crypto.
-//! 4. membership: whether the sender is in `cluster.nodes` is looked up now, but a
-//!    non-member is still decrypted, because the action is encrypted and `join` must be
-//!    accepted from non-members; a non-member asking for anything but `join` is refused
-//!    as [`UnknownSender`](crate::wire::ErrorKind::UnknownSender) after decoding (step 7).
-//! 5. decryption (AES-256-GCM with the HKDF key): failure is
-//!    [`Auth`](crate::wire::ErrorKind::Auth).
-//! 6. replay: a timestamp outside the window is [`Stale`](crate::wire::ErrorKind::Stale),
-//!    a `(sender, msg_id)` already seen is [`Replayed`](crate::wire::ErrorKind::Replayed).
-//! 7. payload: the body must decode as a request
-//!    ([`BadPayload`](crate::wire::ErrorKind::BadPayload)); then the membership rule of
-//!    step 4 applies.
+//! 5. receiver: a hello naming another node is `misaddressed`.
+//! 6. membership: a member session from a name outside `cluster.nodes` is `not_member`;
+//!    a join session (empty cluster name in the key) is open to anyone, and serves `join`
+//!    only.
+//! 7. the Noise handshake with each secret of the keyring: failure is `auth`, and counts
+//!    toward the blacklist of the pair. Success queues the welcome; the pair's count is
+//!    reset when the session's first record opens.
 //!
-//! A frame that fails authentication also closes its connection (after the requests
-//! already running on it are answered): its sender does not hold the key, and closing makes
-//! a misconfigured peer fail at once instead of timing out. Frames from senders that are not
-//! in `cluster.nodes` are opened with the keyring of an empty cluster name
-//! ([`Keyring::joining`]): a joiner knows the secret but not the cluster name; the answer
-//! to such a frame is sealed the same way.
+//! Refusals are answered with a clear refusal frame naming the reason (see
+//! [`crate::wire::RefusalCode`]), then the connection is closed. Inside a session, a record
+//! that does not open (forged, replayed, reordered, cut) closes it; a message that does
+//! not decode is answered [`status::BAD_PAYLOAD`] when its `reqid` is readable; a request
+//! from a non-member session for anything but `join`, or from a member removed since the
+//! session opened, is answered [`status::FORBIDDEN`]. Every refusal is counted in
+//! [`Metrics`] by kind.
 //!
-//! Every refused frame is counted in [`Metrics`] by kind. Refusals from step 5 on count
-//! toward the blacklist of the (sender, address) pair; a valid frame resets that count.
-//! When the refusal happens after decryption and the `reqid` is known, the listener answers
-//! with an error response: [`status::STALE`], [`status::FORBIDDEN`] (unknown sender) or
-//! [`status::BAD_PAYLOAD`]; replays, authentication failures and responses sent to the
-//! listener get no answer.
-//!
-//! The [`Listener`] holds the state that survives restarts (blacklist, metrics, replay
-//! memory, keyring); [`Listener::start`] binds a port and returns a [`ListenerHandle`] whose
+//! The [`Listener`] holds the state that survives restarts (blacklist, metrics, keyring);
+//! [`Listener::start`] binds a port and returns a [`ListenerHandle`] whose
 //! [`ListenerHandle::shutdown`] closes the port and every connection. Start again, maybe on
 //! another port, with the same `Listener`.
 
@@ -106,10 +100,6 @@ const IO_BUF: usize = 64 * 1024;
 /// Response frames queued per connection before handler tasks wait.
 const WRITE_QUEUE: usize = 1024;
 
-/// Largest frame accepted from a connection that has not yet sent an authenticated frame
-/// (1 MiB, whatever `max_frame` is): a `join` or a first Raft message fits in it, and a
-/// stranger cannot make the node buffer more.
-pub const UNAUTH_MAX_FRAME: u32 = 1 << 20;
 /// Default of [`ListenerConfig::unauth_budget`]: 64 MiB.
 pub const DEFAULT_UNAUTH_BUDGET: usize = 64 << 20;
 

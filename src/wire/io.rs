@@ -100,7 +100,7 @@ where
     Ok(Frame::from_body(body))
 }
 
-/// Writes one complete frame (as returned by [`super::Keyring::seal`]) and flushes.
+/// Writes one complete frame (a hello, or records from [`super::Sealer::seal`]) and flushes.
 pub async fn write_frame<W>(writer: &mut W, frame: &[u8]) -> Result<(), WireError>
 where
     W: AsyncWrite + Unpin + ?Sized,
