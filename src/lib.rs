@@ -12,3 +12,4 @@ pub mod listener;
 pub mod monitor;
 pub mod services;
 pub mod wire;
+pub mod work;

@@ -391,3 +391,123 @@ pub struct BlacklistStatus {
     #[serde(deserialize_with = "flag")]
     pub detail: bool,
 }
+
+/// `control_ping`: no options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPing {}
+
+impl ApiRequest for ControlPing {
+    const ACTION: Action = Action::ControlPing;
+    type Reply = Pong;
+}
+
+/// The answer to [`ControlPing`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The answering node.
+    pub node: String,
+    /// Its om version.
+    pub version: String,
+    /// The work types it offers.
+    pub worktypes: Vec<String>,
+    /// The nodes it reached lately, with the last round trip it measured to each (ms).
+    pub connections: std::collections::BTreeMap<String, f64>,
+}
+
+/// `work_submit`: run a unit on the receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkSubmit {
+    /// The unit's id (made by the submitting node: the same on both).
+    pub unitid: String,
+    /// A work type of the receiver's node.conf.
+    pub worktype: String,
+    /// Extra arguments (only if the work type allows them).
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// Fail the unit if it has not started this long after submission (ms).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// The payload, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub payload: String,
+    /// The submitting node.
+    #[serde(default)]
+    pub submitter: String,
+}
+
+impl ApiRequest for WorkSubmit {
+    const ACTION: Action = Action::WorkSubmit;
+    type Reply = WorkUnitStatus;
+}
+
+/// A work unit as `work list` shows it: Receptor's field names, plus the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WorkUnitStatus {
+    /// The state's number (0 Pending, 1 Running, 2 Succeeded, 3 Failed, 4 Canceled).
+    pub state: u8,
+    /// The state's name.
+    pub state_name: String,
+    /// Why it is in that state.
+    pub detail: String,
+    /// Bytes of stdout so far.
+    pub stdout_size: u64,
+    /// Its work type.
+    pub work_type: String,
+    /// The node that executes it.
+    pub node: String,
+    /// When it was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+}
+
+/// `work_status`: some or all of the receiver's units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkStatus {
+    /// These units (default: all).
+    pub unitids: Vec<String>,
+}
+
+impl ApiRequest for WorkStatus {
+    const ACTION: Action = Action::WorkStatus;
+    type Reply = std::collections::BTreeMap<String, WorkUnitStatus>;
+}
+
+/// `work_results`: a chunk of a unit's stdout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkResults {
+    /// The unit.
+    pub unitid: String,
+    /// The byte offset to read from.
+    #[serde(default)]
+    pub startpos: u64,
+    /// Wait this long for new bytes when there are none yet (at most 10 000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+impl ApiRequest for WorkResults {
+    const ACTION: Action = Action::WorkResults;
+    type Reply = WorkChunk;
+}
+
+/// The answer to [`WorkResults`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkChunk {
+    /// The bytes, base64.
+    pub data: String,
+    /// The unit is over and nothing follows these bytes.
+    pub done: bool,
+}
+
+/// `work_cancel`, `work_release`: one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// The unit.
+    pub unitid: String,
+}
+
+impl ApiRequest for WorkUnit {
+    const ACTION: Action = Action::WorkCancel;
+    type Reply = WorkUnitStatus;
+}

@@ -246,6 +246,15 @@ impl Daemon {
                 let next = events.last().map_or(since, |e| e.seq);
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
+            Action::ControlPing => {
+                let _: options::ControlPing = api::parse(action, o)?;
+                api::reply(&self.pong())
+            }
+            Action::WorkSubmit
+            | Action::WorkStatus
+            | Action::WorkResults
+            | Action::WorkCancel
+            | Action::WorkRelease => crate::work::remote::serve(self, action, o).await,
             Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot => {
                 self.raft_rpc(action, o).await
             }
@@ -258,6 +267,26 @@ impl Daemon {
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
                 api::reply(&self.node()?.propose(msg.rpc).await?)
             }
+        }
+    }
+
+    /// The answer to `control_ping`: who answers, and the round trips it measured lately.
+    pub fn pong(&self) -> options::Pong {
+        let cfg = self.config();
+        let recent = crate::wire::now_ms().saturating_sub(60_000);
+        let connections = self
+            .rtt
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, (_, at))| **n != cfg.name && *at >= recent)
+            .map(|(n, (ms, _))| (n.clone(), *ms))
+            .collect();
+        options::Pong {
+            node: cfg.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            worktypes: cfg.worktypes.keys().cloned().collect(),
+            connections,
         }
     }
 

@@ -1,0 +1,383 @@
+//! Receptor's control service commands, served on the control socket: `status`, `ping`,
+//! `traceroute`, `reload` and the `work` commands (docs/CONTROL.md).
+//!
+//! Each command is answered with one JSON line, Receptor's field names where it has
+//! them, or one `ERROR: ...` line. `work submit` reads the payload up to EOF after its
+//! first answer; `work results` streams raw stdout bytes after its first line; both end the
+//! connection, as Receptor's do. Peers are reached with the daemon's peer connections.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::json;
+use serde_json::Value;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
+
+use super::command::Command;
+use super::command::NodeRef;
+use crate::api::options;
+use crate::api::Action;
+use crate::api::ApiError;
+use crate::api::Status;
+use crate::daemon::Daemon;
+use crate::work;
+use crate::work::remote;
+
+/// Whether the connection goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next command.
+    Continue,
+    /// The command consumed the stream (submit, results): close.
+    Close,
+}
+
+/// How long a peer has to answer a ping (also in `status`).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a submitter has to send its payload and EOF.
+pub const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The line an error answer is.
+pub fn error_line(message: &str) -> String {
+    let one_line = message.replace(['\n', '\r'], " ");
+    format!("ERROR: {one_line}\n")
+}
+
+fn json_line(v: &Value) -> String {
+    let mut s = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}
+
+/// Serves one command; writes its answer to `wr`.
+pub async fn run<R, W>(daemon: &Arc<Daemon>, cmd: Command, rd: &mut R, wr: &mut W) -> Flow
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let answer = match cmd {
+        Command::WorkSubmit {
+            node,
+            worktype,
+            ttl_ms,
+            params,
+        } => {
+            let ask = (node, worktype, ttl_ms, params);
+            return submit(daemon, ask, rd, wr).await;
+        }
+        Command::WorkResults { unitid, startpos } => {
+            return results(daemon, &unitid, startpos, wr).await
+        }
+        other => one_answer(daemon, other).await,
+    };
+    let line = match answer {
+        Ok(v) => json_line(&v),
+        Err(e) => error_line(&e.message),
+    };
+    if wr.write_all(line.as_bytes()).await.is_err() {
+        return Flow::Close;
+    }
+    Flow::Continue
+}
+
+/// The commands answered with one line.
+pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
+    let me = daemon.name();
+    match cmd {
+        Command::Status => status(daemon).await,
+        Command::Reload => reload(daemon).await,
+        Command::Ping { target } => Ok(ping(daemon, &target.resolve(&me)).await),
+        Command::Traceroute { target } => Ok(traceroute(daemon, &target.resolve(&me)).await),
+        Command::WorkList { unitid } => {
+            let list = remote::list(daemon, unitid.as_deref()).await?;
+            match unitid {
+                Some(id) => crate::api::reply(&list.get(&id)),
+                None => crate::api::reply(&list),
+            }
+        }
+        Command::WorkCancel { unitid } => {
+            remote::cancel(daemon, &unitid).await?;
+            Ok(json!({ "cancelled": unitid }))
+        }
+        Command::WorkRelease { unitid } => {
+            remote::release(daemon, &unitid, false).await?;
+            Ok(json!({ "released": unitid }))
+        }
+        Command::WorkForceRelease { unitid } => {
+            remote::release(daemon, &unitid, true).await?;
+            Ok(json!({ "released": unitid }))
+        }
+        Command::WorkSubmit { .. } | Command::WorkResults { .. } => Err(ApiError::bad(
+            "work submit and work results stream: they are served on a connection of their own",
+        )),
+    }
+}
+
+/// The listener address of member `node`, or an error naming the members.
+fn member_addr(daemon: &Daemon, node: &str) -> Result<String> {
+    daemon.node()?.read(|s| match s.nodes.get(node) {
+        Some(r) => Ok(r.addr.clone()),
+        None => Err(ApiError::bad(format!(
+            "node {node:?} is not a cluster member; members: {} (or localhost)",
+            s.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    })
+}
+
+/// One `control_ping` round trip to `node`: its answer and the time it took.
+async fn round_trip(daemon: &Daemon, node: &str) -> Result<(options::Pong, Duration)> {
+    let addr = member_addr(daemon, node)?;
+    let t0 = Instant::now();
+    let data = daemon
+        .peers
+        .call(&addr, Action::ControlPing.as_str(), json!({}), PING_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::new(Status::Unavailable, format!("{node}: {e}")))?;
+    let took = t0.elapsed();
+    let pong: options::Pong = crate::api::decode_reply(Action::ControlPing, data)?;
+    if pong.node != node {
+        return Err(ApiError::new(
+            Status::Error,
+            format!("{node}'s address {addr} is answered by {}", pong.node),
+        ));
+    }
+    let ms = took.as_secs_f64() * 1000.0;
+    daemon
+        .rtt
+        .lock()
+        .unwrap()
+        .insert(node.to_string(), (ms, crate::wire::now_ms()));
+    Ok((pong, took))
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// `ping <node>`: Receptor's `{Success, From, Time}`, or `{Success: false, Error}`.
+async fn ping(daemon: &Daemon, node: &str) -> Value {
+    match round_trip(daemon, node).await {
+        Ok((pong, took)) => json!({
+            "Success": true,
+            "From": pong.node,
+            "Time": format!("{:.3}ms", ms(took)),
+            "TimeMs": ms(took),
+        }),
+        Err(e) => json!({ "Success": false, "From": node, "Error": e.message }),
+    }
+}
+
+/// `traceroute <node>`: the hops from this node; every member is reached directly, so the
+/// path is this node, then the target (relaying through a peer is not built).
+async fn traceroute(daemon: &Daemon, node: &str) -> Value {
+    let me = daemon.name();
+    let mut hops = serde_json::Map::new();
+    hops.insert("0".into(), json!({ "From": me, "Time": "0.000ms" }));
+    if node != me {
+        let hop = match round_trip(daemon, node).await {
+            Ok((pong, took)) => json!({ "From": pong.node, "Time": format!("{:.3}ms", ms(took)) }),
+            Err(e) => json!({ "From": node, "Error": e.message }),
+        };
+        hops.insert("1".into(), hop);
+    }
+    Value::Object(hops)
+}
+
+/// `reload`: re-reads node.conf now (what the watcher does on a change).
+async fn reload(daemon: &Arc<Daemon>) -> Result<Value> {
+    let r = crate::daemon::watcher::reload(daemon).await;
+    if let Some(why) = r.refused {
+        return Err(ApiError::bad(why));
+    }
+    Ok(json!({
+        "Success": true,
+        "Applied": r.applied,
+        "NeedsRestart": r.needs_restart,
+    }))
+}
+
+/// This machine's memory in MiB (`MemTotal` of /proc/meminfo), 0 if unknown.
+fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn rfc3339(ms_epoch: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms_epoch as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn advertisement(node: &str, worktypes: &[String], at_ms: u64) -> Value {
+    let work: Vec<Value> = worktypes
+        .iter()
+        .map(|w| json!({ "WorkType": w, "Secure": false }))
+        .collect();
+    json!({
+        "NodeID": node,
+        "Service": "control",
+        "ConnType": 1,
+        "Time": rfc3339(at_ms),
+        "Tags": null,
+        "WorkCommands": work,
+    })
+}
+
+/// `status`: this node, its connections with their measured round trips, what each node
+/// says of its own connections, and what each node offers.
+async fn status(daemon: &Arc<Daemon>) -> Result<Value> {
+    let me = daemon.name();
+    let peers: Vec<String> = daemon
+        .node()?
+        .read(|s| s.nodes.keys().filter(|n| **n != me).cloned().collect());
+    let asks = peers.iter().map(|p| {
+        let (d, p) = (daemon.clone(), p.clone());
+        tokio::spawn(async move {
+            let r = round_trip(&d, &p).await;
+            (p, r)
+        })
+    });
+    let handles: Vec<_> = asks.collect();
+    let now = crate::wire::now_ms();
+    let own = daemon.pong();
+    let mut connections = Vec::new();
+    let mut costs: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut routes = BTreeMap::new();
+    let mut ads = vec![advertisement(&me, &own.worktypes, now)];
+    let mut unreachable = BTreeMap::new();
+    for h in handles {
+        let Ok((peer, r)) = h.await else { continue };
+        match r {
+            Ok((pong, took)) => {
+                connections.push(json!({ "NodeID": peer, "Cost": ms(took) }));
+                costs
+                    .entry(me.clone())
+                    .or_default()
+                    .insert(peer.clone(), ms(took));
+                costs.insert(peer.clone(), pong.connections.clone());
+                routes.insert(peer.clone(), peer.clone());
+                ads.push(advertisement(&peer, &pong.worktypes, now));
+            }
+            Err(e) => {
+                let seen = daemon.peers.last_seen(&peer).map(|d| d.as_millis() as u64);
+                unreachable.insert(peer, json!({ "Error": e.message, "LastSeenMsAgo": seen }));
+            }
+        }
+    }
+    Ok(json!({
+        "NodeID": me,
+        "Version": own.version,
+        "SystemCPUCount": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "SystemMemoryMiB": memory_mib(),
+        "Connections": connections,
+        "KnownConnectionCosts": costs,
+        "RoutingTable": routes,
+        "Advertisements": ads,
+        "Unreachable": unreachable,
+    }))
+}
+
+async fn write_or_close<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> Flow {
+    let _ = wr.write_all(line.as_bytes()).await;
+    let _ = wr.flush().await;
+    Flow::Close
+}
+
+/// `work submit`: checks, then answers Receptor's "Work unit created" line, reads the
+/// payload up to EOF and submits it; the last line is `{result, unitid}` or an error.
+async fn submit<R, W>(
+    daemon: &Arc<Daemon>,
+    (node, worktype, ttl_ms, params): (NodeRef, String, Option<u64>, Vec<String>),
+    rd: &mut R,
+    wr: &mut W,
+) -> Flow
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let me = daemon.name();
+    let node = node.resolve(&me);
+    let checked = (|| -> Result<u64> {
+        remote::check_room(daemon)?;
+        if node == me {
+            remote::check_local(daemon, &worktype, &params)?;
+            Ok(work::MAX_PAYLOAD)
+        } else {
+            member_addr(daemon, &node)?;
+            Ok(remote::max_remote_payload(daemon))
+        }
+    })();
+    let limit = match checked {
+        Ok(l) => l,
+        Err(e) => return write_or_close(wr, &error_line(&e.message)).await,
+    };
+    let id = work::new_unit_id();
+    let created = format!("Work unit created with ID {id}. Send stdin data and EOF.\n");
+    if wr.write_all(created.as_bytes()).await.is_err() {
+        return Flow::Close;
+    }
+    let mut payload = Vec::new();
+    let read = tokio::time::timeout(
+        PAYLOAD_TIMEOUT,
+        rd.take(limit + 1).read_to_end(&mut payload),
+    )
+    .await;
+    let failed = match read {
+        Err(_) => Some(format!("payload: no EOF within {PAYLOAD_TIMEOUT:?}")),
+        Ok(Err(e)) => Some(format!("payload: {e}")),
+        Ok(Ok(_)) if payload.len() as u64 > limit => Some(format!(
+            "payload: more than {limit} bytes, the limit for a unit on {node}"
+        )),
+        Ok(Ok(_)) => None,
+    };
+    if let Some(why) = failed {
+        return write_or_close(wr, &error_line(&why)).await;
+    }
+    let ask = remote::Ask {
+        id: id.clone(),
+        node,
+        worktype,
+        params,
+        ttl_ms,
+    };
+    let line = match remote::submit(daemon, ask, payload).await {
+        Ok(_) => json_line(&json!({ "result": "Job Started", "unitid": id })),
+        Err(e) => error_line(&e.message),
+    };
+    write_or_close(wr, &line).await
+}
+
+/// `work results`: Receptor's "Streaming results" line, then stdout from `startpos` until
+/// the unit is over, then the connection closes.
+async fn results<W: AsyncWrite + Unpin>(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    startpos: u64,
+    wr: &mut W,
+) -> Flow {
+    if let Err(e) = remote::check_known(daemon, id) {
+        return write_or_close(wr, &error_line(&e.message)).await;
+    }
+    let head = format!("Streaming results for work unit {id}\n");
+    if wr.write_all(head.as_bytes()).await.is_err() {
+        return Flow::Close;
+    }
+    if let Err(e) = remote::stream_results(daemon, id, startpos, wr).await {
+        tracing::warn!(unit = %id, "results stream ended: {e}");
+    }
+    let _ = wr.flush().await;
+    Flow::Close
+}
