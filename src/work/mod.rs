@@ -682,7 +682,9 @@ mod tests {
             "{}",
             failed.detail
         );
-        w.submit(sub("u3", "sleep 30"), b"").unwrap();
+        let mut sleeper = sub("u3", "sleep 30");
+        sleeper.params.clear();
+        w.submit(sleeper, b"").unwrap();
         assert!(w
             .submit(sub("u3", "true"), b"")
             .unwrap_err()
@@ -705,7 +707,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Work::open(dir.path().to_path_buf(), "n1".into());
         for i in 0..MAX_RUNNING {
-            w.submit(sub(&format!("s{i}"), "sleep 30"), b"").unwrap();
+            let mut s = sub(&format!("s{i}"), "sleep 30");
+            s.params.clear();
+            w.submit(s, b"").unwrap();
         }
         let mut late = sub("late", "true");
         late.ttl_ms = Some(300);
