@@ -296,6 +296,13 @@ async fn write_or_close<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> Flow {
     Flow::Close
 }
 
+async fn write_and_go_on<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> Flow {
+    match wr.write_all(line.as_bytes()).await {
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Close,
+    }
+}
+
 /// `work submit`: checks, then answers Receptor's "Work unit created" line, reads the
 /// payload up to EOF and submits it; the last line is `{result, unitid}` or an error.
 async fn submit<R, W>(
@@ -322,7 +329,8 @@ where
     })();
     let limit = match checked {
         Ok(l) => l,
-        Err(e) => return write_or_close(wr, &error_line(&e.message)).await,
+        // Nothing of the stream was taken: the connection goes on.
+        Err(e) => return write_and_go_on(wr, &error_line(&e.message)).await,
     };
     let id = work::new_unit_id();
     let created = format!("Work unit created with ID {id}. Send stdin data and EOF.\n");
@@ -369,7 +377,7 @@ async fn results<W: AsyncWrite + Unpin>(
     wr: &mut W,
 ) -> Flow {
     if let Err(e) = remote::check_known(daemon, id) {
-        return write_or_close(wr, &error_line(&e.message)).await;
+        return write_and_go_on(wr, &error_line(&e.message)).await;
     }
     let head = format!("Streaming results for work unit {id}\n");
     if wr.write_all(head.as_bytes()).await.is_err() {
