@@ -161,6 +161,9 @@ async fn receptor_commands_and_work_units_on_a_two_node_cluster() {
     adversary_lines(n1).await;
     local_units(n1).await;
     reload_reports(n1).await;
+    connect_relays(n1).await;
+    cli(n1).await;
+    python_client(n1).await;
 
     // A unit on n2, submitted from n1 (JSON form, with a ttl), and one that never ends.
     let done = submit(
@@ -430,4 +433,206 @@ async fn reload_reports(n1: &LocalNode) {
     n1.call("daemon_start", json!({"thread_id": "watcher"}), T)
         .await
         .unwrap();
+}
+
+/// `connect n2 control`: n2's greeting, then n2 answers; `localhost` greets again.
+async fn connect_relays(n1: &LocalNode) {
+    let mut conn = Conn::open(n1).await;
+    assert_eq!(
+        conn.ask("connect localhost control").await,
+        "Receptor Control, node n1"
+    );
+    assert_eq!(
+        conn.ask("connect n2 control").await,
+        "Receptor Control, node n2"
+    );
+    let st: Value = serde_json::from_str(&conn.ask("status").await).unwrap();
+    assert_eq!(st["NodeID"], "n2");
+    let p: Value = serde_json::from_str(&conn.ask("ping localhost").await).unwrap();
+    assert_eq!(p["From"], "n2", "localhost is the node that answers: {p}");
+    let e = conn.ask("work submit localhost cat").await;
+    assert!(e.starts_with("ERROR") && e.contains("not relayed"), "{e}");
+    let e = conn.ask("work list ../x").await;
+    assert!(e.starts_with("ERROR: unitid"), "{e}");
+    let e = ask(n1, "connect n9 control").await;
+    assert!(
+        e.starts_with("ERROR") && e.contains("not a cluster member"),
+        "{e}"
+    );
+}
+
+/// Runs `om --root <n1> args...`, with `stdin` as its standard input.
+async fn om(node: &LocalNode, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&node.paths.root)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `om node control ...` in receptorctl's shape, tables and JSON.
+async fn cli(n1: &LocalNode) {
+    let (code, out, err) = om(n1, &["node", "control", "status"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("Node ID: n1\n") && out.contains("cat, echo, slow"),
+        "{out}"
+    );
+    let (_, out, _) = om(
+        n1,
+        &[
+            "--format", "json", "node", "control", "--node", "n2", "status",
+        ],
+        b"",
+    )
+    .await;
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["NodeID"], "n2");
+    let (code, out, _) = om(
+        n1,
+        &[
+            "node",
+            "control",
+            "ping",
+            "n2",
+            "--count",
+            "2",
+            "--delay-ms",
+            "10",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (code, out.matches("Reply from n2 in ").count()),
+        (0, 2),
+        "{out}"
+    );
+    let (code, _, err) = om(n1, &["node", "control", "ping", "n9", "--count", "1"], b"").await;
+    assert!(code != 0 && err.contains("no reply from n9"), "{err}");
+    let (code, out, err) = om(
+        n1,
+        &[
+            "--format",
+            "json",
+            "node",
+            "control",
+            "--node",
+            "n2",
+            "work",
+            "submit",
+            "cat",
+            "--payload",
+            "-",
+        ],
+        b"through the cli",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["unitid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, out, _) = om(
+        n1,
+        &["node", "control", "work", "results", &id, "--startpos", "8"],
+        b"",
+    )
+    .await;
+    assert_eq!(out, "the cli");
+    let (_, out, _) = om(
+        n1,
+        &["node", "control", "--node", "n2", "work", "list"],
+        b"",
+    )
+    .await;
+    assert!(out.contains(&id) && out.contains("Succeeded"), "{out}");
+    let (code, out, err) = om(n1, &["node", "control", "work", "release", &id], b"").await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("Released {id}").as_str()),
+        "{err}"
+    );
+    let (code, _, err) = om(n1, &["node", "control", "work", "cancel", "../x"], b"").await;
+    assert!(code != 0 && err.contains("unitid \"../x\""), "{err}");
+    let (code, out, err) = om(
+        n1,
+        &[
+            "node", "control", "work", "submit", "echo", "--params", "x y", "-f",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Result: Job Started") && out.ends_with("x y\n"),
+        "{out}"
+    );
+}
+
+/// The Python client class against the real node.
+async fn python_client(n1: &LocalNode) {
+    let script = r#"
+import json, os, sys
+from om_control import OmControl, ControlError
+c = OmControl(os.environ["OM_SOCK"])
+c.connect()
+out = {"node": c.node_id, "status": c.simple_command("status")["NodeID"]}
+out["ping"] = c.simple_command({"command": "ping", "target": "n2"})["From"]
+out["api"] = c.api("daemon_status", {"local": True})["data"]["node"]
+unit = c.submit_work("cat", b"py payload", node="n2")["unitid"]
+out["results"] = c.get_work_results(unit, 3).decode()
+out["state"] = c.simple_command("work list " + unit)["StateName"]
+try:
+    c.simple_command("work cancel ../etc")
+except ControlError as e:
+    out["error"] = str(e)
+out["released"] = c.simple_command("work release " + unit)["released"] == unit
+c.connect_to_service("n2")
+out["relayed"] = c.simple_command("status")["NodeID"]
+print(json.dumps(out))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"),
+        )
+        .env("OM_SOCK", n1.paths.control_socket())
+        .output()
+        .await
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "node": "n1", "status": "n1", "ping": "n2", "api": "n1",
+            "results": "payload", "state": "Succeeded",
+            "error": "unitid \"../etc\": expected 1 to 32 ASCII letters and digits",
+            "released": true, "relayed": "n2",
+        })
+    );
 }

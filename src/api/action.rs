@@ -97,6 +97,9 @@ actions! {
     Events => "events", Any;
     /// One round trip: the answering node's name, version, work types and connections.
     ControlPing => "control_ping", Any;
+    /// One control service command (a line, text or JSON) run by the receiver: what
+    /// `connect <node> control` relays.
+    ControlCommand => "control_command", Any;
     /// Run a work unit on the receiver, with its payload.
     WorkSubmit => "work_submit", Any;
     /// The receiver's work units.

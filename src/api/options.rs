@@ -511,3 +511,16 @@ impl ApiRequest for WorkUnit {
     const ACTION: Action = Action::WorkCancel;
     type Reply = WorkUnitStatus;
 }
+
+/// `control_command`: a control service command for the receiver to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlLine {
+    /// The command, in the text or the JSON form (one-answer commands only).
+    pub line: String,
+}
+
+impl ApiRequest for ControlLine {
+    const ACTION: Action = Action::ControlCommand;
+    /// The command's JSON answer.
+    type Reply = serde_json::Value;
+}

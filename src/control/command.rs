@@ -47,6 +47,9 @@ pub enum Command {
     Ping { target: NodeRef },
     /// `traceroute <target>`.
     Traceroute { target: NodeRef },
+    /// `connect <node> <service>`: the rest of the connection talks to that node's control
+    /// service.
+    Connect { node: NodeRef },
     /// `work list [unitid]`.
     WorkList { unitid: Option<String> },
     /// `work submit <node> <worktype>` (json-only: `ttl`, `params`); the payload follows.
@@ -98,6 +101,7 @@ const SPECS: &[Spec] = &[
     spec("reload", None, &[], &[], &[]),
     spec("ping", None, &["target"], &[], &[]),
     spec("traceroute", None, &["target"], &[], &[]),
+    spec("connect", None, &["node", "service"], &[], &[]),
     spec("work", Some("list"), &[], &["unitid"], &[]),
     spec(
         "work",
@@ -152,7 +156,7 @@ fn find_spec(command: &str, sub: Option<&str>) -> Result<&'static Spec, String> 
     let of_command: Vec<&Spec> = SPECS.iter().filter(|s| s.command == command).collect();
     if of_command.is_empty() {
         return Err(format!(
-            "unknown command {command:?}; commands: status, reload, ping, traceroute, work"
+            "unknown command {command:?}; commands: status, reload, ping, traceroute, connect, work"
         ));
     }
     if of_command[0].sub.is_none() {
@@ -203,7 +207,9 @@ pub fn parse(line: &str) -> Result<Line, LineError> {
 fn from_text(t: &str) -> Result<Command, String> {
     let mut words = t.split_whitespace();
     let Some(command) = words.next() else {
-        return Err("empty command; commands: status, reload, ping, traceroute, work".into());
+        return Err(
+            "empty command; commands: status, reload, ping, traceroute, connect, work".into(),
+        );
     };
     let first_is_sub = SPECS
         .iter()
@@ -290,6 +296,17 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
         ("traceroute", _) => Command::Traceroute {
             target: node(&get("target")?, "target")?,
         },
+        ("connect", _) => {
+            let service = get("service")?;
+            if service != "control" {
+                return Err(format!(
+                    "service {service:?}: a node offers one service, control"
+                ));
+            }
+            Command::Connect {
+                node: node(&get("node")?, "node")?,
+            }
+        }
         (_, Some("list")) => Command::WorkList {
             unitid: match text(params, "unitid")? {
                 Some(_) => Some(unit("unitid")?),
@@ -316,7 +333,7 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
                 startpos,
             }
         }
-        _ => unreachable!("every spec is built above"),
+        (c, sub) => return Err(format!("{c} {}: not served", sub.unwrap_or_default())),
     })
 }
 
@@ -416,6 +433,13 @@ mod tests {
             }
         );
         assert_eq!(cmd("work list"), Command::WorkList { unitid: None });
+        assert_eq!(
+            cmd("connect n2 control"),
+            Command::Connect {
+                node: NodeRef::Named("n2".into())
+            }
+        );
+        assert!(err("connect n2 web").contains("one service, control"));
         assert_eq!(
             cmd("work list abc"),
             Command::WorkList {

@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod service;
+pub mod session;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -49,6 +50,9 @@ pub enum ControlError {
     Timeout(Duration),
     #[error("bad answer from the daemon: {0}")]
     BadAnswer(String),
+    /// The control service answered `ERROR: ...`.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Takes this root for one daemon: an exclusive lock on `var/run/om.pid`, which then holds
@@ -153,8 +157,8 @@ impl ControlServer {
     }
 }
 
-/// Why a line could not be read.
-enum ReadLine {
+/// One line read from a client, bounded by [`MAX_LINE`].
+pub(crate) enum ReadLine {
     /// A whole line (without its newline).
     Line(String),
     /// The client closed the connection (or it failed).
@@ -165,7 +169,8 @@ enum ReadLine {
     NotText,
 }
 
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> ReadLine {
+/// Reads one line of at most [`MAX_LINE`] bytes.
+pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> ReadLine {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     match rd

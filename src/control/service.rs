@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use serde_json::Value;
+use tokio::io::AsyncBufRead;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -59,10 +60,11 @@ fn json_line(v: &Value) -> String {
 /// Serves one command; writes its answer to `wr`.
 pub async fn run<R, W>(daemon: &Arc<Daemon>, cmd: Command, rd: &mut R, wr: &mut W) -> Flow
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let answer = match cmd {
+        Command::Connect { node } => return connect(daemon, node, rd, wr).await,
         Command::WorkSubmit {
             node,
             worktype,
@@ -114,9 +116,13 @@ pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
             remote::release(daemon, &unitid, true).await?;
             Ok(json!({ "released": unitid }))
         }
-        Command::WorkSubmit { .. } | Command::WorkResults { .. } => Err(ApiError::bad(
-            "work submit and work results stream: they are served on a connection of their own",
-        )),
+        Command::WorkSubmit { .. } | Command::WorkResults { .. } | Command::Connect { .. } => {
+            Err(ApiError::bad(
+                "work submit, work results and connect take over the connection: they are not \
+                 relayed by connect (submit with `work submit <node> <worktype>` instead, and \
+                 read results on the node the unit was submitted on)",
+            ))
+        }
     }
 }
 
@@ -388,4 +394,92 @@ async fn results<W: AsyncWrite + Unpin>(
     }
     let _ = wr.flush().await;
     Flow::Close
+}
+
+/// `connect <node> control`: answers with that node's greeting, then relays every line to
+/// its control service (`control_command`) until the client closes.
+async fn connect<R, W>(daemon: &Arc<Daemon>, node: NodeRef, rd: &mut R, wr: &mut W) -> Flow
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let me = daemon.name();
+    let node = node.resolve(&me);
+    let greeting = if node == me {
+        Ok(me.clone())
+    } else {
+        round_trip(daemon, &node).await.map(|(pong, _)| pong.node)
+    };
+    let line = match greeting {
+        Ok(name) => format!("{}{name}\n", super::GREETING),
+        Err(e) => return write_and_go_on(wr, &error_line(&e.message)).await,
+    };
+    if wr.write_all(line.as_bytes()).await.is_err() || node == me {
+        return Flow::Continue;
+    }
+    loop {
+        let line = match super::read_line(rd).await {
+            super::ReadLine::Line(l) if l.trim().is_empty() => continue,
+            super::ReadLine::Line(l) => l,
+            super::ReadLine::Closed => return Flow::Close,
+            super::ReadLine::TooLong => {
+                let why = format!("line longer than {} bytes", super::MAX_LINE);
+                return write_or_close(wr, &error_line(&why)).await;
+            }
+            super::ReadLine::NotText => {
+                if wr
+                    .write_all(error_line("the line is not UTF-8").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return Flow::Close;
+                }
+                continue;
+            }
+        };
+        let req = options::ControlLine { line };
+        let answer = match remote_command(daemon, &node, &req).await {
+            Ok(v) => json_line(&v),
+            Err(e) => error_line(&e.message),
+        };
+        if wr.write_all(answer.as_bytes()).await.is_err() {
+            return Flow::Close;
+        }
+    }
+}
+
+async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine) -> Result<Value> {
+    let addr = member_addr(daemon, node)?;
+    let opts = crate::api::reply(req)?;
+    daemon
+        .peers
+        .call(
+            &addr,
+            Action::ControlCommand.as_str(),
+            opts,
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::daemon::peers::PeerError::Failed {
+                status, message, ..
+            } => ApiError::new(status, message),
+            other => ApiError::new(
+                Status::Unavailable,
+                format!("{node} is unreachable: {other}"),
+            ),
+        })
+}
+
+/// `control_command` from a peer: runs one relayed command here.
+pub async fn relayed(daemon: &Arc<Daemon>, line: &str) -> Result<Value> {
+    use super::command::Line;
+    use super::command::LineError;
+    match super::command::parse(line) {
+        Ok(Line::Command(cmd)) => one_answer(daemon, cmd).await,
+        Ok(Line::Api(_)) => Err(ApiError::bad(
+            "agent API requests are not relayed by connect: send them to the node itself",
+        )),
+        Err(LineError::Api(e) | LineError::Command(e)) => Err(ApiError::bad(e)),
+    }
 }

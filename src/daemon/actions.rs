@@ -250,6 +250,10 @@ impl Daemon {
                 let _: options::ControlPing = api::parse(action, o)?;
                 api::reply(&self.pong())
             }
+            Action::ControlCommand => {
+                let opts: options::ControlLine = api::parse(action, o)?;
+                crate::control::service::relayed(self, &opts.line).await
+            }
             Action::WorkSubmit
             | Action::WorkStatus
             | Action::WorkResults
