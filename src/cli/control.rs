@@ -209,10 +209,9 @@ async fn one_answer(s: &mut Session, cmd: ControlCmd, format: Format) -> Result<
                 c["unitid"] = json!(id);
             }
             let v = s.command(&c).await?;
-            let table = if unitid.is_some() {
-                json!({ unitid.unwrap(): v })
-            } else {
-                v.clone()
+            let table = match &unitid {
+                Some(id) => json!({ id.as_str(): v.clone() }),
+                None => v.clone(),
             };
             print(format, &v, |_| units_table(&table));
         }
