@@ -194,9 +194,13 @@ impl Daemon {
             }
             Action::SetServiceMonitor => {
                 let opts: options::SetServiceMonitor = api::parse(action, o)?;
+                // `status` and `local_expect` are an instance's: without `node`, the
+                // receiver's (the seed's request names no node).
+                let instance_field = opts.status.is_some() || opts.local_expect.is_some();
+                let node = opts.node.or_else(|| instance_field.then(|| self.name()));
                 let cmd = Command::SetServiceMonitor {
                     svc: opts.svcname,
-                    node: opts.node,
+                    node,
                     status: opts.status,
                     local_expect: opts.local_expect,
                     global_expect: opts.global_expect,
