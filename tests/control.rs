@@ -164,6 +164,7 @@ async fn receptor_commands_and_work_units_on_a_two_node_cluster() {
     connect_relays(n1).await;
     cli(n1).await;
     python_client(n1).await;
+    opensvc_rows(n1).await;
 
     // A unit on n2, submitted from n1 (JSON form, with a ttl), and one that never ends.
     let done = submit(
@@ -635,4 +636,116 @@ print(json.dumps(out))
             "released": true, "relayed": "n2",
         })
     );
+}
+
+const SVC: &str = "[DEFAULT]
+nodes = n1 n2
+orchestrate = no
+
+[app#1]
+start = true
+stop = true
+check = false
+
+[task#compliance]
+command = printf '%s|'
+timeout = 10s
+";
+
+/// The OpenSVC rows: a service-defined task with its arguments passed through, and
+/// `set_service_monitor` without `node` (the receiver's instance).
+async fn opensvc_rows(n1: &LocalNode) {
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "web", "config": SVC}),
+        T,
+    )
+    .await
+    .unwrap();
+    let argv = json!(["compliance", "fix", "--moduleset", "foo"]);
+    let r = n1
+        .call(
+            "service_action",
+            json!({"svcname": "web", "command": argv}),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&r["out"], &r["ret"], &r["node"]),
+        (&json!("fix|--moduleset|foo|"), &json!(0), &json!("n1")),
+        "{r}"
+    );
+    let r = n1
+        .call(
+            "service_action",
+            json!({"svcname": "web", "command": argv, "node": "n2"}),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&r["out"], &r["node"]),
+        (&json!("fix|--moduleset|foo|"), &json!("n2")),
+        "{r}"
+    );
+    let e = n1
+        .call(
+            "service_action",
+            json!({"svcname": "web", "command": ["audit"]}),
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("unknown action \"audit\"") && e.contains("tasks of web: compliance"),
+        "{e}"
+    );
+    let (code, out, err) = om(
+        n1,
+        &["web", "run", "compliance", "fix", "--moduleset", "foo"],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("fix|--moduleset|foo|"), "{out}");
+    let job = n1
+        .call(
+            "service_action",
+            json!({"svcname": "web", "command": argv, "sync": false}),
+            T,
+        )
+        .await
+        .unwrap();
+    let id = job["job_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let j = n1.call("job_show", json!({"id": id}), T).await.unwrap();
+        if j["job"]["state"] == "succeeded" {
+            assert_eq!(j["out"], "fix|--moduleset|foo|");
+            break;
+        }
+        assert!(t0.elapsed() < T, "the task job did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The seed's request names no node: the receiver's instance.
+    n1.call(
+        "set_service_monitor",
+        json!({"svcname": "web", "local_expect": "stopped"}),
+        T,
+    )
+    .await
+    .unwrap();
+    let m = n1
+        .call("get_service_monitor", json!({"svcname": "web"}), T)
+        .await
+        .unwrap();
+    assert_eq!(m["instances"]["n1"]["local_expect"], "stopped", "{m}");
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "web", "delete": true}),
+        T,
+    )
+    .await
+    .unwrap();
 }

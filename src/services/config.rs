@@ -534,6 +534,27 @@ mod tests {
     }
 
     #[test]
+    fn tasks_are_named_actions_with_a_command() {
+        let text = format!("{GOOD}[task#compliance]\ncommand = comply\ntimeout = 5m\n");
+        let cfg = ServiceConfig::parse(&text).unwrap();
+        let t = &cfg.tasks["compliance"];
+        assert_eq!(
+            (t.command.as_str(), t.timeout),
+            ("comply", Duration::from_secs(300))
+        );
+        assert_eq!(cfg.resources.len(), 1, "a task is not a resource");
+        let e = |t: &str| {
+            ServiceConfig::parse(&format!("{GOOD}{t}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("[task#start]\ncommand = x\n").contains("named after an instance action"));
+        assert!(e("[task#c]\ntimeout = 1s\n").contains("key command: is required"));
+        assert!(e("[task#c]\ncommand = x\nuser = root\n").contains("known keys: command, timeout"));
+        assert!(e("[task#a/b]\ncommand = x\n").contains("[A-Za-z0-9_]"));
+    }
+
+    #[test]
     fn candidates_follow_preference_and_membership() {
         let c = ServiceConfig::parse("[DEFAULT]\nnodes = n3 n1 *\n").unwrap();
         let members: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
