@@ -259,6 +259,24 @@ async fn commands_in_both_forms(n1: &LocalNode) {
     assert_eq!(types, ["cat", "echo", "slow"], "{st}");
     let st: Value = serde_json::from_str(&conn.ask(r#"{"command":"status"}"#).await).unwrap();
     assert_eq!(st["NodeID"], "n1");
+    // What receptorctl asks first.
+    let v: Value = serde_json::from_str(
+        &conn
+            .ask(r#"{"command":"status","requested_fields":["Version"]}"#)
+            .await,
+    )
+    .unwrap();
+    assert_eq!(v, json!({ "Version": env!("CARGO_PKG_VERSION") }));
+    let e = conn.ask(r#"{"command":"work","subcommand":"submit","node":"n2","worktype":"cat","signwork":"true"}"#).await;
+    assert!(e.starts_with("ERROR: signwork"), "{e}");
+    // What receptorctl asks first.
+    let v: Value = serde_json::from_str(
+        &conn
+            .ask(r#"{"command":"status","requested_fields":["Version"]}"#)
+            .await,
+    )
+    .unwrap();
+    assert_eq!(v, json!({ "Version": env!("CARGO_PKG_VERSION") }));
     let api: Value = serde_json::from_str(
         &conn
             .ask(r#"{"action":"daemon_status","options":{"local":true}}"#)
@@ -439,14 +457,11 @@ async fn reload_reports(n1: &LocalNode) {
 /// `connect n2 control`: n2's greeting, then n2 answers; `localhost` greets again.
 async fn connect_relays(n1: &LocalNode) {
     let mut conn = Conn::open(n1).await;
-    assert_eq!(
-        conn.ask("connect localhost control").await,
-        "Receptor Control, node n1"
-    );
-    assert_eq!(
-        conn.ask("connect n2 control").await,
-        "Receptor Control, node n2"
-    );
+    assert_eq!(conn.ask("connect localhost control").await, "Connecting");
+    assert_eq!(conn.line().await, "Receptor Control, node n1");
+    // receptorctl sends its tlsclient, `None` when it has none.
+    assert_eq!(conn.ask("connect n2 control None").await, "Connecting");
+    assert_eq!(conn.line().await, "Receptor Control, node n2");
     let st: Value = serde_json::from_str(&conn.ask("status").await).unwrap();
     assert_eq!(st["NodeID"], "n2");
     let p: Value = serde_json::from_str(&conn.ask("ping localhost").await).unwrap();

@@ -95,6 +95,11 @@ class OmControl:
         """Makes the rest of this session talk to node's control service."""
         self.connect()
         self.writestr(json.dumps({"command": "connect", "node": node, "service": service}) + "\n")
+        first = self.readstr()
+        if first.startswith("ERROR: "):
+            raise ControlError(first[7:])
+        if first != "Connecting":
+            raise ConnectionError("unexpected answer to connect: %r" % first)
         self.node_id = self._greeting()
 
     def api(self, action, options=None):

@@ -39,8 +39,13 @@ impl NodeRef {
 /// A Receptor control service command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `status`.
-    Status,
+    /// `status` (json-only: `requested_fields`, `exclude_fields`, lists of top-level keys).
+    Status {
+        /// Only these keys (all when `None`).
+        fields: Option<Vec<String>>,
+        /// Without these keys.
+        exclude: Vec<String>,
+    },
     /// `reload`.
     Reload,
     /// `ping <target>`.
@@ -97,18 +102,25 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
-    spec("status", None, &[], &[], &[]),
+    spec(
+        "status",
+        None,
+        &[],
+        &[],
+        &["requested_fields", "exclude_fields"],
+    ),
     spec("reload", None, &[], &[], &[]),
     spec("ping", None, &["target"], &[], &[]),
     spec("traceroute", None, &["target"], &[], &[]),
-    spec("connect", None, &["node", "service"], &[], &[]),
+    spec("connect", None, &["node", "service"], &["tlsclient"], &[]),
     spec("work", Some("list"), &[], &["unitid"], &[]),
+    spec("work", Some("status"), &["unitid"], &[], &[]),
     spec(
         "work",
         Some("submit"),
         &["node", "worktype"],
         &[],
-        &["ttl", "params", "tlsclient"],
+        &["ttl", "params", "tlsclient", "signwork"],
     ),
     spec("work", Some("cancel"), &["unitid"], &[], &[]),
     spec("work", Some("release"), &["unitid"], &[], &[]),
@@ -288,7 +300,10 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
         Ok(id)
     };
     Ok(match (spec.command, spec.sub) {
-        ("status", _) => Command::Status,
+        ("status", _) => Command::Status {
+            fields: fields(params, "requested_fields")?,
+            exclude: fields(params, "exclude_fields")?.unwrap_or_default(),
+        },
         ("reload", _) => Command::Reload,
         ("ping", _) => Command::Ping {
             target: node(&get("target")?, "target")?,
@@ -297,6 +312,7 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
             target: node(&get("target")?, "target")?,
         },
         ("connect", _) => {
+            no_tls(params)?;
             let service = get("service")?;
             if service != "control" {
                 return Err(format!(
@@ -307,6 +323,9 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
                 node: node(&get("node")?, "node")?,
             }
         }
+        (_, Some("status")) => Command::WorkList {
+            unitid: Some(unit("unitid")?),
+        },
         (_, Some("list")) => Command::WorkList {
             unitid: match text(params, "unitid")? {
                 Some(_) => Some(unit("unitid")?),
@@ -337,14 +356,41 @@ fn build(spec: &Spec, params: &Map<String, Value>) -> Result<Command, String> {
     })
 }
 
-fn submit(params: &Map<String, Value>) -> Result<Command, String> {
-    if text(params, "tlsclient")?.is_some_and(|t| !t.is_empty()) {
+/// A json-only list of field names.
+fn fields(params: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, String> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.len() <= 64 => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| format!("{key}: expected a list of field names")),
+        Some(_) => Err(format!("{key}: expected a list of at most 64 field names")),
+    }
+}
+
+/// Refuses a TLS client config: receptorctl sends `None` when it has none.
+fn no_tls(params: &Map<String, Value>) -> Result<(), String> {
+    if text(params, "tlsclient")?.is_some_and(|t| !t.is_empty() && t != "None") {
         return Err(
             "tlsclient: not supported: om carries work over the cluster's encrypted \
                     connections, authenticated by the cluster secret"
                 .into(),
         );
     }
+    Ok(())
+}
+
+fn submit(params: &Map<String, Value>) -> Result<Command, String> {
+    if text(params, "signwork")?.is_some_and(|t| t == "true") {
+        return Err(
+            "signwork: not supported: a unit is as trusted as the cluster secret that \
+                    authenticated its submitter"
+                .into(),
+        );
+    }
+    no_tls(params)?;
     let worktype = text(params, "worktype")?.unwrap_or_default();
     raft::apply::check_name("work type", &worktype)
         .map_err(|e| format!("worktype {worktype:?}: {e}"))?;
@@ -402,7 +448,32 @@ mod tests {
 
     #[test]
     fn text_and_json_forms_give_the_same_commands() {
-        assert_eq!(cmd("status"), Command::Status);
+        assert_eq!(
+            cmd("status"),
+            Command::Status {
+                fields: None,
+                exclude: vec![]
+            }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"status","requested_fields":["Version"]}"#),
+            Command::Status {
+                fields: Some(vec!["Version".into()]),
+                exclude: vec![]
+            }
+        );
+        assert_eq!(
+            cmd("connect n2 control None"),
+            Command::Connect {
+                node: NodeRef::Named("n2".into())
+            }
+        );
+        assert_eq!(
+            cmd("work status u1"),
+            Command::WorkList {
+                unitid: Some("u1".into())
+            }
+        );
         assert_eq!(cmd("  reload \n"), Command::Reload);
         assert_eq!(
             cmd("ping localhost"),
@@ -468,7 +539,7 @@ mod tests {
     #[test]
     fn errors_name_the_parameter_and_what_is_allowed() {
         assert!(err("fly").contains("commands: status"), "{}", err("fly"));
-        assert!(err("work").contains("subcommands: list, submit"));
+        assert!(err("work").contains("subcommands: list, status, submit"));
         assert!(err("work dance").contains("unknown subcommand"));
         assert!(err("ping").contains("missing parameter target"));
         assert!(err("work results u1").contains("usage: work results <unitid> <startpos>"));

@@ -93,7 +93,15 @@ where
 pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
     let me = daemon.name();
     match cmd {
-        Command::Status => status(daemon).await,
+        Command::Status { fields, exclude } => {
+            let mut st = status(daemon).await?;
+            if let Value::Object(map) = &mut st {
+                map.retain(|k, _| {
+                    fields.as_ref().is_none_or(|f| f.contains(k)) && !exclude.contains(k)
+                });
+            }
+            Ok(st)
+        }
         Command::Reload => reload(daemon).await,
         Command::Ping { target } => Ok(ping(daemon, &target.resolve(&me)).await),
         Command::Traceroute { target } => Ok(traceroute(daemon, &target.resolve(&me)).await),
@@ -174,6 +182,7 @@ async fn ping(daemon: &Daemon, node: &str) -> Value {
             "Success": true,
             "From": pong.node,
             "Time": format!("{:.3}ms", ms(took)),
+            "TimeStr": format!("{:.3}ms", ms(took)),
             "TimeMs": ms(took),
         }),
         Err(e) => json!({ "Success": false, "From": node, "Error": e.message }),
@@ -185,11 +194,17 @@ async fn ping(daemon: &Daemon, node: &str) -> Value {
 async fn traceroute(daemon: &Daemon, node: &str) -> Value {
     let me = daemon.name();
     let mut hops = serde_json::Map::new();
-    hops.insert("0".into(), json!({ "From": me, "Time": "0.000ms" }));
+    hops.insert(
+        "0".into(),
+        json!({ "From": me, "Time": "0.000ms", "TimeStr": "0.000ms" }),
+    );
     if node != me {
         let hop = match round_trip(daemon, node).await {
-            Ok((pong, took)) => json!({ "From": pong.node, "Time": format!("{:.3}ms", ms(took)) }),
-            Err(e) => json!({ "From": node, "Error": e.message }),
+            Ok((pong, took)) => {
+                let t = format!("{:.3}ms", ms(took));
+                json!({ "From": pong.node, "Time": t, "TimeStr": t })
+            }
+            Err(e) => json!({ "From": node, "Error": e.message, "TimeStr": "-" }),
         };
         hops.insert("1".into(), hop);
     }
@@ -410,8 +425,9 @@ where
     } else {
         round_trip(daemon, &node).await.map(|(pong, _)| pong.node)
     };
+    // Receptor's: "Connecting", then the other side's greeting.
     let line = match greeting {
-        Ok(name) => format!("{}{name}\n", super::GREETING),
+        Ok(name) => format!("Connecting\n{}{name}\n", super::GREETING),
         Err(e) => return write_and_go_on(wr, &error_line(&e.message)).await,
     };
     if wr.write_all(line.as_bytes()).await.is_err() || node == me {

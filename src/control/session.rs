@@ -88,6 +88,13 @@ impl Session {
     pub async fn connect(&mut self, node: &str) -> Result<(), ControlError> {
         let cmd = serde_json::json!({"command": "connect", "node": node, "service": "control"});
         self.send(&cmd).await?;
+        let first = self.line().await?;
+        if let Some(e) = first.strip_prefix("ERROR: ") {
+            return Err(ControlError::Refused(e.to_string()));
+        }
+        if first != "Connecting" {
+            return Err(ControlError::BadAnswer(format!("connect: {first:?}")));
+        }
         self.node = self.greeting().await?;
         Ok(())
     }
