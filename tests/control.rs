@@ -351,6 +351,23 @@ async fn adversary_lines(n1: &LocalNode) {
         .unwrap();
     // Closed with our unread bytes in its buffer: the end or a reset, nothing more.
     assert!(closed.is_err() || rest.is_empty(), "{closed:?}");
+    // Connections are capped: the one past the cap is told so.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut held = Vec::new();
+    for _ in 0..om::control::MAX_CONNS {
+        held.push(Conn::open(n1).await);
+    }
+    assert!(held
+        .iter()
+        .all(|c| c.greeting == "Receptor Control, node n1"));
+    let refused = Conn::open(n1).await;
+    assert_eq!(
+        refused.greeting,
+        "ERROR: 256 control connections are open, the most served at once"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ask(n1, "status").await.starts_with('{'));
     // A payload over the 8 MiB limit.
     let e = submit(n1, "work submit localhost cat", &vec![b'x'; (8 << 20) + 1])
         .await

@@ -36,6 +36,11 @@ use crate::wire::Response;
 /// Largest request line accepted on the control socket (a service config travels in one).
 pub const MAX_LINE: usize = 4 << 20;
 
+/// Most control connections served at once; one more is answered with an error.
+pub const MAX_CONNS: usize = 256;
+/// A connection that sends no line for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How the greeting line starts (Receptor's, so that receptorctl recognizes the socket).
 pub const GREETING: &str = "Receptor Control, node ";
 
@@ -121,6 +126,7 @@ pub fn check_not_running(paths: &Paths) -> Result<(), DaemonError> {
 #[derive(Clone)]
 pub struct ControlServer {
     listener: Arc<UnixListener>,
+    conns: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlServer {
@@ -133,6 +139,7 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(ControlServer {
             listener: Arc::new(listener),
+            conns: Arc::new(tokio::sync::Semaphore::new(MAX_CONNS)),
         })
     }
 
@@ -145,9 +152,17 @@ impl ControlServer {
         loop {
             tokio::select! {
                 r = self.listener.accept() => {
-                    let (stream, _) = r.map_err(|e| format!("accept: {e}"))?;
+                    let (mut stream, _) = r.map_err(|e| format!("accept: {e}"))?;
+                    let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+                        let why = format!("ERROR: {MAX_CONNS} control connections are open, the most served at once\n");
+                        tokio::spawn(async move { let _ = stream.write_all(why.as_bytes()).await; });
+                        continue;
+                    };
                     let d = daemon.clone();
-                    tokio::spawn(async move { serve_conn(d, stream).await });
+                    tokio::spawn(async move {
+                        serve_conn(d, stream).await;
+                        drop(permit);
+                    });
                 }
                 _ = stop.changed() => {
                     if *stop.borrow() { return Ok(()); }
@@ -173,13 +188,11 @@ pub(crate) enum ReadLine {
 pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> ReadLine {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
-    match rd
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', &mut buf)
-        .await
-    {
-        Ok(0) | Err(_) => return ReadLine::Closed,
-        Ok(_) => {}
+    let mut limited = rd.take(MAX_LINE as u64 + 1);
+    let read = limited.read_until(b'\n', &mut buf);
+    match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return ReadLine::Closed,
+        Ok(Ok(_)) => {}
     }
     if buf.last() == Some(&b'\n') {
         buf.pop();

@@ -155,6 +155,8 @@ pub struct Work {
     me: Mutex<String>,
     units: Mutex<BTreeMap<String, UnitRecord>>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Held by one `pump` at a time: two would start the same unit twice.
+    pumping: Mutex<()>,
 }
 
 impl Work {
@@ -166,6 +168,7 @@ impl Work {
             me: Mutex::new(me),
             units: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::watch::channel(0).0,
+            pumping: Mutex::new(()),
         });
         work.recover();
         let weak = Arc::downgrade(&work);
@@ -437,6 +440,7 @@ impl Work {
 
     /// Starts the pending units that have a slot; fails those whose ttl ran out.
     fn pump(self: &Arc<Self>) {
+        let _one = self.pumping.lock().unwrap();
         let (waiting, running) = {
             let units = self.units.lock().unwrap();
             let local = units.values().filter(|r| !r.remote);
@@ -476,6 +480,9 @@ impl Work {
             crate::services::exec::kill_group(pid);
             return;
         }
+        // The command holds it open; nothing reads it again (a restart fails a unit that
+        // had started).
+        let _ = std::fs::remove_file(dir.join("stdin"));
         if let Some(rec) = self.units.lock().unwrap().get_mut(id) {
             rec.pid_start = proc_start(pid);
         }
