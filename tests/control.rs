@@ -3,7 +3,7 @@
 //! `reload`, and work units submitted here and on a peer, read from an offset after the
 //! executing node was killed and restarted, canceled, released, force-released; the
 //! adversary's lines (10 MB, `../` ids, unknown work types, payloads over the limit).
-//! One two-node cluster serves every check, to keep the test short.
+//! One three-node cluster serves every check, to keep the test short.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -138,8 +138,8 @@ async fn until_state(node: &LocalNode, id: &str, state: &str) -> Value {
     }
 }
 
-async fn two_nodes() -> LocalCluster {
-    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 2, None).unwrap();
+async fn three_nodes() -> LocalCluster {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 3, None).unwrap();
     for n in &c.nodes {
         let conf = n.paths.node_conf();
         let text = std::fs::read_to_string(&conf).unwrap();
@@ -151,9 +151,9 @@ async fn two_nodes() -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receptor_commands_and_work_units_on_a_two_node_cluster() {
+async fn receptor_commands_and_work_units_on_a_three_node_cluster() {
     let t_all = Instant::now();
-    let c = two_nodes().await;
+    let c = three_nodes().await;
     let bin = c.bin.clone();
     let n1 = &c.nodes[0];
 
@@ -165,6 +165,7 @@ async fn receptor_commands_and_work_units_on_a_two_node_cluster() {
     cli(n1).await;
     python_client(n1).await;
     opensvc_rows(n1).await;
+    link_down(&c.nodes[0], &c.nodes[2]).await;
 
     // A unit on n2, submitted from n1 (JSON form, with a ttl), and one that never ends.
     let done = submit(
@@ -241,7 +242,7 @@ async fn commands_in_both_forms(n1: &LocalNode) {
     assert!(st["SystemCPUCount"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["SystemMemoryMiB"].as_u64().unwrap() > 0, "{st}");
     let conns = st["Connections"].as_array().unwrap();
-    assert_eq!(conns.len(), 1, "{st}");
+    assert_eq!(conns.len(), 2, "{st}");
     assert_eq!(conns[0]["NodeID"], "n2");
     assert!(conns[0]["Cost"].as_f64().unwrap() > 0.0, "{st}");
     assert_eq!(st["RoutingTable"]["n2"], "n2");
@@ -301,7 +302,7 @@ async fn commands_in_both_forms(n1: &LocalNode) {
     let p: Value = serde_json::from_str(&conn.ask("ping n9").await).unwrap();
     assert_eq!(p["Success"], false);
     assert!(
-        p["Error"].as_str().unwrap().contains("members: n1, n2"),
+        p["Error"].as_str().unwrap().contains("members: n1, n2, n3"),
         "{p}"
     );
     let tr: Value = serde_json::from_str(&conn.ask("traceroute n2").await).unwrap();
@@ -780,4 +781,50 @@ async fn opensvc_rows(n1: &LocalNode) {
     )
     .await
     .unwrap();
+}
+
+/// n3 drops n1's frames (what its listener does after 5 invalid ones): n1 pings, traces
+/// and routes to n3 through n2; once n3 forgets, the link is direct again.
+async fn link_down(n1: &LocalNode, n3: &LocalNode) {
+    n3.call("daemon_inject_fault", json!({"blacklist": "n1"}), T)
+        .await
+        .unwrap();
+    // A connection that authenticated before keeps working: the listener restarts, every
+    // peer reconnects, and n1's new connections are dropped.
+    n3.call("daemon_stop", json!({"thread_id": "listener"}), T)
+        .await
+        .unwrap();
+    n3.call("daemon_start", json!({"thread_id": "listener"}), T)
+        .await
+        .unwrap();
+    let p = ask_json(n1, "ping n3").await;
+    assert_eq!(
+        (&p["Success"], &p["From"], &p["Via"]),
+        (&json!(true), &json!("n3"), &json!("n2")),
+        "{p}"
+    );
+    let tr = ask_json(n1, "traceroute n3").await;
+    let path: Vec<&Value> = (0..3).map(|i| &tr[i.to_string()]["From"]).collect();
+    assert_eq!(path, [&json!("n1"), &json!("n2"), &json!("n3")], "{tr}");
+    let st = ask_json(n1, "status").await;
+    assert_eq!(st["RoutingTable"], json!({"n2": "n2", "n3": "n2"}), "{st}");
+    assert_eq!(st["Connections"].as_array().unwrap().len(), 1, "{st}");
+    assert!(
+        st["Advertisements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["NodeID"] == "n3"),
+        "{st}"
+    );
+    n3.call("blacklist_clear", json!({}), T).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let p = ask_json(n1, "ping n3").await;
+        if p["Success"] == true && p["Via"].is_null() {
+            break;
+        }
+        assert!(t0.elapsed() < T, "the direct link did not come back: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -41,8 +41,16 @@ pub struct ThreadRef {
 /// `daemon_inject_fault` (control socket, testing aid).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectFault {
-    /// The thread to crash.
+    /// The thread to crash (required unless `blacklist` is given).
+    #[serde(default)]
     pub thread_id: String,
+    /// Instead: the listener drops this sender's frames from `addr`, as after 5 invalid
+    /// ones (a link down from one node, for tests of relayed routes).
+    #[serde(default)]
+    pub blacklist: Option<String>,
+    /// The source address for `blacklist` (default 127.0.0.1).
+    #[serde(default)]
+    pub addr: Option<std::net::IpAddr>,
     /// With `raft`: stop the Raft core itself, as an openraft fatal error does.
     #[serde(default, deserialize_with = "flag")]
     pub fatal: bool,
@@ -394,7 +402,12 @@ pub struct BlacklistStatus {
 
 /// `control_ping`: no options.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlPing {}
+#[serde(default)]
+pub struct ControlPing {
+    /// Relay: the receiver pings this node directly and answers with its pong (the route
+    /// for a node the sender cannot reach itself). One hop: the receiver never relays on.
+    pub target: Option<String>,
+}
 
 impl ApiRequest for ControlPing {
     const ACTION: Action = Action::ControlPing;
@@ -412,6 +425,9 @@ pub struct Pong {
     pub worktypes: Vec<String>,
     /// The nodes it reached lately, with the last round trip it measured to each (ms).
     pub connections: std::collections::BTreeMap<String, f64>,
+    /// Relayed: the round trip the relaying node measured to the target (ms).
+    #[serde(default)]
+    pub relayed_ms: Option<f64>,
 }
 
 /// `work_submit`: run a unit on the receiver.

@@ -147,19 +147,11 @@ fn member_addr(daemon: &Daemon, node: &str) -> Result<String> {
 
 /// One `control_ping` round trip to `node`: its answer and the time it took.
 async fn round_trip(daemon: &Daemon, node: &str) -> Result<(options::Pong, Duration)> {
-    let addr = member_addr(daemon, node)?;
-    let t0 = Instant::now();
-    let data = daemon
-        .peers
-        .call(&addr, Action::ControlPing.as_str(), json!({}), PING_TIMEOUT)
-        .await
-        .map_err(|e| ApiError::new(Status::Unavailable, format!("{node}: {e}")))?;
-    let took = t0.elapsed();
-    let pong: options::Pong = crate::api::decode_reply(Action::ControlPing, data)?;
+    let (pong, took) = ping_call(daemon, node, None, PING_TIMEOUT).await?;
     if pong.node != node {
         return Err(ApiError::new(
             Status::Error,
-            format!("{node}'s address {addr} is answered by {}", pong.node),
+            format!("{node}'s address is answered by {}", pong.node),
         ));
     }
     let ms = took.as_secs_f64() * 1000.0;
@@ -171,42 +163,142 @@ async fn round_trip(daemon: &Daemon, node: &str) -> Result<(options::Pong, Durat
     Ok((pong, took))
 }
 
+/// Sends `control_ping` (with `target`: a relay request) to `node`.
+async fn ping_call(
+    daemon: &Daemon,
+    node: &str,
+    target: Option<&str>,
+    timeout: Duration,
+) -> Result<(options::Pong, Duration)> {
+    let addr = member_addr(daemon, node)?;
+    let req = crate::api::reply(&options::ControlPing {
+        target: target.map(str::to_string),
+    })?;
+    let t0 = Instant::now();
+    let data = daemon
+        .peers
+        .call(&addr, Action::ControlPing.as_str(), req, timeout)
+        .await
+        .map_err(|e| match e {
+            crate::daemon::peers::PeerError::Failed {
+                status, message, ..
+            } => ApiError::new(status, format!("{node}: {message}")),
+            other => ApiError::new(Status::Unavailable, format!("{node}: {other}")),
+        })?;
+    let took = t0.elapsed();
+    Ok((crate::api::decode_reply(Action::ControlPing, data)?, took))
+}
+
+/// `control_ping` with a target, on the relaying node: a direct round trip to it.
+pub async fn relay_ping(daemon: &Daemon, target: &str) -> Result<options::Pong> {
+    let (mut pong, took) = round_trip(daemon, target).await?;
+    pong.relayed_ms = Some(ms(took));
+    Ok(pong)
+}
+
+/// A route to `target` through another member, when the direct link is down: the first
+/// member (asked all at once) that reaches it. Its pong, the relay, and the whole time.
+async fn via_peer(daemon: &Arc<Daemon>, target: &str) -> Result<(options::Pong, String, Duration)> {
+    let me = daemon.name();
+    let relays: Vec<String> = daemon.node()?.read(|s| {
+        s.nodes
+            .keys()
+            .filter(|n| **n != me && *n != target)
+            .cloned()
+            .collect()
+    });
+    let mut asks = tokio::task::JoinSet::new();
+    for via in relays {
+        let (d, t) = (daemon.clone(), target.to_string());
+        asks.spawn(async move {
+            let r = ping_call(&d, &via, Some(&t), PING_TIMEOUT * 2).await;
+            (via, r)
+        });
+    }
+    let mut last = ApiError::new(
+        Status::Unavailable,
+        format!("no other member reaches {target}"),
+    );
+    while let Some(done) = asks.join_next().await {
+        let Ok((via, r)) = done else { continue };
+        match r {
+            Ok((pong, took)) if pong.node == target => return Ok((pong, via, took)),
+            Ok((pong, _)) => {
+                last = ApiError::new(
+                    Status::Error,
+                    format!("{via} reached {} for {target}", pong.node),
+                )
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// `ping <node>`: Receptor's `{Success, From, Time}`, or `{Success: false, Error}`.
-async fn ping(daemon: &Daemon, node: &str) -> Value {
-    match round_trip(daemon, node).await {
-        Ok((pong, took)) => json!({
-            "Success": true,
-            "From": pong.node,
-            "Time": format!("{:.3}ms", ms(took)),
-            "TimeStr": format!("{:.3}ms", ms(took)),
-            "TimeMs": ms(took),
+/// `ping <node>`: Receptor's `{Success, From, Time}`, or `{Success: false, Error}`; a
+/// node this one cannot reach is pinged through a member that can (`Via`).
+async fn ping(daemon: &Arc<Daemon>, node: &str) -> Value {
+    let answer = |pong: options::Pong, took: Duration, via: Option<String>| {
+        let t = format!("{:.3}ms", ms(took));
+        json!({ "Success": true, "From": pong.node, "Time": t, "TimeStr": t, "TimeMs": ms(took), "Via": via })
+    };
+    let direct = match round_trip(daemon, node).await {
+        Ok((pong, took)) => return answer(pong, took, None),
+        Err(e) => e,
+    };
+    if !direct.is(Status::Unavailable) || node == daemon.name() {
+        return json!({ "Success": false, "From": node, "Error": direct.message });
+    }
+    match via_peer(daemon, node).await {
+        Ok((pong, via, took)) => answer(pong, took, Some(via)),
+        Err(e) => json!({
+            "Success": false,
+            "From": node,
+            "Error": format!("{}; through the other members: {}", direct.message, e.message),
         }),
-        Err(e) => json!({ "Success": false, "From": node, "Error": e.message }),
     }
 }
 
-/// `traceroute <node>`: the hops from this node; every member is reached directly, so the
-/// path is this node, then the target (relaying through a peer is not built).
-async fn traceroute(daemon: &Daemon, node: &str) -> Value {
+/// `traceroute <node>`: the hops from this node: the target, or the member that relays to
+/// it when the direct link is down, then the target.
+async fn traceroute(daemon: &Arc<Daemon>, node: &str) -> Value {
     let me = daemon.name();
     let mut hops = serde_json::Map::new();
-    hops.insert(
-        "0".into(),
-        json!({ "From": me, "Time": "0.000ms", "TimeStr": "0.000ms" }),
-    );
-    if node != me {
-        let hop = match round_trip(daemon, node).await {
-            Ok((pong, took)) => {
-                let t = format!("{:.3}ms", ms(took));
-                json!({ "From": pong.node, "Time": t, "TimeStr": t })
-            }
-            Err(e) => json!({ "From": node, "Error": e.message, "TimeStr": "-" }),
-        };
-        hops.insert("1".into(), hop);
+    let hop = |from: &str, took: Duration| {
+        let t = format!("{:.3}ms", ms(took));
+        json!({ "From": from, "Time": t, "TimeStr": t })
+    };
+    hops.insert("0".into(), hop(&me, Duration::ZERO));
+    if node == me {
+        return Value::Object(hops);
+    }
+    let direct = match round_trip(daemon, node).await {
+        Ok((pong, took)) => {
+            hops.insert("1".into(), hop(&pong.node, took));
+            return Value::Object(hops);
+        }
+        Err(e) => e,
+    };
+    match via_peer(daemon, node).await {
+        Ok((pong, via, took)) => {
+            let to_via = round_trip(daemon, &via).await.map_or(took, |(_, t)| t);
+            hops.insert("1".into(), hop(&via, to_via));
+            hops.insert("2".into(), hop(&pong.node, took));
+        }
+        Err(e) => {
+            let why = format!(
+                "{}; through the other members: {}",
+                direct.message, e.message
+            );
+            hops.insert(
+                "1".into(),
+                json!({ "From": node, "Error": why, "TimeStr": "-" }),
+            );
+        }
     }
     Value::Object(hops)
 }
@@ -257,57 +349,94 @@ fn advertisement(node: &str, worktypes: &[String], at_ms: u64) -> Value {
     })
 }
 
-/// `status`: this node, its connections with their measured round trips, what each node
-/// says of its own connections, and what each node offers.
-async fn status(daemon: &Arc<Daemon>) -> Result<Value> {
-    let me = daemon.name();
+/// What `status` gathers about the other members.
+#[derive(Default)]
+struct Mesh {
+    connections: Vec<Value>,
+    costs: BTreeMap<String, BTreeMap<String, f64>>,
+    routes: BTreeMap<String, String>,
+    ads: Vec<Value>,
+    unreachable: BTreeMap<String, Value>,
+}
+
+impl Mesh {
+    fn heard(&mut self, node: &str, pong: &options::Pong, at_ms: u64) {
+        self.costs
+            .insert(node.to_string(), pong.connections.clone());
+        self.ads.push(advertisement(node, &pong.worktypes, at_ms));
+    }
+}
+
+/// Asks every member at once, directly; those that do not answer, through the others.
+async fn mesh(daemon: &Arc<Daemon>, me: &str) -> Result<Mesh> {
     let peers: Vec<String> = daemon
         .node()?
-        .read(|s| s.nodes.keys().filter(|n| **n != me).cloned().collect());
-    let asks = peers.iter().map(|p| {
-        let (d, p) = (daemon.clone(), p.clone());
-        tokio::spawn(async move {
-            let r = round_trip(&d, &p).await;
-            (p, r)
+        .read(|s| s.nodes.keys().filter(|n| *n != me).cloned().collect());
+    let direct: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            let (d, p) = (daemon.clone(), p.clone());
+            tokio::spawn(async move { (p.clone(), round_trip(&d, &p).await) })
         })
-    });
-    let handles: Vec<_> = asks.collect();
+        .collect();
     let now = crate::wire::now_ms();
-    let own = daemon.pong();
-    let mut connections = Vec::new();
-    let mut costs: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-    let mut routes = BTreeMap::new();
-    let mut ads = vec![advertisement(&me, &own.worktypes, now)];
-    let mut unreachable = BTreeMap::new();
-    for h in handles {
+    let mut m = Mesh::default();
+    let mut failed = Vec::new();
+    for h in direct {
         let Ok((peer, r)) = h.await else { continue };
         match r {
             Ok((pong, took)) => {
-                connections.push(json!({ "NodeID": peer, "Cost": ms(took) }));
-                costs
-                    .entry(me.clone())
+                m.connections
+                    .push(json!({ "NodeID": peer, "Cost": ms(took) }));
+                m.costs
+                    .entry(me.to_string())
                     .or_default()
                     .insert(peer.clone(), ms(took));
-                costs.insert(peer.clone(), pong.connections.clone());
-                routes.insert(peer.clone(), peer.clone());
-                ads.push(advertisement(&peer, &pong.worktypes, now));
+                m.routes.insert(peer.clone(), peer.clone());
+                m.heard(&peer, &pong, now);
             }
-            Err(e) => {
+            Err(e) => failed.push((peer, e)),
+        }
+    }
+    for (peer, e) in failed {
+        match via_peer(daemon, &peer).await {
+            Ok((pong, via, _)) => {
+                m.routes.insert(peer.clone(), via);
+                m.heard(&peer, &pong, now);
+            }
+            Err(relayed) => {
                 let seen = daemon.peers.last_seen(&peer).map(|d| d.as_millis() as u64);
-                unreachable.insert(peer, json!({ "Error": e.message, "LastSeenMsAgo": seen }));
+                let why = format!(
+                    "{}; through the other members: {}",
+                    e.message, relayed.message
+                );
+                m.unreachable
+                    .insert(peer, json!({ "Error": why, "LastSeenMsAgo": seen }));
             }
         }
     }
+    Ok(m)
+}
+
+/// `status`: this node, its connections with their measured round trips, what each node
+/// says of its own connections, the route to each (direct, or through a member when the
+/// direct link is down), and what each node offers.
+async fn status(daemon: &Arc<Daemon>) -> Result<Value> {
+    let me = daemon.name();
+    let own = daemon.pong();
+    let mut m = mesh(daemon, &me).await?;
+    m.ads
+        .insert(0, advertisement(&me, &own.worktypes, crate::wire::now_ms()));
     Ok(json!({
         "NodeID": me,
         "Version": own.version,
         "SystemCPUCount": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "SystemMemoryMiB": memory_mib(),
-        "Connections": connections,
-        "KnownConnectionCosts": costs,
-        "RoutingTable": routes,
-        "Advertisements": ads,
-        "Unreachable": unreachable,
+        "Connections": m.connections,
+        "KnownConnectionCosts": m.costs,
+        "RoutingTable": m.routes,
+        "Advertisements": m.ads,
+        "Unreachable": m.unreachable,
     }))
 }
 

@@ -112,6 +112,20 @@ impl Daemon {
             }
             Action::DaemonInjectFault => {
                 let opts: options::InjectFault = api::parse(action, o)?;
+                if let Some(sender) = &opts.blacklist {
+                    let addr = opts.addr.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                    let bl = self.listener.blacklist();
+                    for _ in 0..64 {
+                        if bl.is_blacklisted(sender, addr) {
+                            return Ok(json!({ "blacklisted": sender, "addr": addr }));
+                        }
+                        bl.record_invalid(sender, addr, true);
+                    }
+                    return Err(ActionError::new(
+                        code::ERROR,
+                        format!("{sender} at {addr} could not be blacklisted (the list is full)"),
+                    ));
+                }
                 if opts.thread_id == "raft" && opts.fatal {
                     // The Raft core itself stops, as on an openraft fatal error.
                     self.node()?.shutdown().await;
@@ -251,8 +265,11 @@ impl Daemon {
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
             Action::ControlPing => {
-                let _: options::ControlPing = api::parse(action, o)?;
-                api::reply(&self.pong())
+                let opts: options::ControlPing = api::parse(action, o)?;
+                match opts.target.filter(|t| *t != self.name()) {
+                    Some(t) => api::reply(&crate::control::service::relay_ping(self, &t).await?),
+                    None => api::reply(&self.pong()),
+                }
             }
             Action::ControlCommand => {
                 let opts: options::ControlLine = api::parse(action, o)?;
@@ -295,6 +312,7 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             worktypes: cfg.worktypes.keys().cloned().collect(),
             connections,
+            relayed_ms: None,
         }
     }
 
