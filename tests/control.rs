@@ -484,10 +484,51 @@ async fn connect_relays(n1: &LocalNode) {
     assert_eq!(st["NodeID"], "n2");
     let p: Value = serde_json::from_str(&conn.ask("ping localhost").await).unwrap();
     assert_eq!(p["From"], "n2", "localhost is the node that answers: {p}");
-    let e = conn.ask("work submit localhost cat").await;
-    assert!(e.starts_with("ERROR") && e.contains("not relayed"), "{e}");
     let e = conn.ask("work list ../x").await;
     assert!(e.starts_with("ERROR: unitid"), "{e}");
+    let e = conn.ask("work submit n3 cat").await;
+    assert!(
+        e.contains("through `connect n2`, a unit is submitted to n2"),
+        "{e}"
+    );
+    let e = conn.ask("connect n3 control").await;
+    assert!(e.starts_with("ERROR") && e.contains("not relayed"), "{e}");
+    // A unit submitted through the session is n2's: it runs there, n1 keeps no record.
+    let created = conn.ask("work submit localhost cat").await;
+    let id = created
+        .strip_prefix("Work unit created with ID ")
+        .and_then(|r| r.strip_suffix(". Send stdin data and EOF."))
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    conn.wr.write_all(b"over the bridge").await.unwrap();
+    conn.wr.shutdown().await.unwrap();
+    let done: Value = serde_json::from_str(&conn.line().await).unwrap();
+    assert_eq!(done["unitid"], json!(id));
+    let mut conn = Conn::open(n1).await;
+    conn.ask("connect n2 control").await;
+    conn.line().await;
+    let head = conn.ask(&format!("work results {id} 5")).await;
+    assert_eq!(head, format!("Streaming results for work unit {id}"));
+    assert_eq!(
+        String::from_utf8(conn.rest().await).unwrap(),
+        "over the bridge"[5..]
+    );
+    assert!(ask(n1, &format!("work list {id}"))
+        .await
+        .contains("unknown unitid"));
+    let mut conn = Conn::open(n1).await;
+    conn.ask("connect n2 control").await;
+    conn.line().await;
+    let st: Value = serde_json::from_str(&conn.ask(&format!("work list {id}")).await).unwrap();
+    assert_eq!(
+        (&st["StateName"], &st["Node"]),
+        (&json!("Succeeded"), &json!("n2")),
+        "{st}"
+    );
+    let e = conn.ask("work results zzz 0").await;
+    assert!(e.contains("unknown unitid \"zzz\" on n2"), "{e}");
+    let r: Value = serde_json::from_str(&conn.ask(&format!("work release {id}")).await).unwrap();
+    assert_eq!(r, json!({ "released": id }));
     let e = ask(n1, "connect n9 control").await;
     assert!(
         e.starts_with("ERROR") && e.contains("not a cluster member"),

@@ -72,7 +72,7 @@ where
             params,
         } => {
             let ask = (node, worktype, ttl_ms, params);
-            return submit(daemon, ask, rd, wr).await;
+            return submit(daemon, ask, rd, wr, None).await;
         }
         Command::WorkResults { unitid, startpos } => {
             return results(daemon, &unitid, startpos, wr).await
@@ -455,20 +455,30 @@ async fn write_and_go_on<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> Flow 
 
 /// `work submit`: checks, then answers Receptor's "Work unit created" line, reads the
 /// payload up to EOF and submits it; the last line is `{result, unitid}` or an error.
+/// In a session connected to another node (`session`), the unit is that node's: it runs
+/// there and no record is kept here.
 async fn submit<R, W>(
     daemon: &Arc<Daemon>,
     (node, worktype, ttl_ms, params): (NodeRef, String, Option<u64>, Vec<String>),
     rd: &mut R,
     wr: &mut W,
+    session: Option<&str>,
 ) -> Flow
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let me = daemon.name();
-    let node = node.resolve(&me);
+    let node = node.resolve(session.unwrap_or(&me));
     let checked = (|| -> Result<u64> {
-        remote::check_room(daemon)?;
+        if let Some(s) = session.filter(|s| *s != node) {
+            return Err(ApiError::bad(format!(
+                "node {node:?}: through `connect {s}`, a unit is submitted to {s} (localhost)"
+            )));
+        }
+        if session.is_none() {
+            remote::check_room(daemon)?;
+        }
         if node == me {
             remote::check_local(daemon, &worktype, &params)?;
             Ok(work::MAX_PAYLOAD)
@@ -510,12 +520,35 @@ where
         worktype,
         params,
         ttl_ms,
+        record_here: session.is_none(),
     };
     let line = match remote::submit(daemon, ask, payload).await {
         Ok(_) => json_line(&json!({ "result": "Job Started", "unitid": id })),
         Err(e) => error_line(&e.message),
     };
     write_or_close(wr, &line).await
+}
+
+/// `work results` in a session connected to `node`: the unit runs there.
+async fn results_from<W: AsyncWrite + Unpin>(
+    daemon: &Arc<Daemon>,
+    node: &str,
+    id: &str,
+    startpos: u64,
+    wr: &mut W,
+) -> Flow {
+    if let Err(e) = remote::check_runs_on(daemon, node, id).await {
+        return write_and_go_on(wr, &error_line(&e.message)).await;
+    }
+    let head = format!("Streaming results for work unit {id}\n");
+    if wr.write_all(head.as_bytes()).await.is_err() {
+        return Flow::Close;
+    }
+    if let Err(e) = remote::stream_from(daemon, Some(node), id, startpos, wr).await {
+        tracing::warn!(unit = %id, %node, "results stream ended: {e}");
+    }
+    let _ = wr.flush().await;
+    Flow::Close
 }
 
 /// `work results`: Receptor's "Streaming results" line, then stdout from `startpos` until
@@ -582,6 +615,29 @@ where
                 continue;
             }
         };
+        // The commands that take the connection over are served here, against `node`.
+        match super::command::parse(&line) {
+            Ok(super::command::Line::Command(Command::WorkSubmit {
+                node: n,
+                worktype,
+                ttl_ms,
+                params,
+            })) => {
+                let ask = (n, worktype, ttl_ms, params);
+                // A refusal before the payload keeps the session (connected to `node`).
+                match submit(daemon, ask, rd, wr, Some(&node)).await {
+                    Flow::Continue => continue,
+                    Flow::Close => return Flow::Close,
+                }
+            }
+            Ok(super::command::Line::Command(Command::WorkResults { unitid, startpos })) => {
+                match results_from(daemon, &node, &unitid, startpos, wr).await {
+                    Flow::Continue => continue,
+                    Flow::Close => return Flow::Close,
+                }
+            }
+            _ => {}
+        }
         let req = options::ControlLine { line };
         let answer = match remote_command(daemon, &node, &req).await {
             Ok(v) => json_line(&v),

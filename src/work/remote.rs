@@ -140,6 +140,9 @@ pub struct Ask {
     pub params: Vec<String>,
     /// Ttl in ms.
     pub ttl_ms: Option<u64>,
+    /// Keep a record of a remote unit here (not for a session connected to its node, whose
+    /// unit it is).
+    pub record_here: bool,
 }
 
 /// Submits a unit with its payload, here or on `ask.node`.
@@ -199,8 +202,10 @@ pub async fn submit(daemon: &Arc<Daemon>, ask: Ask, payload: Vec<u8>) -> Result<
         payload_size: payload.len() as u64,
         submitter: daemon.name(),
     };
-    daemon.work.add_remote(rec.clone())?;
-    daemon.work.update_remote(&rec.id, &st);
+    if ask.record_here {
+        daemon.work.add_remote(rec.clone())?;
+        daemon.work.update_remote(&rec.id, &st);
+    }
     Ok(rec)
 }
 
@@ -340,34 +345,44 @@ pub fn check_known(daemon: &Daemon, id: &str) -> Result<()> {
 pub async fn stream_results<W: AsyncWrite + Unpin>(
     daemon: &Arc<Daemon>,
     id: &str,
-    mut startpos: u64,
+    startpos: u64,
     out: &mut W,
 ) -> Result<()> {
     let rec = known(daemon, id)?;
+    let from = rec.remote.then_some(rec.node.as_str());
+    stream_from(daemon, from, id, startpos, out).await
+}
+
+/// Checks that member `node` runs unit `id` (before a results stream from it starts).
+pub async fn check_runs_on(daemon: &Daemon, node: &str, id: &str) -> Result<()> {
+    super::core::check_unit_id(id).map_err(WorkError::from)?;
+    let req = options::WorkStatus {
+        unitids: vec![id.to_string()],
+    };
+    let units = call(daemon, node, Action::WorkStatus, &req, PEER_TIMEOUT).await?;
+    if units.contains_key(id) {
+        return Ok(());
+    }
+    Err(ApiError::bad(format!("unknown unitid {id:?} on {node}")))
+}
+
+/// Streams unit `id`'s stdout from member `from` (`None`: this node's own unit).
+pub async fn stream_from<W: AsyncWrite + Unpin>(
+    daemon: &Arc<Daemon>,
+    from: Option<&str>,
+    id: &str,
+    mut startpos: u64,
+    out: &mut W,
+) -> Result<()> {
     let io = |e: std::io::Error| ApiError::new(Status::Error, e.to_string());
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let (bytes, done) = if rec.remote {
-            let req = options::WorkResults {
-                unitid: id.into(),
-                startpos,
-                wait_ms: Some(5000),
-            };
-            match call(
-                daemon,
-                &rec.node,
-                Action::WorkResults,
-                &req,
-                Duration::from_secs(15),
-            )
-            .await
-            {
+        let (bytes, done) = match from {
+            None => local_chunk(daemon, id, startpos, Duration::from_secs(5)).await?,
+            Some(node) => match remote_chunk(daemon, node, id, startpos).await {
                 Ok(chunk) => {
                     failing_since = None;
-                    let bytes = b64().decode(chunk.data.as_bytes()).map_err(|e| {
-                        ApiError::new(Status::Error, format!("{}: bad chunk: {e}", rec.node))
-                    })?;
-                    (bytes, chunk.done)
+                    chunk
                 }
                 Err(e) if e.is(Status::Unavailable) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
@@ -378,9 +393,7 @@ pub async fn stream_results<W: AsyncWrite + Unpin>(
                     continue;
                 }
                 Err(e) => return Err(e),
-            }
-        } else {
-            local_chunk(daemon, id, startpos, Duration::from_secs(5)).await?
+            },
         };
         out.write_all(&bytes).await.map_err(io)?;
         startpos += bytes.len() as u64;
@@ -388,6 +401,32 @@ pub async fn stream_results<W: AsyncWrite + Unpin>(
             return out.flush().await.map_err(io);
         }
     }
+}
+
+/// One `work_results` chunk from `node`.
+async fn remote_chunk(
+    daemon: &Daemon,
+    node: &str,
+    id: &str,
+    startpos: u64,
+) -> Result<(Vec<u8>, bool)> {
+    let req = options::WorkResults {
+        unitid: id.into(),
+        startpos,
+        wait_ms: Some(5000),
+    };
+    let chunk = call(
+        daemon,
+        node,
+        Action::WorkResults,
+        &req,
+        Duration::from_secs(15),
+    )
+    .await?;
+    let bytes = b64()
+        .decode(chunk.data.as_bytes())
+        .map_err(|e| ApiError::new(Status::Error, format!("{node}: bad chunk: {e}")))?;
+    Ok((bytes, chunk.done))
 }
 
 /// A chunk of a local unit's stdout, waiting up to `wait` for one when none is there yet.
