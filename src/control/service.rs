@@ -4,7 +4,9 @@
 //! Each command is answered with one JSON line, Receptor's field names where it has
 //! them, or one `ERROR: ...` line. `work submit` reads the payload up to EOF after its
 //! first answer; `work results` streams raw stdout bytes after its first line; both end the
-//! connection, as Receptor's do. Peers are reached with the daemon's peer connections.
+//! connection, as Receptor's do. Peers are reached with the daemon's peer connections;
+//! a peer the direct link does not reach is pinged through another member (one relay
+//! hop), and `connect <node> control` makes the rest of a connection that node's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -605,48 +607,52 @@ where
                 return write_or_close(wr, &error_line(&why)).await;
             }
             super::ReadLine::NotText => {
-                if wr
-                    .write_all(error_line("the line is not UTF-8").as_bytes())
-                    .await
-                    .is_err()
+                if let Flow::Close = write_and_go_on(wr, &error_line("the line is not UTF-8")).await
                 {
                     return Flow::Close;
                 }
                 continue;
             }
         };
-        // The commands that take the connection over are served here, against `node`.
-        match super::command::parse(&line) {
-            Ok(super::command::Line::Command(Command::WorkSubmit {
-                node: n,
-                worktype,
-                ttl_ms,
-                params,
-            })) => {
-                let ask = (n, worktype, ttl_ms, params);
-                // A refusal before the payload keeps the session (connected to `node`).
-                match submit(daemon, ask, rd, wr, Some(&node)).await {
-                    Flow::Continue => continue,
-                    Flow::Close => return Flow::Close,
-                }
-            }
-            Ok(super::command::Line::Command(Command::WorkResults { unitid, startpos })) => {
-                match results_from(daemon, &node, &unitid, startpos, wr).await {
-                    Flow::Continue => continue,
-                    Flow::Close => return Flow::Close,
-                }
-            }
-            _ => {}
-        }
-        let req = options::ControlLine { line };
-        let answer = match remote_command(daemon, &node, &req).await {
-            Ok(v) => json_line(&v),
-            Err(e) => error_line(&e.message),
-        };
-        if wr.write_all(answer.as_bytes()).await.is_err() {
+        if let Flow::Close = session_line(daemon, &node, line, rd, wr).await {
             return Flow::Close;
         }
     }
+}
+
+/// One line of a session connected to `node`: submit and results are served here against
+/// `node`, the other commands are relayed to it.
+async fn session_line<R, W>(
+    daemon: &Arc<Daemon>,
+    node: &str,
+    line: String,
+    rd: &mut R,
+    wr: &mut W,
+) -> Flow
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match super::command::parse(&line) {
+        Ok(super::command::Line::Command(Command::WorkSubmit {
+            node: n,
+            worktype,
+            ttl_ms,
+            params,
+        })) => {
+            // A refusal before the payload keeps the session.
+            return submit(daemon, (n, worktype, ttl_ms, params), rd, wr, Some(node)).await;
+        }
+        Ok(super::command::Line::Command(Command::WorkResults { unitid, startpos })) => {
+            return results_from(daemon, node, &unitid, startpos, wr).await;
+        }
+        _ => {}
+    }
+    let answer = match remote_command(daemon, node, &options::ControlLine { line }).await {
+        Ok(v) => json_line(&v),
+        Err(e) => error_line(&e.message),
+    };
+    write_and_go_on(wr, &answer).await
 }
 
 async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine) -> Result<Value> {
