@@ -164,7 +164,7 @@ async fn receptor_commands_and_work_units_on_a_three_node_cluster() {
     connect_relays(n1).await;
     cli(n1).await;
     python_client(n1).await;
-    opensvc_rows(n1).await;
+    opensvc_rows(n1, &c.nodes[1]).await;
     link_down(&c.nodes[0], &c.nodes[2]).await;
 
     // A unit on n2, submitted from n1 (JSON form, with a ttl), and one that never ends.
@@ -728,14 +728,19 @@ timeout = 10s
 
 /// The OpenSVC rows: a service-defined task with its arguments passed through, and
 /// `set_service_monitor` without `node` (the receiver's instance).
-async fn opensvc_rows(n1: &LocalNode) {
-    n1.call(
-        "set_service_config",
-        json!({"svcname": "web", "config": SVC}),
-        T,
-    )
-    .await
-    .unwrap();
+async fn opensvc_rows(n1: &LocalNode, n2: &LocalNode) {
+    let c = n1
+        .call(
+            "set_service_config",
+            json!({"svcname": "web", "config": SVC}),
+            T,
+        )
+        .await
+        .unwrap();
+    // Committed on the leader: each node knows the service once it applied the entry.
+    let index = c["index"].as_u64().unwrap();
+    n1.wait_applied(index, T).await.unwrap();
+    n2.wait_applied(index, T).await.unwrap();
     let argv = json!(["compliance", "fix", "--moduleset", "foo"]);
     let r = n1
         .call(
@@ -803,18 +808,23 @@ async fn opensvc_rows(n1: &LocalNode) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The seed's request names no node: the receiver's instance.
-    n1.call(
-        "set_service_monitor",
-        json!({"svcname": "web", "local_expect": "stopped"}),
-        T,
-    )
-    .await
-    .unwrap();
+    let c = n1
+        .call(
+            "set_service_monitor",
+            json!({"svcname": "web", "local_expect": "stopped"}),
+            T,
+        )
+        .await
+        .unwrap();
+    n1.wait_applied(c["index"].as_u64().unwrap(), T)
+        .await
+        .unwrap();
     let m = n1
         .call("get_service_monitor", json!({"svcname": "web"}), T)
         .await
         .unwrap();
     assert_eq!(m["instances"]["n1"]["local_expect"], "stopped", "{m}");
+    assert_eq!(m["instances"]["n2"]["local_expect"], "none", "{m}");
     n1.call(
         "set_service_config",
         json!({"svcname": "web", "delete": true}),
