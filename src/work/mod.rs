@@ -152,7 +152,7 @@ pub struct Submission {
 /// The work units of one node.
 pub struct Work {
     dir: PathBuf,
-    me: Mutex<String>,
+    me: String,
     units: Mutex<BTreeMap<String, UnitRecord>>,
     changed: tokio::sync::watch::Sender<u64>,
     /// Held by one `pump` at a time: two would start the same unit twice.
@@ -165,7 +165,7 @@ impl Work {
     pub fn open(var_dir: PathBuf, me: String) -> Arc<Work> {
         let work = Arc::new(Work {
             dir: var_dir.join("work"),
-            me: Mutex::new(me),
+            me,
             units: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::watch::channel(0).0,
             pumping: Mutex::new(()),
@@ -174,11 +174,6 @@ impl Work {
         let weak = Arc::downgrade(&work);
         tokio::spawn(ticker(weak));
         work
-    }
-
-    /// This node's name (kept in step with a rename by join).
-    pub fn set_me(&self, me: String) {
-        *self.me.lock().unwrap() = me;
     }
 
     fn unit_dir(&self, id: &str) -> PathBuf {
@@ -269,7 +264,7 @@ impl Work {
         let rec = UnitRecord {
             id: s.id,
             worktype: s.worktype,
-            node: self.me.lock().unwrap().clone(),
+            node: self.me.clone(),
             remote: false,
             command: s.command,
             params: s.params,
