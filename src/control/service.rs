@@ -483,7 +483,7 @@ where
         }
         if node == me {
             remote::check_local(daemon, &worktype, &params)?;
-            Ok(work::MAX_PAYLOAD)
+            Ok(daemon.work.limits().max_payload)
         } else {
             member_addr(daemon, &node)?;
             Ok(remote::max_remote_payload(daemon))

@@ -44,6 +44,30 @@ pub const MAX_PARAMS: usize = 32;
 pub const MAX_PARAM_LEN: usize = 1024;
 /// Longest ttl.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The limits a node's work units live within (the constants above by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload, bytes.
+    pub max_payload: u64,
+    /// Most unit records.
+    pub max_units: usize,
+    /// Most units running at once.
+    pub max_running: usize,
+    /// Largest stdout, bytes.
+    pub max_result: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_payload: MAX_PAYLOAD,
+            max_units: MAX_UNITS,
+            max_running: MAX_RUNNING,
+            max_result: MAX_RESULT,
+        }
+    }
+}
+
 /// How often a running unit's stdout size is checked, and pending ttls too.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -153,6 +177,7 @@ pub struct Submission {
 pub struct Work {
     dir: PathBuf,
     me: String,
+    limits: Limits,
     units: Mutex<BTreeMap<String, UnitRecord>>,
     changed: tokio::sync::watch::Sender<u64>,
     /// Held by one `pump` at a time: two would start the same unit twice.
@@ -163,9 +188,15 @@ impl Work {
     /// Opens `<var>/work`, recovers the units a previous daemon left, and starts the
     /// ticker (ttl expiry, queued starts) for as long as the returned handle lives.
     pub fn open(var_dir: PathBuf, me: String) -> Arc<Work> {
+        Work::open_with(var_dir, me, Limits::default())
+    }
+
+    /// [`Work::open`] with other limits (tests).
+    pub fn open_with(var_dir: PathBuf, me: String, limits: Limits) -> Arc<Work> {
         let work = Arc::new(Work {
             dir: var_dir.join("work"),
             me,
+            limits,
             units: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::watch::channel(0).0,
             pumping: Mutex::new(()),
@@ -234,12 +265,18 @@ impl Work {
         }
     }
 
-    /// Refuses a new record when the node holds [`MAX_UNITS`] already.
+    /// The limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Refuses a new record when the node holds [`Limits::max_units`] already.
     pub(crate) fn check_room(&self) -> Result<(), WorkError> {
         let n = self.units.lock().unwrap().len();
-        if n >= MAX_UNITS {
+        let max = self.limits.max_units;
+        if n >= max {
             return Err(WorkError::Full(format!(
-                "this node holds {n} work units, the most it keeps ({MAX_UNITS}); \
+                "this node holds {n} work units, the most it keeps ({max}); \
                  `work release` finished ones first"
             )));
         }
@@ -254,9 +291,10 @@ impl Work {
     ) -> Result<UnitRecord, WorkError> {
         core::check_unit_id(&s.id)?;
         self.check_room()?;
-        if payload.len() as u64 > MAX_PAYLOAD {
+        let max = self.limits.max_payload;
+        if payload.len() as u64 > max {
             return Err(WorkError::Bad(format!(
-                "payload: {} bytes, more than the {MAX_PAYLOAD}-byte limit",
+                "payload: {} bytes, more than the {max}-byte limit",
                 payload.len()
             )));
         }
@@ -450,7 +488,7 @@ impl Work {
                 .collect();
             (waiting, local.filter(|r| r.state == State::Running).count())
         };
-        let plan = core::plan(&waiting, running, MAX_RUNNING, now_ms());
+        let plan = core::plan(&waiting, running, self.limits.max_running, now_ms());
         for id in plan.expire {
             let _ = self.apply(&id, &Event::TtlExpired);
         }
@@ -526,7 +564,7 @@ fn spawn(rec: &UnitRecord, dir: &std::path::Path) -> std::io::Result<(tokio::pro
     Ok((child, pid))
 }
 
-/// Waits for a unit's command; kills it if its stdout outgrows [`MAX_RESULT`].
+/// Waits for a unit's command; kills it if its stdout outgrows [`Limits::max_result`].
 async fn watch_unit(work: Weak<Work>, id: String, mut child: tokio::process::Child, dir: PathBuf) {
     let stdout = dir.join("stdout");
     let code = loop {
@@ -534,13 +572,18 @@ async fn watch_unit(work: Weak<Work>, id: String, mut child: tokio::process::Chi
             status = child.wait() => break status.map(exit_code).unwrap_or(-1),
             _ = tokio::time::sleep(TICK) => {
                 let size = std::fs::metadata(&stdout).map(|m| m.len()).unwrap_or(0);
-                if size > MAX_RESULT {
-                    let Some(w) = work.upgrade() else { return };
-                    let _ = w.apply(&id, &Event::ResultTooLarge { limit: MAX_RESULT });
+                let Some(w) = work.upgrade() else { return };
+                let limit = w.limits.max_result;
+                if size > limit {
+                    // Killed and cut before the unit is over: a reader never sees more.
+                    if let Some(pid) = child.id() {
+                        crate::services::exec::kill_group(pid);
+                    }
                     let _ = child.wait().await;
                     if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&stdout) {
-                        let _ = f.set_len(MAX_RESULT);
+                        let _ = f.set_len(limit);
                     }
+                    let _ = w.apply(&id, &Event::ResultTooLarge { limit });
                     w.pump();
                     return;
                 }
@@ -702,6 +745,31 @@ mod tests {
         assert!(!dir.path().join("work/u1").exists());
         assert!(matches!(again.release("u1"), Err(WorkError::NotFound(_))));
         drop(w);
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_or_fail_what_exceeds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_payload: 10,
+            max_units: 2,
+            max_running: 1,
+            max_result: 1000,
+        };
+        let w = Work::open_with(dir.path().to_path_buf(), "n1".into(), limits);
+        let e = w.submit(sub("p", "cat"), &[b'x'; 11]).unwrap_err();
+        assert!(e.to_string().contains("more than the 10-byte limit"), "{e}");
+        let mut big = sub("big", "head -c 5000 /dev/zero; sleep 30");
+        big.params.clear();
+        w.submit(big, b"").unwrap();
+        let r = until_final(&w, "big").await;
+        assert_eq!(r.state, State::Failed);
+        assert!(r.detail.contains("1000-byte result limit"), "{}", r.detail);
+        assert_eq!(w.status(&r).stdout_size, 1000, "stdout is cut at the limit");
+        w.submit(sub("two", "true"), b"").unwrap();
+        let e = w.submit(sub("three", "true"), b"").unwrap_err();
+        assert!(e.to_string().contains("the most it keeps (2)"), "{e}");
+        assert!(!dir.path().join("work/p").exists() && !dir.path().join("work/three").exists());
     }
 
     #[tokio::test]

@@ -124,7 +124,7 @@ pub fn check_local(daemon: &Daemon, worktype: &str, params: &[String]) -> Result
 pub fn max_remote_payload(daemon: &Daemon) -> u64 {
     let frame = daemon.config().max_frame as u64;
     let room = frame.saturating_sub(64 * 1024) / 4 * 3;
-    room.min(super::MAX_PAYLOAD)
+    room.min(daemon.work.limits().max_payload)
 }
 
 /// What a submitter asks for.
