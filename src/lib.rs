@@ -13,3 +13,4 @@ pub mod listener;
 pub mod monitor;
 pub mod services;
 pub mod wire;
+pub mod work;

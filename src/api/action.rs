@@ -95,6 +95,21 @@ actions! {
     JobCancel => "job_cancel", Any;
     /// Applied events, from a sequence number.
     Events => "events", Any;
+    /// One round trip: the answering node's name, version, work types and connections.
+    ControlPing => "control_ping", Any;
+    /// One control service command (a line, text or JSON) run by the receiver: what
+    /// `connect <node> control` relays.
+    ControlCommand => "control_command", Any;
+    /// Run a work unit on the receiver, with its payload.
+    WorkSubmit => "work_submit", Any;
+    /// The receiver's work units.
+    WorkStatus => "work_status", Any;
+    /// A chunk of a work unit's stdout, from a byte offset.
+    WorkResults => "work_results", Any;
+    /// Cancel a work unit.
+    WorkCancel => "work_cancel", Any;
+    /// Cancel a work unit if needed and delete it.
+    WorkRelease => "work_release", Any;
     /// Whether a listener address is free in the cluster (asked by `om node set`).
     CheckListenerAddr => "check_listener_addr", Control;
     /// Testing aid: crash a thread or stop the Raft core.

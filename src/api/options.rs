@@ -41,8 +41,16 @@ pub struct ThreadRef {
 /// `daemon_inject_fault` (control socket, testing aid).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectFault {
-    /// The thread to crash.
+    /// The thread to crash (required unless `blacklist` is given).
+    #[serde(default)]
     pub thread_id: String,
+    /// Instead: the listener drops this sender's frames from `addr`, as after 5 invalid
+    /// ones (a link down from one node, for tests of relayed routes).
+    #[serde(default)]
+    pub blacklist: Option<String>,
+    /// The source address for `blacklist` (default 127.0.0.1).
+    #[serde(default)]
+    pub addr: Option<std::net::IpAddr>,
     /// With `raft`: stop the Raft core itself, as an openraft fatal error does.
     #[serde(default, deserialize_with = "flag")]
     pub fatal: bool,
@@ -390,4 +398,145 @@ pub struct BlacklistStatus {
     /// Per-address detail and expiry instead of the seed's `{sender: count}`.
     #[serde(deserialize_with = "flag")]
     pub detail: bool,
+}
+
+/// `control_ping`: no options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControlPing {
+    /// Relay: the receiver pings this node directly and answers with its pong (the route
+    /// for a node the sender cannot reach itself). One hop: the receiver never relays on.
+    pub target: Option<String>,
+}
+
+impl ApiRequest for ControlPing {
+    const ACTION: Action = Action::ControlPing;
+    type Reply = Pong;
+}
+
+/// The answer to [`ControlPing`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The answering node.
+    pub node: String,
+    /// Its om version.
+    pub version: String,
+    /// The work types it offers.
+    pub worktypes: Vec<String>,
+    /// The nodes it reached lately, with the last round trip it measured to each (ms).
+    pub connections: std::collections::BTreeMap<String, f64>,
+    /// Relayed: the round trip the relaying node measured to the target (ms).
+    #[serde(default)]
+    pub relayed_ms: Option<f64>,
+}
+
+/// `work_submit`: run a unit on the receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkSubmit {
+    /// The unit's id (made by the submitting node: the same on both).
+    pub unitid: String,
+    /// A work type of the receiver's node.conf.
+    pub worktype: String,
+    /// Extra arguments (only if the work type allows them).
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// Fail the unit if it has not started this long after submission (ms).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// The payload, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub payload: String,
+    /// The submitting node.
+    #[serde(default)]
+    pub submitter: String,
+}
+
+impl ApiRequest for WorkSubmit {
+    const ACTION: Action = Action::WorkSubmit;
+    type Reply = WorkUnitStatus;
+}
+
+/// A work unit as `work list` shows it: Receptor's field names, plus the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WorkUnitStatus {
+    /// The state's number (0 Pending, 1 Running, 2 Succeeded, 3 Failed, 4 Canceled).
+    pub state: u8,
+    /// The state's name.
+    pub state_name: String,
+    /// Why it is in that state.
+    pub detail: String,
+    /// Bytes of stdout so far.
+    pub stdout_size: u64,
+    /// Its work type.
+    pub work_type: String,
+    /// The node that executes it.
+    pub node: String,
+    /// When it was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+}
+
+/// `work_status`: some or all of the receiver's units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkStatus {
+    /// These units (default: all).
+    pub unitids: Vec<String>,
+}
+
+impl ApiRequest for WorkStatus {
+    const ACTION: Action = Action::WorkStatus;
+    type Reply = std::collections::BTreeMap<String, WorkUnitStatus>;
+}
+
+/// `work_results`: a chunk of a unit's stdout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkResults {
+    /// The unit.
+    pub unitid: String,
+    /// The byte offset to read from.
+    #[serde(default)]
+    pub startpos: u64,
+    /// Wait this long for new bytes when there are none yet (at most 10 000).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+impl ApiRequest for WorkResults {
+    const ACTION: Action = Action::WorkResults;
+    type Reply = WorkChunk;
+}
+
+/// The answer to [`WorkResults`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkChunk {
+    /// The bytes, base64.
+    pub data: String,
+    /// The unit is over and nothing follows these bytes.
+    pub done: bool,
+}
+
+/// `work_cancel`, `work_release`: one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// The unit.
+    pub unitid: String,
+}
+
+impl ApiRequest for WorkUnit {
+    const ACTION: Action = Action::WorkCancel;
+    type Reply = WorkUnitStatus;
+}
+
+/// `control_command`: a control service command for the receiver to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlLine {
+    /// The command, in the text or the JSON form (one-answer commands only).
+    pub line: String,
+}
+
+impl ApiRequest for ControlLine {
+    const ACTION: Action = Action::ControlCommand;
+    /// The command's JSON answer.
+    type Reply = serde_json::Value;
 }

@@ -2,6 +2,7 @@
 //! prints tables or JSON, and turns every error into one clear message.
 
 mod bench;
+mod control;
 mod demo;
 pub mod local;
 mod nodeconf;
@@ -121,6 +122,8 @@ pub enum NodeCmd {
         /// The word `actions`.
         what: String,
     },
+    /// Receptor's control service: status, ping, traceroute, reload, work units.
+    Control(control::ControlArgs),
     /// Freeze this node: its monitor starts nothing by orchestration.
     Freeze,
     /// Thaw this node.
@@ -383,6 +386,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Node {
             cmd: NodeCmd::Dequeue { what },
         } => nodeconf::dequeue(&paths, &what).await,
+        Top::Node {
+            cmd: NodeCmd::Control(args),
+        } => control::run(&paths, args, format).await,
         Top::Node {
             cmd: NodeCmd::Freeze,
         } => svc::node_freeze(&paths, true).await,

@@ -86,10 +86,14 @@ enum SvcCmd {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Run an instance action (start, stop, restart, status, freeze, thaw) on one node.
+    /// Run an instance action (start, stop, restart, status, freeze, thaw) or a task of
+    /// the service (`[task#<name>]`, its arguments after the name) on one node.
     Run {
-        /// The action.
+        /// The action, or the name of one of the service's tasks.
         action: String,
+        /// A task's arguments, passed through (`om web run compliance fix --moduleset foo`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
         /// The node (default: this one).
         #[arg(long)]
         node: Option<String>,
@@ -297,12 +301,14 @@ pub async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> R
         }
         SvcCmd::Run {
             action,
+            args,
             node,
             async_,
             rid,
             force,
         } => {
             let mut command = vec![action];
+            command.extend(args);
             if let Some(r) = rid {
                 command.push("--rid".into());
                 command.push(r);

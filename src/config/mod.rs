@@ -2,6 +2,7 @@
 
 mod ini;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::path::PathBuf;
@@ -235,6 +236,101 @@ pub struct NodeConfig {
     pub secret: String,
     /// `cluster.nodes`.
     pub nodes: Vec<String>,
+    /// The `[worktype#<name>]` sections: what `work submit` may run on this node.
+    pub worktypes: BTreeMap<String, WorkType>,
+}
+
+/// A work type: a `[worktype#<name>]` section of node.conf (docs/CONTROL.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkType {
+    /// The command, run with `sh -c`; the payload is its stdin.
+    pub command: String,
+    /// Whether a submitter may append its own `params` to the command's arguments.
+    pub params: bool,
+}
+
+/// The prefix of a work type section.
+pub const WORKTYPE_PREFIX: &str = "worktype#";
+/// The keys a work type section may hold.
+pub const WORKTYPE_KEYS: &[&str] = &["command", "params"];
+/// Most work types one node.conf may declare.
+pub const MAX_WORKTYPES: usize = 64;
+/// Longest work type command, in bytes.
+pub const MAX_WORKTYPE_COMMAND: usize = 4096;
+
+/// The work types declared in `doc` (already validated key by key).
+fn worktypes(doc: &IniDoc) -> Result<BTreeMap<String, WorkType>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (section, _, _) in doc.entries() {
+        let Some(name) = section.strip_prefix(WORKTYPE_PREFIX) else {
+            continue;
+        };
+        if out.contains_key(name) {
+            continue;
+        }
+        let command = doc.get(&section, "command").unwrap_or_default();
+        if command.is_empty() {
+            return Err(ConfigError::BadValue {
+                key: format!("{section}.command"),
+                value: String::new(),
+                reason: "a work type needs a command".into(),
+            });
+        }
+        let params = doc.get(&section, "params") == Some("true");
+        out.insert(
+            name.to_string(),
+            WorkType {
+                command: command.to_string(),
+                params,
+            },
+        );
+    }
+    if out.len() > MAX_WORKTYPES {
+        return Err(ConfigError::BadValue {
+            key: WORKTYPE_PREFIX.to_string(),
+            value: out.len().to_string(),
+            reason: format!("at most {MAX_WORKTYPES} work types per node"),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a key of a `[worktype#<name>]` section.
+fn validate_worktype(section: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    let full = format!("{section}.{key}");
+    let bad = |reason: String| {
+        Err(ConfigError::BadValue {
+            key: full.clone(),
+            value: value.to_string(),
+            reason,
+        })
+    };
+    let name = section.strip_prefix(WORKTYPE_PREFIX).unwrap_or_default();
+    if raft::apply::check_name("work type", name).is_err() {
+        return bad(format!(
+            "work type name {name:?}: 1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit"
+        ));
+    }
+    if !ini::value_survives(value) {
+        return bad("a value cannot contain ' #' or ' ;' (they start a comment) nor begin or end with spaces".into());
+    }
+    match key {
+        "command" if value.is_empty() || value.len() > MAX_WORKTYPE_COMMAND => bad(format!(
+            "expected a command of 1..={MAX_WORKTYPE_COMMAND} bytes"
+        )),
+        "params" if !matches!(value, "true" | "false") => {
+            bad("allowed values are true, false".into())
+        }
+        "command" | "params" => Ok(()),
+        _ => Err(ConfigError::UnknownKey {
+            key: full.clone(),
+            known: WORKTYPE_KEYS
+                .iter()
+                .map(|k| format!("{section}.{k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }
 
 impl NodeConfig {
@@ -297,6 +393,7 @@ impl NodeConfig {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            worktypes: worktypes(doc)?,
         })
     }
 
@@ -340,6 +437,12 @@ pub fn retired(key: &str) -> Option<&'static str> {
 pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     if retired(key).is_some() {
         return Ok(());
+    }
+    if let Some((section, k)) = key
+        .rsplit_once('.')
+        .filter(|(s, _)| s.starts_with(WORKTYPE_PREFIX))
+    {
+        return validate_worktype(section, k, value);
     }
     if !PARAMS.iter().any(|p| p.key == key) {
         return Err(ConfigError::UnknownKey {
@@ -547,6 +650,29 @@ mod tests {
         let cfg = NodeConfig::from_doc(&doc).unwrap();
         assert_eq!(cfg.max_conns_per_addr, 8);
         assert_eq!(cfg.frame_timeout, Duration::from_millis(250));
+
+        let doc = IniDoc::parse(
+            "[worktype#cat]\ncommand = cat\n[worktype#echo]\ncommand = echo\nparams = true\n",
+        )
+        .unwrap();
+        let cfg = NodeConfig::from_doc(&doc).unwrap();
+        assert_eq!(cfg.worktypes.len(), 2);
+        assert!(cfg.worktypes["echo"].params && !cfg.worktypes["cat"].params);
+        for (text, want) in [
+            ("[worktype#cat]\nparams = true\n", "needs a command"),
+            (
+                "[worktype#cat]\ncommand = cat\nparams = yes\n",
+                "true, false",
+            ),
+            (
+                "[worktype#cat]\ncommand = cat\nuser = x\n",
+                "worktype#cat.command",
+            ),
+            ("[worktype#../x]\ncommand = cat\n", "work type name"),
+        ] {
+            let e = NodeConfig::from_doc(&IniDoc::parse(text).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
 
         let doc = IniDoc::parse("[listener]\nprot = 1\n").unwrap();
         assert!(matches!(

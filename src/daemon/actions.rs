@@ -127,6 +127,20 @@ impl Daemon {
             }
             Action::DaemonInjectFault => {
                 let opts: options::InjectFault = api::parse(action, o)?;
+                if let Some(sender) = &opts.blacklist {
+                    let addr = opts.addr.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                    let bl = self.listener.blacklist();
+                    for _ in 0..64 {
+                        if bl.is_blacklisted(sender, addr) {
+                            return Ok(json!({ "blacklisted": sender, "addr": addr }));
+                        }
+                        bl.record_invalid(sender, addr, true);
+                    }
+                    return Err(ActionError::new(
+                        code::ERROR,
+                        format!("{sender} at {addr} could not be blacklisted (the list is full)"),
+                    ));
+                }
                 if opts.thread_id == "raft" && opts.fatal {
                     // The Raft core itself stops, as on an openraft fatal error.
                     self.node()?.shutdown().await;
@@ -209,9 +223,13 @@ impl Daemon {
             }
             Action::SetServiceMonitor => {
                 let opts: options::SetServiceMonitor = api::parse(action, o)?;
+                // `status` and `local_expect` are an instance's: without `node`, the
+                // receiver's (the seed's request names no node).
+                let instance_field = opts.status.is_some() || opts.local_expect.is_some();
+                let node = opts.node.or_else(|| instance_field.then(|| self.name()));
                 let cmd = Command::SetServiceMonitor {
                     svc: opts.svcname,
-                    node: opts.node,
+                    node,
                     status: opts.status,
                     local_expect: opts.local_expect,
                     global_expect: opts.global_expect,
@@ -261,6 +279,22 @@ impl Daemon {
                 let next = events.last().map_or(since, |e| e.seq);
                 Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
             }
+            Action::ControlPing => {
+                let opts: options::ControlPing = api::parse(action, o)?;
+                match opts.target.filter(|t| *t != self.name()) {
+                    Some(t) => api::reply(&crate::control::service::relay_ping(self, &t).await?),
+                    None => api::reply(&self.pong()),
+                }
+            }
+            Action::ControlCommand => {
+                let opts: options::ControlLine = api::parse(action, o)?;
+                crate::control::service::relayed(self, &opts.line).await
+            }
+            Action::WorkSubmit
+            | Action::WorkStatus
+            | Action::WorkResults
+            | Action::WorkCancel
+            | Action::WorkRelease => crate::work::remote::serve(self, action, o).await,
             Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot => {
                 unreachable!("{action} is served by dispatch")
             }
@@ -273,6 +307,27 @@ impl Daemon {
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
                 api::reply(&self.node()?.propose(msg.rpc).await?)
             }
+        }
+    }
+
+    /// The answer to `control_ping`: who answers, and the round trips it measured lately.
+    pub fn pong(&self) -> options::Pong {
+        let cfg = self.config();
+        let recent = crate::clock::now_ms().saturating_sub(60_000);
+        let connections = self
+            .rtt
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, (_, at))| **n != cfg.name && *at >= recent)
+            .map(|(n, (ms, _))| (n.clone(), *ms))
+            .collect();
+        options::Pong {
+            node: cfg.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            worktypes: cfg.worktypes.keys().cloned().collect(),
+            connections,
+            relayed_ms: None,
         }
     }
 

@@ -125,6 +125,11 @@ pub struct Daemon {
     addr_problem: Mutex<Option<String>>,
     /// Woken by an empty packet or `om node dequeue actions`: run the queued actions now.
     pub dequeue: tokio::sync::Notify,
+    /// This node's work units (`work submit` and the `work_*` actions).
+    pub work: Arc<crate::work::Work>,
+    /// The last round trip measured to each peer (ms) and when (ms since the epoch), by
+    /// `ping` and `status` on the control socket.
+    pub rtt: Mutex<std::collections::BTreeMap<String, (f64, u64)>>,
     started: Instant,
 }
 
@@ -169,6 +174,8 @@ impl Daemon {
             bound: Mutex::new(None),
             addr_problem: Mutex::new(None),
             dequeue: tokio::sync::Notify::new(),
+            work: crate::work::Work::open(paths.var_dir(), cfg.name.clone()),
+            rtt: Mutex::new(std::collections::BTreeMap::new()),
             peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
             rpc_counters: Arc::default(),
             raft_id: std::sync::atomic::AtomicU64::new(0),

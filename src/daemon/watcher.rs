@@ -61,40 +61,110 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result
     }
 }
 
+/// What a reload did: the parameters it applied, those that need a restart, or why the
+/// whole file was refused (the running configuration is kept then).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// `section.key` of every parameter that changed and took effect.
+    pub applied: Vec<String>,
+    /// `section.key` of every parameter that changed but takes effect at the next start.
+    pub needs_restart: Vec<String>,
+    /// Why node.conf was refused, if it was.
+    pub refused: Option<String>,
+}
+
+/// Parameters that take effect only when the daemon starts.
+const RESTART_ONLY: &[&str] = &["node.name"];
+
+/// The `section.key` of every entry that differs between two documents (added, removed
+/// or changed), in order.
+fn changed_keys(old: &crate::config::IniDoc, new: &crate::config::IniDoc) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let map = |d: &crate::config::IniDoc| -> BTreeMap<String, String> {
+        d.entries()
+            .into_iter()
+            .map(|(s, k, v)| (format!("{s}.{k}"), v))
+            .collect()
+    };
+    let (a, b) = (map(old), map(new));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// Reads node.conf again and applies what changed.
-pub async fn reload(daemon: &Arc<Daemon>) {
+pub async fn reload(daemon: &Arc<Daemon>) -> ReloadReport {
+    let report = reload_report(daemon);
+    if let Some(why) = &report.refused {
+        tracing::error!("{why}");
+    }
+    report
+}
+
+fn reload_report(daemon: &Arc<Daemon>) -> ReloadReport {
     let path = daemon.paths.node_conf();
+    let refused = |why: String| ReloadReport {
+        refused: Some(why),
+        ..ReloadReport::default()
+    };
     let (doc, new) = match NodeConfig::load(&path) {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!("node.conf refused, keeping the running configuration: {e}");
-            return;
+            return refused(format!(
+                "node.conf refused, keeping the running configuration: {e}"
+            ))
         }
     };
     let old = daemon.config();
+    let keys = changed_keys(&daemon.config.read().unwrap().0, &doc);
+    let (needs_restart, applied): (Vec<String>, Vec<String>) = keys
+        .into_iter()
+        .partition(|k| RESTART_ONLY.contains(&k.as_str()));
     if old == new {
         *daemon.config.write().unwrap() = (doc, new);
-        return;
+        return ReloadReport {
+            applied,
+            ..ReloadReport::default()
+        };
     }
     if new.name != old.name {
-        tracing::error!(
-            "node.name changed from {} to {}: a rename needs a daemon restart; keeping the running configuration",
-            old.name,
-            new.name
-        );
-        return;
+        return ReloadReport {
+            needs_restart,
+            refused: Some(format!(
+                "node.name changed from {} to {}: a rename needs a daemon restart; keeping the running configuration",
+                old.name, new.name
+            )),
+            ..ReloadReport::default()
+        };
     }
     let addr_changed =
         new.listener_addr != old.listener_addr || new.listener_port != old.listener_port;
     if addr_changed {
         if let Err(e) = daemon.check_addr_free(&new.advertised_addr()) {
-            tracing::error!("node.conf refused, keeping the running configuration: {e}");
             daemon.set_addr_problem(Some(format!("node.conf refused: {e}")));
-            return;
+            return refused(format!(
+                "node.conf refused, keeping the running configuration: {e}"
+            ));
         }
     }
     *daemon.config.write().unwrap() = (doc, new.clone());
-    tracing::info!("node.conf changed; applying");
+    tracing::info!(changed = ?applied, "node.conf changed; applying");
+    apply(daemon, &old, &new);
+    ReloadReport {
+        applied,
+        needs_restart,
+        refused: None,
+    }
+}
+
+/// Applies the parameters that need an action (the others are read where they are used).
+fn apply(daemon: &Arc<Daemon>, old: &NodeConfig, new: &NodeConfig) {
     if new.log_level != old.log_level {
         crate::cli::set_log_level(&new.log_level);
         tracing::info!(level = %new.log_level, "log level changed");
@@ -107,7 +177,7 @@ pub async fn reload(daemon: &Arc<Daemon>) {
         tracing::info!("cluster keyring changed");
     }
     // Every listener.* parameter (caps and timeouts included) takes effect by a rebind.
-    if super::listener_config(&new) != super::listener_config(&old) {
+    if super::listener_config(new) != super::listener_config(old) {
         daemon.rebind_listener();
         tracing::info!(
             addr = %new.listener_addr,

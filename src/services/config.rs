@@ -16,10 +16,15 @@
 //! restart = 2               # restarts of a resource found down, before "start failed"
 //! restart_delay = 500ms
 //! timeout = 60s             # of each start, stop and check command
+//!
+//! [task#compliance]         # a service-defined action: `om <svc> run compliance fix ...`
+//! command = /usr/bin/comply # its arguments follow as "$@"
+//! timeout = 5m
 //! ```
 //!
 //! Every error names the section and the key, so `om <svc> create` can say what to fix.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
@@ -101,6 +106,57 @@ pub struct ServiceConfig {
     pub check_interval: Duration,
     /// The resources, in file order (started in this order, stopped in reverse).
     pub resources: Vec<Resource>,
+    /// The service-defined actions (`[task#<name>]`), by name.
+    pub tasks: BTreeMap<String, Task>,
+}
+
+/// A `[task#<name>]` section: an action the service defines, run by `service_action`
+/// with `command = ["<name>", args...]` (`om <svc> run <name> args...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task's name.
+    pub name: String,
+    /// The command, run with `sh -c`; the action's arguments are passed as `"$@"`.
+    pub command: String,
+    /// Limit of the command.
+    pub timeout: Duration,
+}
+
+const TASK_KEYS: &[&str] = &["command", "timeout"];
+
+/// Parses a `[task#<name>]` section.
+fn parse_task(
+    doc: &IniDoc,
+    entries: &[(String, String, String)],
+    section: &str,
+    name: &str,
+) -> Result<Task, ConfigError> {
+    check_keys(entries, section, TASK_KEYS)?;
+    if super::INSTANCE_ACTIONS.contains(&name) {
+        return Err(ConfigError::Section {
+            section: section.to_string(),
+            reason: format!(
+                "a task cannot be named after an instance action ({})",
+                super::INSTANCE_ACTIONS.join(", ")
+            ),
+        });
+    }
+    let command = match doc.get(section, "command").map(str::trim) {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => {
+            return Err(key_err(
+                section,
+                "command",
+                "is required (what the task runs)".into(),
+            ))
+        }
+    };
+    Ok(Task {
+        name: name.to_string(),
+        command,
+        timeout: duration(section, "timeout", doc.get(section, "timeout"))?
+            .unwrap_or(DEFAULT_TIMEOUT),
+    })
 }
 
 /// Why a service config cannot be used.
@@ -172,9 +228,15 @@ impl ServiceConfig {
         let get = |section: &str, key: &str| doc.get(section, key).map(str::trim);
 
         let mut resources = Vec::new();
+        let mut tasks = BTreeMap::new();
         for section in &sections {
             if section == "DEFAULT" {
                 check_keys(&entries, section, DEFAULT_KEYS)?;
+                continue;
+            }
+            if let Some(name) = section.strip_prefix("task#") {
+                check_rid_name(section, name)?;
+                tasks.insert(name.to_string(), parse_task(&doc, &entries, section, name)?);
                 continue;
             }
             let Some((kind, index)) = section.split_once('#') else {
@@ -187,19 +249,10 @@ impl ServiceConfig {
             if kind != "app" {
                 return Err(ConfigError::Section {
                     section: section.clone(),
-                    reason: format!("unknown resource type {kind:?}; supported: app"),
+                    reason: format!("unknown resource type {kind:?}; supported: app, task"),
                 });
             }
-            if index.is_empty()
-                || !index
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(ConfigError::Section {
-                    section: section.clone(),
-                    reason: "a resource id is <type>#<name> with a name of [A-Za-z0-9_]".into(),
-                });
-            }
+            check_rid_name(section, index)?;
             check_keys(&entries, section, APP_KEYS)?;
             let required = |key: &str| -> Result<String, ConfigError> {
                 match get(section, key) {
@@ -325,6 +378,7 @@ impl ServiceConfig {
             orchestrate,
             check_interval,
             resources,
+            tasks,
         })
     }
 
@@ -373,6 +427,17 @@ fn required_why(key: &str) -> &'static str {
         "stop" => "the command that stops the resource",
         _ => "the command whose exit status tells whether the resource is up (0) or down",
     }
+}
+
+/// A resource or task name: `[A-Za-z0-9_]`, not empty.
+fn check_rid_name(section: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ConfigError::Section {
+            section: section.to_string(),
+            reason: "a resource id is <type>#<name> with a name of [A-Za-z0-9_]".into(),
+        });
+    }
+    Ok(())
 }
 
 fn key_err(section: &str, key: &str, reason: String) -> ConfigError {
@@ -466,6 +531,27 @@ mod tests {
         );
         assert!(e(&GOOD.replace("restart = 2", "restart = 2\nrestart = 3"))
             .contains("key restart: is set twice"));
+    }
+
+    #[test]
+    fn tasks_are_named_actions_with_a_command() {
+        let text = format!("{GOOD}[task#compliance]\ncommand = comply\ntimeout = 5m\n");
+        let cfg = ServiceConfig::parse(&text).unwrap();
+        let t = &cfg.tasks["compliance"];
+        assert_eq!(
+            (t.command.as_str(), t.timeout),
+            ("comply", Duration::from_secs(300))
+        );
+        assert_eq!(cfg.resources.len(), 1, "a task is not a resource");
+        let e = |t: &str| {
+            ServiceConfig::parse(&format!("{GOOD}{t}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("[task#start]\ncommand = x\n").contains("named after an instance action"));
+        assert!(e("[task#c]\ntimeout = 1s\n").contains("key command: is required"));
+        assert!(e("[task#c]\ncommand = x\nuser = root\n").contains("known keys: command, timeout"));
+        assert!(e("[task#a/b]\ncommand = x\n").contains("[A-Za-z0-9_]"));
     }
 
     #[test]

@@ -50,6 +50,19 @@ pub async fn run_sh(
     timeout: Duration,
     slot: Option<&PidSlot>,
 ) -> Output {
+    run_sh_args(cmd, &[], env, cwd, timeout, slot).await
+}
+
+/// [`run_sh`] with positional arguments: `sh -c CMD om ARGS...`, so `CMD` sees them as
+/// `"$@"` and the shell never parses them.
+pub async fn run_sh_args(
+    cmd: &str,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    timeout: Duration,
+    slot: Option<&PidSlot>,
+) -> Output {
     let started = Instant::now();
     let failed = |e: String| Output {
         ret: -1,
@@ -69,6 +82,8 @@ pub async fn run_sh(
     command
         .arg("-c")
         .arg(cmd)
+        .arg("om")
+        .args(args)
         .current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())

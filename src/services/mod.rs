@@ -10,6 +10,7 @@ pub mod exec;
 pub mod instance;
 pub mod jobs;
 pub mod log;
+pub mod task;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -177,7 +178,7 @@ fn addr_of(daemon: &Daemon, node: &str) -> Result<String> {
 }
 
 /// Sends `action` to `node` and returns its data.
-async fn forward<O: serde::Serialize>(
+pub(crate) async fn forward<O: serde::Serialize>(
     daemon: &Daemon,
     node: &str,
     action: Action,
@@ -255,6 +256,9 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
         .as_ref()
         .and_then(options::Argv::words)
         .ok_or_else(|| bad("missing option command (a list such as [\"start\"])"))?;
+    if !INSTANCE_ACTIONS.contains(&argv[0].as_str()) {
+        return task::action(daemon, o, argv).await;
+    }
     let cmd = parse_command(&argv)?;
     let sync = o.sync.unwrap_or(true);
     let me = daemon.name();
@@ -324,7 +328,7 @@ fn action_timeout(daemon: &Daemon, svc: &str) -> Duration {
     per * 2 + Duration::from_secs(15)
 }
 
-fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig> {
+pub(crate) fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig> {
     let text = daemon
         .node()?
         .read(|s| s.services.get(svc).map(|v| v.config.clone()))

@@ -1,6 +1,15 @@
-//! The local control socket (`<root>/var/run/om.sock`, mode 0600): JSON lines, one request
-//! `{action, options}` per line and one response `{status, data, error}` per line, with the
-//! same bodies as the wire. The CLI uses it to talk to its own node.
+//! The local control socket (`<root>/var/run/om.sock`, mode 0600): the server, its
+//! connection loop, and the client the CLI uses.
+//!
+//! On connect the server greets with one line, `Receptor Control, node <name>`; then each
+//! line is an agent API request `{action, options}` (answered `{status, data, error}`, the
+//! wire's bodies) or a Receptor command, text or JSON ([`command`], served by [`service`]).
+//! Lines are bounded ([`MAX_LINE`]); a longer one is answered with an error and closes the
+//! connection.
+
+pub mod command;
+pub mod service;
+pub mod session;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -24,8 +33,16 @@ use crate::wire::status as code;
 use crate::wire::Request;
 use crate::wire::Response;
 
-/// Largest request line accepted on the control socket.
-const MAX_LINE: usize = 64 << 20;
+/// Largest request line accepted on the control socket (a service config travels in one).
+pub const MAX_LINE: usize = 4 << 20;
+
+/// Most control connections served at once; one more is answered with an error.
+pub const MAX_CONNS: usize = 256;
+/// A connection that sends no line for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How the greeting line starts (Receptor's, so that receptorctl recognizes the socket).
+pub const GREETING: &str = "Receptor Control, node ";
 
 /// Why the CLI could not get an answer from its daemon.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +55,9 @@ pub enum ControlError {
     Timeout(Duration),
     #[error("bad answer from the daemon: {0}")]
     BadAnswer(String),
+    /// The control service answered `ERROR: ...`.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Takes this root for one daemon: an exclusive lock on `var/run/om.pid`, which then holds
@@ -106,6 +126,7 @@ pub fn check_not_running(paths: &Paths) -> Result<(), DaemonError> {
 #[derive(Clone)]
 pub struct ControlServer {
     listener: Arc<UnixListener>,
+    conns: Arc<tokio::sync::Semaphore>,
 }
 
 impl ControlServer {
@@ -118,6 +139,7 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(ControlServer {
             listener: Arc::new(listener),
+            conns: Arc::new(tokio::sync::Semaphore::new(MAX_CONNS)),
         })
     }
 
@@ -130,9 +152,17 @@ impl ControlServer {
         loop {
             tokio::select! {
                 r = self.listener.accept() => {
-                    let (stream, _) = r.map_err(|e| format!("accept: {e}"))?;
+                    let (mut stream, _) = r.map_err(|e| format!("accept: {e}"))?;
+                    let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+                        let why = format!("ERROR: {MAX_CONNS} control connections are open, the most served at once\n");
+                        tokio::spawn(async move { let _ = stream.write_all(why.as_bytes()).await; });
+                        continue;
+                    };
                     let d = daemon.clone();
-                    tokio::spawn(async move { serve_conn(d, stream).await });
+                    tokio::spawn(async move {
+                        serve_conn(d, stream).await;
+                        drop(permit);
+                    });
                 }
                 _ = stop.changed() => {
                     if *stop.borrow() { return Ok(()); }
@@ -142,27 +172,86 @@ impl ControlServer {
     }
 }
 
+/// One line read from a client, bounded by [`MAX_LINE`].
+pub(crate) enum ReadLine {
+    /// A whole line (without its newline).
+    Line(String),
+    /// The client closed the connection (or it failed).
+    Closed,
+    /// The line is longer than [`MAX_LINE`].
+    TooLong,
+    /// The line is not UTF-8.
+    NotText,
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes.
+pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> ReadLine {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut limited = rd.take(MAX_LINE as u64 + 1);
+    let read = limited.read_until(b'\n', &mut buf);
+    match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return ReadLine::Closed,
+        Ok(Ok(_)) => {}
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE {
+        return ReadLine::TooLong;
+    }
+    match String::from_utf8(buf) {
+        Ok(s) => ReadLine::Line(s),
+        Err(_) => ReadLine::NotText,
+    }
+}
+
 async fn serve_conn(daemon: Arc<Daemon>, stream: UnixStream) {
+    use command::Line;
+    use command::LineError;
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd);
-    let mut line = String::new();
+    let mut rd = BufReader::new(rd);
+    let hello = format!("{GREETING}{}\n", daemon.name());
+    if wr.write_all(hello.as_bytes()).await.is_err() {
+        return;
+    }
     loop {
-        line.clear();
-        match lines.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) if n > MAX_LINE => return,
-            Ok(_) => {}
-        }
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => daemon.handle(Origin::Control, req).await,
-            Err(e) => Response::err(code::BAD_PAYLOAD, format!("bad request line: {e}")),
+        let line = match read_line(&mut rd).await {
+            ReadLine::Line(l) => l,
+            ReadLine::Closed => return,
+            ReadLine::TooLong => {
+                let why = format!("line longer than {MAX_LINE} bytes; closing the connection");
+                let _ = wr.write_all(service::error_line(&why).as_bytes()).await;
+                return;
+            }
+            ReadLine::NotText => {
+                let _ = wr
+                    .write_all(service::error_line("the line is not UTF-8").as_bytes())
+                    .await;
+                continue;
+            }
         };
-        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-        out.push(b'\n');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let out = match command::parse(&line) {
+            Ok(Line::Api(req)) => api_line(&daemon.handle(Origin::Control, req).await),
+            Err(LineError::Api(e)) => api_line(&Response::err(code::BAD_PAYLOAD, e)),
+            Err(LineError::Command(e)) => service::error_line(&e).into_bytes(),
+            Ok(Line::Command(cmd)) => match service::run(&daemon, cmd, &mut rd, &mut wr).await {
+                service::Flow::Continue => continue,
+                service::Flow::Close => return,
+            },
+        };
         if wr.write_all(&out).await.is_err() {
             return;
         }
     }
+}
+
+fn api_line(resp: &Response) -> Vec<u8> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    out
 }
 
 /// A connection to the local daemon's control socket.
@@ -229,11 +318,14 @@ impl ControlClient {
                 serde_json::to_vec(&Request::new(action, options)).expect("request serializes");
             line.push(b'\n');
             wr.write_all(&line).await.map_err(io)?;
+            // A daemon greets first (an older one does not): skip the greeting.
+            let mut rd = BufReader::new(rd);
             let mut answer = String::new();
-            BufReader::new(rd)
-                .read_line(&mut answer)
-                .await
-                .map_err(io)?;
+            rd.read_line(&mut answer).await.map_err(io)?;
+            if answer.starts_with(GREETING) {
+                answer.clear();
+                rd.read_line(&mut answer).await.map_err(io)?;
+            }
             if answer.is_empty() {
                 return Err(ControlError::BadAnswer(
                     "the daemon closed the connection".into(),
