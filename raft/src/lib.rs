@@ -13,6 +13,7 @@ pub mod membership;
 pub mod node;
 mod restart;
 pub mod rpc;
+pub mod secrets;
 pub mod runtime;
 pub mod state;
 pub mod types;
