@@ -84,7 +84,9 @@ pub enum CommandError {
     InvalidSecret { reason: String },
     #[error("no accepted secret has key id {key_id:?}; accepted: {accepted}")]
     UnknownSecret { key_id: String, accepted: String },
-    #[error("secret {key_id} was removed; a removed secret is never accepted again: generate a new one")]
+    #[error(
+        "secret {key_id} was removed; a removed secret is never accepted again: generate a new one"
+    )]
     SecretRemoved { key_id: String },
     #[error("secret {key_id} is the one nodes use; `use` another one before removing it")]
     SecretInUse { key_id: String },

@@ -13,8 +13,8 @@ pub mod membership;
 pub mod node;
 mod restart;
 pub mod rpc;
-pub mod secrets;
 pub mod runtime;
+pub mod secrets;
 pub mod state;
 pub mod types;
 

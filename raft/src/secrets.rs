@@ -109,8 +109,9 @@ impl Secrets {
 }
 
 /// Validates a rotation command against the plan (`Command::AddSecret`, `UseSecret`,
-/// `RemoveSecret`; any other command is accepted here).
-pub(crate) fn validate(plan: &Secrets, cmd: &Command) -> Result<(), CommandError> {
+/// `RemoveSecret`; any other command is accepted here). `apply` runs it; a proposer may
+/// run it first on its own copy of the plan, to refuse early.
+pub fn validate(plan: &Secrets, cmd: &Command) -> Result<(), CommandError> {
     match cmd {
         Command::AddSecret { secret, current } => {
             check_value(secret)?;
@@ -282,7 +283,13 @@ mod tests {
             validate(&p, &again),
             Err(CommandError::SecretRemoved { .. })
         ));
-        let e = validate(&p, &Command::UseSecret { key_id: "zz".into() }).unwrap_err();
+        let e = validate(
+            &p,
+            &Command::UseSecret {
+                key_id: "zz".into(),
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains(&new.fingerprint()), "{e}");
     }
 }

@@ -5,8 +5,8 @@ mod bench;
 mod demo;
 pub mod local;
 mod nodeconf;
-mod rotation;
 pub mod render;
+mod rotation;
 mod svc;
 
 use std::path::PathBuf;
@@ -445,10 +445,7 @@ fn join_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Resu
 
 /// A secret from `--secret-file` (its first line), `--secret -` (stdin) or `--secret S`;
 /// `None` when neither is given.
-fn read_secret(
-    secret: Option<String>,
-    file: Option<std::path::PathBuf>,
-) -> Result<Option<String>> {
+fn read_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Result<Option<String>> {
     let read_line = |text: String| text.lines().next().unwrap_or("").trim().to_string();
     Ok(Some(match (secret, file) {
         (_, Some(path)) => read_line(

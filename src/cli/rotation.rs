@@ -69,11 +69,17 @@ pub async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result<()> {
         }
         SecretCmd::Use { key_id, force } => {
             check_key_id(&key_id)?;
-            ("cluster_secret_use", json!({ "key_id": key_id, "force": force }))
+            (
+                "cluster_secret_use",
+                json!({ "key_id": key_id, "force": force }),
+            )
         }
         SecretCmd::Remove { key_id, force } => {
             check_key_id(&key_id)?;
-            ("cluster_secret_remove", json!({ "key_id": key_id, "force": force }))
+            (
+                "cluster_secret_remove",
+                json!({ "key_id": key_id, "force": force }),
+            )
         }
     };
     let data = call(paths, action, options, t).await?;
@@ -135,7 +141,10 @@ fn list_table(d: &Value) -> String {
     };
     let mut out = format!(
         "plan: uses {}; accepts {}; removed {}\n",
-        r.plan.uses.as_deref().unwrap_or("node.conf's secret (no rotation yet)"),
+        r.plan
+            .uses
+            .as_deref()
+            .unwrap_or("node.conf's secret (no rotation yet)"),
         dash(&r.plan.accepts),
         dash(&r.plan.removed)
     );
@@ -152,7 +161,10 @@ fn list_table(d: &Value) -> String {
             n.uses.as_deref().unwrap_or("?"),
             dash(&n.accepts),
             yes(n.converged),
-            n.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+            n.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
         ));
     }
     out.push_str(if r.converged {

@@ -99,11 +99,14 @@ impl Daemon {
         let me = self.name();
         let mut nodes = vec![self.own_secrets(&plan)];
         if !local {
-            let asks = members.into_iter().filter(|(n, _)| *n != me).map(|(n, addr)| {
-                let d = self.clone();
-                let plan = plan.clone();
-                tokio::spawn(async move { d.peer_secrets(n, &addr, &plan).await })
-            });
+            let asks = members
+                .into_iter()
+                .filter(|(n, _)| *n != me)
+                .map(|(n, addr)| {
+                    let d = self.clone();
+                    let plan = plan.clone();
+                    tokio::spawn(async move { d.peer_secrets(n, &addr, &plan).await })
+                });
             for h in asks.collect::<Vec<_>>() {
                 if let Ok(n) = h.await {
                     nodes.push(n);
@@ -127,7 +130,12 @@ impl Daemon {
     async fn peer_secrets(&self, name: String, addr: &str, plan: &Secrets) -> NodeSecrets {
         let answer = self
             .peers
-            .call(addr, "cluster_secret_list", json!({"local": true}), PEER_TIMEOUT)
+            .call(
+                addr,
+                "cluster_secret_list",
+                json!({"local": true}),
+                PEER_TIMEOUT,
+            )
             .await
             .map_err(|e| e.to_string())
             .and_then(|v| {
@@ -159,9 +167,7 @@ impl Daemon {
         let current = first.then(|| SecretValue(self.config().secret));
         let secret = SecretValue(secret);
         let key_id = secret.fingerprint();
-        let committed = self
-            .propose(Command::AddSecret { secret, current })
-            .await?;
+        let committed = self.propose(Command::AddSecret { secret, current }).await?;
         tracing::info!(%key_id, "secret rotation: new secret added (accepted, not used yet)");
         Ok(SecretStepDone {
             step: "add".into(),
@@ -179,9 +185,22 @@ impl Daemon {
         o: api::options::SecretStep,
     ) -> Result<SecretStepDone> {
         let (step, cmd) = match action {
-            Action::ClusterSecretUse => (Step::Use, Command::UseSecret { key_id: o.key_id.clone() }),
-            _ => (Step::Remove, Command::RemoveSecret { key_id: o.key_id.clone() }),
+            Action::ClusterSecretUse => (
+                Step::Use,
+                Command::UseSecret {
+                    key_id: o.key_id.clone(),
+                },
+            ),
+            _ => (
+                Step::Remove,
+                Command::RemoveSecret {
+                    key_id: o.key_id.clone(),
+                },
+            ),
         };
+        // Refused early on this node's copy of the plan (the leader checks again).
+        let plan = self.node()?.read(|s| s.secrets.clone());
+        raft::secrets::validate(&plan, &cmd).map_err(|e| ActionError::bad(e.to_string()))?;
         let report = self.secret_list(false).await?;
         let lagging = lagging(&report, step, &o.key_id);
         if !lagging.is_empty() && !o.force {
