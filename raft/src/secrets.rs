@@ -162,11 +162,9 @@ pub(crate) fn mutate(plan: &mut Secrets, cmd: &Command, ev: &mut Vec<Event>) {
             }
             accept(plan, secret.clone(), ev);
         }
-        Command::UseSecret { key_id } => {
-            if plan.used.as_ref() != Some(key_id) {
-                let old = plan.used.replace(key_id.clone());
-                ev.push(Event::change("secrets.used", old, Some(key_id.clone())));
-            }
+        Command::UseSecret { key_id } if plan.used.as_ref() != Some(key_id) => {
+            let old = plan.used.replace(key_id.clone());
+            ev.push(Event::change("secrets.used", old, Some(key_id.clone())));
         }
         Command::RemoveSecret { key_id } => {
             plan.accepted.remove(key_id);
