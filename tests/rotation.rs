@@ -221,6 +221,20 @@ async fn rolling_rotation_without_downtime() {
     assert!(e.contains("was removed"), "{e}");
 
     // No secret value in any output, event or log.
+    // The human table names each node and says it converged.
+    let table = Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&roots[0])
+        .args(["cluster", "secret", "list"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("every node converged") && table.contains("n3"),
+        "{table}"
+    );
+    outputs.push_str(&table);
+
     // `node events` prints one JSON object per line: only its text is kept.
     let _ = om(&roots[0], &["node", "events"], &mut outputs);
     assert!(
