@@ -575,6 +575,23 @@ mod tests {
         assert_eq!(cfg.max_conns_per_addr, 8);
         assert_eq!(cfg.frame_timeout, Duration::from_millis(250));
 
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let doc = IniDoc::parse(&format!(
+            "[cluster]\nname = c\nsecret = {a}\nsecrets_accepted = {b}\n"
+        ))
+        .unwrap();
+        let cfg = NodeConfig::from_doc(&doc).unwrap();
+        assert_eq!(cfg.secrets_accepted, vec![b.clone()]);
+        let fps = cfg.keyring().fingerprints();
+        assert_eq!(
+            fps[0],
+            raft::secrets::fingerprint(a.as_bytes()),
+            "the client uses cluster.secret"
+        );
+        assert_eq!(fps.len(), 2);
+        let e = validate("cluster.secrets_accepted", &format!("{b} short-one")).unwrap_err();
+        assert!(!e.to_string().contains(&b), "a secret is never shown: {e}");
+
         let doc = IniDoc::parse("[listener]\nprot = 1\n").unwrap();
         assert!(matches!(
             NodeConfig::from_doc(&doc).unwrap_err(),
