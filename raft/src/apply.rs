@@ -80,6 +80,16 @@ pub enum CommandError {
     MissingNode { svc: String, field: String },
     #[error("invalid cluster parameter {key:?}: {reason}")]
     InvalidParam { key: String, reason: String },
+    #[error("invalid secret: {reason}")]
+    InvalidSecret { reason: String },
+    #[error("no accepted secret has key id {key_id:?}; accepted: {accepted}")]
+    UnknownSecret { key_id: String, accepted: String },
+    #[error(
+        "secret {key_id} was removed; a removed secret is never accepted again: generate a new one"
+    )]
+    SecretRemoved { key_id: String },
+    #[error("secret {key_id} is the one nodes use; `use` another one before removing it")]
+    SecretInUse { key_id: String },
 }
 
 /// Applies `cmd` to `state`: the result, and the events describing what changed.
@@ -217,6 +227,9 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
         Command::ReportInstance { svc, node, .. } => {
             service(s, svc)?;
             member(s, node)
+        }
+        Command::AddSecret { .. } | Command::UseSecret { .. } | Command::RemoveSecret { .. } => {
+            crate::secrets::validate(&s.secrets, cmd)
         }
     }
 }
@@ -428,6 +441,9 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 inst.restarts = restarts.clone();
             }
             inst.updated_at_ms = *at_ms;
+        }
+        Command::AddSecret { .. } | Command::UseSecret { .. } | Command::RemoveSecret { .. } => {
+            crate::secrets::mutate(&mut s.secrets, cmd, ev)
         }
     }
     None

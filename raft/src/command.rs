@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::secrets::SecretValue;
 use crate::state::Avail;
 use crate::state::GlobalExpect;
 use crate::state::LocalExpect;
@@ -82,6 +83,18 @@ pub enum Command {
         restarts: BTreeMap<String, u32>,
         at_ms: u64,
     },
+    /// Rotation, step 1: every node accepts `secret` too (and still uses its secret).
+    /// `current` is the proposer's secret in use; it is recorded by the first rotation
+    /// (the plan was empty) and ignored after.
+    AddSecret {
+        secret: SecretValue,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<SecretValue>,
+    },
+    /// Rotation, step 2: every node uses the accepted secret `key_id` (a fingerprint).
+    UseSecret { key_id: String },
+    /// Rotation, step 3: no node accepts secret `key_id` any more (not the one in use).
+    RemoveSecret { key_id: String },
 }
 
 impl Command {
@@ -100,6 +113,9 @@ impl Command {
             Command::DeleteService { .. } => "delete_service",
             Command::SetClusterParam { .. } => "set_cluster_param",
             Command::ReportInstance { .. } => "report_instance",
+            Command::AddSecret { .. } => "add_secret",
+            Command::UseSecret { .. } => "use_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod node;
 mod restart;
 pub mod rpc;
 pub mod runtime;
+pub mod secrets;
 pub mod state;
 pub mod types;
 

@@ -305,6 +305,9 @@ pub struct ClusterState {
     /// joins again (its log was wiped), though its name may come back with a new store.
     #[serde(default)]
     pub departed_ids: BTreeSet<u64>,
+    /// The secret rotation plan (values travel in the log: the store is private).
+    #[serde(default)]
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl ClusterState {
@@ -339,6 +342,18 @@ impl ClusterState {
                     "{svc} placed@{n} names a member"
                 );
             }
+        }
+        if let Some(used) = &self.secrets.used {
+            assert!(
+                self.secrets.accepted.contains_key(used),
+                "the secret in use is accepted"
+            );
+        }
+        for fp in &self.secrets.removed {
+            assert!(
+                !self.secrets.accepted.contains_key(fp),
+                "a removed secret is not accepted"
+            );
         }
     }
 }

@@ -110,6 +110,14 @@ actions! {
     WorkCancel => "work_cancel", Any;
     /// Cancel a work unit if needed and delete it.
     WorkRelease => "work_release", Any;
+    /// Rotation step 1: every node accepts a new secret (control socket).
+    ClusterSecretAdd => "cluster_secret_add", Control;
+    /// Rotation step 2: every node uses an accepted secret (control socket).
+    ClusterSecretUse => "cluster_secret_use", Control;
+    /// Rotation step 3: no node accepts a secret any more (control socket).
+    ClusterSecretRemove => "cluster_secret_remove", Control;
+    /// The rotation plan and, per node, the fingerprints it uses and accepts.
+    ClusterSecretList => "cluster_secret_list", Any;
     /// Whether a listener address is free in the cluster (asked by `om node set`).
     CheckListenerAddr => "check_listener_addr", Control;
     /// Testing aid: crash a thread or stop the Raft core.

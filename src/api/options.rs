@@ -540,3 +540,102 @@ impl ApiRequest for ControlLine {
     /// The command's JSON answer.
     type Reply = serde_json::Value;
 }
+
+/// `cluster_secret_add` (control socket): the secret every node is to accept.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecretAdd {
+    /// The new secret (at least 32 printable characters); absent: the daemon generates
+    /// 32 random bytes in hex.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for SecretAdd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretAdd { secret: <redacted> }")
+    }
+}
+
+impl ApiRequest for SecretAdd {
+    const ACTION: Action = Action::ClusterSecretAdd;
+    type Reply = SecretStepDone;
+}
+
+/// `cluster_secret_use`, `cluster_secret_remove` (control socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretStep {
+    /// The secret's key id: its fingerprint, 8 hex digits, as `cluster_secret_list` shows.
+    pub key_id: String,
+    /// Commit even though some reachable members have not converged on the previous step.
+    #[serde(default, deserialize_with = "flag")]
+    pub force: bool,
+}
+
+/// The answer to a rotation step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretStepDone {
+    /// `add`, `use` or `remove`.
+    pub step: String,
+    /// The secret's key id (fingerprint).
+    pub key_id: String,
+    /// Where the step was committed.
+    pub committed: Committed,
+    /// Members that did not answer (their convergence is unknown).
+    pub unreachable: Vec<String>,
+}
+
+/// `cluster_secret_list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecretList {
+    /// Only this node's installed fingerprints (what nodes ask each other).
+    #[serde(deserialize_with = "flag")]
+    pub local: bool,
+}
+
+impl ApiRequest for SecretList {
+    const ACTION: Action = Action::ClusterSecretList;
+    type Reply = SecretsReport;
+}
+
+/// The fingerprints one node has installed in its keyring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSecrets {
+    /// The node.
+    pub node: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// The key id it uses as a client (`None` when unreachable).
+    pub uses: Option<String>,
+    /// The key ids it accepts, sorted.
+    pub accepts: Vec<String>,
+    /// Whether it uses and accepts exactly what the plan says.
+    pub converged: bool,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The committed rotation plan, by key id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPlan {
+    /// The key id every node is to use; `None`: no rotation yet (node.conf's secret).
+    pub uses: Option<String>,
+    /// The key ids every node is to accept.
+    pub accepts: Vec<String>,
+    /// The key ids removed for good.
+    pub removed: Vec<String>,
+}
+
+/// The answer to [`SecretList`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsReport {
+    /// The node that answered.
+    pub node: String,
+    /// The committed plan.
+    pub plan: SecretPlan,
+    /// Per node (only the answering node with `local`).
+    pub nodes: Vec<NodeSecrets>,
+    /// Whether every member is reachable and converged.
+    pub converged: bool,
+}

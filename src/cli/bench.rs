@@ -53,7 +53,7 @@ async fn find_target(paths: &Paths) -> Result<Target, CliError> {
         .ok_or_else(|| CliError(format!("no address for leader {leader}")))?
         .to_string();
     Ok(Target {
-        keyring: Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes()),
+        keyring: cfg.keyring(),
         sender: cfg.name,
         leader_addr,
         leader,

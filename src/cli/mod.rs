@@ -7,6 +7,7 @@ mod demo;
 pub mod local;
 mod nodeconf;
 pub mod render;
+mod rotation;
 mod svc;
 
 use std::path::PathBuf;
@@ -57,6 +58,11 @@ pub enum Top {
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
+    },
+    /// Cluster-wide commands.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
     },
     /// Start a local 3-node cluster on loopback, show it, kill its leader, show it again.
     Demo {
@@ -132,6 +138,16 @@ pub enum NodeCmd {
     Jobs {
         #[command(subcommand)]
         cmd: svc::JobsCmd,
+    },
+}
+
+/// `om cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Rotate the cluster secret without downtime: add, then use, then remove.
+    Secret {
+        #[command(subcommand)]
+        cmd: rotation::SecretCmd,
     },
 }
 
@@ -359,6 +375,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             });
             Ok(())
         }
+        Top::Cluster {
+            cmd: ClusterCmd::Secret { cmd },
+        } => rotation::run(&paths, cmd, format).await,
         Top::Node {
             cmd: NodeCmd::Events { follow },
         } => events(&paths, follow, format).await,
@@ -416,8 +435,25 @@ async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) ->
 /// The secret `join` uses: from `--secret-file`, `--secret -` (stdin), `OM_SECRET` or
 /// `--secret S`, checked for strength before anything is sent.
 fn join_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Result<String> {
+    let secret = read_secret(secret, file)?.ok_or_else(|| {
+        CliError(
+            "join needs the cluster secret: --secret-file FILE, --secret - (stdin), \
+             OM_SECRET=... or --secret S"
+                .into(),
+        )
+    })?;
+    if secret.is_empty() {
+        return Err(CliError("join: the cluster secret is empty".into()));
+    }
+    crate::config::validate("cluster.secret", &secret).map_err(|e| CliError(e.to_string()))?;
+    Ok(secret)
+}
+
+/// A secret from `--secret-file` (its first line), `--secret -` (stdin) or `--secret S`;
+/// `None` when neither is given.
+fn read_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Result<Option<String>> {
     let read_line = |text: String| text.lines().next().unwrap_or("").trim().to_string();
-    let secret = match (secret, file) {
+    Ok(Some(match (secret, file) {
         (_, Some(path)) => read_line(
             std::fs::read_to_string(&path)
                 .map_err(|e| CliError(format!("--secret-file {}: {e}", path.display())))?,
@@ -429,19 +465,8 @@ fn join_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Resu
             read_line(text)
         }
         (Some(s), None) => s,
-        (None, None) => {
-            return Err(CliError(
-                "join needs the cluster secret: --secret-file FILE, --secret - (stdin), \
-                 OM_SECRET=... or --secret S"
-                    .into(),
-            ))
-        }
-    };
-    if secret.is_empty() {
-        return Err(CliError("join: the cluster secret is empty".into()));
-    }
-    crate::config::validate("cluster.secret", &secret).map_err(|e| CliError(e.to_string()))?;
-    Ok(secret)
+        (None, None) => return Ok(None),
+    }))
 }
 
 fn print(format: Format, data: &Value, table: impl FnOnce(&Value) -> String) {

@@ -157,7 +157,7 @@ pub async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
         cfg.listener_addr.to_string()
     };
     let addr = format!("{host}:{}", cfg.listener_port);
-    let keyring = crate::wire::Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
+    let keyring = cfg.keyring();
     let client = crate::wire::ClientOptions::new(&addr, keyring, &cfg.name)
         .connect_timeout(Duration::from_secs(3))
         .build();

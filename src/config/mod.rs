@@ -191,6 +191,11 @@ pub const PARAMS: &[Param] = &[
         help: "shared secret the frames are encrypted with",
     },
     Param {
+        key: "cluster.secrets_accepted",
+        default: "",
+        help: "space-separated secrets accepted besides cluster.secret (written by `om cluster secret`: rotation)",
+    },
+    Param {
         key: "cluster.nodes",
         default: "",
         help: "space-separated member names",
@@ -234,6 +239,8 @@ pub struct NodeConfig {
     pub cluster_name: String,
     /// `cluster.secret` (empty before bootstrap or join).
     pub secret: String,
+    /// `cluster.secrets_accepted`: secrets accepted besides `secret` (rotation).
+    pub secrets_accepted: Vec<String>,
     /// `cluster.nodes`.
     pub nodes: Vec<String>,
     /// The `[worktype#<name>]` sections: what `work submit` may run on this node.
@@ -389,6 +396,10 @@ impl NodeConfig {
             blacklist_ttl: duration(&get("listener.blacklist_ttl")).expect("validated"),
             cluster_name: get("cluster.name"),
             secret: get("cluster.secret"),
+            secrets_accepted: get("cluster.secrets_accepted")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             nodes: get("cluster.nodes")
                 .split_whitespace()
                 .map(str::to_string)
@@ -406,6 +417,15 @@ impl NodeConfig {
             self.listener_addr.to_string()
         };
         format!("{host}:{}", self.listener_port)
+    }
+
+    /// The keyring of this config: `cluster.secret` first (what a client uses), then each
+    /// of `cluster.secrets_accepted`.
+    pub fn keyring(&self) -> crate::wire::Keyring {
+        let first = crate::wire::Keyring::new(self.cluster_name.clone(), self.secret.as_bytes());
+        self.secrets_accepted
+            .iter()
+            .fold(first, |k, s| k.with_secret(s.as_bytes()))
     }
 
     /// Whether this node has a cluster identity (name and secret).
@@ -452,7 +472,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     }
     let bad = |reason: &str| {
         // Errors are printed and logged: a secret never appears in them.
-        let shown = if key == "cluster.secret" {
+        let shown = if key.starts_with("cluster.secret") {
             format!("<{} characters>", value.len())
         } else {
             value.to_string()
@@ -519,6 +539,13 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         }
         "cluster.secret" if !value.is_empty() && value.len() < MIN_SECRET_LEN => {
             bad("a secret has at least 32 characters (16 random bytes in hex); generate one with: head -c 32 /dev/urandom | xxd -p -c 64")
+        }
+        "cluster.secrets_accepted"
+            if value
+                .split_whitespace()
+                .any(|v| raft::secrets::check_secret(v).is_err()) =>
+        {
+            bad("space-separated secrets of at least 32 printable characters each")
         }
         "cluster.nodes" => match value.split_whitespace().find(|n| !name_ok(n)) {
             Some(_) => bad("expected space-separated node names"),
@@ -608,7 +635,7 @@ pub fn check_secret_mode(path: &Path) -> Result<(), ConfigError> {
 }
 
 /// The fewest characters a cluster secret may have: 16 random bytes written in hex.
-pub const MIN_SECRET_LEN: usize = 32;
+pub const MIN_SECRET_LEN: usize = raft::secrets::MIN_SECRET_LEN;
 
 #[cfg(test)]
 mod tests {
@@ -673,6 +700,22 @@ mod tests {
             let e = NodeConfig::from_doc(&IniDoc::parse(text).unwrap()).unwrap_err();
             assert!(e.to_string().contains(want), "{text}: {e}");
         }
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let doc = IniDoc::parse(&format!(
+            "[cluster]\nname = c\nsecret = {a}\nsecrets_accepted = {b}\n"
+        ))
+        .unwrap();
+        let cfg = NodeConfig::from_doc(&doc).unwrap();
+        assert_eq!(cfg.secrets_accepted, vec![b.clone()]);
+        let fps = cfg.keyring().fingerprints();
+        assert_eq!(
+            fps[0],
+            raft::secrets::fingerprint(a.as_bytes()),
+            "the client uses cluster.secret"
+        );
+        assert_eq!(fps.len(), 2);
+        let e = validate("cluster.secrets_accepted", &format!("{b} short-one")).unwrap_err();
+        assert!(!e.to_string().contains(&b), "a secret is never shown: {e}");
 
         let doc = IniDoc::parse("[listener]\nprot = 1\n").unwrap();
         assert!(matches!(

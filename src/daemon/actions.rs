@@ -151,6 +151,18 @@ impl Daemon {
                     .map_err(|e| ActionError::bad(e.to_string()))?;
                 Ok(json!({ "thread_id": opts.thread_id, "killed": true }))
             }
+            Action::ClusterSecretAdd => {
+                let opts: options::SecretAdd = api::parse(action, o)?;
+                api::reply(&self.secret_add(opts.secret).await?)
+            }
+            Action::ClusterSecretUse | Action::ClusterSecretRemove => {
+                let opts: options::SecretStep = api::parse(action, o)?;
+                api::reply(&self.secret_step(action, opts).await?)
+            }
+            Action::ClusterSecretList => {
+                let opts: options::SecretList = api::parse(action, o)?;
+                api::reply(&self.secret_list(opts.local).await?)
+            }
             // `om node set|edit config` ask before writing a new listener address.
             Action::CheckListenerAddr => {
                 let opts: options::CheckListenerAddr = api::parse(action, o)?;
@@ -547,6 +559,8 @@ impl Daemon {
         let cfg = self.edit_config(|doc| {
             doc.set("cluster", "name", &name);
             doc.set("cluster", "secret", &secret);
+            // The cluster joined has its own rotation plan; it arrives with the log.
+            doc.unset("cluster", "secrets_accepted");
             doc.set("cluster", "nodes", &nodes.join(" "));
             for (k, v) in &listener {
                 doc.set("listener", k, v);
@@ -556,10 +570,7 @@ impl Daemon {
         // has answered, and frames from a sender the listener does not know yet would count
         // toward blacklisting the leader here while Raft starts.
         self.refresh_members();
-        self.set_keyring(Keyring::new(
-            cfg.cluster_name.clone(),
-            cfg.secret.as_bytes(),
-        ));
+        self.set_keyring(cfg.keyring());
         self.start_raft()
             .await
             .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;

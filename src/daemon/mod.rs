@@ -8,6 +8,7 @@ pub mod actions;
 pub mod events;
 pub mod peers;
 pub mod raftnet;
+pub mod rotation;
 pub mod status;
 pub mod threads;
 pub mod watcher;
@@ -155,7 +156,7 @@ impl Daemon {
             config::save(&paths.node_conf(), &doc)?;
             cfg = NodeConfig::from_doc(&doc)?;
         }
-        let keyring = Keyring::new(cfg.cluster_name.clone(), cfg.secret.as_bytes());
+        let keyring = cfg.keyring();
         let members: BTreeSet<String> = cfg
             .nodes
             .iter()
@@ -261,6 +262,7 @@ impl Daemon {
         // Before sled creates the store: a store without an id file is an old one.
         let id = store_id(&self.paths, &cfg.name).map_err(|e| store_err(e.to_string()))?;
         self.raft_id.store(id, std::sync::atomic::Ordering::Relaxed);
+        private_dir(&dir).map_err(|e| store_err(e.to_string()))?;
         let backend = open_sled(&dir)
             .await
             .map_err(|e| store_err(e.to_string()))?;
@@ -460,6 +462,7 @@ impl Daemon {
         loop {
             self.refresh_members();
             self.sync_conf_nodes();
+            self.sync_secrets();
             let Ok(node) = self.node() else {
                 tokio::select! {
                     _ = generation.changed() => continue,
@@ -474,16 +477,23 @@ impl Daemon {
                             let touches_members = matches!(&rec.event,
                                 raft::Event::Change { path, .. } if path.starts_with("nodes."))
                                 || matches!(&rec.event, raft::Event::Log { .. });
+                            let touches_secrets = matches!(&rec.event,
+                                raft::Event::Change { path, .. } if path.starts_with("secrets."))
+                                || matches!(&rec.event, raft::Event::Log { .. });
                             self.events.push(rec);
                             if touches_members {
                                 self.refresh_members();
                                 self.sync_conf_nodes();
+                            }
+                            if touches_secrets {
+                                self.sync_secrets();
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!("event pump lagged by {n} events");
                             self.refresh_members();
                             self.sync_conf_nodes();
+                            self.sync_secrets();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     },
@@ -966,6 +976,19 @@ pub(crate) fn write_store_id(paths: &Paths, id: NodeId) -> std::io::Result<()> {
 /// A random Raft id for a new store incarnation (never 0).
 pub(crate) fn new_raft_id() -> NodeId {
     rand::random::<u64>().max(1)
+}
+
+/// Creates `dir` 0700, or narrows it to 0700: the Raft store holds the log and snapshots,
+/// which carry the rotated cluster secrets. The files sled creates inside are then out of
+/// reach of other users whatever their own mode.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Opens sled, waiting briefly for a previous handle's lock to be released.

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 
 use super::Daemon;
 use crate::config::NodeConfig;
-use crate::wire::Keyring;
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -169,11 +168,11 @@ fn apply(daemon: &Arc<Daemon>, old: &NodeConfig, new: &NodeConfig) {
         crate::cli::set_log_level(&new.log_level);
         tracing::info!(level = %new.log_level, "log level changed");
     }
-    if new.secret != old.secret || new.cluster_name != old.cluster_name {
-        daemon.set_keyring(Keyring::new(
-            new.cluster_name.clone(),
-            new.secret.as_bytes(),
-        ));
+    if new.secret != old.secret
+        || new.secrets_accepted != old.secrets_accepted
+        || new.cluster_name != old.cluster_name
+    {
+        daemon.set_keyring(new.keyring());
         tracing::info!("cluster keyring changed");
     }
     // Every listener.* parameter (caps and timeouts included) takes effect by a rebind.

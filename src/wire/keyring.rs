@@ -97,6 +97,15 @@ impl Keyring {
         self.inner.secrets.len()
     }
 
+    /// The fingerprint of each secret (first 8 hex of SHA-256), the one a client uses first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.inner
+            .secrets
+            .iter()
+            .map(|s| raft::secrets::fingerprint(s))
+            .collect()
+    }
+
     /// The pre-shared key of secret number `index` (0 = the current one).
     pub fn psk(&self, index: usize) -> Psk {
         let hk = Hkdf::<Sha256>::new(Some(PSK_SALT), &self.inner.secrets[index]);

@@ -1,0 +1,176 @@
+//! `om cluster secret add|use|remove|list`: the secret rotation, step by step, with each
+//! node's convergence shown (fingerprints only, never a secret).
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+use serde_json::Value;
+
+use super::call;
+use super::print;
+use super::CliError;
+use super::Format;
+use crate::api::options::SecretsReport;
+use crate::config::Paths;
+
+type Result<T> = std::result::Result<T, CliError>;
+
+/// `om cluster secret ...`
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Step 1: every node accepts a new secret (generated unless given), still uses its own.
+    Add {
+        /// The new secret; `-` reads it from stdin. Prefer --secret-file: argv shows in `ps`.
+        #[arg(long)]
+        secret: Option<String>,
+        /// A file whose first line is the new secret.
+        #[arg(long, conflicts_with = "secret")]
+        secret_file: Option<std::path::PathBuf>,
+    },
+    /// Step 2: every node uses secret KEY_ID as a client (and still accepts the old one).
+    Use {
+        /// The key id (fingerprint) that `list` shows.
+        key_id: String,
+        /// Even though some reachable nodes do not accept it yet.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Step 3: no node accepts secret KEY_ID any more.
+    Remove {
+        /// The key id (fingerprint) that `list` shows.
+        key_id: String,
+        /// Even though some reachable nodes do not use the current secret yet.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The plan and, per node, which secrets it uses and accepts.
+    List,
+}
+
+/// Runs one `om cluster secret` command.
+pub async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result<()> {
+    let t = Duration::from_secs(20);
+    let (action, options) = match cmd {
+        SecretCmd::List => {
+            let data = call(paths, "cluster_secret_list", json!({}), t).await?;
+            print(format, &data, list_table);
+            return Ok(());
+        }
+        SecretCmd::Add {
+            secret,
+            secret_file,
+        } => {
+            let secret = super::read_secret(secret, secret_file)?;
+            if let Some(s) = &secret {
+                raft::secrets::check_secret(s).map_err(|e| CliError(format!("--secret: {e}")))?;
+            }
+            ("cluster_secret_add", json!({ "secret": secret }))
+        }
+        SecretCmd::Use { key_id, force } => {
+            check_key_id(&key_id)?;
+            (
+                "cluster_secret_use",
+                json!({ "key_id": key_id, "force": force }),
+            )
+        }
+        SecretCmd::Remove { key_id, force } => {
+            check_key_id(&key_id)?;
+            (
+                "cluster_secret_remove",
+                json!({ "key_id": key_id, "force": force }),
+            )
+        }
+    };
+    let data = call(paths, action, options, t).await?;
+    print(format, &data, step_text);
+    Ok(())
+}
+
+/// A key id is 8 lower-case hex digits.
+fn check_key_id(key_id: &str) -> Result<()> {
+    let ok = key_id.len() == 8
+        && key_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError(format!(
+            "KEY_ID {key_id:?}: expected 8 lower-case hex digits, as `om cluster secret list` shows"
+        )))
+    }
+}
+
+/// What a committed step means, and the next one.
+fn step_text(d: &Value) -> String {
+    let key = d["key_id"].as_str().unwrap_or("?");
+    let index = &d["committed"]["index"];
+    let mut out = match d["step"].as_str().unwrap_or("") {
+        "add" => format!(
+            "secret {key} added (index {index}): every node accepts it, none uses it yet\n\
+             next, once `om cluster secret list` shows it on every node: om cluster secret use {key}\n"
+        ),
+        "use" => format!(
+            "secret {key} in use (index {index}): every node connects with it, still accepts the old one\n\
+             next, once every node uses it: om cluster secret remove <old key id>\n"
+        ),
+        _ => format!("secret {key} removed (index {index}): no node accepts it any more\n"),
+    };
+    if let Some(u) = d["unreachable"].as_array().filter(|u| !u.is_empty()) {
+        let names: Vec<&str> = u.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!(
+            "warning: unreachable, convergence unknown: {}\n",
+            names.join(", ")
+        ));
+    }
+    out
+}
+
+/// The human table of `list`.
+fn list_table(d: &Value) -> String {
+    let Ok(r) = serde_json::from_value::<SecretsReport>(d.clone()) else {
+        return format!("{d}\n");
+    };
+    let dash = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut out = format!(
+        "plan: uses {}; accepts {}; removed {}\n",
+        r.plan
+            .uses
+            .as_deref()
+            .unwrap_or("node.conf's secret (no rotation yet)"),
+        dash(&r.plan.accepts),
+        dash(&r.plan.removed)
+    );
+    out.push_str(&format!(
+        "{:<16} {:<9} {:<9} {:<28} {}\n",
+        "NODE", "REACHABLE", "USES", "ACCEPTS", "CONVERGED"
+    ));
+    for n in &r.nodes {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        out.push_str(&format!(
+            "{:<16} {:<9} {:<9} {:<28} {}{}\n",
+            n.node,
+            yes(n.reachable),
+            n.uses.as_deref().unwrap_or("?"),
+            dash(&n.accepts),
+            yes(n.converged),
+            n.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push_str(if r.converged {
+        "every node converged\n"
+    } else {
+        "not converged yet\n"
+    });
+    out
+}
