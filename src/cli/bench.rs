@@ -81,12 +81,21 @@ fn level_json(clients: usize, lat: &mut [Duration], elapsed: Duration, errors: u
     })
 }
 
+/// Sessions the clients of one level share, at most.
+const CONNS: usize = 16;
+
 async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let client = ClientOptions::new(&t.leader_addr, t.keyring.clone(), &t.sender).build();
+    // Clients share up to CONNS pipelined sessions, as etcd's benchmark shares --conns: one
+    // session per client from one address would run into listener.max_conns_per_addr and
+    // listener.handshake_rate, which exist to stop exactly that.
+    let sessions: Vec<_> = (0..clients.clamp(1, CONNS))
+        .map(|_| ClientOptions::new(&t.leader_addr, t.keyring.clone(), &t.sender).build())
+        .collect();
+    for i in 0..clients {
+        let client = sessions[i % sessions.len()].clone();
         let leader = t.leader.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
