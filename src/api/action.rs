@@ -95,6 +95,12 @@ actions! {
     JobCancel => "job_cancel", Any;
     /// Applied events, from a sequence number.
     Events => "events", Any;
+    /// The agent API's check-in (Zeek's `notify_agent_hello`): who answers, and which API
+    /// versions it speaks; an unknown `api_version` is refused naming them.
+    Hello => "hello", Any;
+    /// The agent API's `get_nodes`: one status record per node, each with its own result
+    /// (a node that does not answer in time is a failed result, not a failed request).
+    GetNodes => "get_nodes", Any;
     /// One round trip: the answering node's name, version, work types and connections.
     ControlPing => "control_ping", Any;
     /// One control service command (a line, text or JSON) run by the receiver: what

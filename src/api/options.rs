@@ -346,6 +346,62 @@ pub struct Events {
     pub wait_ms: Option<u64>,
 }
 
+/// The agent API versions this node speaks, oldest first.
+pub const API_VERSIONS: &[u32] = &[1];
+
+/// `hello`: the agent API check-in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hello {
+    /// The API version the caller speaks; absent: any.
+    pub api_version: Option<u32>,
+}
+
+/// The answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The answering node (Zeek's `instance`).
+    pub instance: String,
+    /// Its listener address.
+    pub host: String,
+    /// The version it answers in (the caller's, or the newest).
+    pub api_version: u32,
+    /// Every version it speaks.
+    pub api_versions: Vec<u32>,
+}
+
+impl ApiRequest for Hello {
+    const ACTION: Action = Action::Hello;
+    type Reply = HelloReply;
+}
+
+/// `get_nodes`: no options but the per-node timeout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetNodes {
+    /// How long each node has to answer (ms; default 1000, at most 30 000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// One node's result in a `get_nodes` answer (Zeek's `Result` around a `NodeStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeResult {
+    /// The node.
+    pub node: String,
+    /// Whether it answered.
+    pub success: bool,
+    /// Why not (`request timed out`, unreachable, ...).
+    pub error: Option<String>,
+    /// Its status when it answered: `state` (running, frozen, ...), `role` (Raft),
+    /// `instances` (the services with an instance there, and their status).
+    pub data: Option<serde_json::Value>,
+}
+
+impl ApiRequest for GetNodes {
+    const ACTION: Action = Action::GetNodes;
+    type Reply = Vec<NodeResult>;
+}
+
 /// The answer to a wire [`Admit`] of a new node: what the joiner writes into node.conf.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admitted {

@@ -283,6 +283,12 @@ impl Daemon {
             | Action::JobList
             | Action::JobShow
             | Action::JobCancel => crate::services::handle(self, action, o).await,
+            Action::Hello => api::reply(&self.hello(api::parse(action, o)?)?),
+            Action::GetNodes => {
+                let opts: options::GetNodes = api::parse(action, o)?;
+                let t = Duration::from_millis(opts.timeout_ms.unwrap_or(1000).clamp(1, 30_000));
+                api::reply(&self.get_nodes(t).await?)
+            }
             Action::Events => {
                 let opts: options::Events = api::parse(action, o)?;
                 let since = opts.since.unwrap_or(0);

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::actions::ActionError;
 use super::Daemon;
+use crate::api::options;
 
 /// How long a peer has to answer its part of a status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -167,6 +168,115 @@ impl Daemon {
 }
 
 /// Runs futures concurrently and collects their outputs in order.
+impl Daemon {
+    /// `hello`: this node and the agent API versions it speaks.
+    pub(super) fn hello(&self, o: options::Hello) -> Result<options::HelloReply, ActionError> {
+        let newest = *options::API_VERSIONS
+            .last()
+            .expect("at least one API version");
+        let api_version = match o.api_version {
+            None => newest,
+            Some(v) if options::API_VERSIONS.contains(&v) => v,
+            Some(v) => {
+                return Err(ActionError::bad(format!(
+                    "hello: api_version {v} is not spoken here; this node speaks {:?}",
+                    options::API_VERSIONS
+                )))
+            }
+        };
+        Ok(options::HelloReply {
+            instance: self.name(),
+            host: self.config().advertised_addr(),
+            api_version,
+            api_versions: options::API_VERSIONS.to_vec(),
+        })
+    }
+
+    /// `get_nodes`: every node of `cluster.nodes` asked for its own view within `timeout`;
+    /// each gets its own result.
+    pub(super) async fn get_nodes(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<options::NodeResult>, ActionError> {
+        let me = self.name();
+        let node = self.node()?;
+        let state = node.read(|s| s.clone());
+        let asks = state.nodes.iter().map(|(name, rec)| {
+            let (peers, name, addr, me) = (
+                self.peers.clone(),
+                name.clone(),
+                rec.addr.clone(),
+                me.clone(),
+            );
+            async move {
+                if name == me {
+                    return (name, Ok(None));
+                }
+                let r = tokio::time::timeout(
+                    timeout,
+                    peers.call(&addr, "daemon_status", json!({"local": true}), timeout),
+                )
+                .await;
+                (
+                    name,
+                    r.map_err(|_| "request timed out".to_string())
+                        .and_then(|r| r.map(Some).map_err(|e| e.to_string())),
+                )
+            }
+        });
+        let mine = self.self_view()?;
+        let mut out = Vec::new();
+        for (name, answer) in futures_join_all(asks).await {
+            let view = match answer {
+                Ok(None) => mine.clone(),
+                Ok(Some(data)) if data["node"] == json!(name) => data["self"].clone(),
+                Ok(Some(data)) => {
+                    out.push(failed(
+                        &name,
+                        format!("its address is answered by {}", data["node"]),
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    out.push(failed(&name, e));
+                    continue;
+                }
+            };
+            let instances: Map<String, Value> = state
+                .services
+                .iter()
+                .filter_map(|(svc, s)| {
+                    s.instances
+                        .get(&name)
+                        .map(|i| (svc.clone(), json!(i.status)))
+                })
+                .collect();
+            let mon = state.node_monitors.get(&name);
+            out.push(options::NodeResult {
+                node: name.clone(),
+                success: true,
+                error: None,
+                data: Some(json!({
+                    "state": mon.map_or(json!("unknown"), |m| json!(m.status)),
+                    "frozen": mon.is_some_and(|m| m.frozen),
+                    "role": view["role"],
+                    "instances": instances,
+                })),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn failed(node: &str, error: String) -> options::NodeResult {
+    options::NodeResult {
+        node: node.to_string(),
+        success: false,
+        error: Some(error),
+        data: None,
+    }
+}
+
 async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
