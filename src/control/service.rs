@@ -138,12 +138,9 @@ pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
 
 /// The listener address of member `node`, or an error naming the members.
 fn member_addr(daemon: &Daemon, node: &str) -> Result<String> {
-    daemon.node()?.read(|s| match s.nodes.get(node) {
-        Some(r) => Ok(r.addr.clone()),
-        None => Err(ApiError::bad(format!(
-            "node {node:?} is not a cluster member; members: {} (or localhost)",
-            s.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
+    daemon.member_addr(node).map_err(|mut e| {
+        e.message.push_str(" (or localhost)");
+        e
     })
 }
 
@@ -172,21 +169,14 @@ async fn ping_call(
     target: Option<&str>,
     timeout: Duration,
 ) -> Result<(options::Pong, Duration)> {
-    let addr = member_addr(daemon, node)?;
-    let req = crate::api::reply(&options::ControlPing {
+    member_addr(daemon, node)?;
+    let req = options::ControlPing {
         target: target.map(str::to_string),
-    })?;
+    };
     let t0 = Instant::now();
     let data = daemon
-        .peers
-        .call(&addr, Action::ControlPing.as_str(), req, timeout)
-        .await
-        .map_err(|e| match e {
-            crate::daemon::peers::PeerError::Failed {
-                status, message, ..
-            } => ApiError::new(status, format!("{node}: {message}")),
-            other => ApiError::new(Status::Unavailable, format!("{node}: {other}")),
-        })?;
+        .ask_member(node, Action::ControlPing, &req, timeout)
+        .await?;
     let took = t0.elapsed();
     Ok((
         crate::api::decode_reply(Action::ControlPing, data.into())?,

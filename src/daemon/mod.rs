@@ -757,6 +757,41 @@ impl Daemon {
             })
     }
 
+    /// The recorded listener address of member `node`; the error lists the members.
+    pub fn member_addr(&self, node: &str) -> Result<String, ActionError> {
+        self.node()?.read(|s| match s.nodes.get(node) {
+            Some(r) => Ok(r.addr.clone()),
+            None => Err(ActionError::bad(format!(
+                "node {node:?} is not a cluster member; members: {}",
+                s.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        })
+    }
+
+    /// Sends `action` with `options` to member `node` and returns the data of its answer;
+    /// its error answers keep their status, prefixed with the node.
+    pub async fn ask_member<O: serde::Serialize>(
+        &self,
+        node: &str,
+        action: crate::api::Action,
+        options: &O,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ActionError> {
+        let addr = self.member_addr(node)?;
+        self.peers
+            .call(&addr, action.as_str(), crate::api::reply(options)?, timeout)
+            .await
+            .map_err(|e| match e {
+                peers::PeerError::Failed {
+                    status, message, ..
+                } => ActionError::new(status, format!("{node}: {message}")),
+                unreachable => ActionError::new(
+                    code::UNAVAILABLE,
+                    format!("{node} is unreachable: {unreachable}"),
+                ),
+            })
+    }
+
     /// The right to change the membership, held by one change at a time on the leader.
     pub fn membership_guard(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ActionError> {
         self.membership_lock.clone().try_lock_owned().map_err(|_| {

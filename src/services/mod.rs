@@ -169,35 +169,6 @@ pub async fn set_service_config(
     serde_json::to_value(c).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
 }
 
-/// The listener address of member `node`.
-fn addr_of(daemon: &Daemon, node: &str) -> Result<String> {
-    daemon
-        .node()?
-        .read(|s| s.nodes.get(node).map(|r| r.addr.clone()))
-        .ok_or_else(|| bad(format!("node {node:?} is not a cluster member")))
-}
-
-/// Sends `action` to `node` and returns its data.
-pub(crate) async fn forward<O: serde::Serialize>(
-    daemon: &Daemon,
-    node: &str,
-    action: Action,
-    o: &O,
-    timeout: Duration,
-) -> Result<Value> {
-    let addr = addr_of(daemon, node)?;
-    daemon
-        .peers
-        .call(&addr, action.as_str(), api::reply(o)?, timeout)
-        .await
-        .map_err(|e| match e {
-            crate::daemon::peers::PeerError::Failed {
-                status, message, ..
-            } => ActionError::new(status, format!("{node}: {message}")),
-            other => ActionError::new(code::UNAVAILABLE, format!("{node}: {other}")),
-        })
-}
-
 /// The instance actions `service_action` runs.
 pub const INSTANCE_ACTIONS: &[&str] = &[
     "start", "stop", "restart", "status", "check", "freeze", "thaw",
@@ -268,7 +239,9 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
         } else {
             Duration::from_secs(15)
         };
-        return forward(daemon, node, Action::ServiceAction, &o, timeout).await;
+        return daemon
+            .ask_member(node, Action::ServiceAction, &o, timeout)
+            .await;
     }
     let cx = ctx(daemon);
     // Refuse what cannot run before answering, for jobs too.
@@ -573,7 +546,7 @@ async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<V
     }
     let me = daemon.name();
     let nodes: Vec<(String, String)> = match o.node.as_deref() {
-        Some(n) => vec![(n.to_string(), addr_of(daemon, n)?)],
+        Some(n) => vec![(n.to_string(), daemon.member_addr(n)?)],
         None => daemon.node()?.read(|s| {
             s.nodes
                 .iter()
@@ -741,7 +714,9 @@ fn service_status(daemon: &Arc<Daemon>, o: options::ServiceStatus) -> Result<Val
 /// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.
 async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> Result<Value> {
     if let Some(node) = o.node.as_deref().filter(|n| *n != daemon.name()) {
-        return forward(daemon, node, action, &o, Duration::from_secs(15)).await;
+        return daemon
+            .ask_member(node, action, &o, Duration::from_secs(15))
+            .await;
     }
     let id = || {
         o.id.as_deref()

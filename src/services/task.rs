@@ -108,7 +108,9 @@ pub async fn action(
     let sync = o.sync.unwrap_or(true);
     if let Some(node) = o.node.as_deref().filter(|n| *n != me) {
         let timeout = task.timeout + std::time::Duration::from_secs(15);
-        return super::forward(daemon, node, Action::ServiceAction, &o, timeout).await;
+        return daemon
+            .ask_member(node, Action::ServiceAction, &o, timeout)
+            .await;
     }
     if !cfg.lists(&me) {
         return Err(ApiError::bad(format!(

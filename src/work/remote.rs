@@ -60,23 +60,7 @@ async fn call<R: ApiRequest>(
     req: &R,
     timeout: Duration,
 ) -> Result<R::Reply> {
-    let addr = daemon
-        .node()?
-        .read(|s| s.nodes.get(node).map(|r| r.addr.clone()))
-        .ok_or_else(|| ApiError::bad(format!("node {node:?} is not a cluster member")))?;
-    let data = daemon
-        .peers
-        .call(&addr, action.as_str(), api::reply(req)?, timeout)
-        .await
-        .map_err(|e| match e {
-            crate::daemon::peers::PeerError::Failed {
-                status, message, ..
-            } => ApiError::new(status, format!("{node}: {message}")),
-            other => ApiError::new(
-                Status::Unavailable,
-                format!("{node} is unreachable: {other}"),
-            ),
-        })?;
+    let data = daemon.ask_member(node, action, req, timeout).await?;
     api::decode_reply(action, data.into())
 }
 
