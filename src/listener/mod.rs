@@ -85,7 +85,7 @@ use tokio::time::Instant;
 use crate::wire::frame::MAX_RECORD;
 use crate::wire::{
     accept, check_len, encode_refusal, parse_hello, read_body, read_len, status, Accepted, Body,
-    Frame, Keyring, Message, Mode, Opener, RefusalCode, ReqId, Request, Response, Sealer,
+    Frame, Keyring, Message, Mode, Opener, Outgoing, RefusalCode, ReqId, Request, Response, Sealer,
     WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, MAX_HELLO_LEN,
 };
 
@@ -550,7 +550,7 @@ struct Conn {
     peer: SocketAddr,
     /// The write half until the writer task is started (with the first answer).
     wr: Option<OwnedWriteHalf>,
-    tx: Option<mpsc::Sender<Out>>,
+    tx: Option<mpsc::Sender<Outgoing>>,
     writer: Option<AbortOnDrop>,
     inflight: Arc<Semaphore>,
 }
@@ -561,15 +561,6 @@ struct Session {
     sender: String,
     /// A member session (else a joiner's: only `join` is served).
     member: bool,
-}
-
-/// What the writer task of a connection sends.
-#[derive(Debug)]
-enum Out {
-    /// A clear frame (welcome, refusal).
-    Clear(Vec<u8>),
-    /// A message's plaintext, sealed by the writer.
-    Message(Vec<u8>),
 }
 
 impl Conn {
@@ -589,7 +580,7 @@ impl Conn {
                 Ok(None) => return Err(End::Graceful),
                 Err(End::V1) => {
                     let refusal = encode_refusal(RefusalCode::Version, V1_REFUSAL);
-                    let _ = self.sender(None).send(Out::Clear(refusal)).await;
+                    let _ = self.sender(None).send(Outgoing::Clear(refusal)).await;
                     return Err(End::Graceful);
                 }
                 Err(end) => return Err(end),
@@ -614,20 +605,23 @@ impl Conn {
                 let why = "too many handshakes from this address; retry in a second (listener.handshake_rate)";
                 let _ = self
                     .sender(None)
-                    .send(Out::Clear(encode_refusal(RefusalCode::RateLimited, why)))
+                    .send(Outgoing::Clear(encode_refusal(
+                        RefusalCode::RateLimited,
+                        why,
+                    )))
                     .await;
                 return Err(End::Graceful);
             }
             return match self.shared.answer_hello(frame.body(), self.peer) {
                 Ok((session, acc)) => {
                     let tx = self.sender(Some(acc.sealer));
-                    if tx.send(Out::Clear(acc.welcome)).await.is_err() {
+                    if tx.send(Outgoing::Clear(acc.welcome)).await.is_err() {
                         return Err(End::Abort);
                     }
                     Ok((session, acc.opener))
                 }
                 Err(Some(refusal)) => {
-                    let _ = self.sender(None).send(Out::Clear(refusal)).await;
+                    let _ = self.sender(None).send(Outgoing::Clear(refusal)).await;
                     Err(End::Graceful)
                 }
                 Err(None) => Err(End::Abort),
@@ -702,7 +696,7 @@ impl Conn {
         let plain = self.shared.encode_response(reqid, resp);
         Metrics::incr(&self.shared.metrics.responses);
         self.sender(None)
-            .send(Out::Message(plain))
+            .send(Outgoing::Message(plain))
             .await
             .map_err(|_| ())
     }
@@ -852,11 +846,11 @@ impl Conn {
 
     /// The sender of the answer queue; starts the writer task on first use, with the
     /// session's sealer when there is one.
-    fn sender(&mut self, sealer: Option<Sealer>) -> mpsc::Sender<Out> {
+    fn sender(&mut self, sealer: Option<Sealer>) -> mpsc::Sender<Outgoing> {
         if let Some(tx) = &self.tx {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::channel::<Out>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE);
         let wr = self
             .wr
             .take()
@@ -885,7 +879,7 @@ impl Conn {
             guard.reqid = None;
             let plain = shared.encode_response(reqid, resp);
             Metrics::incr(&shared.metrics.responses);
-            let _ = tx.send(Out::Message(plain)).await;
+            let _ = tx.send(Outgoing::Message(plain)).await;
             drop(permit);
         });
         true
@@ -926,7 +920,7 @@ const V1_REFUSAL: &str = "om wire protocol v1 is not spoken here: this node spea
 /// Answers `INTERNAL` if a handler panics before producing its response.
 struct PanicGuard<'a> {
     shared: &'a Shared,
-    tx: &'a mpsc::Sender<Out>,
+    tx: &'a mpsc::Sender<Outgoing>,
     reqid: Option<ReqId>,
 }
 
@@ -936,22 +930,26 @@ impl Drop for PanicGuard<'_> {
             let resp = Response::err(status::INTERNAL, "request handler panicked");
             let plain = self.shared.encode_response(reqid, resp);
             Metrics::incr(&self.shared.metrics.responses);
-            let _ = self.tx.try_send(Out::Message(plain));
+            let _ = self.tx.try_send(Outgoing::Message(plain));
         }
     }
 }
 
-async fn conn_writer(mut rx: mpsc::Receiver<Out>, wr: OwnedWriteHalf, mut sealer: Option<Sealer>) {
+async fn conn_writer(
+    mut rx: mpsc::Receiver<Outgoing>,
+    wr: OwnedWriteHalf,
+    mut sealer: Option<Sealer>,
+) {
     let mut w = BufWriter::with_capacity(IO_BUF, wr);
     let mut buf = Vec::with_capacity(IO_BUF);
     while let Some(out) = rx.recv().await {
         buf.clear();
-        if seal_out(&mut sealer, out, &mut buf).is_err() {
+        if out.write_into(sealer.as_mut(), &mut buf).is_err() {
             return;
         }
         while buf.len() < IO_BUF {
             let Ok(out) = rx.try_recv() else { break };
-            if seal_out(&mut sealer, out, &mut buf).is_err() {
+            if out.write_into(sealer.as_mut(), &mut buf).is_err() {
                 return;
             }
         }
@@ -963,20 +961,6 @@ async fn conn_writer(mut rx: mpsc::Receiver<Out>, wr: OwnedWriteHalf, mut sealer
         }
     }
     let _ = w.shutdown().await;
-}
-
-fn seal_out(sealer: &mut Option<Sealer>, out: Out, buf: &mut Vec<u8>) -> Result<(), WireError> {
-    match (out, sealer) {
-        (Out::Clear(frame), _) => {
-            buf.extend_from_slice(&frame);
-            Ok(())
-        }
-        (Out::Message(plain), Some(s)) => s.seal(&plain, buf),
-        (Out::Message(_), None) => {
-            debug_assert!(false, "a message is only queued on an open session");
-            Err(WireError::Encode("no session".into()))
-        }
-    }
 }
 
 impl Shared {

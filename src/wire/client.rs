@@ -41,7 +41,7 @@ use super::frame::{
 use super::io::{read_frame, EMPTY_PACKET};
 use super::keyring::Keyring;
 use super::message::{Body, Doc, Message, ReqId, Request, Response};
-use super::session::{Initiator, Opener, Sealer};
+use super::session::{Initiator, Opener, Outgoing, Sealer};
 
 /// Frames queued for the writer task before `request` waits (backpressure).
 const WRITE_QUEUE: usize = 1024;
@@ -211,17 +211,8 @@ struct Inner {
 /// One session; dropping the last handle ends its writer, which ends its reader.
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::Sender<Outgoing>,
     shared: Arc<ConnShared>,
-}
-
-/// What the writer task sends.
-#[derive(Debug)]
-enum Out {
-    /// A message's plaintext, sealed by the writer.
-    Message(Vec<u8>),
-    /// The empty packet.
-    Empty,
 }
 
 type Waiter = oneshot::Sender<Result<Response, String>>;
@@ -396,7 +387,7 @@ impl Client {
             shared: &conn.shared,
             reqid,
         };
-        if conn.tx.send(Out::Message(plain)).await.is_err() {
+        if conn.tx.send(Outgoing::Message(plain)).await.is_err() {
             return Err(closed("writer stopped".into()));
         }
         conn.shared.touch();
@@ -417,7 +408,7 @@ impl Client {
         let action = "<empty packet>";
         let conn = self.connection_for(action).await?;
         conn.tx
-            .send(Out::Empty)
+            .send(Outgoing::Clear(EMPTY_PACKET.to_vec()))
             .await
             .map_err(|_| ClientError::Closed {
                 addr: self.inner.opts.addr.clone(),
@@ -621,19 +612,8 @@ fn response(plain: &[u8]) -> Result<(u64, Response), WireError> {
     }
 }
 
-/// Seals `out` into the write buffer.
-fn seal_out(sealer: &mut Sealer, out: Out, buf: &mut Vec<u8>) -> Result<(), WireError> {
-    match out {
-        Out::Message(plain) => sealer.seal(&plain, buf),
-        Out::Empty => {
-            buf.extend_from_slice(&EMPTY_PACKET);
-            Ok(())
-        }
-    }
-}
-
 async fn writer_loop(
-    mut rx: mpsc::Receiver<Out>,
+    mut rx: mpsc::Receiver<Outgoing>,
     wr: OwnedWriteHalf,
     mut sealer: Sealer,
     shared: Arc<ConnShared>,
@@ -655,11 +635,11 @@ async fn writer_loop(
             },
         };
         buf.clear();
-        let mut res = seal_out(&mut sealer, out, &mut buf);
+        let mut res = out.write_into(Some(&mut sealer), &mut buf);
         // Coalesce what is queued, up to the buffer's size, into one write.
         while res.is_ok() && buf.len() < IO_BUF {
             match rx.try_recv() {
-                Ok(o) => res = seal_out(&mut sealer, o, &mut buf),
+                Ok(o) => res = o.write_into(Some(&mut sealer), &mut buf),
                 Err(_) => break,
             }
         }

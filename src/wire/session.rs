@@ -357,6 +357,38 @@ impl Opener {
     }
 }
 
+/// What a connection's writer task sends, in order: clear frames (welcome, refusal, the
+/// empty packet) as they are, messages sealed by the writer, so that record nonces follow
+/// the order of the bytes on the wire.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A whole clear frame, length prefix included.
+    Clear(Vec<u8>),
+    /// A message's plaintext.
+    Message(Vec<u8>),
+}
+
+impl Outgoing {
+    /// Appends the bytes to write to `buf`: a message needs the session's sealer.
+    pub fn write_into(
+        self,
+        sealer: Option<&mut Sealer>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        match (self, sealer) {
+            (Outgoing::Clear(frame), _) => {
+                buf.extend_from_slice(&frame);
+                Ok(())
+            }
+            (Outgoing::Message(plain), Some(s)) => s.seal(&plain, buf),
+            (Outgoing::Message(_), None) => {
+                debug_assert!(false, "a message is only queued on an open session");
+                Err(WireError::Encode("no session to seal a message in".into()))
+            }
+        }
+    }
+}
+
 /// Bytes a message of `len` bytes takes on the wire as records.
 pub fn sealed_len(len: usize) -> usize {
     let records = len.div_ceil(MAX_CHUNK).max(1);
