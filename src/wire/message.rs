@@ -500,15 +500,25 @@ impl<'a> Cursor<'a> {
         self.str().map(Some)
     }
 
+    /// The unsigned integer marked `m` (already read), or `None` for another marker.
+    fn uint(&mut self, m: u8) -> Result<Option<u64>, String> {
+        Ok(Some(match m {
+            0x00..=0x7f => u64::from(m),
+            0xcc => self.be(1)?,
+            0xcd => self.be(2)?,
+            0xce => self.be(4)?,
+            0xcf => self.be(8)?,
+            _ => return Ok(None),
+        }))
+    }
+
     fn int(&mut self) -> Result<i64, String> {
         let m = self.byte()?;
+        if let Some(u) = self.uint(m)? {
+            return i64::try_from(u).map_err(|_| "integer out of range".into());
+        }
         Ok(match m {
-            0x00..=0x7f => i64::from(m),
             0xe0..=0xff => i64::from(m as i8),
-            0xcc => self.be(1)? as i64,
-            0xcd => self.be(2)? as i64,
-            0xce => self.be(4)? as i64,
-            0xcf => i64::try_from(self.be(8)?).map_err(|_| "integer out of range")?,
             0xd0 => i64::from(self.be(1)? as u8 as i8),
             0xd1 => i64::from(self.be(2)? as u16 as i16),
             0xd2 => i64::from(self.be(4)? as u32 as i32),
@@ -526,15 +536,10 @@ impl<'a> Cursor<'a> {
             }
             return Ok(ReqId::Str(s.to_owned()));
         }
-        let not = || "reqid must be a non-negative integer or a string".to_string();
-        match self.byte()? {
-            m @ 0x00..=0x7f => Ok(ReqId::Int(u64::from(m))),
-            0xcc => Ok(ReqId::Int(self.be(1)?)),
-            0xcd => Ok(ReqId::Int(self.be(2)?)),
-            0xce => Ok(ReqId::Int(self.be(4)?)),
-            0xcf => Ok(ReqId::Int(self.be(8)?)),
-            _ => Err(not()),
-        }
+        let m = self.byte()?;
+        self.uint(m)?
+            .map(ReqId::Int)
+            .ok_or_else(|| "reqid must be a non-negative integer or a string".into())
     }
 
     /// Skips one value and returns its bytes.
