@@ -411,3 +411,49 @@ async fn a_daemon_under_ulimit_1024_survives_1500_idle_connections() {
         .is_ok());
     drop(held);
 }
+
+/// A member added to `cluster.nodes` by editing node.conf is let in at once: the watcher
+/// refreshes the listener's member set (it used to wait for the next applied event, and
+/// a join racing the watcher could leave the leader locked out for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_to_node_conf_by_hand_is_let_in() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 1, None).unwrap();
+    c.start_all().await.unwrap();
+    let conf = c.nodes[0].paths.node_conf();
+    let cfg = om::config::NodeConfig::load(&conf).unwrap().1;
+    let keyring = om::wire::Keyring::new(&cfg.cluster_name, cfg.secret.as_bytes());
+    let ask = || async {
+        let client = om::wire::ClientOptions::new(c.nodes[0].addr(), keyring.clone(), "nx")
+            .connect()
+            .await;
+        match client {
+            Ok(cl) => cl.request("hello", json!({}), T).await.map(|r| r.is_ok()),
+            Err(e) => Err(e),
+        }
+    };
+    let before = ask().await;
+    assert!(
+        !matches!(before, Ok(true)),
+        "a stranger was served before the edit: {before:?}"
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let edited = text.replace(
+        &format!("nodes = {}", cfg.name),
+        &format!("nodes = {} nx", cfg.name),
+    );
+    assert_ne!(text, edited, "node.conf lists the node: {text}");
+    std::fs::write(&conf, edited).unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let now = ask().await;
+        if matches!(now, Ok(true)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nx is still refused after the edit: {now:?}\n{}",
+            c.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -255,9 +255,14 @@ async fn a_node_that_left_comes_back_under_its_name_as_a_new_raft_member() {
 
     // Same name, new store: a new Raft id, admitted (it used to be refused for good).
     let (_, secret) = secret(&c);
-    om::cli::local::join(&c.nodes[2], &secret, &c.nodes[0].addr(), &mut |_| {})
-        .await
-        .expect("rejoin under the old name");
+    if let Err(e) =
+        om::cli::local::join(&c.nodes[2], &secret, &c.nodes[0].addr(), &mut |_| {}).await
+    {
+        panic!(
+            "rejoin under the old name: {e}\nall nodes:\n{}",
+            c.log_tails()
+        );
+    }
     let st = status(&c, 0).await;
     assert_eq!(st["cluster"]["nodes"], json!(["n1", "n2", "n3"]));
     let after = st["nodes"]["n3"]["raft_id"].clone();

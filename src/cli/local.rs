@@ -303,6 +303,14 @@ impl LocalCluster {
         None
     }
 
+    /// Every node's last log lines, each under its name (for a test's failure message).
+    pub fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}\n", n.name, n.log_tail()))
+            .collect()
+    }
+
     /// The node called `name`.
     pub fn node(&mut self, name: &str) -> Option<&mut LocalNode> {
         self.nodes.iter_mut().find(|n| n.name == name)

@@ -98,6 +98,9 @@ pub struct Daemon {
     /// Where this node's files are.
     pub paths: Paths,
     pub(crate) config: RwLock<(IniDoc, NodeConfig)>,
+    /// Held by whoever writes node.conf or replaces the running config from it: a reload
+    /// that read the file just before an edit would otherwise put the old file back.
+    pub(crate) conf_writer: Mutex<()>,
     node: RwLock<Option<Node>>,
     node_gen: watch::Sender<u64>,
     /// Connections to the other nodes.
@@ -183,6 +186,7 @@ impl Daemon {
             members,
             paths,
             config: RwLock::new((doc, cfg)),
+            conf_writer: Mutex::new(()),
             node: RwLock::new(None),
             node_gen: watch::channel(0).0,
             threads: Supervisor::new(),
@@ -343,6 +347,7 @@ impl Daemon {
 
     /// Rewrites node.conf with `edit` applied, and makes it the running config.
     pub fn edit_config(&self, edit: impl FnOnce(&mut IniDoc)) -> Result<NodeConfig, ActionError> {
+        let _writer = self.conf_writer.lock().unwrap();
         let mut guard = self.config.write().unwrap();
         let mut doc = guard.0.clone();
         edit(&mut doc);

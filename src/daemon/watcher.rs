@@ -108,6 +108,7 @@ pub async fn reload(daemon: &Arc<Daemon>) -> ReloadReport {
 
 fn reload_report(daemon: &Arc<Daemon>) -> ReloadReport {
     let path = daemon.paths.node_conf();
+    let _writer = daemon.conf_writer.lock().unwrap();
     let refused = |why: String| ReloadReport {
         refused: Some(why),
         ..ReloadReport::default()
@@ -176,6 +177,9 @@ fn apply(daemon: &Arc<Daemon>, old: &NodeConfig, new: &NodeConfig) {
         tracing::info!("cluster keyring changed");
     }
     // Every listener.* parameter (caps and timeouts included) takes effect by a rebind.
+    if new.nodes != old.nodes {
+        daemon.refresh_members();
+    }
     if super::listener_config(new) != super::listener_config(old) {
         daemon.rebind_listener();
         tracing::info!(
