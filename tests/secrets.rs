@@ -143,3 +143,68 @@ async fn node_conf_stays_private_and_the_secret_never_shows() {
         .await
         .expect("starts again once node.conf is 0600");
 }
+
+/// With `cluster.secret_file`, node.conf holds no secret: the first start makes one in the
+/// file (0600), a join writes the cluster's there, and a file others can read stops the
+/// daemon from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_can_live_in_its_own_file() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 2, None).unwrap();
+    let files: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| n.paths.root.join("etc/cluster.secret"))
+        .collect();
+    for (n, file) in c.nodes.iter().zip(&files) {
+        let conf = n.paths.node_conf();
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let line = format!("\n[cluster]\nsecret_file = {}\n", file.display());
+        std::fs::write(&conf, text + &line).unwrap();
+    }
+    c.start_all().await.unwrap();
+    let s = secret(&c.nodes[0].paths.root);
+    assert!(s.len() >= 64, "a generated secret: {} characters", s.len());
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap(),
+        format!("{s}\n")
+    );
+    assert_eq!(mode(&files[0]), 0o600);
+    let conf1 = std::fs::read_to_string(c.nodes[0].paths.node_conf()).unwrap();
+    assert!(!conf1.contains(&s), "node.conf holds the secret: {conf1}");
+    let root1 = &c.nodes[0].paths.root;
+    let (code, out, _) = om(root1, &["node", "get", "--param", "cluster.secret"], None);
+    assert_eq!(
+        (code, out.trim()),
+        (0, s.as_str()),
+        "node get shows the secret in use"
+    );
+
+    let (code, out, err) = om(
+        &c.nodes[1].paths.root,
+        &[
+            "node",
+            "daemon",
+            "join",
+            "--secret-file",
+            files[0].to_str().unwrap(),
+            "--node",
+            &c.nodes[0].addr(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(&files[1]).unwrap(),
+        format!("{s}\n")
+    );
+    assert_eq!(secret(&c.nodes[1].paths.root), s);
+    let conf2 = std::fs::read_to_string(c.nodes[1].paths.node_conf()).unwrap();
+    assert!(!conf2.contains(&s), "node.conf holds the secret after join");
+
+    c.nodes[1].kill();
+    std::fs::set_permissions(&files[1], std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = om(&c.nodes[1].paths.root, &["node", "daemon", "run"], None);
+    let all = format!("{out}{err}");
+    assert_ne!(code, 0, "the daemon started on a 0644 secret file");
+    assert!(all.contains("chmod 600") && !all.contains(&s), "{all}");
+}

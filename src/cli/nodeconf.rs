@@ -89,6 +89,16 @@ pub fn get(paths: &Paths, param: &str) -> Result<()> {
         .find(|p| p.key == param)
         .ok_or_else(|| CliError(config::validate(param, "").unwrap_err().to_string()))?;
     let doc = load(paths)?;
+    if doc.get("cluster", "secret_file").is_some() && param.starts_with("cluster.secret") {
+        // The secrets are in that file: print what the daemon uses.
+        let cfg = config::NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+        match param {
+            "cluster.secret" => println!("{}", cfg.secret),
+            "cluster.secrets_accepted" => println!("{}", cfg.secrets_accepted.join(" ")),
+            _ => println!("{}", doc.get(section, key).unwrap_or_default()),
+        }
+        return Ok(());
+    }
     match doc.get(section, key) {
         Some(v) => println!("{v}"),
         None => println!("{}", p.default),

@@ -191,6 +191,11 @@ pub const PARAMS: &[Param] = &[
         help: "shared secret the frames are encrypted with",
     },
     Param {
+        key: "cluster.secret_file",
+        default: "",
+        help: "absolute path of a file (mode 0600) whose first line is the cluster secret, in place of cluster.secret; om writes the secret there (bootstrap, join, rotation)",
+    },
+    Param {
         key: "cluster.secrets_accepted",
         default: "",
         help: "space-separated secrets accepted besides cluster.secret (written by `om cluster secret`: rotation)",
@@ -237,8 +242,11 @@ pub struct NodeConfig {
     pub blacklist_ttl: Duration,
     /// `cluster.name` (empty before bootstrap or join).
     pub cluster_name: String,
-    /// `cluster.secret` (empty before bootstrap or join).
+    /// The cluster secret: `cluster.secret`, or the first line of `cluster.secret_file`
+    /// (empty before bootstrap or join).
     pub secret: String,
+    /// `cluster.secret_file`: where the secret is kept when node.conf does not hold it.
+    pub secret_file: Option<PathBuf>,
     /// `cluster.secrets_accepted`: secrets accepted besides `secret` (rotation).
     pub secrets_accepted: Vec<String>,
     /// `cluster.nodes`.
@@ -372,6 +380,7 @@ impl NodeConfig {
                 .map(str::to_string)
                 .unwrap_or_else(|| default_of(key).to_string())
         };
+        let (secret, secrets_accepted) = secrets(doc)?;
         let name = match get("node.name") {
             n if n.is_empty() => hostname(),
             n => n,
@@ -395,11 +404,9 @@ impl NodeConfig {
             idle_timeout: duration(&get("listener.idle_timeout")).expect("validated"),
             blacklist_ttl: duration(&get("listener.blacklist_ttl")).expect("validated"),
             cluster_name: get("cluster.name"),
-            secret: get("cluster.secret"),
-            secrets_accepted: get("cluster.secrets_accepted")
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
+            secret,
+            secret_file: secret_file(doc),
+            secrets_accepted,
             nodes: get("cluster.nodes")
                 .split_whitespace()
                 .map(str::to_string)
@@ -472,7 +479,7 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     }
     let bad = |reason: &str| {
         // Errors are printed and logged: a secret never appears in them.
-        let shown = if key.starts_with("cluster.secret") {
+        let shown = if matches!(key, "cluster.secret" | "cluster.secrets_accepted") {
             format!("<{} characters>", value.len())
         } else {
             value.to_string()
@@ -540,6 +547,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "cluster.secret" if !value.is_empty() && value.len() < MIN_SECRET_LEN => {
             bad("a secret has at least 32 characters (16 random bytes in hex); generate one with: head -c 32 /dev/urandom | xxd -p -c 64")
         }
+        "cluster.secret_file" if !value.is_empty() && !Path::new(value).is_absolute() => {
+            bad("expected an absolute path (a file of mode 0600 holding the secret)")
+        }
         "cluster.secrets_accepted"
             if value
                 .split_whitespace()
@@ -553,6 +563,90 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         },
         _ => Ok(()),
     }
+}
+
+/// `cluster.secret_file`, if set.
+fn secret_file(doc: &IniDoc) -> Option<PathBuf> {
+    doc.get("cluster", "secret_file")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The cluster secret of `doc` and the secrets accepted besides it: `cluster.secret` and
+/// `cluster.secrets_accepted`, or the lines of `cluster.secret_file` (the secret first),
+/// which must be private to its owner. A missing file is no secret yet: the daemon makes
+/// one there. A secret in both places is refused: which one wins would be a guess.
+fn secrets(doc: &IniDoc) -> Result<(String, Vec<String>), ConfigError> {
+    let inline = |key: &str| doc.get("cluster", key).unwrap_or_default().to_string();
+    let Some(path) = secret_file(doc) else {
+        let accepted = inline("secrets_accepted");
+        return Ok((inline("secret"), words(&accepted)));
+    };
+    if let Some(key) = ["secret", "secrets_accepted"]
+        .into_iter()
+        .find(|k| !inline(k).is_empty())
+    {
+        return Err(ConfigError::BadValue {
+            key: format!("cluster.{key}"),
+            value: format!("<{} characters>", inline(key).len()),
+            reason: format!(
+                "cluster.secret_file ({}) holds the secrets: remove cluster.{key} from node.conf",
+                path.display()
+            ),
+        });
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), vec![])),
+        Err(e) => {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    check_secret_mode(&path)?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let used = lines.next().unwrap_or_default().to_string();
+    let accepted: Vec<String> = lines.map(str::to_string).collect();
+    let in_file = |e: ConfigError| match e {
+        ConfigError::BadValue { value, reason, .. } => ConfigError::BadValue {
+            key: format!("cluster.secret_file ({})", path.display()),
+            value,
+            reason,
+        },
+        other => other,
+    };
+    validate("cluster.secret", &used).map_err(in_file)?;
+    validate("cluster.secrets_accepted", &accepted.join(" ")).map_err(in_file)?;
+    Ok((used, accepted))
+}
+
+fn words(v: &str) -> Vec<String> {
+    v.split_whitespace().map(str::to_string).collect()
+}
+
+/// Puts the secret in use and those accepted besides it where this config keeps them:
+/// into `cluster.secret_file` when one is set (one per line, the one in use first; written
+/// durably, 0600), else into `cluster.secret` and `cluster.secrets_accepted` of `doc`.
+pub fn place_secrets(doc: &mut IniDoc, used: &str, accepted: &[String]) -> Result<(), ConfigError> {
+    let Some(path) = secret_file(doc) else {
+        doc.set("cluster", "secret", used);
+        if accepted.is_empty() {
+            doc.unset("cluster", "secrets_accepted");
+        } else {
+            doc.set("cluster", "secrets_accepted", &accepted.join(" "));
+        }
+        return Ok(());
+    };
+    let text: String = std::iter::once(used)
+        .chain(accepted.iter().map(String::as_str))
+        .map(|s| format!("{s}\n"))
+        .collect();
+    write_durably(&path, text.as_bytes()).map_err(|e| ConfigError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn duration(v: &str) -> Option<Duration> {
@@ -640,6 +734,73 @@ pub const MIN_SECRET_LEN: usize = raft::secrets::MIN_SECRET_LEN;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_secret_file(dir: &Path, extra: &str) -> (PathBuf, Result<NodeConfig, ConfigError>) {
+        let file = dir.join("secret");
+        let text = format!(
+            "[cluster]\nname = c\nsecret_file = {}\n{extra}",
+            file.display()
+        );
+        (file, NodeConfig::from_doc(&IniDoc::parse(&text).unwrap()))
+    }
+
+    #[test]
+    fn the_secrets_can_live_in_a_private_file_of_their_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let (file, missing) = with_secret_file(dir.path(), "");
+        assert_eq!(missing.unwrap().secret, "", "no file yet: no secret yet");
+
+        let text = format!("[cluster]\nsecret_file = {}\n", file.display());
+        let mut doc = IniDoc::parse(&text).unwrap();
+        place_secrets(&mut doc, &a, std::slice::from_ref(&b)).unwrap();
+        assert_eq!(
+            doc.get("cluster", "secret"),
+            None,
+            "node.conf holds no secret"
+        );
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let cfg = with_secret_file(dir.path(), "").1.unwrap();
+        assert_eq!(
+            (cfg.secret.as_str(), cfg.secrets_accepted),
+            (a.as_str(), vec![b.clone()])
+        );
+        assert_eq!(cfg.secret_file.as_deref(), Some(file.as_path()));
+
+        // Readable by others: refused with the chmod to run.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = with_secret_file(dir.path(), "").1.unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        // A secret in node.conf as well: refused, naming the file, never showing the secret.
+        let e = with_secret_file(dir.path(), &format!("secret = {a}\n"))
+            .1
+            .unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("remove cluster.secret") && !e.contains(&a),
+            "{e}"
+        );
+
+        // A weak secret in the file is refused the way a weak cluster.secret is.
+        std::fs::write(&file, "short\n").unwrap();
+        let e = with_secret_file(dir.path(), "").1.unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.secret_file") && e.contains("32 characters"),
+            "{e}"
+        );
+
+        let e = validate("cluster.secret_file", "etc/secret")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("absolute path") && e.contains("etc/secret"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn defaults_and_validation() {

@@ -562,15 +562,15 @@ impl Daemon {
             ActionError::new(code::ERROR, format!("cannot record the new raft id: {e}"))
         })?;
         let secret = secret.to_string();
-        let cfg = self.edit_config(|doc| {
+        let cfg = self.try_edit_config(|doc| {
             doc.set("cluster", "name", &name);
-            doc.set("cluster", "secret", &secret);
             // The cluster joined has its own rotation plan; it arrives with the log.
-            doc.unset("cluster", "secrets_accepted");
+            crate::config::place_secrets(doc, &secret, &[])?;
             doc.set("cluster", "nodes", &nodes.join(" "));
             for (k, v) in &listener {
                 doc.set("listener", k, v);
             }
+            Ok(())
         })?;
         // The members and the key first: the leader replicates to this node as soon as it
         // has answered, and frames from a sender the listener does not know yet would count

@@ -148,13 +148,15 @@ impl Daemon {
             }
         }
         if cfg.has_cluster() {
-            config::check_secret_mode(&paths.node_conf())?;
+            if cfg.secret_file.is_none() {
+                config::check_secret_mode(&paths.node_conf())?;
+            }
         } else {
             // A node that was never in a cluster starts as a cluster of its own, the way a
             // fresh OpenSVC node does; `join` replaces this identity.
             doc.set("node", "name", &cfg.name);
             doc.set("cluster", "name", "default");
-            doc.set("cluster", "secret", &random_secret());
+            config::place_secrets(&mut doc, &random_secret(), &[])?;
             doc.set("cluster", "nodes", &cfg.name);
             config::save(&paths.node_conf(), &doc)?;
             cfg = NodeConfig::from_doc(&doc)?;
@@ -347,10 +349,21 @@ impl Daemon {
 
     /// Rewrites node.conf with `edit` applied, and makes it the running config.
     pub fn edit_config(&self, edit: impl FnOnce(&mut IniDoc)) -> Result<NodeConfig, ActionError> {
+        self.try_edit_config(|doc| {
+            edit(doc);
+            Ok(())
+        })
+    }
+
+    /// [`Daemon::edit_config`] with an edit that can fail (one that writes the secret file).
+    pub fn try_edit_config(
+        &self,
+        edit: impl FnOnce(&mut IniDoc) -> Result<(), config::ConfigError>,
+    ) -> Result<NodeConfig, ActionError> {
         let _writer = self.conf_writer.lock().unwrap();
         let mut guard = self.config.write().unwrap();
         let mut doc = guard.0.clone();
-        edit(&mut doc);
+        edit(&mut doc).map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
         let cfg = NodeConfig::from_doc(&doc)
             .map_err(|e| ActionError::new(code::BAD_REQUEST, e.to_string()))?;
         config::save(&self.paths.node_conf(), &doc)

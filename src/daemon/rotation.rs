@@ -47,14 +47,8 @@ impl Daemon {
         };
         let cfg = self.config();
         if cfg.secret != used || cfg.secrets_accepted != others {
-            let edit = self.edit_config(|doc| {
-                doc.set("cluster", "secret", &used);
-                if others.is_empty() {
-                    doc.unset("cluster", "secrets_accepted");
-                } else {
-                    doc.set("cluster", "secrets_accepted", &others.join(" "));
-                }
-            });
+            let edit =
+                self.try_edit_config(|doc| crate::config::place_secrets(doc, &used, &others));
             if let Err(e) = edit {
                 tracing::warn!("cannot write the rotated secrets into node.conf: {e}");
                 return;

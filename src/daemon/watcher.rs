@@ -1,5 +1,5 @@
 //! The `watcher` thread: notices any change of node.conf (editor save, `om node set`, touch)
-//! and applies the modified parameters live.
+//! or of the secret file it names, and applies the modified parameters live.
 //!
 //! notify reports the change within milliseconds; a 1 s mtime poll backs it up on file
 //! systems where inotify says nothing. A node.conf that does not parse or validate is
@@ -38,7 +38,9 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    let mut seen = mtime(&path);
+    // The secret file (`cluster.secret_file`) may live elsewhere: the poll covers it.
+    let stamp = |d: &Daemon| (mtime(&path), d.config().secret_file.and_then(|f| mtime(&f)));
+    let mut seen = stamp(&daemon);
     loop {
         tokio::select! {
             _ = stop.changed() => return Ok(()),
@@ -52,7 +54,7 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let now = mtime(&path);
+        let now = stamp(&daemon);
         if now != seen {
             seen = now;
             reload(&daemon).await;
@@ -123,9 +125,14 @@ fn reload_report(daemon: &Arc<Daemon>) -> ReloadReport {
     };
     let old = daemon.config();
     let keys = changed_keys(&daemon.config.read().unwrap().0, &doc);
-    let (needs_restart, applied): (Vec<String>, Vec<String>) = keys
+    let (needs_restart, mut applied): (Vec<String>, Vec<String>) = keys
         .into_iter()
         .partition(|k| RESTART_ONLY.contains(&k.as_str()));
+    let file_changed = new.secret_file.is_some()
+        && (new.secret != old.secret || new.secrets_accepted != old.secrets_accepted);
+    if file_changed && !applied.iter().any(|k| k == "cluster.secret_file") {
+        applied.push("cluster.secret_file".into());
+    }
     if old == new {
         *daemon.config.write().unwrap() = (doc, new);
         return ReloadReport {
