@@ -90,6 +90,8 @@ pub enum CommandError {
     SecretRemoved { key_id: String },
     #[error("secret {key_id} is the one nodes use; `use` another one before removing it")]
     SecretInUse { key_id: String },
+    #[error("{max} joins are approved and not used yet; let those nodes join first")]
+    TooManyApprovals { max: usize },
 }
 
 /// Applies `cmd` to `state`: the result, and the events describing what changed.
@@ -231,6 +233,17 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
         Command::AddSecret { .. } | Command::UseSecret { .. } | Command::RemoveSecret { .. } => {
             crate::secrets::validate(&s.secrets, cmd)
         }
+        Command::ApproveJoin { node, .. } => {
+            check_name("node", node)?;
+            if s.nodes.contains_key(node) {
+                return Err(CommandError::NodeExists { node: node.clone() });
+            }
+            let max = crate::state::MAX_JOIN_APPROVALS;
+            if s.join_approvals.len() >= max && !s.join_approvals.contains_key(node) {
+                return Err(CommandError::TooManyApprovals { max });
+            }
+            Ok(())
+        }
     }
 }
 
@@ -264,6 +277,13 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             let id = id.unwrap_or_else(|| node_id(node));
             // A new store incarnation brings a departed name back.
             s.departed.remove(node);
+            if let Some(at) = s.join_approvals.remove(node) {
+                ev.push(Event::change(
+                    format!("join_approvals.{node}"),
+                    Some(at.to_string()),
+                    None,
+                ));
+            }
             add_node(s, node, addr, *at_ms, id, ev)
         }
         Command::Leave { node } => {
@@ -444,6 +464,14 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         }
         Command::AddSecret { .. } | Command::UseSecret { .. } | Command::RemoveSecret { .. } => {
             crate::secrets::mutate(&mut s.secrets, cmd, ev)
+        }
+        Command::ApproveJoin { node, at_ms } => {
+            let old = s.join_approvals.insert(node.clone(), *at_ms);
+            ev.push(Event::change(
+                format!("join_approvals.{node}"),
+                old.map(|t| t.to_string()),
+                Some(at_ms.to_string()),
+            ));
         }
     }
     None
@@ -665,6 +693,9 @@ fn check_param(key: &str, value: Option<&str>) -> Result<(), CommandError> {
         "node.down_timeout" if parse_duration_ms(v).is_none() => bad(format!(
             "value {v:?} is not a duration (e.g. 5s, 500ms, 1m)"
         )),
+        "cluster.join" if !matches!(v, "open" | "approve") => {
+            bad(format!("value {v:?} is not one of: open, approve"))
+        }
         _ => Ok(()),
     }
 }

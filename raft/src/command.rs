@@ -95,6 +95,10 @@ pub enum Command {
     UseSecret { key_id: String },
     /// Rotation, step 3: no node accepts secret `key_id` any more (not the one in use).
     RemoveSecret { key_id: String },
+    /// An operator lets `node` join a cluster whose `cluster.join` is `approve`; the
+    /// approval is used up by the node's `Join` (leaders honour it for
+    /// [`crate::state::JOIN_APPROVAL_TTL_MS`] after `at_ms`).
+    ApproveJoin { node: String, at_ms: u64 },
 }
 
 impl Command {
@@ -116,6 +120,7 @@ impl Command {
             Command::AddSecret { .. } => "add_secret",
             Command::UseSecret { .. } => "use_secret",
             Command::RemoveSecret { .. } => "remove_secret",
+            Command::ApproveJoin { .. } => "approve_join",
         }
     }
 }

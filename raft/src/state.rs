@@ -308,9 +308,47 @@ pub struct ClusterState {
     /// The secret rotation plan (values travel in the log: the store is private).
     #[serde(default)]
     pub secrets: crate::secrets::Secrets,
+    /// Joins an operator approved (`cluster.join = approve`): node name -> when.
+    #[serde(default)]
+    pub join_approvals: BTreeMap<String, u64>,
+}
+
+/// How long a leader honours an approval ([`crate::Command::ApproveJoin`]): an approval
+/// nobody used should not let a name in weeks later.
+pub const JOIN_APPROVAL_TTL_MS: u64 = 3_600_000;
+
+/// The most approvals waiting to be used: an operator typo loop does not grow the state.
+pub const MAX_JOIN_APPROVALS: usize = 64;
+
+/// Who may join (`cluster.join`, a cluster parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinPolicy {
+    /// Anyone with the secret (the default, as in the seeds).
+    Open,
+    /// Only a node an operator approved with `om cluster approve`.
+    Approve,
 }
 
 impl ClusterState {
+    /// `cluster.join`: who may join.
+    pub fn join_policy(&self) -> JoinPolicy {
+        match self.params.get("cluster.join").map(String::as_str) {
+            Some("approve") => JoinPolicy::Approve,
+            _ => JoinPolicy::Open,
+        }
+    }
+
+    /// Whether `node` may join now (`now_ms`, the leader's clock) under `cluster.join`.
+    pub fn join_allowed(&self, node: &str, now_ms: u64) -> bool {
+        match self.join_policy() {
+            JoinPolicy::Open => true,
+            JoinPolicy::Approve => self
+                .join_approvals
+                .get(node)
+                .is_some_and(|at| now_ms.saturating_sub(*at) < JOIN_APPROVAL_TTL_MS),
+        }
+    }
+
     /// Whether a `Bootstrap` command has been applied.
     pub fn is_bootstrapped(&self) -> bool {
         !self.name.is_empty()

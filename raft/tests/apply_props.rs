@@ -115,14 +115,21 @@ fn command() -> impl Strategy<Value = Command> {
                 Just("x.k2"),
                 Just("node.split_action"),
                 Just("cluster.name"),
+                Just("cluster.join"),
                 Just("nodot")
             ],
-            opt(prop_oneof![Just("stop"), Just("v"), Just("")])
+            opt(prop_oneof![
+                Just("stop"),
+                Just("v"),
+                Just(""),
+                Just("approve")
+            ])
         )
             .prop_map(|(k, value)| Command::SetClusterParam {
                 key: k.into(),
                 value: value.map(String::from)
             }),
+        (node(), any::<u64>()).prop_map(|(node, at_ms)| Command::ApproveJoin { node, at_ms }),
         (
             svc(),
             node(),
@@ -342,4 +349,75 @@ fn update_with_stale_version_is_refused() {
         })
     ));
     assert_eq!(s.services["db"].config, "b");
+}
+
+#[test]
+fn an_approval_lets_one_join_in_and_is_used_up_by_it() {
+    use raft::state::JOIN_APPROVAL_TTL_MS;
+    let mut s = ClusterState::default();
+    let boot = Command::Bootstrap {
+        id: None,
+        cluster: "c".into(),
+        node: "n1".into(),
+        addr: "h:1".into(),
+        at_ms: 0,
+    };
+    assert!(apply(&mut s, &boot).0.is_ok());
+    assert!(s.join_allowed("n2", 5), "open by default");
+    let approve = Command::SetClusterParam {
+        key: "cluster.join".into(),
+        value: Some("approve".into()),
+    };
+    assert!(apply(&mut s, &approve).0.is_ok());
+    assert!(
+        !s.join_allowed("n2", 5),
+        "approve: nobody without an approval"
+    );
+    let bad = Command::SetClusterParam {
+        key: "cluster.join".into(),
+        value: Some("closed".into()),
+    };
+    let e = apply(&mut s, &bad).0.unwrap_err().to_string();
+    assert!(e.contains("open, approve"), "{e}");
+
+    let ok = Command::ApproveJoin {
+        node: "n2".into(),
+        at_ms: 1_000,
+    };
+    assert!(apply(&mut s, &ok).0.is_ok());
+    assert!(s.join_allowed("n2", 1_000 + JOIN_APPROVAL_TTL_MS - 1));
+    assert!(
+        !s.join_allowed("n2", 1_000 + JOIN_APPROVAL_TTL_MS),
+        "expired"
+    );
+    assert!(!s.join_allowed("n3", 1_000), "an approval names one node");
+    let join = Command::Join {
+        node: "n2".into(),
+        addr: "h:2".into(),
+        at_ms: 2_000,
+        id: None,
+    };
+    assert!(apply(&mut s, &join).0.is_ok());
+    assert!(s.join_approvals.is_empty(), "used up by the join");
+    let member = Command::ApproveJoin {
+        node: "n2".into(),
+        at_ms: 3_000,
+    };
+    assert!(
+        apply(&mut s, &member).0.is_err(),
+        "a member needs no approval"
+    );
+    for i in 0..raft::state::MAX_JOIN_APPROVALS {
+        let cmd = Command::ApproveJoin {
+            node: format!("x{i}"),
+            at_ms: 0,
+        };
+        assert!(apply(&mut s, &cmd).0.is_ok());
+    }
+    let over = Command::ApproveJoin {
+        node: "y".into(),
+        at_ms: 0,
+    };
+    let e = apply(&mut s, &over).0.unwrap_err().to_string();
+    assert!(e.contains("approved and not used"), "{e}");
 }

@@ -124,6 +124,12 @@ actions! {
     ClusterSecretRemove => "cluster_secret_remove", Control;
     /// The rotation plan and, per node, the fingerprints it uses and accepts.
     ClusterSecretList => "cluster_secret_list", Any;
+    /// Sets or removes a cluster parameter (`cluster.join`, ...), through Raft.
+    ClusterSet => "cluster_set", Any;
+    /// Lets a node join a cluster whose `cluster.join` is `approve`.
+    ClusterApprove => "cluster_approve", Any;
+    /// The joins waiting for an approval, as the leader saw them, and the approvals.
+    JoinRequests => "join_requests", Any;
     /// Whether a listener address is free in the cluster (asked by `om node set`).
     CheckListenerAddr => "check_listener_addr", Control;
     /// Testing aid: crash a thread or stop the Raft core.

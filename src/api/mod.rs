@@ -47,6 +47,9 @@ pub enum Status {
     Unavailable = 8,
     /// A Raft RPC or forwarded proposal named another cluster or target than the receiver.
     Misaddressed = 9,
+    /// The request waits for an operator (a join under `cluster.join = approve`): retry
+    /// once `error`'s instruction is done.
+    Pending = 10,
 }
 
 impl Status {
@@ -62,6 +65,7 @@ impl Status {
         Status::Internal,
         Status::Unavailable,
         Status::Misaddressed,
+        Status::Pending,
     ];
 
     /// The code on the wire.

@@ -695,3 +695,81 @@ pub struct SecretsReport {
     /// Whether every member is reachable and converged.
     pub converged: bool,
 }
+
+/// `cluster_set`: sets (`value`) or removes (no `value`) a cluster parameter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSet {
+    /// `section.key`, e.g. `cluster.join`.
+    pub param: String,
+    /// The new value; absent or null removes the parameter (its default applies).
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+impl ApiRequest for ClusterSet {
+    const ACTION: Action = Action::ClusterSet;
+    type Reply = Committed;
+}
+
+/// `cluster_approve`: lets `node` join (`cluster.join = approve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterApprove {
+    /// The joiner's node name, as `join_requests` shows it.
+    pub node: String,
+}
+
+impl ApiRequest for ClusterApprove {
+    const ACTION: Action = Action::ClusterApprove;
+    type Reply = Committed;
+}
+
+/// `join_requests`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequests {}
+
+impl ApiRequest for JoinRequests {
+    const ACTION: Action = Action::JoinRequests;
+    type Reply = JoinRequestsReport;
+}
+
+/// The leader's view of who asks to join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequestsReport {
+    /// The node that answered (the leader).
+    pub leader: String,
+    /// `cluster.join`: `open` or `approve`.
+    pub policy: String,
+    /// Joins refused for want of an approval, most recent last.
+    pub pending: Vec<JoinRequest>,
+    /// Approvals not used yet.
+    pub approved: Vec<JoinApproval>,
+}
+
+/// A join the leader refused for want of an approval (kept in its memory only: joiners
+/// retry, so a new leader learns them again within seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The joiner's node name.
+    pub node: String,
+    /// The listener address it gave.
+    pub addr: String,
+    /// The connection's source address.
+    pub peer: String,
+    /// When it first and last asked (the leader's clock, ms since the epoch).
+    pub first_ms: u64,
+    /// See `first_ms`.
+    pub last_ms: u64,
+    /// How many times it asked.
+    pub attempts: u64,
+}
+
+/// An approval waiting for its join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinApproval {
+    /// The node approved.
+    pub node: String,
+    /// When (the approver's clock).
+    pub at_ms: u64,
+    /// When leaders stop honouring it.
+    pub expires_ms: u64,
+}

@@ -177,7 +177,8 @@ pub struct LocalCluster {
     pub bin: PathBuf,
     /// The nodes, `n1`, `n2`, ...
     pub nodes: Vec<LocalNode>,
-    base: PathBuf,
+    /// The directory holding every node's root.
+    pub base: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 

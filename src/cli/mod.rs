@@ -2,6 +2,7 @@
 //! prints tables or JSON, and turns every error into one clear message.
 
 mod bench;
+mod consent;
 mod control;
 mod demo;
 pub mod local;
@@ -149,6 +150,8 @@ pub enum ClusterCmd {
         #[command(subcommand)]
         cmd: rotation::SecretCmd,
     },
+    #[command(flatten)]
+    Param(consent::ParamCmd),
 }
 
 /// `om node daemon ...`
@@ -184,6 +187,10 @@ pub enum DaemonCmd {
         /// A member: its name (default port) or host:port.
         #[arg(long)]
         node: String,
+        /// With `cluster.join = approve`: how long to keep asking until a member runs
+        /// `om cluster approve` (seconds).
+        #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        approval_wait: u64,
     },
     /// Leave the cluster, or with --node remove another member (a dead one, say).
     Leave {
@@ -378,6 +385,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Cluster {
             cmd: ClusterCmd::Secret { cmd },
         } => rotation::run(&paths, cmd, format).await,
+        Top::Cluster {
+            cmd: ClusterCmd::Param(cmd),
+        } => consent::run(&paths, cmd, format).await,
         Top::Node {
             cmd: NodeCmd::Events { follow },
         } => events(&paths, follow, format).await,
@@ -429,6 +439,43 @@ async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) ->
         Err(CliError(resp.error.unwrap_or_else(|| {
             format!("{action} failed with status {}", resp.status)
         })))
+    }
+}
+
+/// Asks the daemon to join through `node`; while the cluster answers that the join waits
+/// for an approval, says so once and asks again every 2 s, for at most `wait`.
+async fn join_until_approved(
+    paths: &Paths,
+    secret: &str,
+    node: &str,
+    wait: Duration,
+) -> Result<Value> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let resp = ControlClient::new(paths)
+            .request(
+                "join",
+                json!({"secret": secret, "node": node}),
+                Duration::from_secs(40),
+            )
+            .await?;
+        if resp.is_ok() {
+            return resp.data.into_value().map_err(CliError);
+        }
+        let why = resp.error.unwrap_or_default();
+        if resp.status != crate::wire::status::PENDING {
+            return Err(CliError(why));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CliError(format!("no approval within {wait:?}: {why}")));
+        }
+        if !told {
+            eprintln!("{why}");
+            eprintln!("waiting for the approval (up to {wait:?}; --approval-wait) ...");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -520,16 +567,12 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             secret,
             secret_file,
             node,
+            approval_wait,
         } => {
             let secret = join_secret(secret, secret_file)?;
             eprintln!("asking {node} to admit this node ...");
-            let data = call(
-                paths,
-                "join",
-                json!({"secret": secret, "node": node}),
-                Duration::from_secs(40),
-            )
-            .await?;
+            let wait = Duration::from_secs(approval_wait);
+            let data = join_until_approved(paths, &secret, &node, wait).await?;
             eprintln!(
                 "accepted into cluster {} (leader {}); catching up ...",
                 data["cluster"].as_str().unwrap_or("?"),

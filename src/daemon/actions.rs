@@ -163,6 +163,12 @@ impl Daemon {
                 let opts: options::SecretList = api::parse(action, o)?;
                 api::reply(&self.secret_list(opts.local).await?)
             }
+            Action::ClusterSet => api::reply(&self.cluster_set(api::parse(action, o)?).await?),
+            Action::ClusterApprove => api::reply(&self.approve_join(api::parse(action, o)?).await?),
+            Action::JoinRequests => {
+                let _: options::JoinRequests = api::parse(action, o)?;
+                api::reply(&self.join_requests().await?)
+            }
             // `om node set|edit config` ask before writing a new listener address.
             Action::CheckListenerAddr => {
                 let opts: options::CheckListenerAddr = api::parse(action, o)?;
@@ -636,6 +642,7 @@ impl Daemon {
                 .ask_leader(&leader, "join", api::reply(&fwd)?, Duration::from_secs(30))
                 .await;
         }
+        self.check_consent(&node, &joiner, &addr, peer)?;
         let guard = self.membership_guard()?;
         let admission = membership::admit(&node, &joiner, id, &addr)
             .await

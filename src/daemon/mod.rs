@@ -5,6 +5,7 @@
 //! and stopping cleanly. Request handling lives in [`actions`].
 
 pub mod actions;
+mod consent;
 pub mod events;
 pub mod peers;
 pub mod raftnet;
@@ -129,6 +130,8 @@ pub struct Daemon {
     addr_problem: Mutex<Option<String>>,
     /// Woken by an empty packet or `om node dequeue actions`: run the queued actions now.
     pub dequeue: tokio::sync::Notify,
+    /// Joins this node refused, as leader, for want of an approval.
+    join_requests: consent::JoinRequests,
     /// This node's work units (`work submit` and the `work_*` actions).
     pub work: Arc<crate::work::Work>,
     /// The last round trip measured to each peer (ms) and when (ms since the epoch), by
@@ -189,6 +192,7 @@ impl Daemon {
             paths,
             config: RwLock::new((doc, cfg)),
             conf_writer: Mutex::new(()),
+            join_requests: Default::default(),
             node: RwLock::new(None),
             node_gen: watch::channel(0).0,
             threads: Supervisor::new(),

@@ -52,6 +52,8 @@ pub mod status {
     pub const UNAVAILABLE: i32 = Status::Unavailable.wire();
     /// See [`Status::Misaddressed`].
     pub const MISADDRESSED: i32 = Status::Misaddressed.wire();
+    /// See [`Status::Pending`].
+    pub const PENDING: i32 = Status::Pending.wire();
 }
 
 /// A request id, echoed by the response exactly as the requester chose it.
