@@ -171,8 +171,32 @@ mod tests {
 
     #[test]
     fn status_codes_are_the_documented_ones() {
-        let codes: Vec<i32> = Status::ALL.iter().map(|s| s.wire()).collect();
-        assert_eq!(codes, (0..=9).collect::<Vec<_>>());
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let table = doc.split("## 11. Status codes").nth(1).unwrap();
+        let table = table.split("## 12.").next().unwrap();
+        let documented: Vec<(i32, String)> = table
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.split('|').map(str::trim).skip(1);
+                let code = cells.next()?.parse().ok()?;
+                Some((code, cells.next()?.to_string()))
+            })
+            .collect();
+        let upper_snake = |s: Status| {
+            let mut out = String::new();
+            for (i, c) in format!("{s:?}").chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        };
+        let ours: Vec<(i32, String)> = Status::ALL
+            .iter()
+            .map(|s| (s.wire(), upper_snake(*s)))
+            .collect();
+        assert_eq!(ours, documented, "docs/PROTOCOL.md section 11");
         assert_eq!(Status::from_code(9), Some(Status::Misaddressed));
         assert_eq!(Status::from_code(42), None);
     }
