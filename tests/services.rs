@@ -636,3 +636,82 @@ async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
     .await;
     assert!(!alive(pid), "shutdown stopped the app on {owner}");
 }
+
+/// `agent_standby` stops the node's instance, the orchestrator moves the failover service
+/// to another node, the node stays a voting member in state `standby` (and keeps it across
+/// a daemon restart); `agent_welcome` brings it back to `idle`, and nothing moves back by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_releases_a_node_and_welcome_takes_it_back() {
+    let mut c = cluster(3).await;
+    let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "db")).collect());
+    let n1 = &c.nodes[0];
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "db", "config": WEB}),
+        T,
+    )
+    .await
+    .unwrap();
+    n1.call(
+        "set_service_monitor",
+        json!({"svcname": "db", "global_expect": "started"}),
+        T,
+    )
+    .await
+    .unwrap();
+    until("db runs on one node", Duration::from_secs(30), || {
+        running_on(&c, "db").len() == 1
+    })
+    .await;
+    let owner = running_on(&c, "db")[0].clone();
+    let i = c.nodes.iter().position(|n| n.name == owner).unwrap();
+    let other = (i + 1) % 3;
+
+    // Asked through another member, as a controller would.
+    let st = c.nodes[other]
+        .call(
+            "agent_standby",
+            json!({"node": owner, "timeout_ms": 30000}),
+            T * 3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(st["node"], json!(owner));
+    assert_eq!(st["state"], "standby");
+    assert_eq!(st["instances"]["db"], "down", "{st}");
+    until("db moved to another node", Duration::from_secs(30), || {
+        let on = running_on(&c, "db");
+        on.len() == 1 && on[0] != owner
+    })
+    .await;
+    assert_eq!(monitor_status(&c, other, &owner).await, "standby");
+    let leader_view = n1.call("daemon_status", json!({}), T).await.unwrap();
+    assert!(
+        leader_view["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(owner)),
+        "a standby node stays a member"
+    );
+    // A planned restart keeps the standby (no maintenance status over it).
+    c.nodes[i].call("daemon_stop", json!({}), T).await.unwrap();
+    let sock = c.nodes[i].paths.control_socket();
+    until("the daemon exits", T, || !sock.exists()).await;
+    assert_eq!(monitor_status(&c, other, &owner).await, "standby");
+    let bin = c.bin.clone();
+    c.nodes[i].start(&bin).unwrap();
+    c.nodes[i].wait_ready(T).await.unwrap();
+    tokio::time::sleep(DOWN).await;
+    assert_eq!(monitor_status(&c, other, &owner).await, "standby");
+    // Through the CLI, to the node itself: welcome.
+    let (out, _) = om_ok(&c.nodes[i], &["node", "welcome", "--format", "json"]).await;
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["state"], "idle", "{out}");
+    tokio::time::sleep(DOWN).await;
+    let on = running_on(&c, "db");
+    assert!(
+        on.len() == 1 && on[0] != owner,
+        "nothing moved back: {on:?}"
+    );
+}

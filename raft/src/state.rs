@@ -95,6 +95,9 @@ value_set!(
         Maintenance => "maintenance",
         Shutting => "shutting",
         Down => "down",
+        // Released by `agent_standby`: runs no instance, stays a member, until
+        // `agent_welcome`.
+        Standby => "standby",
     }
 );
 

@@ -101,6 +101,10 @@ actions! {
     /// The agent API's `get_nodes`: one status record per node, each with its own result
     /// (a node that does not answer in time is a failed result, not a failed request).
     GetNodes => "get_nodes", Any;
+    /// The agent API's `agent_standby`: stop the node's instances, keep it a member.
+    AgentStandby => "agent_standby", Any;
+    /// The agent API's `agent_welcome`: the node is back to normal duty.
+    AgentWelcome => "agent_welcome", Any;
     /// One round trip: the answering node's name, version, work types and connections.
     ControlPing => "control_ping", Any;
     /// One control service command (a line, text or JSON) run by the receiver: what

@@ -773,3 +773,44 @@ pub struct JoinApproval {
     /// When leaders stop honouring it.
     pub expires_ms: u64,
 }
+
+/// `agent_standby` (Zeek's `agent_standby_request`): the node stops its instances and stays
+/// a member, in state `standby`, until `agent_welcome`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentStandby {
+    /// The node (default: the receiver).
+    pub node: Option<String>,
+    /// How long to wait for its instances to stop (ms; default 60 000, at most 600 000).
+    pub timeout_ms: Option<u64>,
+}
+
+impl ApiRequest for AgentStandby {
+    const ACTION: Action = Action::AgentStandby;
+    type Reply = AgentState;
+}
+
+/// `agent_welcome` (Zeek's `agent_welcome_request`): the node is part of the topology
+/// again (out of `standby`); its instances start again where they are placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentWelcome {
+    /// The node (default: the receiver).
+    pub node: Option<String>,
+}
+
+impl ApiRequest for AgentWelcome {
+    const ACTION: Action = Action::AgentWelcome;
+    type Reply = AgentState;
+}
+
+/// A node's duty state, after `agent_standby` or `agent_welcome`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The node.
+    pub node: String,
+    /// Its node monitor status (`standby`, `idle`, ...).
+    pub state: String,
+    /// Its instances and their availability as last reported (`down`, `up`, ...).
+    pub instances: std::collections::BTreeMap<String, String>,
+}

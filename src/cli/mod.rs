@@ -135,6 +135,15 @@ pub enum NodeCmd {
     Freeze,
     /// Thaw this node.
     Thaw,
+    /// Release this node (the agent API's agent_standby): stop its instances, move failover
+    /// services elsewhere, stay a member; waits until its instances are down.
+    Standby {
+        /// How long to wait for the instances to stop (seconds).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+        wait: u64,
+    },
+    /// Back to normal duty after `standby` (agent_welcome).
+    Welcome,
     /// Asynchronous service actions (`om <svc> run ACTION --async`).
     Jobs {
         #[command(subcommand)]
@@ -422,6 +431,27 @@ pub async fn run(cli: Cli) -> Result<()> {
             cmd: NodeCmd::Freeze,
         } => svc::node_freeze(&paths, true).await,
         Top::Node { cmd: NodeCmd::Thaw } => svc::node_freeze(&paths, false).await,
+        Top::Node {
+            cmd: NodeCmd::Standby { wait },
+        } => {
+            let options = json!({"timeout_ms": wait * 1000});
+            let data = call(
+                &paths,
+                "agent_standby",
+                options,
+                Duration::from_secs(wait + 10),
+            )
+            .await?;
+            print(format, &data, render::kv);
+            Ok(())
+        }
+        Top::Node {
+            cmd: NodeCmd::Welcome,
+        } => {
+            let data = call(&paths, "agent_welcome", json!({}), Duration::from_secs(20)).await?;
+            print(format, &data, render::kv);
+            Ok(())
+        }
         Top::Node {
             cmd: NodeCmd::Jobs { cmd },
         } => svc::jobs(&paths, cmd, format).await,

@@ -164,6 +164,8 @@ impl Daemon {
                 api::reply(&self.secret_list(opts.local).await?)
             }
             Action::ClusterSet => api::reply(&self.cluster_set(api::parse(action, o)?).await?),
+            Action::AgentStandby => api::reply(&self.standby(api::parse(action, o)?).await?),
+            Action::AgentWelcome => api::reply(&self.welcome(api::parse(action, o)?).await?),
             Action::ClusterApprove => api::reply(&self.approve_join(api::parse(action, o)?).await?),
             Action::JoinRequests => {
                 let _: options::JoinRequests = api::parse(action, o)?;

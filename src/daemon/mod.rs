@@ -10,6 +10,7 @@ pub mod events;
 pub mod peers;
 pub mod raftnet;
 pub mod rotation;
+mod standby;
 pub mod status;
 pub mod threads;
 pub mod watcher;
@@ -878,6 +879,18 @@ impl Daemon {
 
     /// On a planned stop, tell the cluster this node is in maintenance (best effort, 2 s).
     async fn advertise_maintenance(&self) {
+        let me = self.name();
+        let standby = self.node().ok().is_some_and(|n| {
+            n.read(|s| {
+                s.node_monitors
+                    .get(&me)
+                    .is_some_and(|m| m.status == raft::state::NodeStatus::Standby)
+            })
+        });
+        if standby {
+            // Standby outlives a restart: it is the operator's until agent_welcome.
+            return;
+        }
         let cmd = Command::SetNodeMonitor {
             node: self.name(),
             status: Some(raft::state::NodeStatus::Maintenance),

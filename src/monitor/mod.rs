@@ -415,7 +415,11 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
     let Some(m) = node.read(|s| s.node_monitors.get(&cx.me).cloned()) else {
         return;
     };
-    if matches!(m.status, NodeStatus::Down | NodeStatus::Maintenance) {
+    // Standby is the operator's until `agent_welcome` (a freeze waits for it too).
+    if matches!(
+        m.status,
+        NodeStatus::Down | NodeStatus::Maintenance | NodeStatus::Standby
+    ) {
         return;
     }
     let set = |status: Option<NodeStatus>, frozen: Option<bool>| Command::SetNodeMonitor {

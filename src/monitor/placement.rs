@@ -98,7 +98,12 @@ impl<'a> View<'a> {
     fn usable(&self, n: &str) -> bool {
         !matches!(
             self.node_status(n),
-            None | Some(NodeStatus::Down | NodeStatus::Maintenance | NodeStatus::Shutting)
+            None | Some(
+                NodeStatus::Down
+                    | NodeStatus::Maintenance
+                    | NodeStatus::Shutting
+                    | NodeStatus::Standby
+            )
         )
     }
 
@@ -184,7 +189,7 @@ impl<'a> View<'a> {
             .iter()
             .filter(|n| {
                 let gone = match self.node_status(n) {
-                    Some(NodeStatus::Shutting) => true,
+                    Some(NodeStatus::Shutting | NodeStatus::Standby) => true,
                     // A daemon stopped for maintenance leaves its instances running: keep
                     // them there, unless known stopped (a shutdown stopped them).
                     Some(NodeStatus::Maintenance) => {

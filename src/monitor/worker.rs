@@ -48,6 +48,7 @@ struct Snap {
     ge: GlobalExpect,
     inst: Option<Instance>,
     node_frozen: bool,
+    node_standby: bool,
 }
 
 fn read_instance(cx: &Ctx, svc: &str) -> Option<Instance> {
@@ -58,6 +59,26 @@ fn read_instance(cx: &Ctx, svc: &str) -> Option<Instance> {
                 .and_then(|v| v.instances.get(&cx.me).cloned())
         })
     })
+}
+
+/// In standby (`agent_standby`): stops the instance if anything of it may run; it starts
+/// again after `agent_welcome` if its `local_expect` still says started.
+async fn release(
+    cx: &Ctx,
+    rt: &InstanceRt,
+    mem: &mut crate::services::instance::Mem,
+    cfg: &crate::services::config::ServiceConfig,
+) {
+    let up =
+        matches!(mem.avail, Avail::Up | Avail::Warn) || mem.res.values().any(|a| *a == Avail::Up);
+    if up {
+        cx.local
+            .logs
+            .info(&rt.svc, "this node is in standby: stopping the instance");
+        rt.stop(cx, mem, cfg, None, None).await;
+        rt.check(cx, mem, cfg, None).await;
+    }
+    mem.started_once = false;
 }
 
 /// One pass over the instance.
@@ -74,6 +95,10 @@ pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
             ge: v.global_expect.clone(),
             inst: v.instances.get(&me).cloned(),
             node_frozen: s.node_monitors.get(&me).is_some_and(|m| m.frozen),
+            node_standby: s
+                .node_monitors
+                .get(&me)
+                .is_some_and(|m| m.status == raft::state::NodeStatus::Standby),
         })
     });
     let Some(snap) = snap else {
@@ -155,12 +180,17 @@ pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
         );
     }
     let hands_off = frozen || snap.node_frozen;
+    if snap.node_standby {
+        release(cx, rt, &mut mem, &cfg).await;
+    }
 
     let mut status: Option<MonitorStatus> = None;
     let mut restarts = inst.restarts.clone();
     let mut restarted = false;
     let mut next = Duration::from_secs(1);
     match inst.local_expect {
+        // In standby nothing starts or stops but by `release`.
+        _ if snap.node_standby => {}
         LocalExpect::Started if !failed => {
             let down: Vec<String> = cfg
                 .resources
