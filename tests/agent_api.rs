@@ -64,3 +64,117 @@ async fn hello_and_get_nodes() {
         "{nodes}"
     );
 }
+
+const SVC: &str = "[DEFAULT]\nnodes = n1 n2\norchestrate = no\n\n[app#1]\nstart = true\nstop = true\ncheck = true\n";
+
+/// `set_configuration` with the whole document: refused in full when any part is wrong
+/// (every problem named, nothing committed), a dry run, a deployment answered with one
+/// result per node (a dead node's result fails), `get_configuration` giving back what was
+/// set, and a service left out of the next document deleted. Sent to a follower: it
+/// forwards to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_configuration_deploys_a_whole_document_with_a_result_per_node() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 3, None).unwrap();
+    c.start_all().await.unwrap();
+    c.join_all(&mut |_| {}).await.unwrap();
+    let n2 = &c.nodes[1];
+    let set = |config: serde_json::Value, dry_run: bool| json!({"config": config, "dry_run": dry_run, "timeout_ms": 5000});
+
+    let bad = json!({
+        "params": {"cluster.jion": "approve"},
+        "services": {"web": SVC, "db": "[app#1]\nrestart = twice\n", "bad name!": SVC}
+    });
+    let e = n2
+        .call("set_configuration", set(bad, false), T)
+        .await
+        .unwrap_err();
+    for part in [
+        "cluster.jion",
+        "service db: section [app#1]",
+        "bad name!",
+        "nothing was committed",
+    ] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
+    }
+    let typo = json!({"service": {"web": SVC}});
+    let e = n2
+        .call("set_configuration", set(typo, false), T)
+        .await
+        .unwrap_err();
+    assert!(e.contains("unknown field") && e.contains("service"), "{e}");
+    let got = n2.call("get_configuration", json!({}), T).await.unwrap();
+    assert_eq!(
+        got["config"],
+        json!({"params": {}, "services": {}}),
+        "{got}"
+    );
+
+    let doc = json!({"params": {"cluster.join": "approve"}, "services": {"web": SVC, "db": SVC}});
+    let plan = n2
+        .call("set_configuration", set(doc.clone(), true), T)
+        .await
+        .unwrap();
+    assert_eq!(plan["created"], json!(["db", "web"]), "{plan}");
+    assert_eq!(plan["params_set"], json!(["cluster.join"]));
+    assert_eq!(plan["results"], json!([]), "a dry run asks no node");
+    let got = n2.call("get_configuration", json!({}), T).await.unwrap();
+    assert_eq!(
+        got["config"]["services"],
+        json!({}),
+        "the dry run committed nothing"
+    );
+
+    let done = n2
+        .call("set_configuration", set(doc.clone(), false), T)
+        .await
+        .unwrap();
+    let index = done["index"].as_u64().unwrap();
+    assert!(index > 0, "{done}");
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{done}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["success"] == true && r["applied"].as_u64() >= Some(index)),
+        "{done}"
+    );
+    for n in &c.nodes {
+        let got = n.call("get_configuration", json!({}), T).await.unwrap();
+        assert_eq!(got["config"], doc, "{} after the deployment", n.name);
+    }
+    let again = n2
+        .call("set_configuration", set(doc, false), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["created"].clone(), again["index"].clone()),
+        (json!([]), json!(0)),
+        "nothing to do: {again}"
+    );
+
+    // n3 dead: its result fails; db left out is deleted, the parameter unset.
+    c.nodes[2].kill();
+    let next = json!({"services": {"web": SVC}});
+    let done = c.nodes[0]
+        .call("set_configuration", set(next, false), T)
+        .await
+        .unwrap();
+    assert_eq!(done["deleted"], json!(["db"]), "{done}");
+    assert_eq!(done["params_unset"], json!(["cluster.join"]), "{done}");
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(
+        results.iter().filter(|r| r["success"] == true).count(),
+        2,
+        "{done}"
+    );
+    let n3 = results.iter().find(|r| r["node"] == "n3").unwrap();
+    assert!(
+        n3["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{done}"
+    );
+    let got = c.nodes[0]
+        .call("get_configuration", json!({}), T)
+        .await
+        .unwrap();
+    assert_eq!(got["config"]["services"], json!({"web": SVC}), "{got}");
+}

@@ -101,6 +101,12 @@ actions! {
     /// The agent API's `get_nodes`: one status record per node, each with its own result
     /// (a node that does not answer in time is a failed result, not a failed request).
     GetNodes => "get_nodes", Any;
+    /// The agent API's `get_configuration`: every service's config and the cluster
+    /// parameters, as one document.
+    GetConfiguration => "get_configuration", Any;
+    /// The agent API's `set_configuration`: make the cluster's configuration that document
+    /// (validated in full, one deployment at a time, a result per node).
+    SetConfiguration => "set_configuration", Any;
     /// The agent API's `agent_standby`: stop the node's instances, keep it a member.
     AgentStandby => "agent_standby", Any;
     /// The agent API's `agent_welcome`: the node is back to normal duty.

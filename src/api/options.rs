@@ -814,3 +814,91 @@ pub struct AgentState {
     /// Its instances and their availability as last reported (`down`, `up`, ...).
     pub instances: std::collections::BTreeMap<String, String>,
 }
+
+/// The cluster's declarative configuration (Zeek's `Configuration`): every service with its
+/// config text, and the cluster parameters. What `get_configuration` answers and
+/// `set_configuration` takes, so that get, edit, set round-trips.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Configuration {
+    /// Cluster parameters (`section.key` -> value).
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Services by name -> their config text.
+    pub services: std::collections::BTreeMap<String, String>,
+}
+
+/// `get_configuration`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetConfiguration {}
+
+impl ApiRequest for GetConfiguration {
+    const ACTION: Action = Action::GetConfiguration;
+    type Reply = ConfigurationReport;
+}
+
+/// The configuration as the receiver has applied it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigurationReport {
+    /// The document.
+    pub config: Configuration,
+    /// Each service's config version.
+    pub versions: std::collections::BTreeMap<String, u64>,
+    /// Services being deleted (`global_expect = deleted`): not in `config`.
+    pub deleting: Vec<String>,
+    /// The Raft index the receiver had applied when it answered.
+    pub applied: u64,
+}
+
+/// `set_configuration`: makes the cluster's configuration `config`: services it does not
+/// name are deleted (orchestrated: stopped everywhere first), parameters it does not name
+/// are unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetConfiguration {
+    /// The whole configuration.
+    pub config: Configuration,
+    /// Only say what would change.
+    #[serde(deserialize_with = "flag")]
+    pub dry_run: bool,
+    /// How long each node has to apply it (ms; default 10 000, at most 60 000).
+    pub timeout_ms: Option<u64>,
+}
+
+impl ApiRequest for SetConfiguration {
+    const ACTION: Action = Action::SetConfiguration;
+    type Reply = Deployment;
+}
+
+/// What `set_configuration` changed, and each node's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Nothing was committed (`dry_run`).
+    pub dry_run: bool,
+    /// Services created.
+    pub created: Vec<String>,
+    /// Services whose config changed.
+    pub updated: Vec<String>,
+    /// Services set to be deleted.
+    pub deleted: Vec<String>,
+    /// Parameters set (or changed).
+    pub params_set: Vec<String>,
+    /// Parameters removed.
+    pub params_unset: Vec<String>,
+    /// The Raft index of the last change (0: nothing changed).
+    pub index: u64,
+    /// One result per member: whether it applied `index` within `timeout_ms`.
+    pub results: Vec<DeployResult>,
+}
+
+/// One node's result in a [`Deployment`] (Zeek's `Result`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployResult {
+    /// The node.
+    pub node: String,
+    /// Whether it applied the deployment in time.
+    pub success: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// The index it had applied when last asked.
+    pub applied: Option<u64>,
+}

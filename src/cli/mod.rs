@@ -2,6 +2,7 @@
 //! prints tables or JSON, and turns every error into one clear message.
 
 mod bench;
+mod configuration;
 mod consent;
 mod control;
 mod demo;
@@ -158,6 +159,11 @@ pub enum ClusterCmd {
     Secret {
         #[command(subcommand)]
         cmd: rotation::SecretCmd,
+    },
+    /// The cluster's configuration as one document: services and parameters.
+    Config {
+        #[command(subcommand)]
+        cmd: configuration::ConfigCmd,
     },
     #[command(flatten)]
     Param(consent::ParamCmd),
@@ -397,6 +403,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Cluster {
             cmd: ClusterCmd::Param(cmd),
         } => consent::run(&paths, cmd, format).await,
+        Top::Cluster {
+            cmd: ClusterCmd::Config { cmd },
+        } => configuration::run(&paths, cmd, format).await,
         Top::Node {
             cmd: NodeCmd::Events { follow },
         } => events(&paths, follow, format).await,

@@ -164,6 +164,13 @@ impl Daemon {
                 api::reply(&self.secret_list(opts.local).await?)
             }
             Action::ClusterSet => api::reply(&self.cluster_set(api::parse(action, o)?).await?),
+            Action::GetConfiguration => {
+                let _: options::GetConfiguration = api::parse(action, o)?;
+                api::reply(&self.get_configuration()?)
+            }
+            Action::SetConfiguration => {
+                api::reply(&self.set_configuration(api::parse(action, o)?).await?)
+            }
             Action::AgentStandby => api::reply(&self.standby(api::parse(action, o)?).await?),
             Action::AgentWelcome => api::reply(&self.welcome(api::parse(action, o)?).await?),
             Action::ClusterApprove => api::reply(&self.approve_join(api::parse(action, o)?).await?),

@@ -29,6 +29,24 @@ use crate::wire::status as code;
 /// The cluster parameters `cluster_set` accepts, with their allowed values.
 pub const CLUSTER_PARAMS: &[(&str, &[&str])] = &[("cluster.join", &["open", "approve"])];
 
+/// Checks that `param` is a cluster parameter om acts on and `value` one it allows.
+pub(super) fn check_cluster_param(param: &str, value: Option<&str>) -> Result<(), String> {
+    let Some((_, allowed)) = CLUSTER_PARAMS.iter().find(|(k, _)| *k == param) else {
+        let known: Vec<&str> = CLUSTER_PARAMS.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown cluster parameter {param:?}; known: {}",
+            known.join(", ")
+        ));
+    };
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(format!(
+            "invalid value {v:?} for {param}: allowed values are {}",
+            allowed.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The most refused joins a leader remembers; the oldest is forgotten first.
 const MAX_JOIN_REQUESTS: usize = 64;
 
@@ -115,27 +133,7 @@ impl Daemon {
         &self,
         o: options::ClusterSet,
     ) -> Result<Committed, ActionError> {
-        let known = || {
-            CLUSTER_PARAMS
-                .iter()
-                .map(|(k, _)| *k)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let Some((_, allowed)) = CLUSTER_PARAMS.iter().find(|(k, _)| *k == o.param) else {
-            return Err(ActionError::bad(format!(
-                "unknown cluster parameter {:?}; known: {}",
-                o.param,
-                known()
-            )));
-        };
-        if let Some(v) = o.value.as_deref().filter(|v| !allowed.contains(v)) {
-            return Err(ActionError::bad(format!(
-                "invalid value {v:?} for {}: allowed values are {}",
-                o.param,
-                allowed.join(", ")
-            )));
-        }
+        check_cluster_param(&o.param, o.value.as_deref()).map_err(ActionError::bad)?;
         self.propose(Command::SetClusterParam {
             key: o.param,
             value: o.value,

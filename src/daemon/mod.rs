@@ -5,6 +5,7 @@
 //! and stopping cleanly. Request handling lives in [`actions`].
 
 pub mod actions;
+mod configuration;
 mod consent;
 pub mod events;
 pub mod peers;
@@ -131,6 +132,8 @@ pub struct Daemon {
     addr_problem: Mutex<Option<String>>,
     /// Woken by an empty packet or `om node dequeue actions`: run the queued actions now.
     pub dequeue: tokio::sync::Notify,
+    /// Held while a `set_configuration` deployment runs on this node (the leader).
+    deploying: tokio::sync::Mutex<()>,
     /// Joins this node refused, as leader, for want of an approval.
     join_requests: consent::JoinRequests,
     /// This node's work units (`work submit` and the `work_*` actions).
@@ -194,6 +197,7 @@ impl Daemon {
             config: RwLock::new((doc, cfg)),
             conf_writer: Mutex::new(()),
             join_requests: Default::default(),
+            deploying: tokio::sync::Mutex::new(()),
             node: RwLock::new(None),
             node_gen: watch::channel(0).0,
             threads: Supervisor::new(),

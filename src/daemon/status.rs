@@ -277,7 +277,7 @@ fn failed(node: &str, error: String) -> options::NodeResult {
     }
 }
 
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+pub(super) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
