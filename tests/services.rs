@@ -715,3 +715,56 @@ async fn standby_releases_a_node_and_welcome_takes_it_back() {
         "nothing moved back: {on:?}"
     );
 }
+
+/// The empty packet runs the queue: with `check_interval = 60m` an app that died is not
+/// noticed, until `om node dequeue actions` makes every instance check now; the restart
+/// follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dequeue_actions_runs_the_pending_checks_now() {
+    let c = cluster(1).await;
+    let n1 = &c.nodes[0];
+    let _apps = Apps(vec![pid_file(n1, "lazy")]);
+    let config = WEB
+        .replace("nodes = n1 n2 n3", "nodes = n1")
+        .replace("check_interval = 1s", "check_interval = 60m");
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "lazy", "config": config}),
+        T,
+    )
+    .await
+    .unwrap();
+    n1.call(
+        "set_service_monitor",
+        json!({"svcname": "lazy", "global_expect": "started"}),
+        T,
+    )
+    .await
+    .unwrap();
+    until("lazy runs", Duration::from_secs(30), || {
+        running_on(&c, "lazy").len() == 1
+    })
+    .await;
+    until_status(n1, "lazy", "the start is over", T, |st| {
+        st["progress"]["state"] == "reached" || st["global_expect"] == "none"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = app_pid(n1, "lazy").unwrap();
+    kill(first, "-KILL");
+    until("the app is gone", T, || !alive(first)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        app_pid(n1, "lazy"),
+        Some(first),
+        "nothing checked before the dequeue"
+    );
+
+    om_ok(n1, &["node", "dequeue", "actions"]).await;
+    until(
+        "restarted after the dequeue",
+        Duration::from_secs(20),
+        || app_pid(n1, "lazy").is_some_and(|p| p != first && alive(p)),
+    )
+    .await;
+}

@@ -588,11 +588,26 @@ async fn scheduler_loop(
     let lg = services::local(&daemon);
     let mut last_purge: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = stop.changed() => if *stop.borrow() { return Ok(()) },
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
+        // The queue an empty packet (`om node dequeue actions`) runs at once: every
+        // instance's next status check, with the pass of its worker that follows.
+        let dequeued = tokio::select! {
+            _ = stop.changed() => if *stop.borrow() { return Ok(()) } else { false },
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+            _ = daemon.dequeue.notified() => true,
+        };
         let now = Instant::now();
+        if dequeued {
+            let instances = lg.instances();
+            tracing::info!(
+                "dequeue: checking {} local instance(s) now",
+                instances.len()
+            );
+            for rt in instances {
+                rt.schedule.lock().unwrap().0 = Some(now);
+                rt.request_check();
+            }
+            continue;
+        }
         for rt in lg.instances() {
             let due = {
                 let mut sch = rt.schedule.lock().unwrap();
