@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::command::Command;
 use crate::event::Event;
+use crate::event::Subject;
 use crate::state::ClusterState;
 use crate::state::GlobalExpect;
 use crate::state::Instance;
@@ -257,7 +258,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             at_ms,
             id,
         } => {
-            ev.push(Event::change("cluster.name", None, Some(cluster.clone())));
+            ev.push(Event::change(
+                Subject::Cluster,
+                Some("name"),
+                None,
+                Some(cluster.clone()),
+            ));
             s.name = cluster.clone();
             add_node(
                 s,
@@ -279,7 +285,8 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             s.departed.remove(node);
             if let Some(at) = s.join_approvals.remove(node) {
                 ev.push(Event::change(
-                    format!("join_approvals.{node}"),
+                    Subject::JoinApproval { node: node.clone() },
+                    None,
                     Some(at.to_string()),
                     None,
                 ));
@@ -289,31 +296,33 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         Command::Leave { node } => {
             let rec = s.nodes.remove(node).expect("validated");
             s.departed_ids.insert(rec.id);
-            ev.push(Event::change(format!("nodes.{node}"), Some(rec.addr), None));
+            ev.push(Event::change(
+                node_subject(node),
+                None,
+                Some(rec.addr),
+                None,
+            ));
             s.departed.insert(node.clone());
             s.node_monitors.remove(node);
             for (svc, service) in s.services.iter_mut() {
                 if service.instances.remove(node).is_some() {
                     ev.push(Event::change(
-                        format!("services.{svc}.instances.{node}"),
+                        instance_subject(svc, node),
+                        None,
                         Some("present".into()),
                         None,
                     ));
                 }
                 if service.global_expect == GlobalExpect::PlacedAt(node.clone()) {
-                    let path = format!("services.{svc}.global_expect");
-                    set(ev, path, &mut service.global_expect, GlobalExpect::None);
+                    let subject = service_subject(svc);
+                    let slot = &mut service.global_expect;
+                    set(ev, &subject, "global_expect", slot, GlobalExpect::None);
                 }
             }
         }
         Command::SetNodeAddr { node, addr } => {
             let rec = s.nodes.get_mut(node).expect("validated");
-            set(
-                ev,
-                format!("nodes.{node}.addr"),
-                &mut rec.addr,
-                addr.clone(),
-            );
+            set(ev, &node_subject(node), "addr", &mut rec.addr, addr.clone());
         }
         Command::SetNodeMonitor {
             node,
@@ -322,15 +331,10 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             frozen,
         } => {
             let m = s.node_monitors.get_mut(node).expect("validated");
-            let p = format!("node_monitors.{node}");
-            set_opt(ev, format!("{p}.status"), &mut m.status, *status);
-            set_opt(
-                ev,
-                format!("{p}.local_expect"),
-                &mut m.local_expect,
-                *local_expect,
-            );
-            set_opt(ev, format!("{p}.frozen"), &mut m.frozen, *frozen);
+            let p = Subject::NodeMonitor { node: node.clone() };
+            set_opt(ev, &p, "status", &mut m.status, *status);
+            set_opt(ev, &p, "local_expect", &mut m.local_expect, *local_expect);
+            set_opt(ev, &p, "frozen", &mut m.frozen, *frozen);
         }
         Command::SetServiceMonitor {
             svc,
@@ -341,20 +345,21 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             reset_retries,
         } => {
             let service = s.services.get_mut(svc).expect("validated");
-            let p = format!("services.{svc}");
             set_opt(
                 ev,
-                format!("{p}.global_expect"),
+                &service_subject(svc),
+                "global_expect",
                 &mut service.global_expect,
                 global_expect.clone(),
             );
             if let Some(n) = node {
                 let inst = instance(service, svc, n, ev);
-                let ip = format!("{p}.instances.{n}");
-                set_opt(ev, format!("{ip}.status"), &mut inst.status, *status);
+                let ip = instance_subject(svc, n);
+                set_opt(ev, &ip, "status", &mut inst.status, *status);
                 set_opt(
                     ev,
-                    format!("{ip}.local_expect"),
+                    &ip,
+                    "local_expect",
                     &mut inst.local_expect,
                     *local_expect,
                 );
@@ -362,7 +367,7 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             if *reset_retries {
                 for (n, inst) in service.instances.iter_mut() {
                     if node.as_ref().is_none_or(|want| want == n) {
-                        reset_restarts(ev, &format!("{p}.instances.{n}"), inst);
+                        reset_restarts(ev, &instance_subject(svc, n), inst);
                     }
                 }
             }
@@ -373,24 +378,20 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 if node.as_ref().is_some_and(|want| want != n) {
                     continue;
                 }
-                let ip = format!("services.{svc}.instances.{n}");
+                let ip = instance_subject(svc, n);
                 if matches!(
                     inst.status,
                     MonitorStatus::StartFailed | MonitorStatus::StopFailed
                 ) {
-                    set(
-                        ev,
-                        format!("{ip}.status"),
-                        &mut inst.status,
-                        MonitorStatus::Idle,
-                    );
+                    set(ev, &ip, "status", &mut inst.status, MonitorStatus::Idle);
                 }
                 reset_restarts(ev, &ip, inst);
             }
         }
         Command::CreateService { svc, config } => {
             ev.push(Event::change(
-                format!("services.{svc}.version"),
+                service_subject(svc),
+                Some("version"),
                 None,
                 Some("1".into()),
             ));
@@ -413,7 +414,8 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             let next = service.version + 1;
             set(
                 ev,
-                format!("services.{svc}.version"),
+                &service_subject(svc),
+                "version",
                 &mut service.version,
                 next,
             );
@@ -422,19 +424,19 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         Command::DeleteService { svc } => {
             let old = s.services.remove(svc).expect("validated");
             ev.push(Event::change(
-                format!("services.{svc}.version"),
+                service_subject(svc),
+                Some("version"),
                 Some(old.version.to_string()),
                 None,
             ));
         }
         Command::SetClusterParam { key, value } => {
-            let path = format!("params.{key}");
             let old = match value {
                 Some(v) => s.params.insert(key.clone(), v.clone()),
                 None => s.params.remove(key),
             };
             if old != *value {
-                ev.push(Event::change(path, old, value.clone()));
+                ev.push(Event::change(Subject::Param, Some(key), old, value.clone()));
             }
         }
         Command::ReportInstance {
@@ -448,13 +450,14 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         } => {
             let service = s.services.get_mut(svc).expect("validated");
             let inst = instance(service, svc, node, ev);
-            let ip = format!("services.{svc}.instances.{node}");
-            set(ev, format!("{ip}.avail"), &mut inst.avail, *avail);
-            set_opt(ev, format!("{ip}.status"), &mut inst.status, *status);
-            set_opt(ev, format!("{ip}.frozen"), &mut inst.frozen, *frozen);
+            let ip = instance_subject(svc, node);
+            set(ev, &ip, "avail", &mut inst.avail, *avail);
+            set_opt(ev, &ip, "status", &mut inst.status, *status);
+            set_opt(ev, &ip, "frozen", &mut inst.frozen, *frozen);
             if inst.restarts != *restarts {
                 ev.push(Event::change(
-                    format!("{ip}.restarts"),
+                    ip,
+                    Some("restarts"),
                     Some(total(&inst.restarts).to_string()),
                     Some(total(restarts).to_string()),
                 ));
@@ -468,7 +471,8 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         Command::ApproveJoin { node, at_ms } => {
             let old = s.join_approvals.insert(node.clone(), *at_ms);
             ev.push(Event::change(
-                format!("join_approvals.{node}"),
+                Subject::JoinApproval { node: node.clone() },
+                None,
                 old.map(|t| t.to_string()),
                 Some(at_ms.to_string()),
             ));
@@ -496,7 +500,8 @@ fn add_node(
     s.node_monitors
         .insert(node.to_string(), NodeMonitor::default());
     ev.push(Event::change(
-        format!("nodes.{node}"),
+        node_subject(node),
+        None,
         None,
         Some(addr.to_string()),
     ));
@@ -511,7 +516,8 @@ fn instance<'a>(
 ) -> &'a mut Instance {
     if !service.instances.contains_key(node) {
         ev.push(Event::change(
-            format!("services.{svc}.instances.{node}"),
+            instance_subject(svc, node),
+            None,
             None,
             Some("present".into()),
         ));
@@ -519,10 +525,11 @@ fn instance<'a>(
     service.instances.entry(node.to_string()).or_default()
 }
 
-fn reset_restarts(ev: &mut Vec<Event>, instance_path: &str, inst: &mut Instance) {
+fn reset_restarts(ev: &mut Vec<Event>, instance: &Subject, inst: &mut Instance) {
     if !inst.restarts.is_empty() {
         ev.push(Event::change(
-            format!("{instance_path}.restarts"),
+            instance.clone(),
+            Some("restarts"),
             Some(total(&inst.restarts).to_string()),
             Some("0".into()),
         ));
@@ -534,10 +541,34 @@ fn total(restarts: &std::collections::BTreeMap<String, u32>) -> u64 {
     restarts.values().map(|v| u64::from(*v)).sum()
 }
 
-fn set<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T, new: T) {
+fn node_subject(node: &str) -> Subject {
+    Subject::Node { node: node.into() }
+}
+
+fn service_subject(svc: &str) -> Subject {
+    Subject::Service {
+        service: svc.into(),
+    }
+}
+
+fn instance_subject(svc: &str, node: &str) -> Subject {
+    Subject::Instance {
+        service: svc.into(),
+        node: node.into(),
+    }
+}
+
+fn set<T: PartialEq + ToString>(
+    ev: &mut Vec<Event>,
+    subject: &Subject,
+    field: &str,
+    slot: &mut T,
+    new: T,
+) {
     if *slot != new {
         ev.push(Event::change(
-            path,
+            subject.clone(),
+            Some(field),
             Some(slot.to_string()),
             Some(new.to_string()),
         ));
@@ -547,12 +578,13 @@ fn set<T: PartialEq + ToString>(ev: &mut Vec<Event>, path: String, slot: &mut T,
 
 fn set_opt<T: PartialEq + ToString>(
     ev: &mut Vec<Event>,
-    path: String,
+    subject: &Subject,
+    field: &str,
     slot: &mut T,
     new: Option<T>,
 ) {
     if let Some(new) = new {
-        set(ev, path, slot, new);
+        set(ev, subject, field, slot, new);
     }
 }
 

@@ -24,6 +24,7 @@ pub use apply::Outcome;
 pub use command::Command;
 pub use event::Event;
 pub use event::EventRecord;
+pub use event::Subject;
 pub use machine::MachineData;
 pub use machine::SharedMachine;
 pub use node::Node;

@@ -17,6 +17,7 @@ use sha2::Digest;
 use crate::apply::CommandError;
 use crate::command::Command;
 use crate::event::Event;
+use crate::event::Subject;
 
 /// The fewest characters a cluster secret may have (16 random bytes in hex).
 pub const MIN_SECRET_LEN: usize = 32;
@@ -157,20 +158,31 @@ pub(crate) fn mutate(plan: &mut Secrets, cmd: &Command, ev: &mut Vec<Event>) {
                 let current = current.clone().expect("validated");
                 let fp = current.fingerprint();
                 accept(plan, current, ev);
-                ev.push(Event::change("secrets.used", None, Some(fp.clone())));
+                ev.push(Event::change(
+                    Subject::Secrets,
+                    Some("used"),
+                    None,
+                    Some(fp.clone()),
+                ));
                 plan.used = Some(fp);
             }
             accept(plan, secret.clone(), ev);
         }
         Command::UseSecret { key_id } if plan.used.as_ref() != Some(key_id) => {
             let old = plan.used.replace(key_id.clone());
-            ev.push(Event::change("secrets.used", old, Some(key_id.clone())));
+            ev.push(Event::change(
+                Subject::Secrets,
+                Some("used"),
+                old,
+                Some(key_id.clone()),
+            ));
         }
         Command::RemoveSecret { key_id } => {
             plan.accepted.remove(key_id);
             plan.removed.insert(key_id.clone());
             ev.push(Event::change(
-                format!("secrets.accepted.{key_id}"),
+                Subject::Secrets,
+                Some(&format!("accepted.{key_id}")),
                 Some("accepted".into()),
                 None,
             ));
@@ -183,7 +195,8 @@ fn accept(plan: &mut Secrets, value: SecretValue, ev: &mut Vec<Event>) {
     let fp = value.fingerprint();
     if plan.accepted.insert(fp.clone(), value).is_none() {
         ev.push(Event::change(
-            format!("secrets.accepted.{fp}"),
+            Subject::Secrets,
+            Some(&format!("accepted.{fp}")),
             None,
             Some("accepted".into()),
         ));

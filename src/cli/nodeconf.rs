@@ -171,10 +171,14 @@ pub async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
     let client = crate::wire::ClientOptions::new(&addr, keyring, &cfg.name)
         .connect_timeout(Duration::from_secs(3))
         .build();
+    let unreachable = |e| CliError(format!("cannot reach the listener at {addr}: {e}"));
+    client.send_empty().await.map_err(unreachable)?;
+    // The packet only sits in the client's queue until written: a request behind it on
+    // the same session, answered, proves the node has read it (this process may exit next).
     client
-        .send_empty()
+        .request("hello", serde_json::json!({}), Duration::from_secs(5))
         .await
-        .map_err(|e| CliError(format!("cannot reach the listener at {addr}: {e}")))?;
+        .map_err(unreachable)?;
     eprintln!("dequeue requested from {addr}");
     Ok(())
 }

@@ -501,12 +501,14 @@ impl Daemon {
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Ok(rec) => {
-                            let touches_members = matches!(&rec.event,
-                                raft::Event::Change { path, .. } if path.starts_with("nodes."))
-                                || matches!(&rec.event, raft::Event::Log { .. });
-                            let touches_secrets = matches!(&rec.event,
-                                raft::Event::Change { path, .. } if path.starts_with("secrets."))
-                                || matches!(&rec.event, raft::Event::Log { .. });
+                            let touches = |of: fn(&raft::Subject) -> bool| match &rec.event {
+                                raft::Event::Change { subject, .. } => of(subject),
+                                raft::Event::Log { .. } => true,
+                                raft::Event::Error { .. } => false,
+                            };
+                            let touches_members =
+                                touches(|s| matches!(s, raft::Subject::Node { .. }));
+                            let touches_secrets = touches(|s| matches!(s, raft::Subject::Secrets));
                             self.events.push(rec);
                             if touches_members {
                                 self.refresh_members();

@@ -13,7 +13,6 @@ pub mod placement;
 pub mod worker;
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use raft::Command;
 use raft::Event;
 use raft::Node;
 use raft::ProposeError;
+use raft::Subject;
 use tokio::sync::broadcast;
 use tokio::sync::watch;
 
@@ -221,7 +221,7 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
         let metrics = node.metrics();
         let is_leader = metrics.current_leader == Some(node.id)
             && metrics.state == openraft::ServerState::Leader;
-        log_events(&cx, &node, &events, is_leader, &workers);
+        log_events(&cx, &events, is_leader);
 
         // Workers: one per service with an instance or a place on this node.
         let wanted: Vec<String> = node
@@ -296,48 +296,32 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
 
 /// Logs, in the service logs, the changes of this node's instances (on this node) and the
 /// service-wide changes (on the leader).
-fn log_events(
-    cx: &Ctx,
-    node: &Node,
-    events: &[raft::EventRecord],
-    is_leader: bool,
-    workers: &BTreeMap<String, tokio::task::JoinHandle<()>>,
-) {
-    if events.is_empty() {
-        return;
-    }
-    let mut names: BTreeSet<String> = node.read(|s| s.services.keys().cloned().collect());
-    names.extend(workers.keys().cloned());
+fn log_events(cx: &Ctx, events: &[raft::EventRecord], is_leader: bool) {
     for rec in events {
-        let Event::Change { path, old, new } = &rec.event else {
-            continue;
-        };
-        let Some(rest) = path.strip_prefix("services.") else {
-            continue;
-        };
-        // Service names may contain dots: take the longest known name.
-        let Some(svc) = names
-            .iter()
-            .filter(|n| rest.starts_with(n.as_str()) && rest[n.len()..].starts_with('.'))
-            .max_by_key(|n| n.len())
+        let Event::Change {
+            subject,
+            field: Some(field),
+            old,
+            new,
+            ..
+        } = &rec.event
         else {
             continue;
         };
-        let field = &rest[svc.len() + 1..];
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        let mine = format!("instances.{}.", cx.me);
-        if let Some(f) = field.strip_prefix(&mine) {
-            if f == "avail" {
-                // Logged by the check that found it, with the reason.
-                continue;
+        match subject {
+            // The avail changes are logged by the check that found them, with the reason.
+            Subject::Instance { service, node } if *node == cx.me && field != "avail" => {
+                let line = format!("{field}: {} -> {}", show(old), show(new));
+                cx.local.logs.info(service, line);
             }
-            cx.local
-                .logs
-                .info(svc, format!("{f}: {} -> {}", show(old), show(new)));
-        } else if is_leader && (field == "global_expect" || field == "version") {
-            cx.local
-                .logs
-                .info(svc, format!("{field}: {} -> {}", show(old), show(new)));
+            Subject::Service { service }
+                if is_leader && (field == "global_expect" || field == "version") =>
+            {
+                let line = format!("{field}: {} -> {}", show(old), show(new));
+                cx.local.logs.info(service, line);
+            }
+            _ => {}
         }
     }
 }
