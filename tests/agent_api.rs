@@ -178,3 +178,96 @@ async fn set_configuration_deploys_a_whole_document_with_a_result_per_node() {
         .unwrap();
     assert_eq!(got["config"]["services"], json!({"web": SVC}), "{got}");
 }
+
+/// `events` filtered by service (a dotted name is not a prefix of another), by kind and by
+/// path prefix; a reader from before a daemon restart is told `reset`; `om node events
+/// --follow` waits through the restart and prints what the new run applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_filtered_and_followed_through_a_restart() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 1, None).unwrap();
+    c.start_all().await.unwrap();
+    let n1 = &c.nodes[0];
+    for svc in ["web", "web.front"] {
+        n1.call(
+            "set_service_config",
+            json!({"svcname": svc, "config": SVC}),
+            T,
+        )
+        .await
+        .unwrap();
+    }
+    let ev = n1
+        .call("events", json!({"service": "web"}), T)
+        .await
+        .unwrap();
+    let paths: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"services.web.version"), "{ev}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.starts_with("services.web.") && !p.starts_with("services.web.front")),
+        "only web and its instances, not web.front: {ev}"
+    );
+    assert_eq!(
+        ev["events"][0]["event"]["subject"],
+        json!({"of": "service", "service": "web"})
+    );
+    let ev = n1
+        .call(
+            "events",
+            json!({"prefix": "services.web.front.", "kind": "change"}),
+            T,
+        )
+        .await
+        .unwrap();
+    let front = ev["events"].as_array().unwrap();
+    assert!(!front.is_empty(), "{ev}");
+    assert!(
+        front
+            .iter()
+            .all(|e| e["event"]["subject"]["service"] == "web.front"),
+        "{ev}"
+    );
+    let e = n1
+        .call("events", json!({"kind": "nonsense"}), T)
+        .await
+        .unwrap_err();
+    assert!(e.contains("kind"), "{e}");
+    let (epoch, next) = (ev["epoch"].clone(), ev["next"].clone());
+
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(&n1.paths.root)
+        .args(["node", "events", "--follow", "--service", "db"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.nodes[0].kill();
+    let bin = c.bin.clone();
+    c.nodes[0].start(&bin).unwrap();
+    c.nodes[0].wait_ready(T).await.unwrap();
+    let n1 = &c.nodes[0];
+    let ev = n1
+        .call("events", json!({"since": next, "epoch": epoch}), T)
+        .await
+        .unwrap();
+    assert_eq!(ev["reset"], true, "{ev}");
+    n1.call(
+        "set_service_config",
+        json!({"svcname": "db", "config": SVC}),
+        T,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("services.db.version - -> 1"), "{text}");
+}

@@ -344,6 +344,62 @@ pub struct Events {
     pub since: Option<u64>,
     /// Long-poll this long for new events (at most 60 000).
     pub wait_ms: Option<u64>,
+    /// The `epoch` of the answer `since` came from: when the daemon restarted since (its
+    /// sequence numbers start again), the answer says `reset` and starts from the oldest.
+    pub epoch: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<EventKind>,
+    /// Only changes about this node (its record, monitor, instances, approval).
+    pub node: Option<String>,
+    /// Only changes about this service (and its instances).
+    pub service: Option<String>,
+    /// Only changes whose path starts with this.
+    pub prefix: Option<String>,
+    /// At most this many events per answer (default and at most 1000; `next` continues).
+    pub limit: Option<usize>,
+}
+
+impl ApiRequest for Events {
+    const ACTION: Action = Action::Events;
+    type Reply = EventsReply;
+}
+
+/// The answer to `events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsReply {
+    /// The events kept by the filter, oldest first.
+    pub events: Vec<NumberedEvent>,
+    /// The sequence number to ask `since` next (the last one looked at).
+    pub next: u64,
+    /// The last sequence number given out.
+    pub last: u64,
+    /// This daemon run's id (send it back with `since`).
+    pub epoch: String,
+    /// The `epoch` asked about is over (the daemon restarted): this answer starts again
+    /// from the oldest event kept, and events in between may be missing.
+    pub reset: bool,
+}
+
+/// An applied event with its local sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberedEvent {
+    /// Local sequence number, increasing by one per event within an epoch.
+    pub seq: u64,
+    /// The event and the log index that produced it.
+    #[serde(flatten)]
+    pub record: raft::EventRecord,
+}
+
+/// The kinds of [`raft::Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A field changed.
+    Change,
+    /// A command was refused.
+    Error,
+    /// A log line (membership, snapshot install).
+    Log,
 }
 
 /// The agent API versions this node speaks, oldest first.

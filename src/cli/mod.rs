@@ -93,10 +93,7 @@ pub enum NodeCmd {
         cmd: DaemonCmd,
     },
     /// Print the cluster's applied events (`--follow` to keep printing new ones).
-    Events {
-        #[arg(long)]
-        follow: bool,
-    },
+    Events(EventsArgs),
     /// Set a node.conf parameter (validated; the daemon applies it live).
     Set {
         /// SECTION.KEY, e.g. listener.port.
@@ -150,6 +147,29 @@ pub enum NodeCmd {
         #[command(subcommand)]
         cmd: svc::JobsCmd,
     },
+}
+
+/// `om node events` options.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep printing new events (and wait through a daemon restart).
+    #[arg(long)]
+    follow: bool,
+    /// Start after this sequence number.
+    #[arg(long)]
+    since: Option<u64>,
+    /// Only events of this kind.
+    #[arg(long, value_enum)]
+    kind: Option<crate::api::options::EventKind>,
+    /// Only changes about this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Only changes about this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only changes whose path starts with this (e.g. `services.web.instances`).
+    #[arg(long)]
+    path: Option<String>,
 }
 
 /// `om cluster ...`
@@ -407,8 +427,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             cmd: ClusterCmd::Config { cmd },
         } => configuration::run(&paths, cmd, format).await,
         Top::Node {
-            cmd: NodeCmd::Events { follow },
-        } => events(&paths, follow, format).await,
+            cmd: NodeCmd::Events(args),
+        } => events(&paths, args, format).await,
         Top::Node {
             cmd: NodeCmd::Daemon { cmd },
         } => daemon_cmd(&paths, cmd, format).await,
@@ -782,46 +802,45 @@ async fn stop_and_wait(paths: &Paths, action: &str) -> Result<()> {
     Ok(())
 }
 
-async fn events(paths: &Paths, follow: bool, format: Format) -> Result<()> {
-    let mut since = 0;
+async fn events(paths: &Paths, args: EventsArgs, format: Format) -> Result<()> {
+    let mut ask = crate::api::options::Events {
+        since: args.since,
+        kind: args.kind,
+        node: args.node,
+        service: args.service,
+        prefix: args.path,
+        ..Default::default()
+    };
+    let control = ControlClient::new(paths);
+    let mut waiting = false;
     loop {
-        let wait = if follow { 10_000 } else { 0 };
-        let data = call(
-            paths,
-            "events",
-            json!({"since": since, "wait_ms": wait}),
-            Duration::from_secs(15),
-        )
-        .await?;
-        for e in data["events"].as_array().into_iter().flatten() {
-            match format {
-                Format::Json => println!("{e}"),
-                Format::Table => {
-                    let ev = &e["event"];
-                    let text = match ev["kind"].as_str() {
-                        Some("change") => format!(
-                            "{} {} -> {}",
-                            ev["path"].as_str().unwrap_or(""),
-                            ev["old"],
-                            ev["new"]
-                        ),
-                        Some("error") => format!(
-                            "error {}: {}",
-                            ev["command"].as_str().unwrap_or(""),
-                            ev["message"].as_str().unwrap_or("")
-                        ),
-                        _ => ev["message"].as_str().unwrap_or("").to_string(),
-                    };
-                    println!(
-                        "{:>6} {:>6}  {text}",
-                        e["seq"].to_string(),
-                        e["index"].to_string()
-                    );
+        ask.wait_ms = Some(if args.follow { 10_000 } else { 0 });
+        let reply = match control.call(&ask, Duration::from_secs(15)).await {
+            Ok(r) => r,
+            // Following through a daemon restart: wait for it, then resume.
+            Err(e) if args.follow => {
+                if !waiting {
+                    eprintln!("waiting for the daemon ({e}) ...");
+                    waiting = true;
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(CliError(e.to_string())),
+        };
+        waiting = false;
+        if reply.reset {
+            eprintln!("the daemon restarted: its events start again (some may be missing)");
+        }
+        for e in &reply.events {
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(e).unwrap_or_default()),
+                Format::Table => println!("{:>6} {:>6}  {}", e.seq, e.record.index, e.record.event),
             }
         }
-        since = data["next"].as_u64().unwrap_or(since);
-        if !follow {
+        ask.since = Some(reply.next);
+        ask.epoch = Some(reply.epoch);
+        if !args.follow {
             return Ok(());
         }
     }

@@ -306,11 +306,26 @@ impl Daemon {
             }
             Action::Events => {
                 let opts: options::Events = api::parse(action, o)?;
-                let since = opts.since.unwrap_or(0);
+                let epoch = self.events.epoch();
+                let reset = opts.epoch.as_deref().is_some_and(|e| e != epoch);
+                let since = if reset { 0 } else { opts.since.unwrap_or(0) };
                 let wait = Duration::from_millis(opts.wait_ms.unwrap_or(0).min(60_000));
-                let events = self.events.since(since, wait).await;
-                let next = events.last().map_or(since, |e| e.seq);
-                Ok(json!({ "events": events, "next": next, "last": self.events.last_seq() }))
+                let filter = super::events::Filter {
+                    kind: opts.kind,
+                    node: opts.node,
+                    service: opts.service,
+                    prefix: opts.prefix,
+                };
+                let limit = opts.limit.unwrap_or(1000).clamp(1, 1000);
+                let (events, next) = self.events.since(since, wait, &filter, limit).await;
+                let last = self.events.last_seq();
+                api::reply(&options::EventsReply {
+                    events,
+                    next,
+                    last,
+                    epoch: epoch.to_string(),
+                    reset,
+                })
             }
             Action::ControlPing => {
                 let opts: options::ControlPing = api::parse(action, o)?;

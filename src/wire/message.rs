@@ -118,11 +118,15 @@ impl Doc {
             Doc::Packed(b) if b.as_slice() == [0xc0] => {
                 rmp_serde::from_slice(&[0x80]).map_err(|e| e.to_string())
             }
-            Doc::Packed(b) => rmp_serde::from_slice(&b).map_err(|e| e.to_string()),
+            // The error names the option it is about (`kind: unknown variant ...`).
+            Doc::Packed(b) => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&b);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())
+            }
             Doc::Json(Value::Null) => {
                 serde_json::from_value(Value::Object(Default::default())).map_err(|e| e.to_string())
             }
-            Doc::Json(v) => serde_json::from_value(v).map_err(|e| e.to_string()),
+            Doc::Json(v) => serde_path_to_error::deserialize(v).map_err(|e| e.to_string()),
         }
     }
 
