@@ -6,7 +6,7 @@
 //! running twice.
 //!
 //! - `schedules`: what CI runs: `OM_FAULT_SCHEDULES` runs (default 2) of `OM_FAULT_STEPS`
-//!   faults (default 5), each on a fresh cluster, from `OM_FAULT_SEED` (default: drawn and
+//!   faults (default 4), each on a fresh cluster, from `OM_FAULT_SEED` (default: drawn and
 //!   printed) and the seeds after it, plus the seeds of `tests/faults/regressions.txt`.
 //! - `full_disk`: one node's `var/` fills up under writes, then space returns.
 //! - `long_run` (ignored; `scripts/faults`): schedules for `OM_FAULT_MINUTES`, then a report.
@@ -139,7 +139,7 @@ async fn schedules() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let count = env_u64("OM_FAULT_SCHEDULES").unwrap_or(2);
-    let steps = env_u64("OM_FAULT_STEPS").unwrap_or(5) as usize;
+    let steps = env_u64("OM_FAULT_STEPS").unwrap_or(4) as usize;
     let first = first_seed();
     let mut seeds: Vec<u64> = (0..count).map(|i| first + i).collect();
     if std::env::var("OM_FAULT_SEED").is_err() {
