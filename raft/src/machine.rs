@@ -61,6 +61,18 @@ impl MachineData {
         }
     }
 
+    /// A digest of the replicated part (cluster state and membership): nodes that applied
+    /// the same entries have the same one. SHA-256, its first 8 bytes in hex.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let bytes = rmp_serde::to_vec(&(&self.cluster, &self.membership))
+            .expect("machine data always serializes");
+        sha2::Sha256::digest(bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Serializes for a snapshot.
     pub fn to_bytes(&self) -> Vec<u8> {
         rmp_serde::to_vec_named(self).expect("machine data always serializes")

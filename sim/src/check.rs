@@ -31,7 +31,6 @@ use raft::Reply;
 use raft::SharedMachine;
 use raft::TypeConfig;
 
-use crate::linear;
 use crate::rng::fnv1a;
 use crate::world::World;
 
@@ -92,16 +91,8 @@ pub struct Stats {
     pub lin_unchecked_keys: u64,
 }
 
-/// One client operation on a register (a cluster parameter).
-#[derive(Debug, Clone)]
-pub struct RegOp {
-    pub key: String,
-    pub call: u64,
-    /// `None`: the outcome is unknown (timeout, crash): it may take effect any time after
-    /// `call`, or never.
-    pub ret: Option<u64>,
-    pub kind: linear::Kind,
-}
+/// One client operation on a register (a cluster parameter): the `linear` crate's.
+pub use linear::RegOp;
 
 /// An acknowledged command: what the client was told.
 #[derive(Debug, Clone)]

@@ -16,7 +16,6 @@ pub mod bugs;
 pub mod check;
 pub mod config;
 pub mod faults;
-pub mod linear;
 pub mod net;
 pub mod rng;
 pub mod run;

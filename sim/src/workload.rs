@@ -38,7 +38,7 @@ use tokio::time::timeout;
 use crate::bugs::Bug;
 use crate::check::Acked;
 use crate::check::RegOp;
-use crate::linear::Kind;
+use linear::Kind;
 use crate::net;
 use crate::rng::fnv1a;
 use crate::rng::Rng;

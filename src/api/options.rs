@@ -204,6 +204,11 @@ impl ApiRequest for Clear {
 pub struct ServiceRef {
     /// The service.
     pub svcname: String,
+    /// Read on the leader once it has confirmed its leadership with a majority (forwarded
+    /// there by a follower): the answer reflects every write acknowledged before the request
+    /// was sent. Without it, the receiver's applied state, which may lag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linearizable: bool,
 }
 
 impl ApiRequest for ServiceRef {

@@ -278,15 +278,22 @@ impl Daemon {
             }
             Action::GetServiceConfig => {
                 let opts: options::ServiceRef = api::parse(action, o)?;
-                let svc = opts.svcname;
-                self.node()?.read(|s| match s.services.get(&svc) {
+                let svc = opts.svcname.clone();
+                let read = |s: &raft::ClusterState| match s.services.get(&svc) {
                     Some(v) => api::reply(&options::ServiceConfig {
                         config: v.config.clone(),
                         version: v.version,
                         svcname: svc.clone(),
                     }),
                     None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
-                })
+                };
+                if opts.linearizable {
+                    let forward = api::reply(&opts)?;
+                    return self
+                        .read_linearizable(action, forward, from_peer, read)
+                        .await;
+                }
+                self.node()?.read(read)
             }
             // Validates the config (section and key named in errors) before committing.
             Action::SetServiceConfig => {

@@ -431,6 +431,55 @@ impl Daemon {
         }
     }
 
+    /// Serves a read on the leader after it confirmed its leadership with a majority and
+    /// applied up to its commit index (openraft's `ensure_linearizable`, Raft's ReadIndex);
+    /// a follower forwards `action` with `options` to the leader, whose answer it returns.
+    /// A forwarded request (`forwarded`) is never forwarded again. Retries while an election
+    /// runs (up to 10 s), like [`Daemon::propose`].
+    pub async fn read_linearizable(
+        &self,
+        action: crate::api::Action,
+        options: serde_json::Value,
+        forwarded: bool,
+        read: impl Fn(&raft::ClusterState) -> Result<serde_json::Value, ActionError>,
+    ) -> Result<serde_json::Value, ActionError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let node = self.node()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let confirmed = tokio::time::timeout(left, node.read_linearizable(|_| ()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProposeError::Stopped(
+                        "leadership not confirmed in time".into(),
+                    ))
+                });
+            let err = match confirmed {
+                Ok(()) => return node.read(&read),
+                Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if !forwarded => {
+                    let t = left.max(Duration::from_millis(100));
+                    match self
+                        .ask_leader(&leader, action.as_str(), options.clone(), t)
+                        .await
+                    {
+                        Err(e) if e.status == code::MISADDRESSED => {
+                            ActionError::new(code::UNAVAILABLE, e.message)
+                        }
+                        answer => return answer,
+                    }
+                }
+                Err(e) => ActionError::from(e),
+            };
+            if err.status != code::UNAVAILABLE || Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks the daemon to stop; `run` returns once it has.
     pub fn request_stop(&self, kind: StopKind) {
         self.stop.send_replace(Some(kind));

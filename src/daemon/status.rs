@@ -32,6 +32,9 @@ impl Daemon {
         let node = self.node()?;
         let m = node.metrics();
         let cfg = self.config();
+        // Read together, under the state machine's lock: nodes at one index compare hashes.
+        let (applied_index, applied_digest) =
+            node.read_machine(|d| (d.last_applied.map(|l| l.index), d.digest()));
         Ok(json!({
             "role": role(m.state),
             // A string: JSON tools round 64-bit integers.
@@ -42,6 +45,7 @@ impl Daemon {
             "last_applied": m.last_applied.map(|l| l.index),
             "snapshot": m.snapshot.map(|l| l.index),
             "purged": m.purged.map(|l| l.index),
+            "applied_state": {"index": applied_index, "digest": applied_digest},
             "leader_id": m.current_leader,
             "uptime_s": self.uptime().as_secs(),
             "listener": format!("{}:{}", cfg.listener_addr, cfg.listener_port),

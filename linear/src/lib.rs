@@ -5,11 +5,28 @@
 //!
 //! Operations whose outcome is unknown (the client timed out) have no return: they may take
 //! effect any time after their call, or never.
+//!
+//! A crate of its own so that the deterministic simulator (`sim/`, sequence numbers as time)
+//! and the fault suite on real processes (`tests/faults/`, microseconds since its start as
+//! time) judge their histories with the same code. Deterministic: nothing iterates a hash
+//! set.
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 
-use crate::check::RegOp;
+/// One client operation on a register (a cluster parameter, a service config, ...).
+#[derive(Debug, Clone)]
+pub struct RegOp {
+    /// The register.
+    pub key: String,
+    /// When the client called, on the history's clock (any increasing count).
+    pub call: u64,
+    /// When it returned; `None`: the outcome is unknown (timeout, crash): it may take
+    /// effect any time after `call`, or never.
+    pub ret: Option<u64>,
+    /// What it did.
+    pub kind: Kind,
+}
 
 /// What an operation did to a register.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +40,7 @@ pub enum Kind {
 /// The verdict over all keys.
 #[derive(Debug, Default)]
 pub struct Verdict {
+    /// One message per register whose history has no linearization.
     pub failures: Vec<String>,
     /// Keys whose search hit the budget (no verdict).
     pub inconclusive: usize,
@@ -31,6 +49,7 @@ pub struct Verdict {
 /// States explored per key before giving up without a verdict.
 const BUDGET: usize = 2_000_001;
 
+/// Checks every register's history; registers are independent.
 pub fn check(ops: &[RegOp]) -> Verdict {
     let mut by_key: BTreeMap<&str, Vec<&RegOp>> = BTreeMap::new();
     for op in ops {
