@@ -182,6 +182,9 @@ impl ApiRequest for SetServiceMonitor {
 pub struct ServiceFilter {
     /// One service (default: all).
     pub svcname: Option<String>,
+    /// Read on the leader once it has confirmed its leadership (as `get_service_config`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub linearizable: bool,
 }
 
 /// `clear`.

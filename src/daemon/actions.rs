@@ -266,7 +266,15 @@ impl Daemon {
             }
             Action::GetServiceMonitor => {
                 let opts: options::ServiceFilter = api::parse(action, o)?;
-                self.service_monitors(opts.svcname.as_deref())
+                if opts.linearizable {
+                    let forward = api::reply(&opts)?;
+                    let svc = opts.svcname.as_deref();
+                    return self
+                        .read_linearizable(action, forward, from_peer, |s| service_monitors(s, svc))
+                        .await;
+                }
+                self.node()?
+                    .read(|s| service_monitors(s, opts.svcname.as_deref()))
             }
             Action::Clear => {
                 let opts: options::Clear = api::parse(action, o)?;
@@ -384,23 +392,6 @@ impl Daemon {
             connections,
             relayed_ms: None,
         }
-    }
-
-    /// `get_service_monitor`: one service's or every service's monitor.
-    fn service_monitors(&self, svc: Option<&str>) -> Result<Value> {
-        let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
-        self.node()?.read(|s| match svc {
-            None => api::reply(
-                &s.services
-                    .iter()
-                    .map(|(k, v)| (k.clone(), view(v)))
-                    .collect::<serde_json::Map<_, _>>(),
-            ),
-            Some(svc) => match s.services.get(svc) {
-                Some(v) => api::reply(&view(v)),
-                None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
-            },
-        })
     }
 
     /// Serves an addressed Raft RPC; a misaddressed one gets `MISADDRESSED`.
@@ -749,5 +740,22 @@ pub(crate) fn membership_error(e: MembershipError) -> ActionError {
         MembershipError::Raft(p) => ActionError::from(p),
         MembershipError::CatchUp { .. } => ActionError::new(code::UNAVAILABLE, e.to_string()),
         refused => ActionError::bad(refused.to_string()),
+    }
+}
+
+/// `get_service_monitor`: one service's or every service's monitor in `s`.
+pub(crate) fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Value> {
+    let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
+    match svc {
+        None => api::reply(
+            &s.services
+                .iter()
+                .map(|(k, v)| (k.clone(), view(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+        Some(svc) => match s.services.get(svc) {
+            Some(v) => api::reply(&view(v)),
+            None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
+        },
     }
 }

@@ -101,7 +101,16 @@ impl Daemon {
             local_expect: None,
             frozen: None,
         };
-        self.propose(cmd).await?;
+        let committed = self.propose(cmd).await?;
+        // Committed through the leader: what this node answers must already show it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let applied = self.node()?.metrics().last_applied.map_or(0, |l| l.index);
+            if applied >= committed.index {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tracing::info!(%status, "node duty changed");
         for rt in crate::services::ctx(self).local.instances() {
             rt.wake.notify_one();
