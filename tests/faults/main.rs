@@ -57,12 +57,18 @@ fn first_seed() -> u64 {
 /// the schedules the last one played (the real processes still time them differently).
 const CI_SEED: u64 = 1;
 
-/// The seeds kept because they once showed an anomaly.
-fn regressions() -> Vec<u64> {
+/// The seeds kept because they once showed an anomaly, each with its number of faults
+/// (`SEED [STEPS]`; default the CI's).
+fn regressions(steps: usize) -> Vec<(u64, usize)> {
     include_str!("regressions.txt")
         .lines()
         .filter_map(|l| l.split('#').next())
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let seed = words.next()?.parse().ok()?;
+            let k = words.next().and_then(|w| w.parse().ok()).unwrap_or(steps);
+            Some((seed, k))
+        })
         .collect()
 }
 
@@ -146,12 +152,12 @@ async fn schedules() {
     let count = env_u64("OM_FAULT_SCHEDULES").unwrap_or(2);
     let steps = env_u64("OM_FAULT_STEPS").unwrap_or(4) as usize;
     let first = env_u64("OM_FAULT_SEED").unwrap_or(CI_SEED);
-    let mut seeds: Vec<u64> = (0..count).map(|i| first + i).collect();
+    let mut seeds: Vec<(u64, usize)> = (0..count).map(|i| (first + i, steps)).collect();
     if std::env::var("OM_FAULT_SEED").is_err() {
-        seeds.extend(regressions());
+        seeds.extend(regressions(steps));
     }
     let mut reports = Vec::new();
-    for seed in seeds {
+    for (seed, steps) in seeds {
         reports.push(one(&plan(seed, steps)).await);
     }
     if let Some(f) = failure(&reports) {
