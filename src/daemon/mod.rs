@@ -1,6 +1,6 @@
 //! The `om` daemon: one Raft member serving the listener and the control socket.
 //!
-//! It owns the node's lifecycle: reading node.conf, opening the sled store, starting Raft
+//! It owns the node's lifecycle: reading node.conf, opening the Raft store, starting Raft
 //! (bootstrapping a one-node cluster when alone), swapping its Raft state on join and leave,
 //! and stopping cleanly. Request handling lives in [`actions`].
 
@@ -245,10 +245,11 @@ impl Daemon {
             path: dir.display().to_string(),
             reason,
         };
-        // Before sled creates the store: a store without an id file is an old one.
+        // Before the store is created or migrated: a sled store without an id file is an old
+        // one.
         let id = store_id(&self.paths, &cfg.name).map_err(|e| store_err(e.to_string()))?;
         self.raft_id.store(id, std::sync::atomic::Ordering::Relaxed);
-        let backend = open_sled(&dir)
+        let backend = open_store(&dir)
             .await
             .map_err(|e| store_err(e.to_string()))?;
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
@@ -955,17 +956,19 @@ pub(crate) fn new_raft_id() -> NodeId {
     rand::random::<u64>().max(1)
 }
 
-/// Opens sled, waiting briefly for a previous handle's lock to be released.
-async fn open_sled(dir: &std::path::Path) -> std::io::Result<storage::SledBackend> {
-    let mut last = None;
-    for _ in 0..50 {
-        match storage::SledBackend::open(dir) {
-            Ok(b) => return Ok(b),
-            Err(e) => last = Some(e),
+/// Opens the store (moving a sled store of an older version into it first), waiting
+/// briefly for a previous handle of this process (a Raft being restarted) to let go of it.
+async fn open_store(dir: &std::path::Path) -> std::io::Result<storage::DiskBackend> {
+    let mut tries = 0;
+    loop {
+        match storage::migrate::open_migrating(dir).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last.expect("tried at least once"))
 }
 
 /// 32 random bytes in hex (64 characters).

@@ -27,6 +27,7 @@ mod backend;
 mod log_store;
 mod machine_store;
 mod mem;
+pub mod migrate;
 mod sled_backend;
 pub mod wal;
 
