@@ -133,6 +133,11 @@ impl MemDisk {
         self.lock().faults = faults;
     }
 
+    /// Whether `other` is a handle to this same disk.
+    pub fn is_same(&self, other: &MemDisk) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// How many syncs (file or directory) completed.
     pub fn syncs(&self) -> u64 {
         self.lock().syncs
