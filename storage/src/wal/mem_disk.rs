@@ -49,18 +49,39 @@ pub struct CrashReport {
     pub names_reverted: usize,
 }
 
+/// An unsynced change of a file.
 #[derive(Debug, Clone)]
-struct Write {
-    off: u64,
-    data: Vec<u8>,
+enum Change {
+    Write {
+        off: u64,
+        data: Vec<u8>,
+    },
+    /// Extension to this size (zeros), as `allocate` does.
+    Size(u64),
 }
 
+/// A file: its bytes as reads see them and as a crash would leave them. Sizes are kept
+/// apart from the bytes, so a preallocated segment costs nothing until written.
 #[derive(Debug, Clone, Default)]
 struct Inode {
-    visible: Vec<u8>,
+    data: Vec<u8>,
+    size: u64,
     durable: Vec<u8>,
-    /// Writes (and zero extensions, as writes of zeros) since the last sync, in order.
-    unsynced: Vec<Write>,
+    durable_size: u64,
+    /// Changes since the last sync, in order.
+    unsynced: Vec<Change>,
+}
+
+impl Inode {
+    fn apply(data: &mut Vec<u8>, size: &mut u64, c: &Change) {
+        match c {
+            Change::Write { off, data: d } => {
+                put(data, *off, d);
+                *size = (*size).max(off + d.len() as u64);
+            }
+            Change::Size(n) => *size = (*size).max(*n),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -177,10 +198,11 @@ impl MemDisk {
         let mut st = self.lock();
         let inode = *st.names.get(name).ok_or_else(|| not_found(name))?;
         let node = st.inodes.get_mut(&inode).expect("named inode exists");
-        for buf in [&mut node.visible, &mut node.durable] {
-            if let Some(b) = buf.get_mut(off as usize) {
-                *b ^= 1 << (bit % 8);
+        for buf in [&mut node.data, &mut node.durable] {
+            if buf.len() <= off as usize {
+                buf.resize(off as usize + 1, 0);
             }
+            buf[off as usize] ^= 1 << (bit % 8);
         }
         Ok(())
     }
@@ -190,8 +212,10 @@ impl MemDisk {
         let mut st = self.lock();
         let inode = *st.names.get(name).ok_or_else(|| not_found(name))?;
         let node = st.inodes.get_mut(&inode).expect("named inode exists");
-        node.visible.truncate(len as usize);
+        node.data.truncate(len as usize);
         node.durable.truncate(len as usize);
+        node.size = node.size.min(len);
+        node.durable_size = node.durable_size.min(len);
         node.unsynced.clear();
         Ok(())
     }
@@ -200,7 +224,10 @@ impl MemDisk {
     pub fn contents(&self, name: &str) -> io::Result<Vec<u8>> {
         let st = self.lock();
         let inode = st.names.get(name).ok_or_else(|| not_found(name))?;
-        Ok(st.inodes[inode].visible.clone())
+        let node = &st.inodes[inode];
+        let mut out = node.data.clone();
+        out.resize(node.size as usize, 0);
+        Ok(out)
     }
 
     fn file(&self, st: &State, inode: u64) -> MemFile {
@@ -228,33 +255,49 @@ fn not_found(name: &str) -> io::Error {
 }
 
 fn crash_inode(inode: &mut Inode, faults: &MemDiskFaults, rng: &mut Mix, r: &mut CrashReport) {
-    let mut after = inode.durable.clone();
+    let mut data = inode.durable.clone();
+    let mut size = inode.durable_size;
     let n = inode.unsynced.len();
     let mut survived: Vec<(u64, u64)> = Vec::new();
-    for (k, w) in inode.unsynced.iter().enumerate() {
+    for (k, c) in inode.unsynced.iter().enumerate() {
         if rng.chance(faults.keep_unsynced) {
-            put(&mut after, w.off, &w.data);
-            survived.push((w.off, w.data.len() as u64));
+            Inode::apply(&mut data, &mut size, c);
+            if let Change::Write { off, data: d } = c {
+                survived.push((*off, d.len() as u64));
+            }
             r.kept += 1;
-        } else if k + 1 == n && faults.tear && !w.data.is_empty() && rng.chance(0.5) {
-            let part = rng.below(w.data.len() as u64) as usize;
-            put(&mut after, w.off, &w.data[..part]);
-            survived.push((w.off, part as u64));
-            r.kept += 1;
-            r.torn = true;
-        } else {
-            r.lost += 1;
+            continue;
+        }
+        match c {
+            Change::Write { off, data: d } if k + 1 == n && faults.tear && !d.is_empty() => {
+                if rng.chance(0.5) {
+                    let part = rng.below(d.len() as u64) as usize;
+                    let torn = Change::Write {
+                        off: *off,
+                        data: d[..part].to_vec(),
+                    };
+                    Inode::apply(&mut data, &mut size, &torn);
+                    survived.push((*off, part as u64));
+                    r.kept += 1;
+                    r.torn = true;
+                } else {
+                    r.lost += 1;
+                }
+            }
+            _ => r.lost += 1,
         }
     }
     survived.retain(|(_, len)| *len > 0);
     if !survived.is_empty() && rng.chance(faults.flip) {
         let (off, len) = survived[rng.below(survived.len() as u64) as usize];
         let at = (off + rng.below(len)) as usize;
-        after[at] ^= 1 << rng.below(8);
+        data[at] ^= 1 << rng.below(8);
         r.flipped = true;
     }
-    inode.visible = after.clone();
-    inode.durable = after;
+    inode.data = data.clone();
+    inode.size = size;
+    inode.durable = data;
+    inode.durable_size = size;
     inode.unsynced.clear();
 }
 
@@ -332,43 +375,42 @@ impl MemFile {
 
 impl DiskFile for MemFile {
     fn size(&self) -> io::Result<u64> {
-        self.with(|i| Ok(i.visible.len() as u64))
+        self.with(|i| Ok(i.size))
     }
 
     fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.with(|i| {
-            let end = off as usize + buf.len();
-            if end > i.visible.len() {
+            if off + buf.len() as u64 > i.size {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "read past the end",
                 ));
             }
-            buf.copy_from_slice(&i.visible[off as usize..end]);
+            // Bytes past the written ones are the zeros of an extension.
+            let have = i.data.len().saturating_sub(off as usize).min(buf.len());
+            buf[..have].copy_from_slice(&i.data[off as usize..off as usize + have]);
+            buf[have..].fill(0);
             Ok(())
         })
     }
 
     fn write_at(&self, off: u64, data: &[u8]) -> io::Result<()> {
         self.with(|i| {
-            put(&mut i.visible, off, data);
-            i.unsynced.push(Write {
+            let c = Change::Write {
                 off,
                 data: data.to_vec(),
-            });
+            };
+            Inode::apply(&mut i.data, &mut i.size, &c);
+            i.unsynced.push(c);
             Ok(())
         })
     }
 
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.with(|i| {
-            let cur = i.visible.len() as u64;
-            if len > cur {
-                i.visible.resize(len as usize, 0);
-                i.unsynced.push(Write {
-                    off: cur,
-                    data: vec![0; (len - cur) as usize],
-                });
+            if len > i.size {
+                i.size = len;
+                i.unsynced.push(Change::Size(len));
             }
             Ok(())
         })
@@ -381,8 +423,8 @@ impl DiskFile for MemFile {
         }
         self.with(|i| {
             if !lying {
-                for w in std::mem::take(&mut i.unsynced) {
-                    put(&mut i.durable, w.off, &w.data);
+                for c in std::mem::take(&mut i.unsynced) {
+                    Inode::apply(&mut i.durable, &mut i.durable_size, &c);
                 }
             }
             Ok(())
