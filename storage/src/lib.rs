@@ -3,9 +3,13 @@
 //! One implementation of openraft's `RaftLogStorage` ([`LogStore`]) and `RaftStateMachine`
 //! ([`MachineStore`]) runs over a [`Backend`], the only thing that differs between production
 //! and the simulator:
-//! - [`SledBackend`]: sled 0.34 on disk, for the daemon;
+//! - [`wal::WalBackend`]: the write-ahead log ([`wal`]: segmented, checksummed, preallocated,
+//!   `fdatasync` group commit), on a real directory ([`wal::FsDisk`], the daemon's
+//!   [`DiskBackend`]) or on the simulator's crashable disk ([`wal::MemDisk`]);
+//! - [`SledBackend`]: sled 0.34 on disk, what the daemon used before (kept for comparison
+//!   in the benchmark and to read stores written by older versions);
 //! - [`MemBackend`]: memory, with an explicit [`MemBackend::crash`] that drops every write not
-//!   yet synced, for the simulator and tests.
+//!   yet synced, for tests.
 //!
 //! What a store promises openraft: `save_vote`, `append` (before its callback) and `truncate`
 //! return only after [`Backend::sync`]; `committed` and `purge` are written without a sync
@@ -23,7 +27,9 @@ mod backend;
 mod log_store;
 mod machine_store;
 mod mem;
+pub mod migrate;
 mod sled_backend;
+pub mod wal;
 
 pub use backend::Backend;
 pub use backend::MetaKey;
@@ -34,9 +40,18 @@ pub use mem::MemBackend;
 pub use mem::MemFaults;
 pub use sled_backend::SledBackend;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use raft::SharedMachine;
+
+/// The daemon's backend: the write-ahead log in a directory.
+pub type DiskBackend = wal::WalBackend<wal::FsDisk>;
+
+/// Opens (or creates) the write-ahead log in `dir`, with the default segment size.
+pub async fn open_dir(dir: &Path) -> std::io::Result<DiskBackend> {
+    wal::WalBackend::open(wal::FsDisk::open(dir)?, wal::WalOptions::default()).await
+}
 
 /// A store opened by [`open`]: the log, the state machine, and the applied state they share.
 pub type Opened<B> = (LogStore<B>, MachineStore<B>, Arc<SharedMachine>);
