@@ -53,7 +53,7 @@ async fn writer<B: Backend>(mut log: LogStore<B>, w: u64, writers: u64, batch: u
 
 /// Entries per second and entries appended, with `writers` concurrent writers.
 async fn run<B: Backend>(backend: B, writers: u64, batch: u64) -> (f64, u64) {
-    let log = LogStore::new(backend);
+    let (log, _, _) = storage::open(backend).expect("open the store");
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| tokio::spawn(writer(log.clone(), w, writers, batch)))

@@ -15,7 +15,9 @@
 //! return only after [`Backend::sync`]; `committed` and `purge` are written without a sync
 //! (losing them is safe: the committed index is re-learned from the leader, and purged
 //! entries are ignored below `last_purged`). `last_purged` is written before the entries are
-//! removed. The state machine lives in memory ([`raft::SharedMachine`]); it becomes durable
+//! removed, and never beyond the snapshot known durable: a purge past it (openraft purges a
+//! follower's log while the snapshot it installs is being written) is visible at once and
+//! written once the snapshot is durable ([`purge_gate`]). The state machine lives in memory ([`raft::SharedMachine`]); it becomes durable
 //! as a snapshot (one synced write holding the data, `last_applied` and the membership
 //! together), and on open the store restores the last snapshot and openraft re-applies the
 //! committed log after it.
@@ -28,6 +30,7 @@ mod log_store;
 mod machine_store;
 mod mem;
 pub mod migrate;
+mod purge_gate;
 mod sled_backend;
 pub mod wal;
 
@@ -60,5 +63,6 @@ pub type Opened<B> = (LogStore<B>, MachineStore<B>, Arc<SharedMachine>);
 pub fn open<B: Backend>(backend: B) -> Result<Opened<B>, std::io::Error> {
     let machine = SharedMachine::new();
     let sm = MachineStore::open(backend.clone(), machine.clone())?;
-    Ok((LogStore::new(backend), sm, machine))
+    let log = LogStore::new(backend, sm.purge_gate());
+    Ok((log, sm, machine))
 }
