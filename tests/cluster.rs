@@ -188,7 +188,7 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
         }
     }
 
-    // The killed node restarts from its sled store and catches up.
+    // The killed node restarts from its store and catches up.
     let bin = c.bin.clone();
     let node = c.node(&leader).unwrap();
     node.start(&bin).unwrap();

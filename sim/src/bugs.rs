@@ -6,9 +6,13 @@ use std::str::FromStr;
 /// A bug the simulator can plant in the system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bug {
-    /// The disk acknowledges `sync` without making anything durable (`MemFaults.lying_sync`):
-    /// votes and log entries are acknowledged before they are flushed, and crashes lose them.
+    /// The disk acknowledges `sync` without making anything durable
+    /// (`MemDiskFaults.lying_sync`): votes and log entries are acknowledged before they are
+    /// flushed, and crashes lose them.
     LyingSync,
+    /// The log store acknowledges a sync before the disk has finished it (the sync runs
+    /// behind the acknowledgement): a crash in between loses acknowledged votes and entries.
+    AckBeforeSync,
     /// The state machine now and then applies an earlier command a second time, after a
     /// later one (a replay that forgot where it stopped).
     DoubleApply,
@@ -26,6 +30,7 @@ pub enum Bug {
 impl Bug {
     pub const ALL: &'static [Bug] = &[
         Bug::LyingSync,
+        Bug::AckBeforeSync,
         Bug::DoubleApply,
         Bug::ForgetVote,
         Bug::StaleRead,
@@ -35,6 +40,7 @@ impl Bug {
     pub fn name(self) -> &'static str {
         match self {
             Bug::LyingSync => "lying-sync",
+            Bug::AckBeforeSync => "ack-before-sync",
             Bug::DoubleApply => "double-apply",
             Bug::ForgetVote => "forget-vote",
             Bug::StaleRead => "stale-read",
@@ -45,6 +51,7 @@ impl Bug {
     pub fn describe(self) -> &'static str {
         match self {
             Bug::LyingSync => "sync returns before anything is durable; crashes lose acknowledged votes and entries",
+            Bug::AckBeforeSync => "the log store acknowledges a sync before the disk finished it; a crash in between loses acknowledged writes",
             Bug::DoubleApply => "the state machine re-applies an earlier command after a later one",
             Bug::ForgetVote => "the log store forgets the saved vote on restart (double voting)",
             Bug::StaleRead => "reads are served from any node's local state, without a leader check",

@@ -83,6 +83,14 @@ pub struct SimConfig {
     pub crash_leader: f64,
     /// Each disk sync takes this long, so crashes land while writes are unsynced.
     pub sync_delay_us: u64,
+    /// What a crash does to the simulated disk's unsynced writes (`storage::wal::MemDisk`):
+    /// the probability that each survives, whether the last may survive torn, and the
+    /// probability that a bit of what survived unsynced is flipped.
+    pub disk_keep_unsynced: f64,
+    pub disk_tear: bool,
+    pub disk_flip: f64,
+    /// The write-ahead log's segment size (small ones roll and purge often).
+    pub segment_size: u64,
     /// Mean gap between membership changes (0 = none).
     pub membership_gap_ms: u64,
     /// Mean gap between wall-clock jumps on some node (0 = none).
@@ -199,6 +207,12 @@ impl SimConfig {
         let client_gap_ms = r.between(5, 150);
         let client_timeout_ms = r.between(500, 4_000);
         let keys = r.between(2, 6) as usize;
+        // The disk's crash behaviour has its own stream: adding it moved nothing above.
+        let mut d = Rng::stream(seed, "disk.faults");
+        let disk_keep_unsynced = *d.pick(&[0.0, 0.3, 0.7, 1.0]);
+        let disk_tear = d.chance(0.7);
+        let disk_flip = *d.pick(&[0.0, 0.0, 0.2, 0.5]);
+        let segment_size = *d.pick(&[4096, 16 << 10, 64 << 10, 1 << 20]);
         SimConfig {
             seed,
             bug: opts.bug,
@@ -227,6 +241,10 @@ impl SimConfig {
             downtime_ms,
             crash_leader,
             sync_delay_us,
+            disk_keep_unsynced,
+            disk_tear,
+            disk_flip,
+            segment_size,
             membership_gap_ms,
             clock_jump_gap_ms,
             addr_fault_gap_ms,
@@ -269,7 +287,8 @@ impl fmt::Display for SimConfig {
             f,
             "{} nodes{}, heartbeat {}ms, election {}..{}ms, batch {}, snapshot every {} keep {} chunk {}, \
              faults {}ms: loss {} dup {} delay {}..{}us long {}@{}us, partitions every {}ms, \
-             crashes every {}ms down {}..{}ms (leader {}), sync {}us, membership every {}ms, \
+             crashes every {}ms down {}..{}ms (leader {}), sync {}us, disk keeps {} tears {} flips {} \
+             segments {}B, membership every {}ms, \
              clock jumps every {}ms, misdelivery {}, address faults every {}ms, relistens every {}ms, \
              forwarding {} dup {}; {} clients every {}ms timeout {}ms on {} keys",
             self.nodes,
@@ -298,6 +317,10 @@ impl fmt::Display for SimConfig {
             self.downtime_ms.1,
             self.crash_leader,
             self.sync_delay_us,
+            self.disk_keep_unsynced,
+            self.disk_tear,
+            self.disk_flip,
+            self.segment_size,
             self.membership_gap_ms,
             self.clock_jump_gap_ms,
             n.misdeliver,

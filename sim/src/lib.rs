@@ -1,7 +1,8 @@
 //! The deterministic simulator of `om`'s replicated state machine.
 //!
 //! It runs N nodes of the `raft` crate on the production stores (`storage::LogStore` and
-//! `storage::MachineStore` over the crashable `MemBackend`) in one thread, on a tokio
+//! `storage::MachineStore` over the write-ahead log on the crashable `storage::wal::MemDisk`)
+//! in one thread, on a tokio
 //! runtime with paused time and seeded randomness, under a seeded schedule of network and
 //! disk faults, crashes and membership changes, with clients whose history is checked for
 //! linearizability. See README.md.

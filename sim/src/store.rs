@@ -1,6 +1,8 @@
-//! The stores as the simulator runs them: the production `LogStore`/`MachineStore` over a
-//! `MemBackend`, wrapped to (1) cut off a crashed incarnation, (2) report what they do to
-//! the checkers, and (3) plant the `--inject-bug` variants.
+//! The stores as the simulator runs them: the production `LogStore`/`MachineStore` over the
+//! production write-ahead log (`storage::wal::WalBackend`) on the crashable simulated disk
+//! (`storage::wal::MemDisk`: tears, loses and corrupts unsynced writes), wrapped to (1) cut
+//! off a crashed incarnation, (2) report what they do to the checkers, and (3) plant the
+//! `--inject-bug` variants.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -31,10 +33,11 @@ use raft::NodeId;
 use raft::Reply;
 use raft::SharedMachine;
 use raft::TypeConfig;
+use storage::wal::MemDisk;
+use storage::wal::WalBackend;
 use storage::Backend;
 use storage::LogStore;
 use storage::MachineStore;
-use storage::MemBackend;
 use storage::MetaKey;
 use storage::Op;
 
@@ -44,18 +47,30 @@ use crate::world::World;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// A `MemBackend` handle of one incarnation: once the node crashed (another incarnation, or
-/// none, is live), every operation fails, so a dying Raft cannot write behind the crash.
+/// The log of one incarnation: once the node crashed (another incarnation, or none, is
+/// live), every operation fails, so a dying Raft cannot write behind the crash.
 #[derive(Debug, Clone)]
 pub struct SimDisk {
-    mem: MemBackend,
+    wal: WalBackend<MemDisk>,
     live: Arc<AtomicU64>,
     inc: u64,
+    /// `ack-before-sync`: `sync` returns at once and the real sync runs behind it.
+    ack_before_sync: bool,
 }
 
 impl SimDisk {
-    pub fn new(mem: MemBackend, live: Arc<AtomicU64>, inc: u64) -> SimDisk {
-        SimDisk { mem, live, inc }
+    pub fn new(
+        wal: WalBackend<MemDisk>,
+        live: Arc<AtomicU64>,
+        inc: u64,
+        bug: Option<Bug>,
+    ) -> SimDisk {
+        SimDisk {
+            wal,
+            live,
+            inc,
+            ack_before_sync: bug == Some(Bug::AckBeforeSync),
+        }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -70,28 +85,33 @@ impl SimDisk {
 impl Backend for SimDisk {
     fn write(&self, ops: Vec<Op>) -> io::Result<()> {
         self.check()?;
-        self.mem.write(ops)
+        self.wal.write(ops)
     }
 
     async fn sync(&self) -> io::Result<()> {
         self.check()?;
-        self.mem.sync().await?;
+        if self.ack_before_sync {
+            let wal = self.wal.clone();
+            tokio::spawn(async move { wal.sync().await });
+            return Ok(());
+        }
+        self.wal.sync().await?;
         self.check()
     }
 
     fn meta(&self, key: MetaKey) -> io::Result<Option<Vec<u8>>> {
         self.check()?;
-        self.mem.meta(key)
+        self.wal.meta(key)
     }
 
     fn entries(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
         self.check()?;
-        self.mem.entries(start, end)
+        self.wal.entries(start, end)
     }
 
     fn last_entry(&self) -> io::Result<Option<(u64, Vec<u8>)>> {
         self.check()?;
-        self.mem.last_entry()
+        self.wal.last_entry()
     }
 }
 

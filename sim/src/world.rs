@@ -21,8 +21,10 @@ use raft::rpc::RpcCounters;
 use raft::Member;
 use raft::Node;
 use raft::NodeId;
-use storage::MemBackend;
-use storage::MemFaults;
+use storage::wal::MemDisk;
+use storage::wal::MemDiskFaults;
+use storage::wal::WalBackend;
+use storage::wal::WalOptions;
 use tokio::time::Instant;
 
 use crate::bugs::Bug;
@@ -69,7 +71,9 @@ pub struct Slot {
     pub counters: Arc<RpcCounters>,
     /// How many times it left the cluster (and got a new identity).
     pub rejoins: u32,
-    pub disk: MemBackend,
+    pub disk: MemDisk,
+    /// Crashes of this slot so far (each draws its outcome from its own stream).
+    pub crashes: u64,
     /// The incarnation allowed to touch the disk and the network (0: none).
     pub live: Arc<AtomicU64>,
     /// Incarnations started so far.
@@ -133,6 +137,7 @@ impl World {
                     inbox: None,
                     rejoins: 0,
                     disk: new_disk(&cfg, idx),
+                    crashes: 0,
                     live: Arc::new(AtomicU64::new(0)),
                     incarnation: 0,
                     node: None,
@@ -317,7 +322,7 @@ impl World {
 
     /// Starts (or restarts) node `idx` on its disk.
     pub async fn start(self: &Arc<World>, idx: usize) -> Result<Node, String> {
-        let (inc, disk, live, id) = {
+        let (inc, mem, live, id) = {
             let mut slots = self.slots();
             let s = &mut slots[idx];
             assert!(s.node.is_none(), "{} started twice", s.name);
@@ -326,7 +331,13 @@ impl World {
             (s.incarnation, s.disk.clone(), s.live.clone(), s.id)
         };
         let name = self.names[idx].clone();
-        let disk = SimDisk::new(disk, live, inc);
+        let opts = WalOptions {
+            segment_size: self.cfg.segment_size,
+        };
+        let wal = WalBackend::open(mem.clone(), opts)
+            .await
+            .map_err(|e| format!("{name}: opening the log: {e}"))?;
+        let disk = SimDisk::new(wal, live, inc, self.bug());
         let (mut log, sm, machine) =
             storage::open(disk).map_err(|e| format!("{name}: open: {e}"))?;
         let on_disk = openraft::RaftLogReader::try_get_log_entries(&mut log, ..)
@@ -366,8 +377,13 @@ impl World {
         {
             let mut slots = self.slots();
             let s = &mut slots[idx];
-            if s.live.load(Ordering::Relaxed) != inc {
-                // Crashed while starting.
+            // Opening the log takes (virtual) time: the operator may have wiped the disk
+            // meanwhile (this incarnation then ran on the old one).
+            if s.live.load(Ordering::Relaxed) != inc || !s.disk.is_same(&mem) {
+                // Crashed or wiped while starting.
+                if s.live.load(Ordering::Relaxed) == inc {
+                    s.live.store(0, Ordering::Relaxed);
+                }
                 drop(slots);
                 let n = node.clone();
                 tokio::spawn(async move { n.shutdown().await });
@@ -384,7 +400,7 @@ impl World {
     /// Power cut on node `idx`: its Raft is dropped, unsynced writes are lost, and nothing of
     /// the old incarnation reaches the disk or the network again.
     pub fn crash(&self, idx: usize, why: &str) {
-        let (node, disk) = {
+        let (node, disk, n) = {
             let mut slots = self.slots();
             let s = &mut slots[idx];
             if s.status != Status::Up {
@@ -393,13 +409,22 @@ impl World {
             s.live.store(0, Ordering::Relaxed);
             s.status = Status::Down;
             s.inbox = None;
-            (s.node.take(), s.disk.clone())
+            s.crashes += 1;
+            (s.node.take(), s.disk.clone(), s.crashes)
         };
-        let lost = disk.crash();
+        let seed = Rng::stream(self.cfg.seed, &format!("crash.n{}.{n}", idx + 1)).next_u64();
+        let r = disk.crash(seed);
         self.rec().stats.crashes += 1;
         self.ev(
             &self.names[idx],
-            format_args!("crash ({why}; {lost} unsynced writes lost)"),
+            format_args!(
+                "crash ({why}; unsynced writes: {} lost, {} kept{}{}; {} names reverted)",
+                r.lost,
+                r.kept,
+                if r.torn { ", one torn" } else { "" },
+                if r.flipped { ", a bit flipped" } else { "" },
+                r.names_reverted
+            ),
         );
         if let Some(n) = node {
             tokio::spawn(async move { n.shutdown().await });
@@ -440,16 +465,21 @@ pub fn base_addr(idx: usize, moves: u32) -> String {
 }
 
 /// Node `idx`'s disk: the seed's sync delay, scaled by the node's own `disk.nK` stream (one
-/// node may have a slow disk), and at most a fifth of the minimum election timeout: a vote
-/// takes a sync, and a disk slower than the election timeout stalls elections for good
-/// (seeds 381 and 852 found that), which is a matter of configuration, not of the code.
-fn new_disk(cfg: &SimConfig, idx: usize) -> MemBackend {
+/// node may have a slow disk), and at most an eighth of the minimum election timeout: a vote
+/// takes a sync (two when the log starts a segment), and a disk slower than the election
+/// timeout stalls elections for good (seeds 381 and 852 found that), which is a matter of
+/// configuration, not of the code. A crash tears, loses and corrupts unsynced writes as
+/// the seed says.
+fn new_disk(cfg: &SimConfig, idx: usize) -> MemDisk {
     let factor = *Rng::stream(cfg.seed, &format!("disk.n{}", idx + 1)).pick(&[1, 1, 2, 5]);
-    let sync_us = (cfg.sync_delay_us * factor).min(cfg.election_min_ms * 1000 / 5);
-    let disk = MemBackend::new();
-    disk.set_faults(MemFaults {
+    let sync_us = (cfg.sync_delay_us * factor).min(cfg.election_min_ms * 1000 / 8);
+    let disk = MemDisk::new();
+    disk.set_faults(MemDiskFaults {
         sync_delay: std::time::Duration::from_micros(sync_us),
         lying_sync: cfg.bug == Some(Bug::LyingSync),
+        keep_unsynced: cfg.disk_keep_unsynced,
+        tear: cfg.disk_tear,
+        flip: cfg.disk_flip,
     });
     disk
 }

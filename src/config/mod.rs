@@ -34,7 +34,7 @@ impl Paths {
         self.root.join("etc/node.conf")
     }
 
-    /// `<root>/var/raft`: the sled database.
+    /// `<root>/var/raft`: the Raft store (the write-ahead log: segments and the snapshot).
     pub fn raft_dir(&self) -> PathBuf {
         self.root.join("var/raft")
     }

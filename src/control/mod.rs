@@ -63,7 +63,7 @@ pub enum ControlError {
 /// Takes this root for one daemon: an exclusive lock on `var/run/om.pid`, which then holds
 /// this process's id. Held until the returned file is dropped (or the process dies, so a
 /// killed daemon leaves no stale lock). Taken before the store is opened: a second daemon
-/// is told who holds the root instead of failing on sled's own lock seconds later.
+/// is told who holds the root instead of failing on the store's own lock seconds later.
 pub fn lock_root(paths: &Paths) -> Result<std::fs::File, DaemonError> {
     use std::io::Read;
     use std::io::Seek;

@@ -1,6 +1,6 @@
 //! The `om` daemon: one Raft member serving the listener and the control socket.
 //!
-//! It owns the node's lifecycle: reading node.conf, opening the sled store, starting Raft
+//! It owns the node's lifecycle: reading node.conf, opening the Raft store, starting Raft
 //! (bootstrapping a one-node cluster when alone), swapping its Raft state on join and leave,
 //! and stopping cleanly. Request handling lives in [`actions`].
 
@@ -274,11 +274,13 @@ impl Daemon {
             path: dir.display().to_string(),
             reason,
         };
-        // Before sled creates the store: a store without an id file is an old one.
+        // Before the store is created or migrated: a sled store without an id file is an old
+        // one.
         let id = store_id(&self.paths, &cfg.name).map_err(|e| store_err(e.to_string()))?;
         self.raft_id.store(id, std::sync::atomic::Ordering::Relaxed);
-        private_dir(&dir).map_err(|e| store_err(e.to_string()))?;
-        let backend = open_sled(&dir)
+        // The store (FsDisk) creates or narrows var/raft to 0700: the log and snapshots
+        // carry the rotated cluster secrets.
+        let backend = open_store(&dir)
             .await
             .map_err(|e| store_err(e.to_string()))?;
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
@@ -1103,30 +1105,19 @@ pub(crate) fn new_raft_id() -> NodeId {
     rand::random::<u64>().max(1)
 }
 
-/// Creates `dir` 0700, or narrows it to 0700: the Raft store holds the log and snapshots,
-/// which carry the rotated cluster secrets. The files sled creates inside are then out of
-/// reach of other users whatever their own mode.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Opens sled, waiting briefly for a previous handle's lock to be released.
-async fn open_sled(dir: &std::path::Path) -> std::io::Result<storage::SledBackend> {
-    let mut last = None;
-    for _ in 0..50 {
-        match storage::SledBackend::open(dir) {
-            Ok(b) => return Ok(b),
-            Err(e) => last = Some(e),
+/// Opens the store (moving a sled store of an older version into it first), waiting
+/// briefly for a previous handle of this process (a Raft being restarted) to let go of it.
+async fn open_store(dir: &std::path::Path) -> std::io::Result<storage::DiskBackend> {
+    let mut tries = 0;
+    loop {
+        match storage::migrate::open_migrating(dir).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last.expect("tried at least once"))
 }
 
 /// 32 random bytes in hex (64 characters).

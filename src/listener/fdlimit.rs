@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io;
 
-/// Descriptors kept out of the listener's reach: the control socket and its clients, sled,
+/// Descriptors kept out of the listener's reach: the control socket and its clients, the Raft store,
 /// connections to peers, service processes, log files.
 pub const FD_RESERVE: u64 = 64;
 

@@ -1,4 +1,5 @@
-//! `LogStore`: openraft's `RaftLogStorage` over a [`Backend`].
+//! `LogStore`: openraft's `RaftLogStorage` over a [`Backend`], its purges held behind the
+//! durable snapshot by the [`PurgeGate`] it shares with the [`MachineStore`](crate::MachineStore).
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::backend::Backend;
 use crate::backend::MetaKey;
 use crate::backend::Op;
+use crate::purge_gate::PurgeGate;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -33,19 +35,22 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 /// `append` writes the entries and hands its callback to a flusher task, so openraft can
 /// submit the next entries while the previous ones are being synced; the flusher makes one
 /// sync cover every append queued behind it (group commit) and only then runs their
-/// callbacks, in order.
+/// callbacks, in order. A purge beyond the durable snapshot is deferred (see
+/// [`crate::purge_gate`]).
 #[derive(Debug, Clone)]
 pub struct LogStore<B> {
     backend: B,
     flusher: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
+    gate: Arc<PurgeGate>,
 }
 
 impl<B: Backend> LogStore<B> {
-    /// A log store over `backend`.
-    pub fn new(backend: B) -> LogStore<B> {
+    /// A log store over `backend`, purging through the state machine's `gate`.
+    pub(crate) fn new(backend: B, gate: Arc<PurgeGate>) -> LogStore<B> {
         LogStore {
             backend,
             flusher: Arc::new(OnceLock::new()),
+            gate,
         }
     }
 
@@ -72,8 +77,9 @@ impl<B: Backend> LogStore<B> {
         self.backend.write(vec![Op::PutMeta(key, bytes)])
     }
 
-    fn last_purged(&self) -> std::io::Result<Option<LogId<NodeId>>> {
-        self.get_meta(MetaKey::LastPurged)
+    /// The purge reads honour (a deferred one included).
+    fn last_purged(&self) -> Option<LogId<NodeId>> {
+        self.gate.purged()
     }
 }
 
@@ -125,10 +131,7 @@ impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
             Bound::Unbounded => u64::MAX,
         };
         // Entries at or below last_purged may linger after a crash mid-purge: never serve them.
-        let floor = self
-            .last_purged()
-            .map_err(|e| StorageIOError::read_logs(&e))?
-            .map_or(0, |l| l.index + 1);
+        let floor = self.last_purged().map_or(0, |l| l.index + 1);
         let raw = self
             .backend
             .entries(start.max(floor), end)
@@ -146,10 +149,7 @@ impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>> {
-        let floor = self
-            .last_purged()
-            .map_err(|e| StorageIOError::read_logs(&e))?
-            .map_or(0, |l| l.index + 1);
+        let floor = self.last_purged().map_or(0, |l| l.index + 1);
         if start < floor {
             return Ok(Vec::new());
         }
@@ -168,9 +168,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     type LogReader = LogStore<B>;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let last_purged = self
-            .last_purged()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_purged = self.last_purged();
         let last = match self
             .backend
             .last_entry()
@@ -231,6 +229,22 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
             let bytes = rmp_serde::to_vec(&e).map_err(|err| StorageIOError::write_logs(&err))?;
             batch.push((e.log_id.index, bytes));
         }
+        // Entries after a deferred purge past the log's end wait for the snapshot, and the
+        // purge it let through is durable before them: no gap on disk after a crash.
+        let waited = match batch.first() {
+            Some(&(first, _)) => self
+                .gate
+                .wait_contiguous(&self.backend, first)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?,
+            None => false,
+        };
+        if waited {
+            self.backend
+                .sync()
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
         self.backend
             .write(vec![Op::PutEntries(batch)])
             .map_err(|e| StorageIOError::write_logs(&e))?;
@@ -253,20 +267,12 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
         Ok(())
     }
 
+    /// Written without a sync when the durable snapshot covers it (losing it is safe),
+    /// deferred until one does otherwise (openraft purges a follower's log while the
+    /// snapshot it installs is still being written).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        if let Some(prev) = self
-            .last_purged()
-            .map_err(|e| StorageIOError::read_logs(&e))?
-        {
-            assert!(
-                prev <= log_id,
-                "purge never goes back: {prev} then {log_id}"
-            );
-        }
-        self.put_meta(MetaKey::LastPurged, &log_id)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.backend
-            .write(vec![Op::RemoveUpTo(log_id.index)])
+        self.gate
+            .purge(&self.backend, log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }

@@ -1,10 +1,14 @@
 //! `MachineStore`: openraft's `RaftStateMachine`, applying through [`raft::SharedMachine`]
-//! and keeping snapshots in a [`Backend`].
+//! and keeping snapshots in a [`Backend`]. A stored snapshot never goes back (a build that
+//! read the machine before an install finished is not written over the installed one), and
+//! each durable snapshot is reported to the [`PurgeGate`], which lets the log's purges
+//! through behind it.
 
 use std::io::Cursor;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
@@ -28,6 +32,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::backend::MetaKey;
 use crate::backend::Op;
+use crate::purge_gate::PurgeGate;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -44,37 +49,87 @@ pub struct MachineStore<B> {
     backend: B,
     machine: Arc<SharedMachine>,
     built: Arc<AtomicU64>,
+    gate: Arc<PurgeGate>,
+    /// The last log id of the newest snapshot written (synced or not).
+    newest: Arc<Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl<B: Backend> MachineStore<B> {
     /// Opens over `backend`, restoring the last snapshot into `machine`.
     pub fn open(backend: B, machine: Arc<SharedMachine>) -> std::io::Result<MachineStore<B>> {
-        let store = MachineStore {
+        let stored = read_stored(&backend)?;
+        let last = stored.as_ref().and_then(|s| s.meta.last_log_id);
+        let purged = match backend.meta(MetaKey::LastPurged)? {
+            Some(b) => rmp_serde::from_slice(&b).map_err(std::io::Error::other)?,
+            None => None,
+        };
+        if let Some(snap) = stored {
+            let data = MachineData::from_bytes(&snap.data).map_err(std::io::Error::other)?;
+            machine.replace(data);
+        }
+        Ok(MachineStore {
             backend,
             machine,
             built: Arc::new(AtomicU64::new(0)),
-        };
-        if let Some(snap) = store.stored()? {
-            let data = MachineData::from_bytes(&snap.data).map_err(std::io::Error::other)?;
-            store.machine.replace(data);
-        }
-        Ok(store)
+            gate: Arc::new(PurgeGate::new(last, purged)),
+            newest: Arc::new(Mutex::new(last)),
+        })
+    }
+
+    /// The gate the log store of this store purges through.
+    pub(crate) fn purge_gate(&self) -> Arc<PurgeGate> {
+        self.gate.clone()
     }
 
     fn stored(&self) -> std::io::Result<Option<StoredSnapshot>> {
-        match self.backend.meta(MetaKey::Snapshot)? {
-            None => Ok(None),
-            Some(b) => rmp_serde::from_slice(&b)
-                .map(Some)
-                .map_err(std::io::Error::other),
-        }
+        read_stored(&self.backend)
     }
 
-    async fn store(&self, snap: &StoredSnapshot) -> std::io::Result<()> {
+    /// Writes `snap` unless a newer snapshot was written meanwhile, installing `data` in the
+    /// machine (an install) at the same moment; then syncs and tells the gate. Returns
+    /// whether `snap` was written.
+    async fn store(
+        &self,
+        snap: &StoredSnapshot,
+        data: Option<MachineData>,
+    ) -> std::io::Result<bool> {
         let bytes = rmp_serde::to_vec(snap).map_err(std::io::Error::other)?;
-        self.backend
-            .write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
-        self.backend.sync().await
+        let last = snap.meta.last_log_id;
+        let written = {
+            let mut newest = self.newest.lock().expect("snapshot lock poisoned");
+            let write = last >= *newest;
+            if write {
+                self.backend
+                    .write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
+                *newest = last;
+            }
+            if let Some(data) = data {
+                self.machine.replace(data);
+            }
+            write
+        };
+        if !written {
+            return Ok(false);
+        }
+        match self.backend.sync().await {
+            Ok(()) => {
+                self.gate.snapshot_durable(&self.backend, last)?;
+                Ok(true)
+            }
+            Err(e) => {
+                self.gate.snapshot_failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+fn read_stored<B: Backend>(backend: &B) -> std::io::Result<Option<StoredSnapshot>> {
+    match backend.meta(MetaKey::Snapshot)? {
+        None => Ok(None),
+        Some(b) => rmp_serde::from_slice(&b)
+            .map(Some)
+            .map_err(std::io::Error::other),
     }
 }
 
@@ -94,9 +149,19 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for MachineStore<B> {
             snapshot_id,
         };
         let snap = StoredSnapshot { meta, data };
-        self.store(&snap)
+        let written = self
+            .store(&snap, None)
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        // Not written: an install stored a newer snapshot while this one was read; that one
+        // is the current snapshot.
+        let snap = match written {
+            true => snap,
+            false => self
+                .stored()
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+                .expect("a newer snapshot was written"),
+        };
         Ok(Snapshot {
             meta: snap.meta,
             snapshot: Box::new(Cursor::new(snap.data)),
@@ -147,10 +212,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for MachineStore<B> {
             meta: meta.clone(),
             data: data.to_bytes(),
         };
-        self.store(&snap)
+        self.store(&snap, Some(data))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.machine.replace(data);
         Ok(())
     }
 
