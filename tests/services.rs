@@ -558,6 +558,35 @@ async fn failing_check_exhausts_restarts_then_clear_and_frozen_node() {
     eprintln!("test time: {:?}", t_all.elapsed());
 }
 
+/// Creates `svc` from `config` (through n1), starts it, and waits until its app runs on
+/// exactly one node; that node's index.
+async fn start_on_one(c: &LocalCluster, svc: &str, config: &str) -> usize {
+    let n1 = &c.nodes[0];
+    n1.call(
+        "set_service_config",
+        json!({"svcname": svc, "config": config}),
+        T,
+    )
+    .await
+    .unwrap();
+    let start = json!({"svcname": svc, "global_expect": "started"});
+    n1.call("set_service_monitor", start, T).await.unwrap();
+    let what = format!("{svc} runs on one node");
+    until(&what, Duration::from_secs(30), || {
+        running_on(c, svc).len() == 1
+    })
+    .await;
+    let owner = running_on(c, svc)[0].clone();
+    c.nodes.iter().position(|n| n.name == owner).unwrap()
+}
+
+/// A planned `daemon stop` of `node`, waited for until its daemon has exited.
+async fn stop_daemon(node: &LocalNode) {
+    node.call("daemon_stop", json!({}), T).await.unwrap();
+    let sock = node.paths.control_socket();
+    until("the daemon exits", T, || !sock.exists()).await;
+}
+
 async fn monitor_status(c: &LocalCluster, via: usize, node: &str) -> String {
     let m = c.nodes[via]
         .call("get_node_monitor", json!({"node": node}), T)
@@ -572,33 +601,12 @@ async fn monitor_status(c: &LocalCluster, via: usize, node: &str) -> String {
 async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
     let c = cluster(3).await;
     let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "db")).collect());
-    let n1 = &c.nodes[0];
-    n1.call(
-        "set_service_config",
-        json!({"svcname": "db", "config": WEB}),
-        T,
-    )
-    .await
-    .unwrap();
-    n1.call(
-        "set_service_monitor",
-        json!({"svcname": "db", "global_expect": "started"}),
-        T,
-    )
-    .await
-    .unwrap();
-    until("db runs on one node", Duration::from_secs(30), || {
-        running_on(&c, "db").len() == 1
-    })
-    .await;
-    let owner = running_on(&c, "db")[0].clone();
-    let i = c.nodes.iter().position(|n| n.name == owner).unwrap();
+    let i = start_on_one(&c, "db", WEB).await;
+    let owner = c.nodes[i].name.clone();
     let other = (i + 1) % 3;
     let pid = app_pid(&c.nodes[i], "db").unwrap();
 
-    c.nodes[i].call("daemon_stop", json!({}), T).await.unwrap();
-    let sock = c.nodes[i].paths.control_socket();
-    until("the daemon exits", T, || !sock.exists()).await;
+    stop_daemon(&c.nodes[i]).await;
     assert_eq!(monitor_status(&c, other, &owner).await, "maintenance");
     // Three times down_timeout: nothing failed over, the app still runs, only there.
     tokio::time::sleep(DOWN * 3).await;
@@ -628,6 +636,7 @@ async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
         .call("daemon_shutdown", json!({}), T)
         .await
         .unwrap();
+    let sock = c.nodes[i].paths.control_socket();
     until(
         "the daemon exits after shutdown",
         Duration::from_secs(30),
@@ -645,27 +654,8 @@ async fn daemon_stop_leaves_services_running_and_shutdown_stops_them() {
 async fn standby_releases_a_node_and_welcome_takes_it_back() {
     let mut c = cluster(3).await;
     let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "db")).collect());
-    let n1 = &c.nodes[0];
-    n1.call(
-        "set_service_config",
-        json!({"svcname": "db", "config": WEB}),
-        T,
-    )
-    .await
-    .unwrap();
-    n1.call(
-        "set_service_monitor",
-        json!({"svcname": "db", "global_expect": "started"}),
-        T,
-    )
-    .await
-    .unwrap();
-    until("db runs on one node", Duration::from_secs(30), || {
-        running_on(&c, "db").len() == 1
-    })
-    .await;
-    let owner = running_on(&c, "db")[0].clone();
-    let i = c.nodes.iter().position(|n| n.name == owner).unwrap();
+    let i = start_on_one(&c, "db", WEB).await;
+    let owner = c.nodes[i].name.clone();
     let other = (i + 1) % 3;
 
     // Asked through another member, as a controller would.
@@ -686,7 +676,10 @@ async fn standby_releases_a_node_and_welcome_takes_it_back() {
     })
     .await;
     assert_eq!(monitor_status(&c, other, &owner).await, "standby");
-    let leader_view = n1.call("daemon_status", json!({}), T).await.unwrap();
+    let leader_view = c.nodes[0]
+        .call("daemon_status", json!({}), T)
+        .await
+        .unwrap();
     assert!(
         leader_view["cluster"]["nodes"]
             .as_array()
@@ -695,9 +688,7 @@ async fn standby_releases_a_node_and_welcome_takes_it_back() {
         "a standby node stays a member"
     );
     // A planned restart keeps the standby (no maintenance status over it).
-    c.nodes[i].call("daemon_stop", json!({}), T).await.unwrap();
-    let sock = c.nodes[i].paths.control_socket();
-    until("the daemon exits", T, || !sock.exists()).await;
+    stop_daemon(&c.nodes[i]).await;
     assert_eq!(monitor_status(&c, other, &owner).await, "standby");
     let bin = c.bin.clone();
     c.nodes[i].start(&bin).unwrap();
@@ -727,24 +718,7 @@ async fn dequeue_actions_runs_the_pending_checks_now() {
     let config = WEB
         .replace("nodes = n1 n2 n3", "nodes = n1")
         .replace("check_interval = 1s", "check_interval = 60m");
-    n1.call(
-        "set_service_config",
-        json!({"svcname": "lazy", "config": config}),
-        T,
-    )
-    .await
-    .unwrap();
-    n1.call(
-        "set_service_monitor",
-        json!({"svcname": "lazy", "global_expect": "started"}),
-        T,
-    )
-    .await
-    .unwrap();
-    until("lazy runs", Duration::from_secs(30), || {
-        running_on(&c, "lazy").len() == 1
-    })
-    .await;
+    start_on_one(&c, "lazy", &config).await;
     until_status(n1, "lazy", "the start is over", T, |st| {
         st["progress"]["state"] == "reached" || st["global_expect"] == "none"
     })

@@ -103,14 +103,12 @@ impl Daemon {
         };
         let committed = self.propose(cmd).await?;
         // Committed through the leader: what this node answers must already show it.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let applied = self.node()?.metrics().last_applied.map_or(0, |l| l.index);
-            if applied >= committed.index {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = self
+            .node()?
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(committed.index), "the duty change applied here")
+            .await;
         tracing::info!(%status, "node duty changed");
         for rt in crate::services::ctx(self).local.instances() {
             rt.wake.notify_one();
