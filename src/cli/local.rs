@@ -86,23 +86,8 @@ impl LocalNode {
     }
 
     fn spawn(&mut self, mut cmd: Command) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.paths.root.join("daemon.log"))?;
-        let child = cmd
-            .arg("--root")
-            .arg(&self.paths.root)
-            .args(["node", "daemon", "run"])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+        daemon_run(&mut cmd, &self.paths.root)?;
+        self.child = Some(cmd.spawn()?);
         Ok(())
     }
 
@@ -163,6 +148,26 @@ impl LocalNode {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+/// Makes `cmd` (the `om` binary, or a wrapper that runs it last) run the daemon of the
+/// node under `root` in the foreground, its output appended to `root/daemon.log`.
+pub fn daemon_run(cmd: &mut Command, root: &std::path::Path) -> std::io::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("daemon.log"))?;
+    cmd.arg("--root")
+        .arg(root)
+        .args(["node", "daemon", "run"])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(())
 }
 
 impl Drop for LocalNode {

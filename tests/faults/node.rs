@@ -11,7 +11,6 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -73,26 +72,12 @@ impl FaultNode {
 
     /// Starts the daemon inside the node's namespaces.
     pub fn start(&mut self, bin: &Path) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.paths.root.join("daemon.log"))
-            .map_err(|e| e.to_string())?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.ns])
             .args(["unshare", "--pid", "--fork", "--kill-child", "--"])
             .args(["bash", "-c", r#""$@" & wait $!"#, "om-node"])
-            .arg(bin)
-            .arg("--root")
-            .arg(&self.paths.root)
-            .args(["node", "daemon", "run"])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
+            .arg(bin);
+        om::cli::local::daemon_run(&mut cmd, &self.paths.root).map_err(|e| e.to_string())?;
         if self.fake_clock {
             if !self.faketime_file().exists() {
                 std::fs::write(self.faketime_file(), "+0\n").map_err(|e| e.to_string())?;
