@@ -228,8 +228,8 @@ proptest! {
     }
 }
 
-#[test]
-fn leave_of_last_node_is_refused() {
+/// A cluster `c` bootstrapped by n1 at `h:1`.
+fn bootstrapped() -> ClusterState {
     let mut s = ClusterState::default();
     let boot = Command::Bootstrap {
         id: None,
@@ -238,7 +238,15 @@ fn leave_of_last_node_is_refused() {
         addr: "h:1".into(),
         at_ms: 0,
     };
-    assert!(apply(&mut s, &boot).0.is_ok());
+    apply(&mut s, &boot)
+        .0
+        .expect("a first bootstrap is accepted");
+    s
+}
+
+#[test]
+fn leave_of_last_node_is_refused() {
+    let mut s = bootstrapped();
     let (r, _) = apply(&mut s, &Command::Leave { node: "n1".into() });
     assert_eq!(
         r.unwrap_err().to_string(),
@@ -290,19 +298,7 @@ fn leave_cleans_instances_and_placement() {
 
 #[test]
 fn update_with_stale_version_is_refused() {
-    let mut s = ClusterState::default();
-    apply(
-        &mut s,
-        &Command::Bootstrap {
-            id: None,
-            cluster: "c".into(),
-            node: "n1".into(),
-            addr: "h:1".into(),
-            at_ms: 0,
-        },
-    )
-    .0
-    .unwrap();
+    let mut s = bootstrapped();
     assert_eq!(
         apply(
             &mut s,
@@ -352,15 +348,7 @@ fn update_with_stale_version_is_refused() {
 #[test]
 fn an_approval_lets_one_join_in_and_is_used_up_by_it() {
     use raft::state::JOIN_APPROVAL_TTL_MS;
-    let mut s = ClusterState::default();
-    let boot = Command::Bootstrap {
-        id: None,
-        cluster: "c".into(),
-        node: "n1".into(),
-        addr: "h:1".into(),
-        at_ms: 0,
-    };
-    assert!(apply(&mut s, &boot).0.is_ok());
+    let mut s = bootstrapped();
     assert!(s.join_allowed("n2", 5), "open by default");
     let approve = Command::SetClusterParam {
         key: "cluster.join".into(),
