@@ -522,6 +522,10 @@ async fn serve_conn(
     Metrics::incr(&m.open_connections);
     let _gauge = OpenGauge(m);
     let _ = stream.set_nodelay(true);
+    // Answers stuck behind a partition free their connection slot when the link stays
+    // silent, as the client's side does (`ClientOptions::stall_timeout`).
+    let _ = socket2::SockRef::from(&stream)
+        .set_tcp_user_timeout(Some(crate::wire::client::DEFAULT_STALL_TIMEOUT));
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(IO_BUF, rd);

@@ -10,6 +10,7 @@
 //!   the same schedules each run) and the seeds after it, plus the seeds of
 //!   `tests/faults/regressions.txt`.
 //! - `full_disk`: one node's `var/` fills up under writes, then space returns.
+//! - `healed_partition`: a follower cut off from the leader for 14 s catches up promptly.
 //! - `long_run` (ignored; `scripts/faults`): schedules for `OM_FAULT_MINUTES`, then a report.
 //!
 //! Needs root, `ip netns`, `nft` and `unshare`; skips with the reason otherwise. The clock
@@ -19,6 +20,7 @@ mod app;
 mod check;
 mod cluster;
 mod disk;
+mod heal;
 mod nemesis;
 mod net;
 mod node;
@@ -172,6 +174,15 @@ async fn full_disk() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     disk::full_disk(bin()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healed_partition() {
+    if skip() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    heal::healed_partition(bin()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
