@@ -77,7 +77,7 @@ fn handshake(
     } else {
         b.build_responder()
     };
-    hs.expect("NNpsk0 needs no static key; the default resolver has every primitive")
+    hs.expect("NNpsk0 needs no static key; ring with RustCrypto as fallback has every primitive")
 }
 
 fn noise_err(e: snow::Error) -> WireError {
