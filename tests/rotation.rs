@@ -2,7 +2,8 @@
 //! `use`, `remove`, each converging on every node (shown by `list`), a session opened
 //! before the rotation still served after it, a node restarted mid-rotation coming back
 //! with the right secrets, the old secret refused at the end, node.conf 0600 throughout
-//! and no secret value in any output or daemon log.
+//! and no secret value in any output or daemon log; a node down across `use` and
+//! `remove` converging once back.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -254,4 +255,38 @@ async fn rolling_rotation_without_downtime() {
         );
     }
     eprintln!("rotation test: {:?}", started.elapsed());
+}
+
+/// A member down across `use` and `remove` (after it applied `add`) still accepts the
+/// new secret: the leader reaches it with that one, and it catches up and converges on
+/// its own, with nothing to type. (A member down across `add` as well knows no accepted
+/// secret and must be given one: docs/OPERATIONS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_across_use_and_remove_catches_up_on_its_own() {
+    let mut c = LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), 3, None).unwrap();
+    c.start_all().await.unwrap();
+    c.join_all(&mut |_| {}).await.unwrap();
+    let roots: Vec<_> = c.nodes.iter().map(|n| n.paths.root.clone()).collect();
+    let mut outputs = String::new();
+    let old_id = conf(&roots[0]).keyring().fingerprints()[0].clone();
+    let added = om(&roots[0], &["cluster", "secret", "add"], &mut outputs).unwrap();
+    let new_id = added["key_id"].as_str().unwrap().to_string();
+    converged(&roots[0], &mut outputs).await;
+
+    c.nodes[2].kill();
+    for step in [["use", &new_id], ["remove", &old_id]] {
+        let args = ["cluster", "secret", step[0], step[1], "--force"];
+        let r = om(&roots[0], &args, &mut outputs).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        eprintln!("{step:?} with n3 down: {r}");
+    }
+    c.nodes[2].start(&c.bin).unwrap();
+    c.nodes[2]
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let list = converged(&roots[0], &mut outputs).await;
+    assert_everyone(&list, &new_id, &[&new_id]);
+    let back = conf(&roots[2]);
+    assert_eq!(back.keyring().fingerprints(), vec![new_id.clone()]);
+    assert!(back.secrets_accepted.is_empty());
 }
