@@ -93,15 +93,21 @@ pub enum CommandError {
     SecretInUse { key_id: String },
     #[error("{max} joins are approved and not used yet; let those nodes join first")]
     TooManyApprovals { max: usize },
+    #[error("proposal {id} was answered already; it is not applied again")]
+    StaleProposal { id: String },
 }
 
-/// Applies `cmd` to `state`: the result, and the events describing what changed.
+/// Applies `cmd` to `state`: the result, and the events describing what changed. A
+/// [`Command::Once`] is applied as its command: whether it was applied before is known
+/// to [`crate::MachineData`], which keeps the proposals it applied.
 ///
 /// Pure and deterministic: the same state and command give the same result everywhere.
 pub fn apply(
     state: &mut ClusterState,
     cmd: &Command,
 ) -> (Result<Outcome, CommandError>, Vec<Event>) {
+    // Whether an entry takes effect at all (a `Once` seen before) is the machine's call.
+    let cmd = cmd.inner();
     let mut events = Vec::new();
     let result = match validate(state, cmd) {
         Ok(()) => {
@@ -130,6 +136,7 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
         return Err(CommandError::NotBootstrapped);
     }
     match cmd {
+        Command::Once { .. } => unreachable!("apply() validates the inner command"),
         Command::Bootstrap {
             cluster,
             node,
@@ -251,6 +258,7 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
 /// Applies a validated command; returns the service version it set, if any.
 fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u64> {
     match cmd {
+        Command::Once { .. } => unreachable!("apply() mutates by the inner command"),
         Command::Bootstrap {
             cluster,
             node,

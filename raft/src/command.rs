@@ -99,12 +99,62 @@ pub enum Command {
     /// approval is used up by the node's `Join` (leaders honour it for
     /// [`crate::state::JOIN_APPROVAL_TTL_MS`] after `at_ms`).
     ApproveJoin { node: String, at_ms: u64 },
+    /// `cmd`, taking effect at most once however many times it is proposed. openraft
+    /// answers "not leader" both to a proposal it refused and to one it appended and then
+    /// truncated, which a later leader may still commit (simulator seed 13269); a proposer
+    /// that retries after such an answer sends the same `id`, and the state machine applies
+    /// the first copy it meets and answers the later ones with the first one's reply
+    /// ([`crate::machine::Proposals`]). `floor`: every proposal of this session below it
+    /// was answered, so the machine forgets their replies and refuses their late copies.
+    Once {
+        id: ProposalId,
+        #[serde(default)]
+        floor: u64,
+        command: Box<Command>,
+    },
+}
+
+/// Names one proposal: a proposer's `session` (drawn at random when it starts, so that a
+/// restarted proposer never reuses an id) and its `seq` within that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    /// The proposer's random session.
+    pub session: u64,
+    /// Counts the session's proposals.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for ProposalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.session, self.seq)
+    }
 }
 
 impl Command {
-    /// The command's name, as logged and counted.
+    /// `self` proposed at most once under `id`, its session's proposals below `floor`
+    /// answered (see [`Command::Once`]).
+    pub fn once(self, id: ProposalId, floor: u64) -> Command {
+        debug_assert!(floor <= id.seq, "a proposal waits for itself");
+        Command::Once {
+            id,
+            floor,
+            command: Box::new(self),
+        }
+    }
+
+    /// The command itself, without its [`Command::Once`] wrappers.
+    pub fn inner(&self) -> &Command {
+        let mut cmd = self;
+        while let Command::Once { command: c, .. } = cmd {
+            cmd = c;
+        }
+        cmd
+    }
+
+    /// The command's name, as logged and counted (a [`Command::Once`] has its command's).
     pub fn name(&self) -> &'static str {
-        match self {
+        match self.inner() {
+            Command::Once { .. } => unreachable!("inner() has no Once"),
             Command::Bootstrap { .. } => "bootstrap",
             Command::Join { .. } => "join",
             Command::Leave { .. } => "leave",

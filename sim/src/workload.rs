@@ -26,6 +26,7 @@ use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
 use raft::state::NodeExpect;
 use raft::state::NodeStatus;
+use raft::command::ProposalId;
 use raft::Command;
 use raft::CommandError;
 use raft::Node;
@@ -58,8 +59,12 @@ fn payload_hash(cmd: &Command) -> u64 {
 /// What one attempt came to.
 enum Outcome<T> {
     Done(T),
-    /// Definitely not applied (not the leader, node down), and where the leader is if known.
-    Failed(String, Option<NodeId>),
+    /// Definitely not applied (node down, refused).
+    Failed(String),
+    /// Not the leader, and where the leader is if known. For a write this is no answer:
+    /// openraft also says it of an entry it appended and then truncated, which a later
+    /// leader may commit (seed 13269).
+    NotLeader(String, Option<NodeId>),
     /// Unknown: timed out or the node stopped mid-way.
     Unknown(String),
 }
@@ -71,19 +76,19 @@ where
     Fut: Future<Output = Result<T, ProposeError>>,
 {
     let Some(node) = w.node(idx) else {
-        return Outcome::Failed("node is down".into(), None);
+        return Outcome::Failed("node is down".into());
     };
     match timeout(Duration::from_millis(w.cfg.client_timeout_ms), f(node)).await {
         Err(_) => Outcome::Unknown("timeout".into()),
         Ok(Ok(t)) => Outcome::Done(t),
-        Ok(Err(ProposeError::NotLeader { leader_id, .. })) => Outcome::Failed(
+        Ok(Err(ProposeError::NotLeader { leader_id, .. })) => Outcome::NotLeader(
             format!(
                 "not leader (leader {})",
                 leader_id.map_or("?".into(), |l| w.name_of(l))
             ),
             leader_id,
         ),
-        Ok(Err(ProposeError::Rejected(e))) => Outcome::Failed(format!("rejected: {e}"), None),
+        Ok(Err(ProposeError::Rejected(e))) => Outcome::Failed(format!("rejected: {e}")),
         Ok(Err(e)) => Outcome::Unknown(e.to_string()),
     }
 }
@@ -94,6 +99,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
     let who = format!("c{k}");
     let mut target = rng.below(w.cfg.nodes as u64) as usize;
     let mut opno = 0u64;
+    let session = Rng::seed_for(w.cfg.seed, &format!("session.{k}"));
     let mut redirected = false;
     while !stop.load(Ordering::Relaxed) {
         // Think, unless the last attempt was turned away with the leader's name: then retry
@@ -142,7 +148,7 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
                         kind: Kind::Read(v),
                     });
                 }
-                Outcome::Failed(e, _) | Outcome::Unknown(e) => {
+                Outcome::Failed(e) | Outcome::NotLeader(e, _) | Outcome::Unknown(e) => {
                     w.ev(&who, format_args!("[{ret}] read {k} failed: {e}"));
                     w.rec().stats.reads_failed += 1;
                 }
@@ -161,97 +167,14 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
             } else {
                 other_command(&w, &mut rng, target)
             };
-            let register = cmd_register(&cmd);
-            let what = format!("{cmd:?}");
-            // Through the node asked, which forwards it if it does not lead, or straight to
-            // the node (which refuses with a leader hint).
-            let forwarded = rng.chance(w.cfg.forward);
-            let call = w.next_seq();
-            let how = if forwarded { "via" } else { "at" };
-            w.ev(&who, format_args!("[{call}] propose {how} {tname}: {what}"));
-            let c = cmd.clone();
-            let duplicated = AtomicBool::new(false);
-            let out = if forwarded {
-                let dup = &duplicated;
-                let ww = &w;
-                attempt(&w, target, |_| async move {
-                    net::forward(ww, target, c, dup).await
-                })
-                .await
-            } else {
-                attempt(&w, target, |n| async move {
-                    match n.propose(c).await {
-                        Ok(ok) => Ok(Ok(ok)),
-                        Err(ProposeError::Rejected(e)) => Ok(Err(e)),
-                        Err(e) => Err(e),
-                    }
-                })
-                .await
-            };
+            // Every try of this operation carries one id, as the daemon's retries do.
+            // One operation at a time: every earlier one has its answer (the floor).
+            let cmd = cmd.once(ProposalId { session, seq: opno }, opno);
+            let (out, call, at) = write(&w, &who, &mut rng, target, &cmd).await;
+            target = at;
             let ret = w.next_seq();
             leader_hint = hint(&w, &out);
-            let mut rec = w.rec();
-            match out {
-                Outcome::Done(reply) => {
-                    let index = match &reply {
-                        Ok(Committed { index, .. }) => Some(*index),
-                        // A refused command has no index to check; the reply is still checked
-                        // by the replay through the state, not here.
-                        Err(_) => None,
-                    };
-                    w.ev(
-                        &who,
-                        format_args!("[{ret}] committed at {index:?}: {reply:?}"),
-                    );
-                    rec.stats.writes_ok += 1;
-                    if let Some(index) = index {
-                        rec.acked.push(Acked {
-                            index,
-                            payload: payload_hash(&cmd),
-                            reply: reply.map(|c| c.outcome),
-                            what: format!("{who}'s {what}"),
-                        });
-                    }
-                    if let Some((key, value)) = register {
-                        rec.ops.push(RegOp {
-                            key,
-                            call,
-                            ret: Some(ret),
-                            kind: Kind::Write(value),
-                        });
-                    }
-                }
-                Outcome::Failed(e, _) => {
-                    w.ev(&who, format_args!("[{ret}] failed: {e}"));
-                    rec.stats.writes_failed += 1;
-                }
-                Outcome::Unknown(e) => {
-                    w.ev(&who, format_args!("[{ret}] unknown outcome: {e}"));
-                    rec.stats.writes_unknown += 1;
-                    if let Some((key, value)) = register {
-                        rec.ops.push(RegOp {
-                            key,
-                            call,
-                            ret: None,
-                            kind: Kind::Write(value),
-                        });
-                    }
-                }
-            }
-            // A forwarded proposal sent twice may be applied twice: the second copy is,
-            // for the register, another write of the same value, called when the client
-            // called, whose effect (if any) lands at an unknown time. Values are unique per
-            // client operation, so this is exactly what at-least-once delivery allows.
-            if duplicated.load(Ordering::Relaxed) {
-                if let Some((key, value)) = cmd_register(&cmd) {
-                    rec.ops.push(RegOp {
-                        key,
-                        call,
-                        ret: None,
-                        kind: Kind::Write(value),
-                    });
-                }
-            }
+            record_write(&w, &who, &cmd, (out, call), ret);
         }
         redirected = leader_hint.is_some_and(|l| l != target);
         if let Some(l) = leader_hint {
@@ -271,8 +194,130 @@ fn cmd_register(cmd: &Command) -> Option<(String, Option<String>)> {
 /// Where a failed attempt says the leader is.
 fn hint<T>(w: &World, out: &Outcome<T>) -> Option<usize> {
     match out {
-        Outcome::Failed(_, Some(id)) => w.index_of(*id),
+        Outcome::NotLeader(_, Some(id)) => w.index_of(*id),
         _ => None,
+    }
+}
+
+/// Tries of one write before its client gives up (the daemon retries for 10 s).
+const WRITE_TRIES: usize = 3;
+
+/// One write operation: proposes `cmd` at `target` (or through it, forwarded), and on
+/// "not leader" again at the leader it names, with the same [`Command::Once`] id, as the
+/// daemon does. Returns the outcome, the call's sequence number and the node tried last.
+async fn write(
+    w: &Arc<World>,
+    who: &str,
+    rng: &mut Rng,
+    target: usize,
+    cmd: &Command,
+) -> (Outcome<Result<Committed, CommandError>>, u64, usize) {
+    let call = w.next_seq();
+    let mut at = target;
+    let mut asked_before = false;
+    for tries in 1.. {
+        // Through the node asked, which forwards it if it does not lead, or straight to
+        // the node (which refuses with a leader hint).
+        let forwarded = rng.chance(w.cfg.forward);
+        let how = if forwarded { "via" } else { "at" };
+        let tname = w.ident(at);
+        w.ev(who, format_args!("[{call}] propose {how} {tname}: {cmd:?}"));
+        let out = propose_once(w, at, forwarded, cmd.clone()).await;
+        let next = hint(w, &out);
+        match out {
+            Outcome::NotLeader(..) if tries < WRITE_TRIES && next.is_some() => {
+                asked_before = true;
+                at = next.expect("checked");
+            }
+            // A definite refusal after a "not leader" is not definite: the first try may
+            // still commit.
+            Outcome::Failed(e) if asked_before => {
+                return (Outcome::Unknown(format!("{e}, after not leader")), call, at)
+            }
+            Outcome::NotLeader(e, _) => return (Outcome::Unknown(e), call, at),
+            out => return (out, call, at),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// One try of a write at (or through) node `at`.
+async fn propose_once(
+    w: &Arc<World>,
+    at: usize,
+    forwarded: bool,
+    c: Command,
+) -> Outcome<Result<Committed, CommandError>> {
+    // A forwarded copy sent twice is the same proposal: `Once` applies it once.
+    let duplicated = AtomicBool::new(false);
+    if forwarded {
+        let dup = &duplicated;
+        attempt(w, at, |_| async move { net::forward(w, at, c, dup).await }).await
+    } else {
+        attempt(w, at, |n| async move {
+            match n.propose(c).await {
+                Ok(ok) => Ok(Ok(ok)),
+                Err(ProposeError::Rejected(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+}
+
+/// Records a write's outcome: the acknowledged entry to check, and the register operation.
+fn record_write(
+    w: &World,
+    who: &str,
+    cmd: &Command,
+    (out, call): (Outcome<Result<Committed, CommandError>>, u64),
+    ret: u64,
+) {
+    let register = cmd_register(cmd.inner());
+    let mut rec = w.rec();
+    match out {
+        Outcome::Done(reply) => {
+            let index = match &reply {
+                Ok(Committed { index, .. }) => Some(*index),
+                // A refused command has no index to check; the reply is still checked
+                // by the replay through the state, not here.
+                Err(_) => None,
+            };
+            w.ev(who, format_args!("[{ret}] committed at {index:?}: {reply:?}"));
+            rec.stats.writes_ok += 1;
+            if let Some(index) = index {
+                rec.acked.push(Acked {
+                    index,
+                    payload: payload_hash(cmd),
+                    reply: reply.map(|c| c.outcome),
+                    what: format!("{who}'s {:?}", cmd.inner()),
+                });
+            }
+            if let Some((key, value)) = register {
+                rec.ops.push(RegOp {
+                    key,
+                    call,
+                    ret: Some(ret),
+                    kind: Kind::Write(value),
+                });
+            }
+        }
+        Outcome::Failed(e) => {
+            w.ev(who, format_args!("[{ret}] failed: {e}"));
+            rec.stats.writes_failed += 1;
+        }
+        Outcome::NotLeader(e, _) | Outcome::Unknown(e) => {
+            w.ev(who, format_args!("[{ret}] unknown outcome: {e}"));
+            rec.stats.writes_unknown += 1;
+            if let Some((key, value)) = register {
+                rec.ops.push(RegOp {
+                    key,
+                    call,
+                    ret: None,
+                    kind: Kind::Write(value),
+                });
+            }
+        }
     }
 }
 

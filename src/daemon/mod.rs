@@ -141,7 +141,55 @@ pub struct Daemon {
     /// The last round trip measured to each peer (ms) and when (ms since the epoch), by
     /// `ping` and `status` on the control socket.
     pub rtt: Mutex<std::collections::BTreeMap<String, (f64, u64)>>,
+    /// Names this process's proposals, so that a retry is applied at most once.
+    proposal_ids: ProposalIds,
     started: Instant,
+}
+
+/// Draws [`raft::command::ProposalId`]s (a random session per process, then a counter)
+/// and knows which proposals still wait for an answer: the oldest is the floor each
+/// proposal carries, below which the state machine forgets replies.
+#[derive(Debug)]
+struct ProposalIds {
+    session: u64,
+    /// The next seq, and the seqs of the proposals waiting.
+    state: Mutex<(u64, BTreeSet<u64>)>,
+}
+
+impl ProposalIds {
+    fn new() -> ProposalIds {
+        ProposalIds {
+            session: rand::random(),
+            state: Mutex::new((0, BTreeSet::new())),
+        }
+    }
+
+    /// A new proposal's id and floor; it waits until the guard drops.
+    fn start(&self) -> (raft::command::ProposalId, u64, Waiting<'_>) {
+        let mut st = self.state.lock().unwrap();
+        let seq = st.0;
+        st.0 += 1;
+        st.1.insert(seq);
+        let floor = *st.1.first().expect("this one waits");
+        let id = raft::command::ProposalId {
+            session: self.session,
+            seq,
+        };
+        (id, floor, Waiting { ids: self, seq })
+    }
+}
+
+/// A proposal waiting for its answer; dropping it (answered, given up, or the caller's
+/// future dropped) lets the floor pass it.
+struct Waiting<'a> {
+    ids: &'a ProposalIds,
+    seq: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.ids.state.lock().unwrap().1.remove(&self.seq);
+    }
 }
 
 impl Daemon {
@@ -204,6 +252,7 @@ impl Daemon {
             membership_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: EventLog::default(),
             stop: watch::channel(None).0,
+            proposal_ids: ProposalIds::new(),
             started: Instant::now(),
         });
         daemon.start_raft().await?;
@@ -384,8 +433,13 @@ impl Daemon {
     }
 
     /// Proposes `cmd`, forwarding it to the leader when this node does not lead, and
-    /// retrying while an election runs (up to 10 s).
+    /// retrying while an election runs (up to 10 s); applied at most once however many
+    /// tries reach a leader ([`Command::Once`]).
     pub async fn propose(&self, cmd: Command) -> Result<Committed, ActionError> {
+        // Every try below carries the same id: "not leader" may follow an append that a
+        // later leader commits, and the retry must not apply the command a second time.
+        let (id, floor, _waiting) = self.proposal_ids.start();
+        let cmd = cmd.once(id, floor);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let node = self.node()?;
