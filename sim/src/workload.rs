@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::EntryPayload;
+use raft::command::ProposalId;
 use raft::membership;
 use raft::membership::MembershipError;
 use raft::node::Committed;
@@ -26,7 +27,6 @@ use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
 use raft::state::NodeExpect;
 use raft::state::NodeStatus;
-use raft::command::ProposalId;
 use raft::Command;
 use raft::CommandError;
 use raft::Node;
@@ -39,12 +39,12 @@ use tokio::time::timeout;
 use crate::bugs::Bug;
 use crate::check::Acked;
 use crate::check::RegOp;
-use linear::Kind;
 use crate::net;
 use crate::rng::fnv1a;
 use crate::rng::Rng;
 use crate::world::Status;
 use crate::world::World;
+use linear::Kind;
 
 /// The register keys clients work on.
 pub fn key(i: usize) -> String {
@@ -283,7 +283,10 @@ fn record_write(
                 // by the replay through the state, not here.
                 Err(_) => None,
             };
-            w.ev(who, format_args!("[{ret}] committed at {index:?}: {reply:?}"));
+            w.ev(
+                who,
+                format_args!("[{ret}] committed at {index:?}: {reply:?}"),
+            );
             rec.stats.writes_ok += 1;
             if let Some(index) = index {
                 rec.acked.push(Acked {
