@@ -488,7 +488,7 @@ pub async fn forward(
 }
 
 /// A proposal whose refusal by the state machine is an answer, not an error.
-async fn propose(n: &raft::Node, cmd: Command) -> Forwarded {
+pub async fn propose(n: &raft::Node, cmd: Command) -> Forwarded {
     match n.propose(cmd).await {
         Ok(ok) => Ok(Ok(ok)),
         Err(ProposeError::Rejected(e)) => Ok(Err(e)),

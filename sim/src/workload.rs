@@ -171,10 +171,11 @@ pub async fn client(w: Arc<World>, k: usize, stop: Arc<AtomicBool>) {
             // One operation at a time: every earlier one has its answer (the floor).
             let cmd = cmd.once(ProposalId { session, seq: opno }, opno);
             let (out, call, at) = write(&w, &who, &mut rng, target, &cmd).await;
+            // write() followed the leader's name itself, and ends on the node it tried last.
             target = at;
+            leader_hint = None;
             let ret = w.next_seq();
-            leader_hint = hint(&w, &out);
-            record_write(&w, &who, &cmd, (out, call), ret);
+            record_write(&w, &who, &cmd, out, call, ret);
         }
         redirected = leader_hint.is_some_and(|l| l != target);
         if let Some(l) = leader_hint {
@@ -223,19 +224,18 @@ async fn write(
         let tname = w.ident(at);
         w.ev(who, format_args!("[{call}] propose {how} {tname}: {cmd:?}"));
         let out = propose_once(w, at, forwarded, cmd.clone()).await;
-        let next = hint(w, &out);
-        match out {
-            Outcome::NotLeader(..) if tries < WRITE_TRIES && next.is_some() => {
+        match (hint(w, &out), out) {
+            (Some(leader), Outcome::NotLeader(..)) if tries < WRITE_TRIES => {
                 asked_before = true;
-                at = next.expect("checked");
+                at = leader;
             }
             // A definite refusal after a "not leader" is not definite: the first try may
             // still commit.
-            Outcome::Failed(e) if asked_before => {
+            (_, Outcome::Failed(e)) if asked_before => {
                 return (Outcome::Unknown(format!("{e}, after not leader")), call, at)
             }
-            Outcome::NotLeader(e, _) => return (Outcome::Unknown(e), call, at),
-            out => return (out, call, at),
+            (_, Outcome::NotLeader(e, _)) => return (Outcome::Unknown(e), call, at),
+            (_, out) => return (out, call, at),
         }
     }
     unreachable!("the loop returns")
@@ -254,14 +254,7 @@ async fn propose_once(
         let dup = &duplicated;
         attempt(w, at, |_| async move { net::forward(w, at, c, dup).await }).await
     } else {
-        attempt(w, at, |n| async move {
-            match n.propose(c).await {
-                Ok(ok) => Ok(Ok(ok)),
-                Err(ProposeError::Rejected(e)) => Ok(Err(e)),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        attempt(w, at, |n| async move { net::propose(&n, c).await }).await
     }
 }
 
@@ -270,7 +263,8 @@ fn record_write(
     w: &World,
     who: &str,
     cmd: &Command,
-    (out, call): (Outcome<Result<Committed, CommandError>>, u64),
+    out: Outcome<Result<Committed, CommandError>>,
+    call: u64,
     ret: u64,
 ) {
     let register = cmd_register(cmd.inner());
