@@ -1,5 +1,8 @@
 //! Properties of `apply` over random command sequences.
 
+mod common;
+
+use common::bootstrapped;
 use proptest::prelude::*;
 use raft::apply;
 use raft::state::Avail;
@@ -226,22 +229,6 @@ proptest! {
         }
         prop_assert_eq!(restored, a);
     }
-}
-
-/// A cluster `c` bootstrapped by n1 at `h:1`.
-fn bootstrapped() -> ClusterState {
-    let mut s = ClusterState::default();
-    let boot = Command::Bootstrap {
-        id: None,
-        cluster: "c".into(),
-        node: "n1".into(),
-        addr: "h:1".into(),
-        at_ms: 0,
-    };
-    apply(&mut s, &boot)
-        .0
-        .expect("a first bootstrap is accepted");
-    s
 }
 
 #[test]

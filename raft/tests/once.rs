@@ -3,6 +3,8 @@
 //! floor forgets answered proposals and refuses their late copies; sessions and replies
 //! are bounded, survive a snapshot, and the digest covers them.
 
+mod common;
+
 use openraft::Entry;
 use openraft::EntryPayload;
 use openraft::LogId;
@@ -24,18 +26,12 @@ fn id(seq: u64) -> ProposalId {
     ProposalId { session: 7, seq }
 }
 
-/// A machine bootstrapped at index 1; the next entry is at 2.
+/// A machine holding a bootstrapped cluster.
 fn machine() -> MachineData {
-    let mut m = MachineData::default();
-    let boot = Command::Bootstrap {
-        id: None,
-        cluster: "c".into(),
-        node: "n1".into(),
-        addr: "h:1".into(),
-        at_ms: 0,
-    };
-    m.apply_entry(&entry(1, boot)).0.unwrap();
-    m
+    MachineData {
+        cluster: common::bootstrapped(),
+        ..MachineData::default()
+    }
 }
 
 fn set(value: &str) -> Command {

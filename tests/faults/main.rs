@@ -85,14 +85,14 @@ fn plan(seed: u64, steps: usize) -> Plan {
     }
 }
 
-fn skip() -> bool {
-    match net::unavailable() {
-        Some(why) => {
-            eprintln!("faults: SKIPPED: {why}");
-            true
-        }
-        None => false,
+/// The machine to this test alone (one cluster at a time), or `None` (the reason printed)
+/// when the machine cannot run the suite.
+async fn exclusive() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if let Some(why) = net::unavailable() {
+        eprintln!("faults: SKIPPED: {why}");
+        return None;
     }
+    Some(ONE_AT_A_TIME.lock().await)
 }
 
 fn print(r: &Report) {
@@ -147,10 +147,9 @@ fn failure(reports: &[Report]) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules() {
-    if skip() {
+    let Some(_one) = exclusive().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
+    };
     let count = env_u64("OM_FAULT_SCHEDULES").unwrap_or(2);
     let steps = env_u64("OM_FAULT_STEPS").unwrap_or(4) as usize;
     let first = env_u64("OM_FAULT_SEED").unwrap_or(CI_SEED);
@@ -169,29 +168,26 @@ async fn schedules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk() {
-    if skip() {
+    let Some(_one) = exclusive().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
+    };
     disk::full_disk(bin()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healed_partition() {
-    if skip() {
+    let Some(_one) = exclusive().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
+    };
     heal::healed_partition(bin()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a long run: scripts/faults"]
 async fn long_run() {
-    if skip() {
+    let Some(_one) = exclusive().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
+    };
     let minutes = env_u64("OM_FAULT_MINUTES").unwrap_or(10);
     let steps = env_u64("OM_FAULT_STEPS").unwrap_or(12) as usize;
     let end = Instant::now() + Duration::from_secs(minutes * 60);
