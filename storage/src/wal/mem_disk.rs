@@ -109,11 +109,12 @@ pub struct MemFile {
     epoch: u64,
 }
 
-/// SplitMix64: the crash's own small generator (no thread RNG: runs must replay).
-struct Mix(u64);
+/// SplitMix64: the crash's own small generator (no thread RNG: runs must replay); the
+/// model test draws its operations from it too.
+pub(super) struct Mix(pub(super) u64);
 
 impl Mix {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -125,7 +126,7 @@ impl Mix {
         ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0);
         self.next() % n
     }

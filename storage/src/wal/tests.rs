@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::mem_disk::Mix;
 use super::*;
 use crate::backend::Backend;
 use crate::backend::MetaKey;
@@ -213,23 +214,6 @@ async fn a_failed_sync_stops_the_store_until_it_is_reopened() {
     assert!(b.sync().await.is_err());
     assert!(b.write(vec![batch(3..4, "a")]).is_err(), "poisoned");
     assert!(b.sync().await.is_err(), "poisoned");
-}
-
-/// A SplitMix64 stream for the model test.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 type Model = (BTreeMap<u64, Vec<u8>>, BTreeMap<MetaKey, Vec<u8>>);
