@@ -36,6 +36,8 @@ pub struct Outcome {
 /// Why a command was refused; the state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "error", rename_all = "snake_case")]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum CommandError {
     #[error("the cluster is not bootstrapped yet")]
     NotBootstrapped,

@@ -20,96 +20,164 @@ use crate::state::NodeStatus;
 pub enum Command {
     /// Names the cluster and makes `node` its first member. Valid once, on an empty state.
     Bootstrap {
+        /// The cluster's name.
         cluster: String,
+        /// The first member.
         node: String,
+        /// Its listener address (`host:port`).
         addr: String,
+        /// When it was proposed (proposer's clock, ms since the epoch).
         at_ms: u64,
         /// The first member's Raft id, as in [`Command::Join`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
     /// Adds `node` to `cluster.nodes` (its Raft membership is changed before this commits).
-    /// `id` is the Raft id of the joiner's store incarnation; absent (older proposers), the
-    /// id derived from the name ([`crate::node_id`]).
     Join {
+        /// The joiner.
         node: String,
+        /// Its listener address (`host:port`).
         addr: String,
+        /// When it was proposed.
         at_ms: u64,
+        /// The Raft id of the joiner's store incarnation; absent (older proposers), the id
+        /// derived from the name ([`crate::node_id`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
     /// Removes `node` from `cluster.nodes`, with its monitor and instances.
-    Leave { node: String },
+    Leave {
+        /// The member that leaves.
+        node: String,
+    },
     /// Changes a member's listener address (a live `listener.port` change).
-    SetNodeAddr { node: String, addr: String },
+    SetNodeAddr {
+        /// The member.
+        node: String,
+        /// Its new address (`host:port`), held by no other member.
+        addr: String,
+    },
     /// Sets fields of a node monitor; `None` leaves a field as it is.
     SetNodeMonitor {
+        /// The member whose monitor changes.
         node: String,
+        /// What the monitor is doing.
         status: Option<NodeStatus>,
+        /// What the monitor tries to make the node.
         local_expect: Option<NodeExpect>,
+        /// Whether the node orchestrates nothing.
         frozen: Option<bool>,
     },
     /// Sets fields of a service monitor: `global_expect` on the service, the others on the
-    /// instance of `node` (required when one of them is set).
+    /// instance of `node` (required when one of them is set); `None` leaves a field as it is.
     SetServiceMonitor {
+        /// The service.
         svc: String,
+        /// The node of the instance that `status`, `local_expect` and `reset_retries` change.
         node: Option<String>,
+        /// What the instance's monitor is doing.
         status: Option<MonitorStatus>,
+        /// What the node's monitor tries to make the instance.
         local_expect: Option<LocalExpect>,
+        /// What the orchestrator tries to make the service, cluster-wide.
         global_expect: Option<GlobalExpect>,
+        /// Zero the instance's restart counts.
         reset_retries: bool,
     },
     /// Clears `start failed` / `stop failed` and the restart counts, on one node or all.
-    Clear { svc: String, node: Option<String> },
+    Clear {
+        /// The service.
+        svc: String,
+        /// The node of the instance to clear; `None`: every instance.
+        node: Option<String>,
+    },
     /// Creates a service with its config text (version 1).
-    CreateService { svc: String, config: String },
+    CreateService {
+        /// The new service's name.
+        svc: String,
+        /// Its config, as INI text.
+        config: String,
+    },
     /// Replaces a service's config; with `expected_version`, only if it is still that version.
     UpdateService {
+        /// The service.
         svc: String,
+        /// The new config, as INI text.
         config: String,
+        /// The version the edit started from.
         expected_version: Option<u64>,
     },
     /// Removes a service and its instances.
-    DeleteService { svc: String },
+    DeleteService {
+        /// The service.
+        svc: String,
+    },
     /// Sets (`Some`) or removes (`None`) a cluster parameter.
-    SetClusterParam { key: String, value: Option<String> },
+    SetClusterParam {
+        /// The parameter, as `section.key`.
+        key: String,
+        /// Its new value; `None` removes it.
+        value: Option<String>,
+    },
     /// A node reports the state of its instance of `svc`.
     ReportInstance {
+        /// The service.
         svc: String,
+        /// The reporting node.
         node: String,
+        /// The availability its resources' checks found.
         avail: Avail,
+        /// What the instance's monitor is doing, if it changed.
         status: Option<MonitorStatus>,
+        /// Whether the instance is frozen, if it changed.
         frozen: Option<bool>,
+        /// Restarts per resource since the last clear.
         restarts: BTreeMap<String, u32>,
+        /// When the node checked.
         at_ms: u64,
     },
     /// Rotation, step 1: every node accepts `secret` too (and still uses its secret).
-    /// `current` is the proposer's secret in use; it is recorded by the first rotation
-    /// (the plan was empty) and ignored after.
     AddSecret {
+        /// The secret to accept.
         secret: SecretValue,
+        /// The proposer's secret in use; it is recorded by the first rotation (the plan was
+        /// empty) and ignored after.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         current: Option<SecretValue>,
     },
-    /// Rotation, step 2: every node uses the accepted secret `key_id` (a fingerprint).
-    UseSecret { key_id: String },
+    /// Rotation, step 2: every node uses the accepted secret `key_id`.
+    UseSecret {
+        /// The secret's fingerprint.
+        key_id: String,
+    },
     /// Rotation, step 3: no node accepts secret `key_id` any more (not the one in use).
-    RemoveSecret { key_id: String },
+    RemoveSecret {
+        /// The secret's fingerprint.
+        key_id: String,
+    },
     /// An operator lets `node` join a cluster whose `cluster.join` is `approve`; the
     /// approval is used up by the node's `Join` (leaders honour it for
     /// [`crate::state::JOIN_APPROVAL_TTL_MS`] after `at_ms`).
-    ApproveJoin { node: String, at_ms: u64 },
+    ApproveJoin {
+        /// The node allowed to join.
+        node: String,
+        /// When the operator approved it.
+        at_ms: u64,
+    },
     /// `cmd`, taking effect at most once however many times it is proposed. openraft
     /// answers "not leader" both to a proposal it refused and to one it appended and then
     /// truncated, which a later leader may still commit (simulator seed 13269); a proposer
     /// that retries after such an answer sends the same `id`, and the state machine applies
     /// the first copy it meets and answers the later ones with the first one's reply
-    /// ([`crate::machine::Proposals`]). `floor`: every proposal of this session below it
-    /// was answered, so the machine forgets their replies and refuses their late copies.
+    /// ([`crate::machine::Proposals`]).
     Once {
+        /// The proposal's session and sequence number.
         id: ProposalId,
+        /// Every proposal of this session below it was answered, so the machine forgets
+        /// their replies and refuses their late copies.
         #[serde(default)]
         floor: u64,
+        /// The command proposed.
         command: Box<Command>,
     },
 }

@@ -17,19 +17,36 @@ pub enum Subject {
     /// The cluster itself (`cluster.name`).
     Cluster,
     /// A member's record (its address; created or removed: no field).
-    Node { node: String },
+    Node {
+        /// The member.
+        node: String,
+    },
     /// A member's node monitor.
-    NodeMonitor { node: String },
+    NodeMonitor {
+        /// The member.
+        node: String,
+    },
     /// A service (`version`, `global_expect`).
-    Service { service: String },
+    Service {
+        /// The service.
+        service: String,
+    },
     /// A service's instance on a node (created or removed: no field).
-    Instance { service: String, node: String },
+    Instance {
+        /// The service.
+        service: String,
+        /// The node the instance is on.
+        node: String,
+    },
     /// A cluster parameter (the field is its `section.key`).
     Param,
     /// The secret rotation plan.
     Secrets,
     /// An approved join (no field).
-    JoinApproval { node: String },
+    JoinApproval {
+        /// The node allowed to join.
+        node: String,
+    },
 }
 
 impl Subject {
@@ -74,17 +91,30 @@ pub enum Event {
     /// `field` of `subject` changed (no field: the subject itself was created or
     /// removed); `None` means absent. `path` is derived from both.
     Change {
+        /// `subject` and `field` as one dotted path (`services.web.instances.n1.status`).
         path: String,
+        /// What changed.
         subject: Subject,
+        /// Which field of it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         field: Option<String>,
+        /// The value before, in its wire spelling.
         old: Option<String>,
+        /// The value after, in its wire spelling.
         new: Option<String>,
     },
     /// A command was refused.
-    Error { command: String, message: String },
+    Error {
+        /// The command's kind (`join`, `set_node_monitor`, ...).
+        command: String,
+        /// Why it was refused.
+        message: String,
+    },
     /// Something worth a log line that is not a field change (membership, snapshot install).
-    Log { message: String },
+    Log {
+        /// The line.
+        message: String,
+    },
 }
 
 impl Event {

@@ -34,7 +34,9 @@ pub enum ProposeError {
     /// This node is not the leader; the caller should retry on `leader`.
     #[error("this node is not the leader (leader: {})", leader.as_ref().map_or("unknown".to_string(), |m| m.to_string()))]
     NotLeader {
+        /// The leader's Raft id, if this node knows it.
         leader_id: Option<NodeId>,
+        /// The leader's name and address, if this node knows them.
         leader: Option<Member>,
     },
     /// The command committed but the state machine refused it; nothing changed.

@@ -29,7 +29,7 @@ macro_rules! value_set {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         pub enum $name {
-            $($(#[$vmeta])* $variant),+
+            $($(#[$vmeta])* #[doc = concat!("\n\nSpelled `", $text, "` on the wire and the CLI.")] $variant),+
         }
 
         impl $name {

@@ -129,7 +129,7 @@ async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
 }
 
 /// Runs the benchmark.
-pub async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
+pub(super) async fn run(args: BenchArgs, format: Format) -> Result<(), CliError> {
     let root = std::env::var_os("OSVC_ROOT").map(PathBuf::from);
     let mut cluster = None;
     let paths = match args.nodes {

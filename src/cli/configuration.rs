@@ -38,7 +38,7 @@ pub enum ConfigCmd {
 }
 
 /// Runs one `om cluster config` command.
-pub async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result<()> {
+pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result<()> {
     match cmd {
         ConfigCmd::Get => {
             let data = call(

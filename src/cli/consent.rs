@@ -49,7 +49,7 @@ pub enum ParamCmd {
 }
 
 /// Runs one of these commands.
-pub async fn run(paths: &Paths, cmd: ParamCmd, format: Format) -> Result<()> {
+pub(super) async fn run(paths: &Paths, cmd: ParamCmd, format: Format) -> Result<()> {
     let t = Duration::from_secs(20);
     let committed = |data: &Value| format!("committed at index {}\n", data["index"]);
     match cmd {

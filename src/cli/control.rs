@@ -115,7 +115,7 @@ pub enum WorkCmd {
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `om node control`.
-pub async fn run(paths: &Paths, args: ControlArgs, format: Format) -> Result<()> {
+pub(super) async fn run(paths: &Paths, args: ControlArgs, format: Format) -> Result<()> {
     let node = args.node;
     match args.cmd {
         ControlCmd::Work {
@@ -338,7 +338,7 @@ fn words(v: &Value) -> String {
 }
 
 /// `status` in receptorctl's layout.
-pub fn status_table(st: &Value) -> String {
+pub(super) fn status_table(st: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Node ID: {}", text(&st["NodeID"]));
     let _ = writeln!(out, "Version: {}", text(&st["Version"]));

@@ -11,7 +11,7 @@ use super::render;
 use super::CliError;
 
 /// Runs the demo with `count` nodes; returns after the show if `exit`, else on Ctrl-C.
-pub async fn run(count: usize, exit: bool) -> Result<(), CliError> {
+pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     if count < 3 {
         return Err(CliError(format!(
             "--nodes {count}: the demo needs at least 3 nodes to survive a leader loss"

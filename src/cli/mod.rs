@@ -40,6 +40,7 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// The command.
     #[command(subcommand)]
     pub cmd: Top,
 }
@@ -58,11 +59,13 @@ pub enum Format {
 pub enum Top {
     /// Node and daemon commands.
     Node {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: NodeCmd,
     },
     /// Cluster-wide commands.
     Cluster {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
@@ -89,6 +92,7 @@ pub enum Top {
 pub enum NodeCmd {
     /// Daemon control.
     Daemon {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: DaemonCmd,
     },
@@ -99,16 +103,19 @@ pub enum NodeCmd {
         /// SECTION.KEY, e.g. listener.port.
         #[arg(long)]
         param: String,
+        /// The new value.
         #[arg(long)]
         value: String,
     },
     /// Print a node.conf parameter's value (or its default).
     Get {
+        /// SECTION.KEY, e.g. listener.port.
         #[arg(long)]
         param: String,
     },
     /// Remove a node.conf parameter (back to its default).
     Unset {
+        /// SECTION.KEY, e.g. listener.port.
         #[arg(long)]
         param: String,
     },
@@ -144,6 +151,7 @@ pub enum NodeCmd {
     Welcome,
     /// Asynchronous service actions (`om <svc> run ACTION --async`).
     Jobs {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: svc::JobsCmd,
     },
@@ -177,14 +185,17 @@ pub struct EventsArgs {
 pub enum ClusterCmd {
     /// Rotate the cluster secret without downtime: add, then use, then remove.
     Secret {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: rotation::SecretCmd,
     },
     /// The cluster's configuration as one document: services and parameters.
     Config {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: configuration::ConfigCmd,
     },
+    /// Cluster parameters and join approvals.
     #[command(flatten)]
     Param(consent::ParamCmd),
 }
@@ -196,11 +207,13 @@ pub enum DaemonCmd {
     Run,
     /// Start the daemon in the background (or one of its threads with --thread-id).
     Start {
+        /// The thread to start (listener, monitor, ...), instead of the daemon.
         #[arg(long)]
         thread_id: Option<String>,
     },
     /// Stop the daemon, leaving services running (or one thread with --thread-id).
     Stop {
+        /// The thread to stop (listener, monitor, ...), instead of the daemon.
         #[arg(long)]
         thread_id: Option<String>,
     },
@@ -238,6 +251,7 @@ pub enum DaemonCmd {
     },
     /// The listener's blacklist.
     Blacklist {
+        /// The subcommand.
         #[command(subcommand)]
         cmd: BlacklistCmd,
     },

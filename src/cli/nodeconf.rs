@@ -26,7 +26,7 @@ fn load(paths: &Paths) -> Result<IniDoc> {
 }
 
 /// Sets (`Some`) or unsets (`None`) a parameter; the file is untouched if the result is invalid.
-pub async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
+pub(super) async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
     let (section, key) = split(param)?;
     let mut doc = load(paths)?;
     match value {
@@ -82,7 +82,7 @@ async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
 }
 
 /// Prints a parameter's value, or its default when unset.
-pub fn get(paths: &Paths, param: &str) -> Result<()> {
+pub(super) fn get(paths: &Paths, param: &str) -> Result<()> {
     let (section, key) = split(param)?;
     let p = config::PARAMS
         .iter()
@@ -107,7 +107,7 @@ pub fn get(paths: &Paths, param: &str) -> Result<()> {
 }
 
 /// Checks the object word of `om node print|edit config`.
-pub fn config_word(what: &str) -> Result<()> {
+pub(super) fn config_word(what: &str) -> Result<()> {
     if what == "config" {
         Ok(())
     } else {
@@ -118,13 +118,13 @@ pub fn config_word(what: &str) -> Result<()> {
 }
 
 /// Prints node.conf as it is on disk.
-pub fn print(paths: &Paths) -> Result<()> {
+pub(super) fn print(paths: &Paths) -> Result<()> {
     print!("{}", load(paths)?);
     Ok(())
 }
 
 /// Edits a copy with $EDITOR (default vi) and saves it back only if it validates.
-pub async fn edit(paths: &Paths) -> Result<()> {
+pub(super) async fn edit(paths: &Paths) -> Result<()> {
     let doc = load(paths)?;
     let tmp = tempfile::Builder::new()
         .suffix(".conf")
@@ -154,7 +154,7 @@ pub async fn edit(paths: &Paths) -> Result<()> {
 }
 
 /// Sends the empty packet to the local listener: the daemon runs its queued actions.
-pub async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
+pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
     if what != "actions" {
         return Err(CliError(format!(
             "om node dequeue {what:?}: the only thing to dequeue is `actions`"

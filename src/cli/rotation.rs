@@ -49,7 +49,7 @@ pub enum SecretCmd {
 }
 
 /// Runs one `om cluster secret` command.
-pub async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result<()> {
+pub(super) async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result<()> {
     let t = Duration::from_secs(20);
     let (action, options) = match cmd {
         SecretCmd::List => {

@@ -187,7 +187,7 @@ fn parse_timeout(t: &str) -> Result<Duration> {
 }
 
 /// Runs `om <svc> args...`; `args[0]` is the service name.
-pub async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
+pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
     let Some((svc, rest)) = args.split_first() else {
         return Err(CliError("missing service name".into()));
     };
@@ -660,7 +660,7 @@ async fn logs(
 }
 
 /// `om node freeze|thaw`: sets this node's monitor local_expect and waits until it is done.
-pub async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
+pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
     let want = if freeze { "frozen" } else { "thawed" };
     call(
         paths,
@@ -697,7 +697,7 @@ pub async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
 }
 
 /// `om node jobs ...`
-pub async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<()> {
+pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<()> {
     let t = Duration::from_secs(20);
     match cmd {
         JobsCmd::List { node } => {

@@ -51,7 +51,7 @@ fn split_comment(text: &str) -> (&str, &str) {
 
 /// Whether `value` would be cut short by [`IniDoc::parse`] (it holds an inline comment
 /// marker, or leading or trailing whitespace that parsing trims).
-pub fn value_survives(value: &str) -> bool {
+pub(super) fn value_survives(value: &str) -> bool {
     split_comment(value).1.is_empty() && value.trim() == value
 }
 

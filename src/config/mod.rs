@@ -73,6 +73,8 @@ impl Paths {
 
 /// A node.conf that cannot be used, naming the line or key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
     Syntax { path: String, source: SyntaxError },

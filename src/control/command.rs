@@ -49,29 +49,59 @@ pub enum Command {
     /// `reload`.
     Reload,
     /// `ping <target>`.
-    Ping { target: NodeRef },
+    Ping {
+        /// The node to ping.
+        target: NodeRef,
+    },
     /// `traceroute <target>`.
-    Traceroute { target: NodeRef },
+    Traceroute {
+        /// The node to trace the path to.
+        target: NodeRef,
+    },
     /// `connect <node> <service>`: the rest of the connection talks to that node's control
     /// service.
-    Connect { node: NodeRef },
+    Connect {
+        /// The node whose control service the connection reaches.
+        node: NodeRef,
+    },
     /// `work list [unitid]`.
-    WorkList { unitid: Option<String> },
+    WorkList {
+        /// Only this unit.
+        unitid: Option<String>,
+    },
     /// `work submit <node> <worktype>` (json-only: `ttl`, `params`); the payload follows.
     WorkSubmit {
+        /// The node that runs the unit.
         node: NodeRef,
+        /// A `[worktype#<name>]` of that node's node.conf.
         worktype: String,
+        /// Cancel the unit if it has not started within this time.
         ttl_ms: Option<u64>,
+        /// Extra arguments for the command, where the work type allows them.
         params: Vec<String>,
     },
     /// `work cancel <unitid>`.
-    WorkCancel { unitid: String },
+    WorkCancel {
+        /// The unit.
+        unitid: String,
+    },
     /// `work release <unitid>`.
-    WorkRelease { unitid: String },
+    WorkRelease {
+        /// The unit.
+        unitid: String,
+    },
     /// `work force-release <unitid>`.
-    WorkForceRelease { unitid: String },
+    WorkForceRelease {
+        /// The unit.
+        unitid: String,
+    },
     /// `work results <unitid> <startpos>`.
-    WorkResults { unitid: String, startpos: u64 },
+    WorkResults {
+        /// The unit.
+        unitid: String,
+        /// The byte offset of its output to start from.
+        startpos: u64,
+    },
 }
 
 /// One line from a client.

@@ -46,6 +46,8 @@ pub const GREETING: &str = "Receptor Control, node ";
 
 /// Why the CLI could not get an answer from its daemon.
 #[derive(Debug, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum ControlError {
     #[error("the om daemon is not running on this node (no answer on {path}); start it with `om node daemon start`")]
     NotRunning { path: String },

@@ -27,7 +27,7 @@ use crate::clock::now_ms;
 use crate::wire::status as code;
 
 /// The cluster parameters `cluster_set` accepts, with their allowed values.
-pub const CLUSTER_PARAMS: &[(&str, &[&str])] = &[("cluster.join", &["open", "approve"])];
+pub(super) const CLUSTER_PARAMS: &[(&str, &[&str])] = &[("cluster.join", &["open", "approve"])];
 
 /// Checks that `param` is a cluster parameter om acts on and `value` one it allows.
 pub(super) fn check_cluster_param(param: &str, value: Option<&str>) -> Result<(), String> {
@@ -52,7 +52,7 @@ const MAX_JOIN_REQUESTS: usize = 64;
 
 /// Joins refused for want of an approval, by node name.
 #[derive(Debug, Default)]
-pub struct JoinRequests(std::sync::Mutex<BTreeMap<String, options::JoinRequest>>);
+pub(super) struct JoinRequests(std::sync::Mutex<BTreeMap<String, options::JoinRequest>>);
 
 impl JoinRequests {
     fn note(&self, node: &str, addr: &str, peer: SocketAddr, now: u64) {

@@ -57,6 +57,8 @@ use threads::Supervisor;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),

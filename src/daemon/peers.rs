@@ -17,6 +17,8 @@ use crate::wire::Keyring;
 
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum PeerError {
     /// No answer: connection refused or closed, or timed out.
     #[error("{addr}: {reason}")]

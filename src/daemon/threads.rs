@@ -68,6 +68,8 @@ struct Entry {
 
 /// Why a thread command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum ThreadError {
     #[error("unknown thread id {id:?}; valid thread ids are: {valid}")]
     Unknown { id: String, valid: String },

@@ -161,6 +161,8 @@ fn parse_task(
 
 /// Why a service config cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum ConfigError {
     /// Not INI.
     #[error("{0}")]

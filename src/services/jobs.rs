@@ -59,6 +59,8 @@ pub struct Jobs {
 
 /// Why a job request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant's `#[error]` text is its documentation, naming every field.
+#[allow(missing_docs)]
 pub enum JobError {
     #[error("no job {0:?} on this node; `om node jobs list` shows the known ones")]
     NotFound(String),

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// One process of the app, from its heartbeats (times relative to the run's start).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Run {
+pub(crate) struct Run {
     pub node: String,
     pub id: String,
     pub first_ns: u64,
@@ -19,7 +19,7 @@ pub struct Run {
 }
 
 /// The app's script, for the shared directory `shared`.
-pub fn script(shared: &Path) -> String {
+pub(crate) fn script(shared: &Path) -> String {
     format!(
         r#"#!/bin/sh
 # The fault suite's failover app (tests/faults/app.rs). start|stop|check|run.
@@ -37,7 +37,7 @@ esac
 }
 
 /// The service config: failover, kept placed by the orchestrator, on every node.
-pub fn config(script: &Path, nodes: &[String]) -> String {
+pub(crate) fn config(script: &Path, nodes: &[String]) -> String {
     let s = script.display();
     format!(
         "[DEFAULT]\nnodes = {}\ntopology = failover\norchestrate = ha\ncheck_interval = 1s\n\n\
@@ -48,7 +48,7 @@ pub fn config(script: &Path, nodes: &[String]) -> String {
 }
 
 /// The runs recorded in `shared`, with times relative to `t0_ns` (wall clock, ns).
-pub fn runs(shared: &Path, t0_ns: u64) -> Vec<Run> {
+pub(crate) fn runs(shared: &Path, t0_ns: u64) -> Vec<Run> {
     let mut by_id: std::collections::BTreeMap<(String, String), Run> = Default::default();
     let Ok(dir) = std::fs::read_dir(shared) else {
         return Vec::new();

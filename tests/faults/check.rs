@@ -23,7 +23,7 @@ use crate::workload::What;
 
 /// The history as the linearizability checker sees it: register operations only; a read
 /// that failed tells nothing, a write that may have happened has no return.
-pub fn register_ops(ops: &[Op]) -> Vec<RegOp> {
+pub(crate) fn register_ops(ops: &[Op]) -> Vec<RegOp> {
     let mut out = Vec::new();
     for op in ops {
         let (key, kind) = match (&op.what, &op.outcome) {
@@ -45,7 +45,7 @@ pub fn register_ops(ops: &[Op]) -> Vec<RegOp> {
 }
 
 /// Linearizability failures, and how many registers had no verdict within the budget.
-pub fn linearizability(ops: &[Op]) -> (Vec<String>, usize) {
+pub(crate) fn linearizability(ops: &[Op]) -> (Vec<String>, usize) {
     let v = linear::check(&register_ops(ops));
     (v.failures, v.inconclusive)
 }
@@ -83,7 +83,7 @@ fn acked(ops: &[Op]) -> Vec<Acked<'_>> {
 }
 
 /// Acknowledged writes against real time: indexes, versions, duplicates.
-pub fn acknowledged_order(ops: &[Op]) -> Vec<String> {
+pub(crate) fn acknowledged_order(ops: &[Op]) -> Vec<String> {
     let mut acks = acked(ops);
     acks.sort_by_key(|a| a.op.ret_us);
     let mut problems = Vec::new();
@@ -132,7 +132,7 @@ pub fn acknowledged_order(ops: &[Op]) -> Vec<String> {
 }
 
 /// The highest acknowledged version of each register.
-pub fn max_acked_versions(ops: &[Op]) -> BTreeMap<String, u64> {
+pub(crate) fn max_acked_versions(ops: &[Op]) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for a in acked(ops) {
         if let (Some(k), Some(v)) = (a.key, a.version) {
@@ -145,7 +145,7 @@ pub fn max_acked_versions(ops: &[Op]) -> BTreeMap<String, u64> {
 
 /// Two runs of the failover app on different nodes at once.
 #[derive(Debug, Clone)]
-pub struct Overlap {
+pub(crate) struct Overlap {
     pub a: Run,
     pub b: Run,
     /// When the later run started (ns into the run) and for how long both ran.
@@ -171,7 +171,7 @@ impl std::fmt::Display for Overlap {
 
 /// Overlapping runs of the failover app on different nodes (each run: its first and last
 /// heartbeat, so a reported overlap is certain; one shorter than a beat may be missed).
-pub fn exclusivity(runs: &[Run]) -> Vec<Overlap> {
+pub(crate) fn exclusivity(runs: &[Run]) -> Vec<Overlap> {
     let mut sorted: Vec<&Run> = runs.iter().collect();
     sorted.sort_by_key(|r| r.first_ns);
     let mut out = Vec::new();

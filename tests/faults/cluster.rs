@@ -17,7 +17,7 @@ use crate::node::FaultNode;
 
 /// How a cluster is made.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Number of nodes.
     pub nodes: usize,
     /// A node (index) whose `var/` is a small tmpfs of this many MiB (the full-disk fault).
@@ -27,7 +27,7 @@ pub struct Options {
 }
 
 /// The running cluster.
-pub struct FaultCluster {
+pub(crate) struct FaultCluster {
     /// The `om` binary.
     pub bin: PathBuf,
     /// The nodes, `n1`, `n2`, ... (dropped before the network).
@@ -44,7 +44,7 @@ pub struct FaultCluster {
 
 impl FaultCluster {
     /// Makes the namespaces and the roots; nothing runs yet.
-    pub fn create(bin: PathBuf, opts: &Options) -> Result<FaultCluster, String> {
+    pub(crate) fn create(bin: PathBuf, opts: &Options) -> Result<FaultCluster, String> {
         net::remove_stale();
         remove_stale_mounts();
         let net = Net::create(opts.nodes)?;
@@ -85,7 +85,7 @@ impl FaultCluster {
     }
 
     /// The directory holding the roots and the shared directory.
-    pub fn base(&self) -> &Path {
+    pub(crate) fn base(&self) -> &Path {
         self.dir
             .as_ref()
             .expect("the directory is kept until drop")
@@ -93,17 +93,17 @@ impl FaultCluster {
     }
 
     /// Keeps the directory (logs, stores, the app's heartbeats) when the cluster is dropped.
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 
     /// The network, for its faults.
-    pub fn net(&self) -> &Net {
+    pub(crate) fn net(&self) -> &Net {
         &self.net
     }
 
     /// Starts every daemon, joins nodes 2.. to node 1, one at a time.
-    pub async fn form(&mut self) -> Result<(), String> {
+    pub(crate) async fn form(&mut self) -> Result<(), String> {
         let bin = self.bin.clone();
         for n in &mut self.nodes {
             n.start(&bin)?;
@@ -132,7 +132,7 @@ impl FaultCluster {
     }
 
     /// The leader as the first node that knows one says, with its index.
-    pub async fn leader(&self) -> Option<usize> {
+    pub(crate) async fn leader(&self) -> Option<usize> {
         for n in &self.nodes {
             let Ok(st) = n
                 .call("daemon_status", json!({}), Duration::from_secs(5))
@@ -149,7 +149,7 @@ impl FaultCluster {
 
     /// Waits until every node has applied the same index with the same state digest, and
     /// checks on the way that no two nodes ever showed different digests at one index.
-    pub async fn converge(&self, timeout: Duration) -> Result<(u64, String), String> {
+    pub(crate) async fn converge(&self, timeout: Duration) -> Result<(u64, String), String> {
         let deadline = Instant::now() + timeout;
         let mut seen: std::collections::BTreeMap<u64, (String, String)> = Default::default();
         loop {
@@ -192,7 +192,7 @@ impl FaultCluster {
     /// The nodes whose Raft thread cannot reopen its store because an earlier instance in
     /// the same process still holds sled's lock (after a disk error: docs/OPERATIONS.md,
     /// "Faults"); only a restart of the daemon frees it.
-    pub async fn stuck_stores(&self) -> Vec<usize> {
+    pub(crate) async fn stuck_stores(&self) -> Vec<usize> {
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let st = n.local_status().await.unwrap_or_default();
@@ -205,7 +205,7 @@ impl FaultCluster {
     }
 
     /// Restarts the nodes of [`FaultCluster::stuck_stores`]; returns what it did.
-    pub async fn restart_stuck(&mut self) -> Result<Vec<String>, String> {
+    pub(crate) async fn restart_stuck(&mut self) -> Result<Vec<String>, String> {
         let bin = self.bin.clone();
         let mut notes = Vec::new();
         for i in self.stuck_stores().await {
@@ -222,7 +222,7 @@ impl FaultCluster {
     }
 
     /// Every node's last log lines, for a failure message.
-    pub fn log_tails(&self) -> String {
+    pub(crate) fn log_tails(&self) -> String {
         self.nodes
             .iter()
             .map(|n| format!("--- {} ---\n{}\n", n.name, n.log_tail(25)))

@@ -90,7 +90,7 @@ async fn write_while_full(c: &FaultCluster, round: &str) -> Vec<String> {
 }
 
 /// The whole scenario (see the module header).
-pub async fn full_disk(bin: PathBuf) {
+pub(crate) async fn full_disk(bin: PathBuf) {
     let opts = Options {
         nodes: 3,
         small_disk: Some((FULL, 64)),

@@ -22,7 +22,7 @@ const CUT: Duration = Duration::from_secs(14);
 const CATCH_UP: Duration = Duration::from_secs(7);
 
 /// The whole scenario (see the module header).
-pub async fn healed_partition(bin: std::path::PathBuf) {
+pub(crate) async fn healed_partition(bin: std::path::PathBuf) {
     let opts = Options {
         nodes: 3,
         small_disk: None,

@@ -12,7 +12,7 @@ use crate::workload::History;
 
 /// What the nemesis did.
 #[derive(Debug, Default)]
-pub struct Log {
+pub(crate) struct Log {
     /// `(ms into the run, what)`.
     pub lines: Vec<(u64, String)>,
     /// Faults injected, by kind.
@@ -28,7 +28,7 @@ impl Log {
 }
 
 /// The kind of a fault, as counted.
-pub fn kind(f: &Fault) -> &'static str {
+pub(crate) fn kind(f: &Fault) -> &'static str {
     match f {
         Fault::Partition { .. } => "partition",
         Fault::IsolateLeader => "isolate-leader",
@@ -44,7 +44,7 @@ pub fn kind(f: &Fault) -> &'static str {
 }
 
 /// Plays `steps` on `c`.
-pub async fn play(c: &mut FaultCluster, steps: &[Step], h: &History) -> Result<Log, String> {
+pub(crate) async fn play(c: &mut FaultCluster, steps: &[Step], h: &History) -> Result<Log, String> {
     let mut log = Log::default();
     for step in steps {
         let what = apply(c, &step.fault, step.hold_ms, h, &mut log).await?;
@@ -175,7 +175,7 @@ async fn undo(c: &mut FaultCluster, f: &Fault, h: &History, log: &mut Log) -> Re
 }
 
 /// Starts every node that is not running.
-pub async fn restart_dead(c: &mut FaultCluster) -> Result<(), String> {
+pub(crate) async fn restart_dead(c: &mut FaultCluster) -> Result<(), String> {
     let bin = c.bin.clone();
     for n in &mut c.nodes {
         if !n.is_up() {
@@ -205,7 +205,7 @@ async fn flap(
 }
 
 /// Writes a filler file in `dir` until the file system is full; returns its size.
-pub fn fill(dir: &std::path::Path) -> Result<u64, String> {
+pub(crate) fn fill(dir: &std::path::Path) -> Result<u64, String> {
     use std::io::Write;
     let mut f = std::fs::File::create(dir.join("fill")).map_err(|e| e.to_string())?;
     let chunk = vec![0u8; 1 << 16];

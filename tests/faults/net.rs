@@ -16,11 +16,11 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 /// Every namespace the suite makes starts with this, then the owning process id.
-pub const PREFIX: &str = "omf-";
+pub(crate) const PREFIX: &str = "omf-";
 
 /// One node's namespace and address.
 #[derive(Debug, Clone)]
-pub struct Host {
+pub(crate) struct Host {
     /// Its namespace (`ip netns` name).
     pub ns: String,
     /// Its address on the private subnet.
@@ -29,7 +29,7 @@ pub struct Host {
 
 /// How a node's link is degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Degrade {
+pub(crate) struct Degrade {
     /// Outgoing packets lost, percent.
     pub loss_pct: u32,
     /// Added delay (netem), or how slow the link is (the fallback's htb rate follows it).
@@ -39,14 +39,14 @@ pub struct Degrade {
 }
 
 /// The namespaces of one cluster.
-pub struct Net {
+pub(crate) struct Net {
     hub: String,
     /// The nodes' namespaces, in order.
     pub hosts: Vec<Host>,
 }
 
 /// Runs `cmd args`, returning stdout or a message with stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -63,14 +63,14 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// Runs `args` inside namespace `ns`.
-pub fn in_ns(ns: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn in_ns(ns: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);
     run("ip", &all)
 }
 
 /// Why the suite cannot run here, if it cannot: not root, or no `ip netns`, or no `nft`.
-pub fn unavailable() -> Option<String> {
+pub(crate) fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network namespaces need root".into());
@@ -90,7 +90,7 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Deletes namespaces (and kills their processes) that a process no longer alive made.
-pub fn remove_stale() {
+pub(crate) fn remove_stale() {
     let Ok(list) = run("ip", &["netns", "list"]) else {
         return;
     };
@@ -143,7 +143,7 @@ fn has_netem(probe_ns: &str) -> bool {
 
 impl Net {
     /// Makes the hub and `count` node namespaces, wired and addressed.
-    pub fn create(count: usize) -> Result<Net, String> {
+    pub(crate) fn create(count: usize) -> Result<Net, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = format!("{PREFIX}{}-{k}", std::process::id());
@@ -203,7 +203,7 @@ impl Net {
     }
 
     /// Drops every packet from node `from` to node `to` (one way), in `from`'s namespace.
-    pub fn block(&self, from: usize, to: usize) -> Result<(), String> {
+    pub(crate) fn block(&self, from: usize, to: usize) -> Result<(), String> {
         let (src, dst) = (&self.hosts[from], &self.hosts[to]);
         in_ns(
             &src.ns,
@@ -215,7 +215,7 @@ impl Net {
     }
 
     /// Degrades node `i`'s outgoing link.
-    pub fn degrade(&self, i: usize, d: Degrade) -> Result<(), String> {
+    pub(crate) fn degrade(&self, i: usize, d: Degrade) -> Result<(), String> {
         let ns = &self.hosts[i].ns;
         if has_netem(ns) {
             let (loss, delay, jitter, reorder) = (
@@ -279,7 +279,7 @@ impl Net {
     }
 
     /// Removes every network fault: drop rules and link degradation on every node.
-    pub fn heal(&self) -> Result<(), String> {
+    pub(crate) fn heal(&self) -> Result<(), String> {
         for h in &self.hosts {
             in_ns(&h.ns, &["nft", "flush", "chain", "inet", "omf", "out"])?;
             // No qdisc to delete is fine.

@@ -23,11 +23,11 @@ use serde_json::Value;
 use crate::net::Host;
 
 /// libfaketime, for the clock faults (Debian's `libfaketime`); without it there are none.
-pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+pub(crate) const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// A failed request.
 #[derive(Debug, Clone)]
-pub struct CallError {
+pub(crate) struct CallError {
     /// What went wrong.
     pub message: String,
     /// Whether the request may have reached the daemon (false: the socket refused it).
@@ -35,7 +35,7 @@ pub struct CallError {
 }
 
 /// One daemon of a fault cluster.
-pub struct FaultNode {
+pub(crate) struct FaultNode {
     /// `n1`, `n2`, ...
     pub name: String,
     /// Its namespace and address.
@@ -50,7 +50,7 @@ pub struct FaultNode {
 
 impl FaultNode {
     /// A node under `root` (its node.conf written by the caller).
-    pub fn new(name: String, host: Host, root: PathBuf, fake_clock: bool) -> FaultNode {
+    pub(crate) fn new(name: String, host: Host, root: PathBuf, fake_clock: bool) -> FaultNode {
         FaultNode {
             name,
             host,
@@ -62,7 +62,7 @@ impl FaultNode {
     }
 
     /// `ip:1214`, the listener address.
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("{}:1214", self.host.ip)
     }
 
@@ -71,7 +71,7 @@ impl FaultNode {
     }
 
     /// Starts the daemon inside the node's namespaces.
-    pub fn start(&mut self, bin: &Path) -> Result<(), String> {
+    pub(crate) fn start(&mut self, bin: &Path) -> Result<(), String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.ns])
             .args(["unshare", "--pid", "--fork", "--kill-child", "--"])
@@ -96,7 +96,7 @@ impl FaultNode {
     }
 
     /// Whether the node's processes run (they may be paused).
-    pub fn is_up(&mut self) -> bool {
+    pub(crate) fn is_up(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
@@ -104,7 +104,7 @@ impl FaultNode {
 
     /// SIGKILL to the node: the daemon and everything it started die at once.
     /// Returns once the daemon is gone (its lock on the root released).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let daemon = self.daemon_pid();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -121,7 +121,7 @@ impl FaultNode {
     }
 
     /// The daemon's process id in the root PID namespace.
-    pub fn daemon_pid(&self) -> Option<u32> {
+    pub(crate) fn daemon_pid(&self) -> Option<u32> {
         let unshare = self.child.as_ref()?.id();
         let init = children(unshare).into_iter().next()?;
         children(init).into_iter().find(|p| {
@@ -130,7 +130,7 @@ impl FaultNode {
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) to the daemon only: its services keep running.
-    pub fn pause(&mut self, stop: bool) -> Result<(), String> {
+    pub(crate) fn pause(&mut self, stop: bool) -> Result<(), String> {
         let pid = self
             .daemon_pid()
             .ok_or_else(|| format!("{}: no daemon process to signal", self.name))?;
@@ -149,12 +149,12 @@ impl FaultNode {
 
     /// Moves the daemon's wall clock `offset_s` seconds from the real one (libfaketime
     /// rereads the file within a second); the monotonic clock is untouched.
-    pub fn set_clock_offset(&self, offset_s: i64) -> Result<(), String> {
+    pub(crate) fn set_clock_offset(&self, offset_s: i64) -> Result<(), String> {
         std::fs::write(self.faketime_file(), format!("{offset_s:+}\n")).map_err(|e| e.to_string())
     }
 
     /// Sends a control request; the answer's data, or what went wrong.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         action: &str,
         options: Value,
@@ -164,7 +164,7 @@ impl FaultNode {
     }
 
     /// This node's own status (`daemon_status` with `local`).
-    pub async fn local_status(&self) -> Option<Value> {
+    pub(crate) async fn local_status(&self) -> Option<Value> {
         let st = self
             .call(
                 "daemon_status",
@@ -177,7 +177,7 @@ impl FaultNode {
     }
 
     /// Waits until the daemon answers.
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while self.local_status().await.is_none() {
             if Instant::now() >= deadline {
@@ -193,7 +193,7 @@ impl FaultNode {
     }
 
     /// The last `n` lines of the daemon's log.
-    pub fn log_tail(&self, n: usize) -> String {
+    pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(self.paths.root.join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
@@ -207,7 +207,7 @@ impl Drop for FaultNode {
 }
 
 /// Sends one control request to the daemon under `paths`.
-pub async fn call(
+pub(crate) async fn call(
     paths: &Paths,
     action: &str,
     options: Value,

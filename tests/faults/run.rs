@@ -30,7 +30,7 @@ const RETURN_WINDOW_MS: u64 = 15_000;
 
 /// What a run does.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub seed: u64,
     pub steps: usize,
     pub nodes: usize,
@@ -42,7 +42,7 @@ pub struct Plan {
 
 /// What a run found.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub seed: u64,
     /// Operations by `kind outcome` (`write ok`, `read unknown`, ...).
     pub ops: BTreeMap<String, u64>,
@@ -62,7 +62,7 @@ pub struct Report {
 }
 
 /// Runs `plan` with the daemons of `bin`.
-pub async fn run(bin: PathBuf, plan: &Plan) -> Result<Report, String> {
+pub(crate) async fn run(bin: PathBuf, plan: &Plan) -> Result<Report, String> {
     let started = Instant::now();
     let clock = std::path::Path::new(crate::node::FAKETIME_LIB).exists();
     let opts = Options {

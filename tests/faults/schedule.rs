@@ -10,7 +10,7 @@ use crate::net::Degrade;
 
 /// Who a process fault hits: resolved when the fault starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The node that leads when the fault starts.
     Leader,
     /// A node by index.
@@ -19,7 +19,7 @@ pub enum Target {
 
 /// One fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// `side` cannot talk to the other nodes, both ways.
     Partition { side: Vec<usize> },
     /// The leader cannot talk to anyone, both ways.
@@ -44,7 +44,7 @@ pub enum Fault {
 
 /// A fault held for `hold_ms`, then `gap_ms` without faults.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     pub fault: Fault,
     pub hold_ms: u64,
     pub gap_ms: u64,
@@ -52,7 +52,7 @@ pub struct Step {
 
 /// What the schedule may use.
 #[derive(Debug, Clone, Copy)]
-pub struct Menu {
+pub(crate) struct Menu {
     pub nodes: usize,
     /// Clock faults (libfaketime present).
     pub clock: bool,
@@ -64,7 +64,7 @@ pub struct Menu {
 }
 
 /// `steps` faults drawn from `seed`.
-pub fn draw(seed: u64, steps: usize, menu: Menu) -> Vec<Step> {
+pub(crate) fn draw(seed: u64, steps: usize, menu: Menu) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..steps)
         .map(|_| {

@@ -21,13 +21,13 @@ use rand::SeedableRng;
 use serde_json::json;
 
 /// The failover service the clients switch around.
-pub const GUARD: &str = "guard";
+pub(crate) const GUARD: &str = "guard";
 /// How long a client waits for one answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an operation asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum What {
+pub(crate) enum What {
     /// Set register `key` to `value`.
     Write { key: String, value: String },
     /// Read register `key` (linearizable).
@@ -38,7 +38,7 @@ pub enum What {
 
 /// How it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done; a write's commit index and the register's version after it; a read's value.
     Ok {
         index: Option<u64>,
@@ -53,7 +53,7 @@ pub enum Outcome {
 
 /// One recorded operation.
 #[derive(Debug, Clone)]
-pub struct Op {
+pub(crate) struct Op {
     pub client: usize,
     pub node: String,
     pub what: What,
@@ -64,13 +64,13 @@ pub struct Op {
 
 /// The history, shared by the clients.
 #[derive(Clone)]
-pub struct History {
+pub(crate) struct History {
     pub t0: Instant,
     pub ops: Arc<Mutex<Vec<Op>>>,
 }
 
 impl History {
-    pub fn new() -> History {
+    pub(crate) fn new() -> History {
         History {
             t0: Instant::now(),
             ops: Arc::default(),
@@ -78,23 +78,23 @@ impl History {
     }
 
     /// Microseconds since the run started.
-    pub fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         self.t0.elapsed().as_micros() as u64
     }
 }
 
 /// The register names.
-pub fn registers(count: usize) -> Vec<String> {
+pub(crate) fn registers(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("reg{i}")).collect()
 }
 
 /// A register's config text: a valid service that runs nowhere, carrying `value`.
-pub fn register_config(value: &str) -> String {
+pub(crate) fn register_config(value: &str) -> String {
     format!("[DEFAULT]\nnodes = nobody\n# value {value}\n")
 }
 
 /// The value a register's config text carries.
-pub fn register_value(config: &str) -> Option<String> {
+pub(crate) fn register_value(config: &str) -> Option<String> {
     config
         .lines()
         .find_map(|l| l.strip_prefix("# value "))
@@ -107,7 +107,7 @@ pub fn register_value(config: &str) -> Option<String> {
 const SWITCH_GAP: Duration = Duration::from_secs(3);
 
 /// One client's target and identity.
-pub struct Client {
+pub(crate) struct Client {
     pub id: usize,
     pub node: String,
     pub paths: Paths,
@@ -120,7 +120,7 @@ pub struct Client {
 }
 
 /// Runs one client until `stop`; its operations go to `history`.
-pub async fn run_client(c: Client, history: History, stop: Arc<AtomicBool>) {
+pub(crate) async fn run_client(c: Client, history: History, stop: Arc<AtomicBool>) {
     let mut rng = StdRng::seed_from_u64(c.seed ^ (c.id as u64).wrapping_mul(0x9e37_79b9));
     let mut seq = 0u64;
     let mut last_switch = Instant::now();
@@ -158,7 +158,7 @@ pub async fn run_client(c: Client, history: History, stop: Arc<AtomicBool>) {
 }
 
 /// Sends one operation.
-pub async fn perform(paths: &Paths, what: &What) -> Outcome {
+pub(crate) async fn perform(paths: &Paths, what: &What) -> Outcome {
     let (action, options) = match what {
         What::Write { key, value } => (
             "set_service_config",

@@ -5,7 +5,7 @@ use raft::ClusterState;
 use raft::Command;
 
 /// A cluster `c` bootstrapped by n1 at `h:1`.
-pub fn bootstrapped() -> ClusterState {
+pub(crate) fn bootstrapped() -> ClusterState {
     let mut s = ClusterState::default();
     let boot = Command::Bootstrap {
         id: None,

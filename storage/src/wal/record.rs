@@ -15,12 +15,12 @@
 use crate::backend::MetaKey;
 
 /// Bytes of `len` + `crc`.
-pub const FRAME: usize = 8;
+pub(super) const FRAME: usize = 8;
 /// The largest `kind + body`: a bigger write is refused (entries are far smaller: commands
 /// are at most 1 MiB, Raft frames 16 MiB).
-pub const MAX_PAYLOAD: usize = 64 << 20;
+pub(super) const MAX_PAYLOAD: usize = 64 << 20;
 /// First bytes of a segment header's body: format name and version.
-pub const MAGIC: [u8; 8] = *b"omwal\0v1";
+pub(super) const MAGIC: [u8; 8] = *b"omwal\0v1";
 
 const KIND_HEADER: u8 = 1;
 const KIND_ENTRY: u8 = 2;
@@ -31,7 +31,7 @@ const KIND_FLOOR: u8 = 6;
 
 /// A decoded record; entry and meta bodies borrow from the segment buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record<'a> {
+pub(super) enum Record<'a> {
     /// First record of every segment: its sequence number and where the chain comes from.
     Header {
         seq: u64,
@@ -52,7 +52,7 @@ pub enum Record<'a> {
 
 /// What is found at an offset of a segment.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decoded<'a> {
+pub(super) enum Decoded<'a> {
     /// A valid record of `len` bytes (frame included) whose crc is `crc`.
     Valid {
         record: Record<'a>,
@@ -84,14 +84,14 @@ fn meta_key(code: u8) -> Option<MetaKey> {
 }
 
 /// The crc of `payload` (kind + body) chained after `seed`.
-pub fn checksum(seed: u32, payload: &[u8]) -> u32 {
+pub(super) fn checksum(seed: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(seed);
     h.update(payload);
     h.finalize()
 }
 
 /// Appends `record` to `buf`, chained after `seed`; returns its crc.
-pub fn encode(buf: &mut Vec<u8>, seed: u32, record: &Record<'_>) -> u32 {
+pub(super) fn encode(buf: &mut Vec<u8>, seed: u32, record: &Record<'_>) -> u32 {
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME]);
     let seed = match record {
@@ -148,7 +148,7 @@ pub fn encode(buf: &mut Vec<u8>, seed: u32, record: &Record<'_>) -> u32 {
 }
 
 /// The bytes `record` takes once encoded.
-pub fn encoded_len(record: &Record<'_>) -> usize {
+pub(super) fn encoded_len(record: &Record<'_>) -> usize {
     FRAME
         + 1
         + match record {
@@ -170,7 +170,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Decodes the record at `off` of `buf`, chained after `seed` (`None`: a segment header,
 /// which carries its own seed).
-pub fn decode(buf: &[u8], off: usize, seed: Option<u32>) -> Decoded<'_> {
+pub(super) fn decode(buf: &[u8], off: usize, seed: Option<u32>) -> Decoded<'_> {
     if buf.len() < off + FRAME {
         return Decoded::End;
     }

@@ -16,7 +16,7 @@ use super::record::Decoded;
 use super::record::Record;
 
 /// Most segments a log may have: a limit on what an open reads and keeps open.
-pub const MAX_SEGMENTS: usize = 4096;
+pub(super) const MAX_SEGMENTS: usize = 4096;
 
 /// The file name of segment `seq`.
 pub fn segment_name(seq: u64) -> String {
@@ -24,7 +24,7 @@ pub fn segment_name(seq: u64) -> String {
 }
 
 /// The sequence number of a segment file name, if it is one.
-pub fn parse_segment_name(name: &str) -> Option<u64> {
+pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".wal")?;
     if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
         digits.parse().ok()
@@ -36,7 +36,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 /// One valid record of a scanned segment: where it is and what it says. Entry data is not
 /// kept (it is read again when served); meta values are.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(super) struct Item {
     pub off: u64,
     pub len: u32,
     /// The crc the record is chained after.
@@ -46,7 +46,7 @@ pub struct Item {
 
 /// The content of an [`Item`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum What {
+pub(super) enum What {
     Entry(u64),
     Meta(crate::backend::MetaKey, Vec<u8>),
     TruncateFrom(u64),
@@ -56,7 +56,7 @@ pub enum What {
 
 /// A segment as read back.
 #[derive(Debug)]
-pub struct Scanned<F> {
+pub(super) struct Scanned<F> {
     pub seq: u64,
     pub file: F,
     pub prev_seq: u64,
@@ -69,7 +69,7 @@ pub struct Scanned<F> {
 }
 
 /// Reads segment `seq`. `None`: it has no valid header (created, then torn or lost).
-pub fn scan_segment<D: Disk>(disk: &D, seq: u64) -> io::Result<Option<Scanned<D::File>>> {
+pub(super) fn scan_segment<D: Disk>(disk: &D, seq: u64) -> io::Result<Option<Scanned<D::File>>> {
     let file = disk.open(&segment_name(seq))?;
     let len = file.size()?;
     let len = usize::try_from(len).map_err(|_| io::Error::other("segment too large"))?;
@@ -130,7 +130,7 @@ pub fn scan_segment<D: Disk>(disk: &D, seq: u64) -> io::Result<Option<Scanned<D:
 
 /// The outcome of reading the whole directory.
 #[derive(Debug)]
-pub struct Recovered<F> {
+pub(super) struct Recovered<F> {
     /// The segments of the log, oldest first.
     pub segments: Vec<Scanned<F>>,
     /// Segment files past the end of the log, to remove.
@@ -142,7 +142,7 @@ pub struct Recovered<F> {
 }
 
 /// Reads every segment of `disk` and finds where the log ends.
-pub fn recover<D: Disk>(disk: &D) -> io::Result<Recovered<D::File>> {
+pub(super) fn recover<D: Disk>(disk: &D) -> io::Result<Recovered<D::File>> {
     let seqs: Vec<u64> = disk
         .list()?
         .iter()

@@ -12,16 +12,16 @@ use super::disk::DiskFile;
 use super::record::checksum;
 
 /// The file name of the snapshot.
-pub const SNAPSHOT: &str = "snapshot";
+pub(super) const SNAPSHOT: &str = "snapshot";
 /// Where a new snapshot is written before it replaces the old one.
-pub const SNAPSHOT_TMP: &str = "snapshot.tmp";
+pub(super) const SNAPSHOT_TMP: &str = "snapshot.tmp";
 const MAGIC: [u8; 8] = *b"omsnap\0\x01";
 const HEAD: usize = 8 + 8 + 4;
 /// The largest snapshot: the cluster state is kept in memory, this is far above it.
-pub const MAX_SNAPSHOT: u64 = 1 << 32;
+pub(super) const MAX_SNAPSHOT: u64 = 1 << 32;
 
 /// Writes `data` as the snapshot, durably.
-pub async fn write<D: Disk>(disk: &D, data: &[u8]) -> io::Result<()> {
+pub(super) async fn write<D: Disk>(disk: &D, data: &[u8]) -> io::Result<()> {
     if data.len() as u64 > MAX_SNAPSHOT {
         return Err(io::Error::other(format!(
             "snapshot of {} bytes over the limit",
@@ -44,7 +44,7 @@ pub async fn write<D: Disk>(disk: &D, data: &[u8]) -> io::Result<()> {
 }
 
 /// Reads the snapshot, if there is one.
-pub fn read<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {
+pub(super) fn read<D: Disk>(disk: &D) -> io::Result<Option<Vec<u8>>> {
     if !disk.list()?.iter().any(|n| n == SNAPSHOT) {
         return Ok(None);
     }
