@@ -10,6 +10,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod listener;
+pub mod logging;
+pub mod model;
 pub mod monitor;
 pub mod services;
 pub mod wire;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use om::config::IniDoc;
 use om::config::NodeConfig;
-use om::services::config::ServiceConfig;
+use om::model::service::ServiceConfig;
 
 /// `section.key` whose value may be `...` in a sample, and what the test puts there.
 const PLACEHOLDERS: &[(&str, &str)] = &[(

@@ -380,43 +380,6 @@ async fn mistyped_command(paths: &Paths, args: &[String]) -> Option<String> {
     (!exists).then(|| format!("unknown command {word}; did you mean {suggestion}?"))
 }
 
-type ReloadHandle =
-    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
-
-static LOG_RELOAD: std::sync::OnceLock<ReloadHandle> = std::sync::OnceLock::new();
-
-fn filter_for(level: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn,sled=warn"))
-}
-
-fn init_tracing(level: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter_for(level));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    // In the background stderr is om.log: colour codes there would only garble it.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .try_init()
-        .is_ok()
-    {
-        let _ = LOG_RELOAD.set(handle);
-    }
-}
-
-/// Changes the daemon's log level (node.log_level changed in node.conf).
-pub fn set_log_level(level: &str) {
-    if let Some(h) = LOG_RELOAD.get() {
-        let _ = h.reload(filter_for(level));
-    }
-}
-
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let paths = Paths::new(&cli.root);
@@ -602,7 +565,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
         DaemonCmd::Run => {
             let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf())
                 .map_err(|e| CliError(e.to_string()))?;
-            init_tracing(&cfg.log_level);
+            crate::logging::init(cfg.log_level);
             let _root_lock =
                 crate::control::lock_root(paths).map_err(|e| CliError(e.to_string()))?;
             let daemon = crate::daemon::Daemon::open(paths.clone())

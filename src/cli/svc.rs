@@ -22,7 +22,7 @@ use super::CliError;
 use super::Format;
 use super::Result;
 use crate::config::Paths;
-use crate::services::config::ServiceConfig;
+use crate::model::service::ServiceConfig;
 use crate::services::log::format_ts;
 
 /// `om <svc> ...`

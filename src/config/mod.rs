@@ -1,6 +1,6 @@
 //! node.conf: where it lives, what keys it may hold, and their typed, validated values.
 
-mod ini;
+pub mod ini;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -221,7 +221,7 @@ pub struct NodeConfig {
     /// `node.split_action` is `stop`.
     pub split_stop: bool,
     /// `node.log_level`.
-    pub log_level: String,
+    pub log_level: crate::logging::LogLevel,
     /// `listener.addr`.
     pub listener_addr: IpAddr,
     /// `listener.port`.
@@ -392,7 +392,7 @@ impl NodeConfig {
             down_timeout: duration(&get("node.down_timeout")).expect("validated"),
             join_timeout: duration(&get("node.join_timeout")).expect("validated"),
             split_stop: get("node.split_action") == "stop",
-            log_level: get("node.log_level"),
+            log_level: get("node.log_level").parse().expect("validated"),
             listener_addr: get("listener.addr").parse().expect("validated"),
             listener_port: get("listener.port").parse().expect("validated"),
             max_frame: get("listener.max_frame").parse().expect("validated"),
@@ -529,9 +529,10 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "node.split_action" if !matches!(value, "stop" | "none") => {
             bad("allowed values are stop, none")
         }
-        "node.log_level" if !matches!(value, "error" | "warn" | "info" | "debug" | "trace") => {
-            bad("allowed values are error, warn, info, debug, trace")
-        }
+        "node.log_level" => match value.parse::<crate::logging::LogLevel>() {
+            Ok(_) => Ok(()),
+            Err(why) => bad(&why),
+        },
         "listener.addr" if value.parse::<IpAddr>().is_err() => bad("expected an IP address"),
         "listener.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => {
             bad("expected a port in 1..=65535")

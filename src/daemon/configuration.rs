@@ -23,7 +23,7 @@ use crate::api;
 use crate::api::options;
 use crate::api::options::Configuration;
 use crate::api::Action;
-use crate::services::config::ServiceConfig;
+use crate::model::service::ServiceConfig;
 use crate::wire::status as code;
 
 /// The longest a deployment waits for the members to apply it.

@@ -173,7 +173,7 @@ fn reload_report(daemon: &Arc<Daemon>) -> ReloadReport {
 /// Applies the parameters that need an action (the others are read where they are used).
 fn apply(daemon: &Arc<Daemon>, old: &NodeConfig, new: &NodeConfig) {
     if new.log_level != old.log_level {
-        crate::cli::set_log_level(&new.log_level);
+        crate::logging::set_level(new.log_level);
         tracing::info!(level = %new.log_level, "log level changed");
     }
     if new.secret != old.secret

@@ -9,7 +9,6 @@
 //! - `scheduler`, on every node: asks the workers for their periodic checks and purges old
 //!   job results.
 
-pub mod placement;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -31,8 +30,8 @@ use tokio::sync::broadcast;
 use tokio::sync::watch;
 
 use crate::daemon::Daemon;
+use crate::model::service::ServiceConfig;
 use crate::services;
-use crate::services::config::ServiceConfig;
 use crate::services::instance::Ctx;
 
 /// A node in maintenance (daemon stopped on purpose, services left running) is marked down
@@ -520,7 +519,7 @@ async fn orchestrate(
         let Some(cfg) = configs.get(svc, service.version, &service.config) else {
             continue;
         };
-        let plan = placement::plan(&state, svc, &cfg);
+        let plan = crate::model::placement::plan(&state, svc, &cfg);
         for (cmd, why) in plan.cmds {
             match leader_propose(daemon, node, cmd).await {
                 Ok(()) => {

@@ -13,7 +13,7 @@ use raft::state::Instance;
 use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
 
-use crate::services::config::Topology;
+use crate::model::service::Topology;
 use crate::services::instance::report;
 use crate::services::instance::Ctx;
 use crate::services::instance::InstanceRt;
@@ -67,7 +67,7 @@ async fn release(
     cx: &Ctx,
     rt: &InstanceRt,
     mem: &mut crate::services::instance::Mem,
-    cfg: &crate::services::config::ServiceConfig,
+    cfg: &crate::model::service::ServiceConfig,
 ) {
     let up =
         matches!(mem.avail, Avail::Up | Avail::Warn) || mem.res.values().any(|a| *a == Avail::Up);
@@ -86,11 +86,7 @@ async fn release(
 /// state). A node back from a partition or a restart acts on a state that may be behind:
 /// the service may have moved away meanwhile (the fault suite's anomaly 1, seeds 3529970
 /// and 841614713: two instances for up to 121 ms). No answer: not now.
-async fn placed_here_now(
-    cx: &Ctx,
-    svc: &str,
-    cfg: &crate::services::config::ServiceConfig,
-) -> bool {
+async fn placed_here_now(cx: &Ctx, svc: &str, cfg: &crate::model::service::ServiceConfig) -> bool {
     if cfg.topology != Topology::Failover {
         return true;
     }

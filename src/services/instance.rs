@@ -19,13 +19,13 @@ use raft::state::MonitorStatus;
 use raft::Command;
 use tokio::sync::Notify;
 
-use super::config::Resource;
-use super::config::ServiceConfig;
 use super::exec;
 use super::exec::PidSlot;
 use super::Local;
 use crate::daemon::actions::ActionError;
 use crate::daemon::Daemon;
+use crate::model::service::Resource;
+use crate::model::service::ServiceConfig;
 
 /// What a series of commands printed, for `service_action` answers and jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl InstanceRt {
             mem: tokio::sync::Mutex::new(Mem::default()),
             wake: Notify::new(),
             check_due: AtomicBool::new(false),
-            schedule: Mutex::new((None, super::config::DEFAULT_CHECK_INTERVAL)),
+            schedule: Mutex::new((None, crate::model::service::DEFAULT_CHECK_INTERVAL)),
             running: Arc::new(Mutex::new(None)),
         }
     }

@@ -5,7 +5,6 @@
 //! What runs where is decided by the leader's orchestrator and enacted by each node's
 //! monitor (see [`crate::monitor`]); this module is what both use to act on a node.
 
-pub mod config;
 pub mod exec;
 pub mod instance;
 pub mod jobs;
@@ -23,8 +22,6 @@ use std::time::Duration;
 
 use raft::state::Avail;
 use raft::state::LocalExpect;
-use raft::state::MonitorStatus;
-use raft::state::NodeStatus;
 use raft::Command;
 use serde_json::json;
 use serde_json::Map;
@@ -35,10 +32,14 @@ use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError as ActionError;
 use crate::daemon::Daemon;
+use crate::model::action;
+use crate::model::action::ActionCmd;
+use crate::model::action::Step;
+use crate::model::action::Verb;
+use crate::model::service::ServiceConfig;
+use crate::model::service::Topology;
 use crate::wire::status as code;
 use crate::wire::Doc;
-use config::ServiceConfig;
-use config::Topology;
 use instance::Ctx;
 use instance::InstanceRt;
 use instance::Transcript;
@@ -169,55 +170,6 @@ pub async fn set_service_config(
     serde_json::to_value(c).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
 }
 
-/// The instance actions `service_action` runs.
-pub const INSTANCE_ACTIONS: &[&str] = &[
-    "start", "stop", "restart", "status", "check", "freeze", "thaw",
-];
-
-/// A parsed `service_action` command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionCmd {
-    /// One of [`INSTANCE_ACTIONS`].
-    pub verb: String,
-    /// `--rid a,b`: only these resources.
-    pub rids: Option<Vec<String>>,
-    /// `--force`: start a failover instance even if another node may run one.
-    pub force: bool,
-}
-
-/// Parses `[verb, --rid R, --force]`.
-pub fn parse_command(argv: &[String]) -> Result<ActionCmd> {
-    let Some(verb) = argv.first() else {
-        return Err(bad(format!(
-            "empty command; actions: {}",
-            INSTANCE_ACTIONS.join(", ")
-        )));
-    };
-    if !INSTANCE_ACTIONS.contains(&verb.as_str()) {
-        return Err(bad(format!(
-            "unknown action {verb:?}; actions: {}",
-            INSTANCE_ACTIONS.join(", ")
-        )));
-    }
-    let mut cmd = ActionCmd {
-        verb: verb.clone(),
-        rids: None,
-        force: false,
-    };
-    let mut rest = argv[1..].iter();
-    while let Some(a) = rest.next() {
-        match a.as_str() {
-            "--force" => cmd.force = true,
-            "--rid" => {
-                let v = rest.next().ok_or_else(|| bad("--rid needs a value"))?;
-                cmd.rids = Some(v.split(',').map(str::to_string).collect());
-            }
-            other => return Err(bad(format!("unknown argument {other:?} for {verb}"))),
-        }
-    }
-    Ok(cmd)
-}
-
 /// `service_action`: runs an instance action on this node (or on `node`), synchronously
 /// (`{out, err, ret}`) or as a job (`{job_id}`).
 async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Result<Value> {
@@ -227,10 +179,10 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
         .as_ref()
         .and_then(options::Argv::words)
         .ok_or_else(|| bad("missing option command (a list such as [\"start\"])"))?;
-    if !INSTANCE_ACTIONS.contains(&argv[0].as_str()) {
+    if argv[0].parse::<Verb>().is_err() {
         return task::action(daemon, o, argv).await;
     }
-    let cmd = parse_command(&argv)?;
+    let cmd = ActionCmd::parse(&argv).map_err(bad)?;
     let sync = o.sync.unwrap_or(true);
     let me = daemon.name();
     if let Some(node) = o.node.as_deref().filter(|n| *n != me) {
@@ -310,9 +262,10 @@ pub(crate) fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig
         .map_err(|e| ActionError::new(code::ERROR, format!("service {svc} config: {e}")))
 }
 
-/// Runs an instance action on this node. `start` and `stop` also set this node's
-/// `local_expect` (so the monitor keeps what the operator did) and thaw / freeze the
-/// instance (a stopped instance is not restarted by the orchestrator until thawed).
+/// Runs an instance action on this node: commits what [`action::before`] asks (a `start`
+/// or `stop` sets this node's `local_expect`, so the monitor keeps what the operator did,
+/// and a stop freezes the instance first), runs [`Verb::steps`] on the resources, and
+/// reports what [`action::judge`] makes of the results.
 pub async fn run_action(
     cx: &Ctx,
     svc: &str,
@@ -322,13 +275,6 @@ pub async fn run_action(
     let daemon = &cx.daemon;
     let cfg = current_config(daemon, svc)?;
     let node = daemon.node()?;
-    let inst = node.read(|s| {
-        s.services
-            .get(svc)
-            .and_then(|v| v.instances.get(&cx.me).cloned())
-            .unwrap_or_default()
-    });
-    let whole = cmd.rids.is_none();
     // Hold the instance lock before changing local_expect, so the monitor's worker acts on
     // the new local_expect only after this action is done.
     let rt = cx.local.instance(svc);
@@ -336,190 +282,87 @@ pub async fn run_action(
     if let Some(h) = holds_lock {
         h.store(true, Ordering::SeqCst);
     }
-    match cmd.verb.as_str() {
-        "start" if whole => {
-            if cfg.topology == Topology::Failover && !cmd.force {
-                let elsewhere = node.read(|s| {
-                    s.services.get(svc).map_or(Vec::new(), |v| {
-                        v.instances
-                            .iter()
-                            .filter(|(n, i)| {
-                                **n != cx.me
-                                    && s.node_monitors
-                                        .get(*n)
-                                        .is_some_and(|m| m.status != NodeStatus::Down)
-                                    && (i.local_expect == LocalExpect::Started
-                                        || matches!(i.avail, Avail::Up | Avail::Warn))
-                            })
-                            .map(|(n, _)| n.clone())
-                            .collect()
-                    })
-                });
-                if !elsewhere.is_empty() {
-                    return Err(ActionError::new(
-                        code::ERROR,
-                        format!(
-                            "{svc} is a failover service placed on {}: move it with `om {svc} switch --to {}` (or --force)",
-                            elsewhere.join(", "),
-                            cx.me
-                        ),
-                    ));
-                }
-            }
-            instance::commit(
-                daemon,
-                Command::SetServiceMonitor {
-                    svc: svc.to_string(),
-                    node: Some(cx.me.clone()),
-                    status: None,
-                    local_expect: Some(LocalExpect::Started),
-                    global_expect: None,
-                    reset_retries: true,
-                },
-            )
-            .await?;
-        }
-        "stop" if whole => {
-            // Frozen first: the orchestrator must not place it here again meanwhile.
-            if !inst.frozen {
-                instance::report(cx, svc, inst.avail, None, Some(true), inst.restarts.clone())
-                    .await?;
-            }
-            instance::commit(
-                daemon,
-                Command::SetServiceMonitor {
-                    svc: svc.to_string(),
-                    node: Some(cx.me.clone()),
-                    status: None,
-                    local_expect: Some(LocalExpect::Stopped),
-                    global_expect: None,
-                    reset_retries: false,
-                },
-            )
-            .await?;
-        }
-        _ => {}
+    let (pre, inst) = node.read(|s| {
+        let pre = action::before(cmd, cfg.topology, s, svc, &cx.me);
+        (pre, action::instance(s, svc, &cx.me))
+    });
+    for b in pre.map_err(|e| ActionError::new(code::ERROR, e))? {
+        commit_before(cx, svc, &inst, b).await?;
     }
     let mut tr = Transcript::default();
-    cx.local
-        .logs
-        .info(svc, format!("action {} requested", cmd_text(cmd)));
+    cx.local.logs.info(svc, format!("action {cmd} requested"));
     let only = cmd.rids.as_deref();
-    let mut status = None;
-    let mut frozen = None;
-    match cmd.verb.as_str() {
-        "status" | "check" => {
-            // Like a check command: 0 when the instance is up.
-            let avail = rt.check(cx, &mut mem, &cfg, Some(&mut tr)).await;
-            if !matches!(avail, Avail::Up | Avail::NotApplicable) {
-                tr.ret = 1;
+    let mut commands_ok = true;
+    for step in cmd.verb.steps() {
+        // The status and check transcripts show their checks; the others, their commands.
+        let shown = matches!(cmd.verb, Verb::Status | Verb::Check);
+        let out = (shown || *step != Step::Check).then_some(&mut tr);
+        commands_ok &= match step {
+            Step::Check => {
+                rt.check(cx, &mut mem, &cfg, out).await;
+                true
             }
-        }
-        "freeze" | "thaw" => {
-            frozen = Some(cmd.verb == "freeze");
-            rt.check(cx, &mut mem, &cfg, None).await;
-        }
-        "start" => {
-            rt.check(cx, &mut mem, &cfg, None).await;
-            let ok = rt.start(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
-            let avail = rt.check(cx, &mut mem, &cfg, None).await;
-            mem.started_once = true;
-            let up = if whole {
-                avail == Avail::Up || avail == Avail::NotApplicable
-            } else {
-                only.unwrap_or(&[])
-                    .iter()
-                    .all(|r| mem.res.get(r) == Some(&Avail::Up))
-            };
-            if !ok || !up {
-                tr.ret = 1;
-                tr.note(format!("start failed: instance is {}", mem.avail));
-                if whole {
-                    status = Some(MonitorStatus::StartFailed);
-                }
-            } else if whole {
-                status = Some(MonitorStatus::Idle);
-                frozen = Some(false);
-            }
-        }
-        "stop" => {
-            rt.check(cx, &mut mem, &cfg, None).await;
-            let ok = rt.stop(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
-            rt.check(cx, &mut mem, &cfg, None).await;
-            let still_up: Vec<String> = cfg
-                .resources
-                .iter()
-                .filter(|r| only.is_none_or(|o| o.contains(&r.rid)))
-                .filter(|r| mem.res.get(&r.rid) != Some(&Avail::Down))
-                .map(|r| r.rid.clone())
-                .collect();
-            if !ok || !still_up.is_empty() {
-                tr.ret = 1;
-                tr.note(format!("stop failed: still up: {}", still_up.join(", ")));
-                if whole {
-                    status = Some(MonitorStatus::StopFailed);
-                }
-            } else if whole {
-                if inst.status != MonitorStatus::StartFailed {
-                    status = Some(MonitorStatus::Idle);
-                }
-                frozen = Some(true);
-            }
-        }
-        "restart" => {
-            rt.check(cx, &mut mem, &cfg, None).await;
-            let stopped = rt.stop(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
-            rt.check(cx, &mut mem, &cfg, None).await;
-            let started = rt.start(cx, &mut mem, &cfg, only, Some(&mut tr)).await;
-            let avail = rt.check(cx, &mut mem, &cfg, None).await;
-            if !stopped || !started || !matches!(avail, Avail::Up | Avail::NotApplicable) {
-                tr.ret = 1;
-                tr.note(format!("restart failed: instance is {avail}"));
-            }
-        }
-        _ => unreachable!("parse_command checked the verb"),
+            Step::Start => rt.start(cx, &mut mem, &cfg, only, out).await,
+            Step::Stop => rt.stop(cx, &mut mem, &cfg, only, out).await,
+        };
     }
-    let inst_now = node.read(|s| {
-        s.services
-            .get(svc)
-            .and_then(|v| v.instances.get(&cx.me).cloned())
-            .unwrap_or_default()
-    });
-    let changed = inst_now.avail != mem.avail
-        || status.is_some_and(|st| st != inst_now.status)
-        || frozen.is_some_and(|f| f != inst_now.frozen);
-    if changed {
-        if let Err(e) = instance::report(
+    if cmd.verb == Verb::Start {
+        mem.started_once = true;
+    }
+    let rids: Vec<String> = cfg.resources.iter().map(|r| r.rid.clone()).collect();
+    let ran = action::Ran {
+        commands_ok,
+        avail: mem.avail,
+        res: mem.res.clone(),
+    };
+    let verdict = action::judge(cmd, &rids, inst.status, &ran);
+    tr.ret = verdict.ret;
+    if let Some(note) = &verdict.note {
+        tr.note(note);
+    }
+    let now = node.read(|s| action::instance(s, svc, &cx.me));
+    if action::must_report(&now, mem.avail, &verdict) {
+        let reported = instance::report(
             cx,
             svc,
             mem.avail,
-            status,
-            frozen,
-            inst_now.restarts.clone(),
-        )
-        .await
-        {
+            verdict.status,
+            verdict.frozen,
+            now.restarts.clone(),
+        );
+        if let Err(e) = reported.await {
             tr.note(format!("could not report the instance state: {e}"));
         }
     }
     let lvl = if tr.ret == 0 { "info" } else { "warn" };
-    cx.local.logs.append(
-        svc,
-        lvl,
-        format!(
-            "action {} done: ret {}, instance {}",
-            cmd_text(cmd),
-            tr.ret,
-            mem.avail
-        ),
-    );
+    let done = format!("action {cmd} done: ret {}, instance {}", tr.ret, mem.avail);
+    cx.local.logs.append(svc, lvl, done);
     Ok(tr)
 }
 
-fn cmd_text(cmd: &ActionCmd) -> String {
-    match &cmd.rids {
-        Some(r) => format!("{} --rid {}", cmd.verb, r.join(",")),
-        None => cmd.verb.clone(),
+/// Commits one of [`action::before`]'s decisions for `me`'s instance `inst` of `svc`.
+async fn commit_before(
+    cx: &Ctx,
+    svc: &str,
+    inst: &raft::state::Instance,
+    b: action::Before,
+) -> Result<()> {
+    match b {
+        action::Before::Freeze => {
+            let restarts = inst.restarts.clone();
+            instance::report(cx, svc, inst.avail, None, Some(true), restarts).await
+        }
+        action::Before::Expect(expect) => {
+            let cmd = Command::SetServiceMonitor {
+                svc: svc.to_string(),
+                node: Some(cx.me.clone()),
+                status: None,
+                local_expect: Some(expect),
+                global_expect: None,
+                reset_retries: expect == LocalExpect::Started,
+            };
+            instance::commit(&cx.daemon, cmd).await
+        }
     }
 }
 
@@ -662,7 +505,7 @@ fn service_status(daemon: &Arc<Daemon>, o: options::ServiceStatus) -> Result<Val
             if let Some(t) = t {
                 state.services.get_mut(&svc).expect("exists").global_expect = t.clone();
             }
-            let p = crate::monitor::placement::plan(&state, &svc, cfg).progress;
+            let p = crate::model::placement::plan(&state, &svc, cfg).progress;
             json!({ "state": p.state(), "reason": p.reason() })
         }
         (Err(e), _) => json!({ "state": "failed", "reason": format!("invalid config: {e}") }),

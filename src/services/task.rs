@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde_json::json;
 use serde_json::Value;
 
-use super::config::Task;
 use super::exec;
 use super::instance::Ctx;
 use super::instance::Transcript;
@@ -18,6 +17,7 @@ use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError;
 use crate::daemon::Daemon;
+use crate::model::service::Task;
 use crate::wire::status as code;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -85,7 +85,7 @@ pub async fn action(
         return Err(ApiError::bad(format!(
             "unknown action {:?}; actions: {}{}",
             argv[0],
-            super::INSTANCE_ACTIONS.join(", "),
+            crate::model::action::Verb::list(),
             if tasks.is_empty() {
                 String::new()
             } else {

@@ -1,7 +1,7 @@
 //! The pure core of work units: states, the events that move a unit between them, what
 //! the runtime must do about each, and which pending units to start. No files, processes
 //! or clocks here (the time is a parameter), so every rule is a unit test, the way
-//! `monitor::placement::plan` decides placement and the monitor only enacts it.
+//! `model::placement::plan` decides placement and the monitor only enacts it.
 
 use serde::Deserialize;
 use serde::Serialize;

@@ -22,9 +22,9 @@ use raft::state::NodeStatus;
 use raft::ClusterState;
 use raft::Command;
 
-use crate::services::config::Orchestrate;
-use crate::services::config::ServiceConfig;
-use crate::services::config::Topology;
+use super::service::Orchestrate;
+use super::service::ServiceConfig;
+use super::service::Topology;
 
 /// How far a service is from a target.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::IniDoc;
+use crate::config::ini::IniDoc;
 
 /// How many instances of a service run at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,12 +132,12 @@ fn parse_task(
     name: &str,
 ) -> Result<Task, ConfigError> {
     check_keys(entries, section, TASK_KEYS)?;
-    if super::INSTANCE_ACTIONS.contains(&name) {
+    if name.parse::<super::action::Verb>().is_ok() {
         return Err(ConfigError::Section {
             section: section.to_string(),
             reason: format!(
                 "a task cannot be named after an instance action ({})",
-                super::INSTANCE_ACTIONS.join(", ")
+                super::action::Verb::list()
             ),
         });
     }
