@@ -5,10 +5,11 @@
 //!   ([`worker`]); the node monitor's own freeze and thaw; detection of this node being cut
 //!   off from the majority (then `node.split_action`). On the leader, also: marking silent
 //!   nodes down after `node.down_timeout`, and the orchestrator, which commits the
-//!   [`placement`] decisions of every service.
+//!   [`crate::model::placement`] decisions of every service.
 //! - `scheduler`, on every node: asks the workers for their periodic checks and purges old
 //!   job results.
 
+mod decide;
 pub mod worker;
 
 use std::collections::BTreeMap;
