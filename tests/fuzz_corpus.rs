@@ -272,6 +272,7 @@ fn handshake_corpus_replays_through_the_fuzz_entry_point() {
 fn frame_corpus_replays_through_the_fuzz_entry_point() {
     let n = replay("frame_decoder", |name, data| {
         let r: FrameReport = fuzz_frame(data);
+        let _ = om::api::fuzz_options(data);
         if name.starts_with("valid-") {
             assert!(r.message, "{name}: {r:?}");
         }

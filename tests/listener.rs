@@ -4,9 +4,8 @@
 
 use om::listener::{BoxFuture, Handler, Listener, ListenerConfig, ListenerHandle, RequestCtx};
 use om::wire::{
-    parse_answer, read_frame, status, Body, ClientError, ClientOptions, ErrorKind, HelloAnswer,
-    Initiator, Keyring, Message, Opener, RefusalCode, ReqId, Request, Response, Sealer,
-    EMPTY_PACKET,
+    parse_answer, read_frame, Body, ClientError, ClientOptions, ErrorKind, HelloAnswer, Initiator,
+    Keyring, Message, Opener, RefusalCode, ReqId, Request, Response, Sealer, Status, EMPTY_PACKET,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -391,7 +390,7 @@ async fn every_refusal_has_its_own_code_and_is_counted() {
     let bytes = j.request(10, "daemon_status", json!({}));
     j.send(&bytes).await;
     assert!(
-        matches!(j.read(T).await, Read::Frame(i, r) if i == id(10) && r.status == status::FORBIDDEN)
+        matches!(j.read(T).await, Read::Frame(i, r) if i == id(10) && r.status == Status::Forbidden.wire())
     );
     let bytes = j.request(11, "join", json!({"node": "stranger"}));
     j.send(&bytes).await;
@@ -473,7 +472,7 @@ async fn every_refusal_has_its_own_code_and_is_counted() {
     let bad = r.message(&bad_body);
     r.send(&bad).await;
     assert!(
-        matches!(r.read(T).await, Read::Frame(i, r) if i == id(13) && r.status == status::BAD_PAYLOAD)
+        matches!(r.read(T).await, Read::Frame(i, r) if i == id(13) && r.status == Status::BadPayload.wire())
     );
     let zeek = Message::request(
         ReqId::Str("zeek-1f".into()),
@@ -779,7 +778,7 @@ async fn a_panicking_handler_answers_internal() {
     let fx = Fixture::start().await;
     let c = fx.client("n1", LO1);
     let r = c.request("panic", json!({}), T).await.unwrap();
-    assert_eq!(r.status, status::INTERNAL);
+    assert_eq!(r.status, Status::Internal.wire());
     assert!(c.request("echo", json!({}), T).await.unwrap().is_ok());
 }
 
@@ -798,7 +797,7 @@ async fn membership_applies_to_the_next_handshake_and_the_next_request() {
     // Removed while its session is open: it may only ask to join from then on.
     fx.members.write().unwrap().remove("n4");
     let r = c.request("whoami", json!({}), T).await.unwrap();
-    assert_eq!(r.status, status::FORBIDDEN);
+    assert_eq!(r.status, Status::Forbidden.wire());
     let r = c.request("join", json!({}), T).await.unwrap();
     assert_eq!(data(&r)["action"], "join");
 }

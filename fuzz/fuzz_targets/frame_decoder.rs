@@ -7,4 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = om::wire::fuzz_frame(data);
+    let _ = om::api::fuzz_options(data);
 });

@@ -22,62 +22,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::wire::Doc;
-
-/// Response status codes (docs/PROTOCOL.md section 11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(i32)]
-pub enum Status {
-    /// The request succeeded.
-    Ok = 0,
-    /// The handler failed; `error` says why.
-    Error = 1,
-    /// The action is not known to the receiver.
-    UnknownAction = 2,
-    /// The options are missing a field or hold a bad value.
-    BadRequest = 3,
-    /// The sender may not run this action.
-    Forbidden = 4,
-    /// The request timestamp is outside the receiver's replay window.
-    Stale = 5,
-    /// The envelope decrypted but its body could not be decoded.
-    BadPayload = 6,
-    /// The handler panicked or the response could not be encoded.
-    Internal = 7,
-    /// The receiver cannot serve the request now; retry later.
-    Unavailable = 8,
-    /// A Raft RPC or forwarded proposal named another cluster or target than the receiver.
-    Misaddressed = 9,
-    /// The request waits for an operator (a join under `cluster.join = approve`): retry
-    /// once `error`'s instruction is done.
-    Pending = 10,
-}
-
-impl Status {
-    /// Every status, in code order.
-    pub const ALL: &'static [Status] = &[
-        Status::Ok,
-        Status::Error,
-        Status::UnknownAction,
-        Status::BadRequest,
-        Status::Forbidden,
-        Status::Stale,
-        Status::BadPayload,
-        Status::Internal,
-        Status::Unavailable,
-        Status::Misaddressed,
-        Status::Pending,
-    ];
-
-    /// The code on the wire.
-    pub const fn wire(self) -> i32 {
-        self as i32
-    }
-
-    /// The status of a wire code; `None` for a handler-specific code.
-    pub fn from_code(code: i32) -> Option<Status> {
-        Status::ALL.iter().copied().find(|s| s.wire() == code)
-    }
-}
+pub use crate::wire::Status;
+pub use crate::wire::StatusCode;
 
 /// A failed call: a status code and a message for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,24 +33,6 @@ pub struct ApiError {
     pub status: i32,
     /// What went wrong, and what to do about it when we know.
     pub message: String,
-}
-
-/// A status as a [`Status`] or as a raw wire code (a peer's answer, kept as it came).
-pub trait StatusCode {
-    /// The code on the wire.
-    fn code(self) -> i32;
-}
-
-impl StatusCode for Status {
-    fn code(self) -> i32 {
-        self as i32
-    }
-}
-
-impl StatusCode for i32 {
-    fn code(self) -> i32 {
-        self
-    }
 }
 
 impl ApiError {
@@ -163,6 +91,21 @@ pub fn reply<T: Serialize>(v: &T) -> Result<Value, ApiError> {
 pub fn decode_reply<T: DeserializeOwned>(action: Action, data: Doc) -> Result<T, ApiError> {
     data.decode()
         .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))
+}
+
+/// A fuzz entry point (`fuzz/fuzz_targets/frame_decoder.rs`, next to
+/// [`crate::wire::fuzz_frame`]): arbitrary bytes taken as a message whose options decode as
+/// the `join` options a non-member may send. Whether that succeeds does not matter; it must
+/// not panic. Returns whether the bytes held a request.
+pub fn fuzz_options(data: &[u8]) -> bool {
+    let Ok(m) = crate::wire::Message::decode(data) else {
+        return false;
+    };
+    let crate::wire::Body::Request(r) = m.body else {
+        return false;
+    };
+    let _ = parse::<options::Admit>(Action::Join, r.options);
+    true
 }
 
 #[cfg(test)]

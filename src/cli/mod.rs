@@ -500,7 +500,7 @@ async fn join_until_approved(
             return resp.data.into_value().map_err(CliError);
         }
         let why = resp.error.unwrap_or_default();
-        if resp.status != crate::wire::status::PENDING {
+        if resp.status != crate::wire::Status::Pending.wire() {
             return Err(CliError(why));
         }
         if std::time::Instant::now() >= deadline {

@@ -29,9 +29,9 @@ use crate::config::Paths;
 use crate::daemon::actions::Origin;
 use crate::daemon::Daemon;
 use crate::daemon::DaemonError;
-use crate::wire::status as code;
 use crate::wire::Request;
 use crate::wire::Response;
+use crate::wire::Status;
 
 /// Largest request line accepted on the control socket (a service config travels in one).
 pub const MAX_LINE: usize = 4 << 20;
@@ -237,7 +237,7 @@ async fn serve_conn(daemon: Arc<Daemon>, stream: UnixStream) {
         }
         let out = match command::parse(&line) {
             Ok(Line::Api(req)) => api_line(&daemon.handle(Origin::Control, req).await),
-            Err(LineError::Api(e)) => api_line(&Response::err(code::BAD_PAYLOAD, e)),
+            Err(LineError::Api(e)) => api_line(&Response::err(Status::BadPayload, e)),
             Err(LineError::Command(e)) => service::error_line(&e).into_bytes(),
             Ok(Line::Command(cmd)) => match service::run(&daemon, cmd, &mut rd, &mut wr).await {
                 service::Flow::Continue => continue,

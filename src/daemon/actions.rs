@@ -22,7 +22,6 @@ use crate::api;
 use crate::api::action::Door;
 use crate::api::options;
 use crate::api::Action;
-use crate::wire::status as code;
 use crate::wire::ClientError;
 use crate::wire::ClientOptions;
 use crate::wire::Doc;
@@ -30,6 +29,7 @@ use crate::wire::Keyring;
 use crate::wire::RefusalCode;
 use crate::wire::Request;
 use crate::wire::Response;
+use crate::wire::Status;
 
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,19 +74,19 @@ impl Daemon {
         match (origin, action.door()) {
             (Origin::Peer { member: false, .. }, _) if action != Action::Join => {
                 return Err(ActionError::new(
-                    code::FORBIDDEN,
+                    Status::Forbidden,
                     format!("{action} is only served to cluster members; a new node may only join"),
                 ))
             }
             (Origin::Control, Door::Peer) => {
                 return Err(ActionError::new(
-                    code::FORBIDDEN,
+                    Status::Forbidden,
                     format!("{action} is served to cluster peers only"),
                 ))
             }
             (Origin::Peer { .. }, Door::Control) => {
                 return Err(ActionError::new(
-                    code::FORBIDDEN,
+                    Status::Forbidden,
                     format!("{action} is served on the local control socket only"),
                 ))
             }
@@ -137,7 +137,7 @@ impl Daemon {
                         bl.record_invalid(sender, addr, true);
                     }
                     return Err(ActionError::new(
-                        code::ERROR,
+                        Status::Error,
                         format!("{sender} at {addr} could not be blacklisted (the list is full)"),
                     ));
                 }
@@ -365,7 +365,7 @@ impl Daemon {
                 let msg: raft::rpc::Addressed<Command> = api::parse(action, o)?;
                 self.inbox()
                     .check(&msg)
-                    .map_err(|e| ActionError::new(code::MISADDRESSED, e.to_string()))?;
+                    .map_err(|e| ActionError::new(Status::Misaddressed, e.to_string()))?;
                 debug_assert!(from_peer, "the door check admits peers only");
                 // Only the leader commits; a stale forward gets UNAVAILABLE and is retried.
                 api::reply(&self.node()?.propose(msg.rpc).await?)
@@ -406,9 +406,9 @@ impl Daemon {
         let node = self.node()?;
         let reply = self.inbox().serve(&node.raft, msg).await;
         if let Err(refusal) = &reply.answer {
-            return Err(ActionError::new(code::MISADDRESSED, refusal.to_string()));
+            return Err(ActionError::new(Status::Misaddressed, refusal.to_string()));
         }
-        Doc::pack(&reply).map_err(|e| ActionError::new(code::INTERNAL, e))
+        Doc::pack(&reply).map_err(|e| ActionError::new(Status::Internal, e))
     }
 
     async fn thread_action(&self, action: Action, id: &str) -> Result<Value> {
@@ -548,7 +548,7 @@ impl Daemon {
                     other => other.to_string(),
                 };
                 ActionError::new(
-                    code::UNAVAILABLE,
+                    Status::Unavailable,
                     format!("cannot join through {given}: {why}"),
                 )
             })?;
@@ -568,7 +568,7 @@ impl Daemon {
                 other => other.to_string(),
             };
             ActionError::new(
-                code::UNAVAILABLE,
+                Status::Unavailable,
                 format!("cannot join through {given}: {why}"),
             )
         })?;
@@ -587,7 +587,7 @@ impl Daemon {
         tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
         self.wipe_raft().await?;
         super::write_store_id(&self.paths, id).map_err(|e| {
-            ActionError::new(code::ERROR, format!("cannot record the new raft id: {e}"))
+            ActionError::new(Status::Error, format!("cannot record the new raft id: {e}"))
         })?;
         let secret = secret.to_string();
         let cfg = self.try_edit_config(|doc| {
@@ -607,7 +607,7 @@ impl Daemon {
         self.set_keyring(cfg.keyring());
         self.start_raft()
             .await
-            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+            .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         self.refresh_members();
         api::reply(&options::Joined {
             cluster: name,
@@ -627,7 +627,7 @@ impl Daemon {
         let joiner = o.node;
         if !member && joiner != sender {
             return Err(ActionError::new(
-                code::FORBIDDEN,
+                Status::Forbidden,
                 format!("sender {sender:?} cannot ask to join as {joiner:?}"),
             ));
         }
@@ -704,7 +704,7 @@ impl Daemon {
         self.edit_config(|doc| doc.set("cluster", "nodes", &me))?;
         self.start_raft()
             .await
-            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+            .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         self.refresh_members();
         Ok(options::Left { left: me })
     }
@@ -738,7 +738,7 @@ impl Daemon {
 pub(crate) fn membership_error(e: MembershipError) -> ActionError {
     match e {
         MembershipError::Raft(p) => ActionError::from(p),
-        MembershipError::CatchUp { .. } => ActionError::new(code::UNAVAILABLE, e.to_string()),
+        MembershipError::CatchUp { .. } => ActionError::new(Status::Unavailable, e.to_string()),
         refused => ActionError::bad(refused.to_string()),
     }
 }

@@ -24,7 +24,7 @@ use crate::api::options;
 use crate::api::options::Configuration;
 use crate::api::Action;
 use crate::model::service::ServiceConfig;
-use crate::wire::status as code;
+use crate::wire::Status;
 
 /// The longest a deployment waits for the members to apply it.
 const MAX_DEPLOY_WAIT: Duration = Duration::from_secs(60);
@@ -76,7 +76,7 @@ impl Daemon {
         }
         let Ok(_one) = self.deploying.try_lock() else {
             return Err(ActionError::new(
-                code::UNAVAILABLE,
+                Status::Unavailable,
                 "another set_configuration is being deployed: retry once it answered",
             ));
         };

@@ -24,7 +24,7 @@ use crate::api;
 use crate::api::options;
 use crate::api::Action;
 use crate::clock::now_ms;
-use crate::wire::status as code;
+use crate::wire::Status;
 
 /// The cluster parameters `cluster_set` accepts, with their allowed values.
 pub(super) const CLUSTER_PARAMS: &[(&str, &[&str])] = &[("cluster.join", &["open", "approve"])];
@@ -106,7 +106,7 @@ impl Daemon {
         self.join_requests.note(joiner, addr, peer, now);
         tracing::info!(node = %joiner, %addr, "join waits for an approval (cluster.join = approve)");
         Err(ActionError::new(
-            code::PENDING,
+            Status::Pending,
             format!(
                 "joining cluster {} needs an approval (cluster.join = approve): run `om cluster \
                  approve {joiner}` on a member; this node keeps asking",

@@ -45,10 +45,10 @@ use crate::listener::Listener;
 use crate::listener::ListenerConfig;
 use crate::listener::ListenerHandle;
 use crate::listener::RequestCtx;
-use crate::wire::status as code;
 use crate::wire::Keyring;
 use crate::wire::Request;
 use crate::wire::Response;
+use crate::wire::Status;
 use actions::ActionError;
 use actions::Origin;
 use events::EventLog;
@@ -287,7 +287,7 @@ impl Daemon {
         let node = self.node()?;
         match raft::membership::addr_holder(&node, addr, &self.name()) {
             Some(holder) => Err(ActionError::new(
-                code::BAD_REQUEST,
+                Status::BadRequest,
                 format!(
                     "listener address {addr} is member {holder}'s; two members cannot share \
                      one address: pick another listener.port (or listener.addr)"
@@ -299,11 +299,9 @@ impl Daemon {
 
     /// The Raft node, if Raft is running.
     pub fn node(&self) -> Result<Node, ActionError> {
-        self.node
-            .read()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "raft is not running on this node"))
+        self.node.read().unwrap().clone().ok_or_else(|| {
+            ActionError::new(Status::Unavailable, "raft is not running on this node")
+        })
     }
 
     /// The receiving side of this node's Raft RPCs: refuses what is not addressed to it.
@@ -396,13 +394,16 @@ impl Daemon {
         let dir = self.paths.raft_dir();
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| {
-                ActionError::new(code::ERROR, format!("cannot remove {}: {e}", dir.display()))
+                ActionError::new(
+                    Status::Error,
+                    format!("cannot remove {}: {e}", dir.display()),
+                )
             })?;
         }
         let id_file = self.paths.raft_id_file();
         match std::fs::remove_file(&id_file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ActionError::new(
-                code::ERROR,
+                Status::Error,
                 format!("cannot remove {}: {e}", id_file.display()),
             )),
             _ => Ok(()),
@@ -425,11 +426,11 @@ impl Daemon {
         let _writer = self.conf_writer.lock().unwrap();
         let mut guard = self.config.write().unwrap();
         let mut doc = guard.0.clone();
-        edit(&mut doc).map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        edit(&mut doc).map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         let cfg = NodeConfig::from_doc(&doc)
-            .map_err(|e| ActionError::new(code::BAD_REQUEST, e.to_string()))?;
+            .map_err(|e| ActionError::new(Status::BadRequest, e.to_string()))?;
         config::save(&self.paths.node_conf(), &doc)
-            .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+            .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         *guard = (doc, cfg.clone());
         Ok(cfg)
     }
@@ -458,7 +459,7 @@ impl Daemon {
                         rpc: cmd.clone(),
                     };
                     let options = serde_json::to_value(&msg).map_err(|e| {
-                        ActionError::new(code::INTERNAL, format!("cannot encode {e}"))
+                        ActionError::new(Status::Internal, format!("cannot encode {e}"))
                     })?;
                     match self
                         .ask_leader(&leader, "raft_propose", options, Duration::from_secs(10))
@@ -467,14 +468,14 @@ impl Daemon {
                         Ok(data) => {
                             return serde_json::from_value(data).map_err(|e| {
                                 ActionError::new(
-                                    code::ERROR,
+                                    Status::Error,
                                     format!("bad answer from {leader}: {e}"),
                                 )
                             })
                         }
                         // The address book points elsewhere: retry, it may be fixed by then.
-                        Err(e) if e.status == code::MISADDRESSED => ActionError::new(
-                            code::UNAVAILABLE,
+                        Err(e) if e.is(Status::Misaddressed) => ActionError::new(
+                            Status::Unavailable,
                             format!("leader {}: {}", leader.name, e.message),
                         ),
                         Err(e) => e,
@@ -482,7 +483,7 @@ impl Daemon {
                 }
                 Err(e) => ActionError::from(e),
             };
-            if err.status != code::UNAVAILABLE || Instant::now() >= deadline {
+            if !err.is(Status::Unavailable) || Instant::now() >= deadline {
                 return Err(err);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -523,15 +524,15 @@ impl Daemon {
                         .ask_leader(&leader, action.as_str(), options.clone(), t)
                         .await
                     {
-                        Err(e) if e.status == code::MISADDRESSED => {
-                            ActionError::new(code::UNAVAILABLE, e.message)
+                        Err(e) if e.is(Status::Misaddressed) => {
+                            ActionError::new(Status::Unavailable, e.message)
                         }
                         answer => return answer,
                     }
                 }
                 Err(e) => ActionError::from(e),
             };
-            if err.status != code::UNAVAILABLE || Instant::now() >= deadline {
+            if !err.is(Status::Unavailable) || Instant::now() >= deadline {
                 return Err(err);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -833,7 +834,7 @@ impl Daemon {
                     self.set_addr_problem(None);
                     return;
                 }
-                Err(e) if e.status == code::BAD_REQUEST => {
+                Err(e) if e.is(Status::BadRequest) => {
                     tracing::error!(%addr, "the cluster refused the new listener address: {e}");
                     self.set_addr_problem(Some(format!("the cluster refused {addr}: {e}")));
                     return;
@@ -868,7 +869,7 @@ impl Daemon {
         m.current_leader
             .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
             .map(Some)
-            .ok_or_else(|| ActionError::new(code::UNAVAILABLE, "no leader right now; retry"))
+            .ok_or_else(|| ActionError::new(Status::Unavailable, "no leader right now; retry"))
     }
 
     /// Sends a request to the leader; its error answers keep their status.
@@ -887,7 +888,7 @@ impl Daemon {
                     status, message, ..
                 } => ActionError::new(status, message),
                 unreachable => ActionError::new(
-                    code::UNAVAILABLE,
+                    Status::Unavailable,
                     format!("leader {}: {unreachable}", leader.name),
                 ),
             })
@@ -922,7 +923,7 @@ impl Daemon {
                     status, message, ..
                 } => ActionError::new(status, format!("{node}: {message}")),
                 unreachable => ActionError::new(
-                    code::UNAVAILABLE,
+                    Status::Unavailable,
                     format!("{node} is unreachable: {unreachable}"),
                 ),
             })
@@ -932,7 +933,7 @@ impl Daemon {
     pub fn membership_guard(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ActionError> {
         self.membership_lock.clone().try_lock_owned().map_err(|_| {
             ActionError::new(
-                code::UNAVAILABLE,
+                Status::Unavailable,
                 "another membership change is in progress; retry when it is done",
             )
         })
@@ -955,7 +956,7 @@ impl Daemon {
             // A node the leader cannot reach (its recorded address is wrong) never hears of
             // a leader: any member forwards the announcement to its own.
             Err(no_leader) => self.ask_any_member(&node, options).await.map_err(|e| {
-                ActionError::new(code::UNAVAILABLE, format!("{no_leader}; {}", e.message))
+                ActionError::new(Status::Unavailable, format!("{no_leader}; {}", e.message))
             }),
         }
     }
@@ -968,7 +969,7 @@ impl Daemon {
         options: serde_json::Value,
     ) -> Result<(), ActionError> {
         let me = self.name();
-        let mut last = ActionError::new(code::UNAVAILABLE, "no other member to ask");
+        let mut last = ActionError::new(Status::Unavailable, "no other member to ask");
         for (_, member) in node.metrics().membership_config.nodes() {
             if member.name == me {
                 continue;
@@ -978,7 +979,7 @@ impl Daemon {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if e.status == code::BAD_REQUEST => return Err(e),
+                Err(e) if e.is(Status::BadRequest) => return Err(e),
                 Err(e) => last = e,
             }
         }
@@ -1111,7 +1112,7 @@ impl Handler for ListenerDoor {
                     };
                     d.handle(origin, req).await
                 }
-                None => Response::err(code::UNAVAILABLE, "the daemon is stopping"),
+                None => Response::err(Status::Unavailable, "the daemon is stopping"),
             }
         })
     }

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::wire::status;
 use crate::wire::Client;
 use crate::wire::ClientOptions;
 use crate::wire::Doc;
 use crate::wire::Keyring;
+use crate::wire::Status;
 
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +95,7 @@ impl Peers {
         data.into_value().map_err(|e| PeerError::Failed {
             addr: addr.to_string(),
             action: action.to_string(),
-            status: status::ERROR,
+            status: Status::Error.wire(),
             message: format!("the answer has no JSON form: {e}"),
         })
     }

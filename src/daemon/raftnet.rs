@@ -21,8 +21,8 @@ use raft::NodeId;
 
 use super::peers::PeerError;
 use super::peers::Peers;
-use crate::wire::status;
 use crate::wire::Doc;
+use crate::wire::Status;
 
 /// The daemon's Raft network: addressed RPCs over [`Peers`].
 pub type RaftNet = AddressedNet<PeerTransport>;
@@ -69,10 +69,8 @@ impl Transport for PeerTransport {
                     reason: e.to_string(),
                 },
                 PeerError::Failed {
-                    status: status::MISADDRESSED,
-                    message,
-                    ..
-                } => TransportError::Refused {
+                    status, message, ..
+                } if status == Status::Misaddressed.wire() => TransportError::Refused {
                     addr: addr.to_string(),
                     reason: message,
                 },

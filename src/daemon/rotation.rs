@@ -23,7 +23,7 @@ use crate::api::options::SecretPlan;
 use crate::api::options::SecretStepDone;
 use crate::api::options::SecretsReport;
 use crate::api::Action;
-use crate::wire::status as code;
+use crate::wire::Status;
 
 /// How long a member has to say which secrets it has installed.
 const PEER_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -199,7 +199,7 @@ impl Daemon {
         let lagging = lagging(&report, step, &o.key_id);
         if !lagging.is_empty() && !o.force {
             return Err(ActionError::new(
-                code::ERROR,
+                Status::Error,
                 refusal(step, &o.key_id, &lagging),
             ));
         }

@@ -17,7 +17,7 @@ use super::actions::ActionError;
 use super::Daemon;
 use crate::api::options;
 use crate::api::Action;
-use crate::wire::status as code;
+use crate::wire::Status;
 
 /// The longest `agent_standby` waits for the instances to stop.
 const MAX_STANDBY_WAIT: Duration = Duration::from_secs(600);
@@ -60,7 +60,7 @@ impl Daemon {
             if Instant::now() >= deadline {
                 let names: Vec<&str> = running.iter().map(|s| s.as_str()).collect();
                 return Err(ActionError::new(
-                    code::ERROR,
+                    Status::Error,
                     format!(
                         "{} is in standby but still runs {} after {wait:?}: see `om <svc> logs`",
                         state.node,

@@ -49,9 +49,9 @@
 //! Refusals are answered with a clear refusal frame naming the reason (see
 //! [`crate::wire::RefusalCode`]), then the connection is closed. Inside a session, a record
 //! that does not open (forged, replayed, reordered, cut) closes it; a message that does
-//! not decode is answered [`status::BAD_PAYLOAD`] when its `reqid` is readable; a request
+//! not decode is answered [`Status::BadPayload`] when its `reqid` is readable; a request
 //! from a non-member session for anything but `join`, or from a member removed since the
-//! session opened, is answered [`status::FORBIDDEN`]. Every refusal is counted in
+//! session opened, is answered [`Status::Forbidden`]. Every refusal is counted in
 //! [`Metrics`] by kind.
 //!
 //! The [`Listener`] holds the state that survives restarts (blacklist, metrics, keyring);
@@ -84,9 +84,9 @@ use tokio::time::Instant;
 
 use crate::wire::frame::MAX_RECORD;
 use crate::wire::{
-    accept, check_len, encode_refusal, parse_hello, read_body, read_len, status, Accepted, Body,
-    Frame, Keyring, Message, Mode, Opener, Outgoing, RefusalCode, ReqId, Request, Response, Sealer,
-    WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, MAX_HELLO_LEN,
+    accept, check_len, encode_refusal, parse_hello, read_body, read_len, Accepted, Body, Frame,
+    Keyring, Message, Mode, Opener, Outgoing, RefusalCode, ReqId, Request, Response, Sealer,
+    Status, WireError, DEFAULT_MAX_FRAME, DEFAULT_PORT, MAX_HELLO_LEN,
 };
 
 /// The only action accepted from a sender that is not in `cluster.nodes`.
@@ -931,7 +931,7 @@ struct PanicGuard<'a> {
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if let (Some(reqid), true) = (self.reqid.take(), std::thread::panicking()) {
-            let resp = Response::err(status::INTERNAL, "request handler panicked");
+            let resp = Response::err(Status::Internal, "request handler panicked");
             let plain = self.shared.encode_response(reqid, resp);
             Metrics::incr(&self.shared.metrics.responses);
             let _ = self.tx.try_send(Outgoing::Message(plain));
@@ -980,7 +980,7 @@ impl Shared {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(%reqid, error = %e, "cannot encode response");
-                let resp = Response::err(status::INTERNAL, format!("cannot encode response: {e}"));
+                let resp = Response::err(Status::Internal, format!("cannot encode response: {e}"));
                 Message::response(reqid, resp)
                     .encode()
                     .expect("a small error response always encodes")
@@ -1113,7 +1113,7 @@ impl Shared {
                 tracing::debug!(sender = %session.sender, error = %u.error, "undecodable message");
                 return Err(u
                     .reqid
-                    .map(|id| (id, Response::err(status::BAD_PAYLOAD, u.error.to_string()))));
+                    .map(|id| (id, Response::err(Status::BadPayload, u.error.to_string()))));
             }
         };
         let req = match msg.body {
@@ -1131,7 +1131,7 @@ impl Shared {
             self.metrics.reject(e.kind());
             return Err(Some((
                 msg.reqid,
-                Response::err(status::FORBIDDEN, e.to_string()),
+                Response::err(Status::Forbidden, e.to_string()),
             )));
         }
         let ctx = RequestCtx {

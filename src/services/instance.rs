@@ -384,7 +384,7 @@ pub async fn commit(daemon: &Daemon, cmd: Command) -> Result<(), ActionError> {
         .await
         .map_err(|_| {
             ActionError::new(
-                crate::wire::status::UNAVAILABLE,
+                crate::wire::Status::Unavailable,
                 format!("not committed within {limit:?}: no majority reachable?"),
             )
         })??;

@@ -38,8 +38,8 @@ use crate::model::action::Step;
 use crate::model::action::Verb;
 use crate::model::service::ServiceConfig;
 use crate::model::service::Topology;
-use crate::wire::status as code;
 use crate::wire::Doc;
+use crate::wire::Status;
 use instance::Ctx;
 use instance::InstanceRt;
 use instance::Transcript;
@@ -115,7 +115,7 @@ pub fn ctx(daemon: &Arc<Daemon>) -> Ctx {
 type Result<T> = std::result::Result<T, ActionError>;
 
 fn bad(msg: impl Into<String>) -> ActionError {
-    ActionError::new(code::BAD_REQUEST, msg)
+    ActionError::new(Status::BadRequest, msg)
 }
 
 /// Serves the service and job actions.
@@ -128,7 +128,7 @@ pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Doc) -> Result<Valu
             job_action(daemon, action, api::parse(action, o)?).await
         }
         other => Err(ActionError::new(
-            code::UNKNOWN_ACTION,
+            Status::UnknownAction,
             format!("{other} is not a service action"),
         )),
     }
@@ -167,7 +167,7 @@ pub async fn set_service_config(
         }
     };
     let c = daemon.propose(cmd).await?;
-    serde_json::to_value(c).map_err(|e| ActionError::new(code::INTERNAL, e.to_string()))
+    serde_json::to_value(c).map_err(|e| ActionError::new(Status::Internal, e.to_string()))
 }
 
 /// `service_action`: runs an instance action on this node (or on `node`), synchronously
@@ -237,7 +237,7 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
                 },
             }
         })
-        .map_err(|e| ActionError::new(code::ERROR, e.to_string()))?;
+        .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
     cx.local.logs.info(
         &svc,
         format!("job {} submitted: {}", rec.id, rec.command.join(" ")),
@@ -259,7 +259,7 @@ pub(crate) fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig
         .read(|s| s.services.get(svc).map(|v| v.config.clone()))
         .ok_or_else(|| bad(format!("service {svc:?} does not exist")))?;
     ServiceConfig::parse(&text)
-        .map_err(|e| ActionError::new(code::ERROR, format!("service {svc} config: {e}")))
+        .map_err(|e| ActionError::new(Status::Error, format!("service {svc} config: {e}")))
 }
 
 /// Runs an instance action on this node: commits what [`action::before`] asks (a `start`
@@ -286,7 +286,7 @@ pub async fn run_action(
         let pre = action::before(cmd, cfg.topology, s, svc, &cx.me);
         (pre, action::instance(s, svc, &cx.me))
     });
-    for b in pre.map_err(|e| ActionError::new(code::ERROR, e))? {
+    for b in pre.map_err(|e| ActionError::new(Status::Error, e))? {
         commit_before(cx, svc, &inst, b).await?;
     }
     let mut tr = Transcript::default();
@@ -425,7 +425,7 @@ async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<V
                 d.peers
                     .call(&addr, "service_logs", opts, wait + Duration::from_secs(5))
                     .await
-                    .map_err(|e| ActionError::new(code::UNAVAILABLE, e.to_string()))
+                    .map_err(|e| ActionError::new(Status::Unavailable, e.to_string()))
             };
             (n, r)
         });
@@ -568,8 +568,8 @@ async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> R
     let jobs = local(daemon).jobs.clone();
     let err = |e: jobs::JobError| {
         let status = match e {
-            jobs::JobError::Io(_) => code::ERROR,
-            _ => code::BAD_REQUEST,
+            jobs::JobError::Io(_) => Status::Error,
+            _ => Status::BadRequest,
         };
         ActionError::new(status, e.to_string())
     };

@@ -18,7 +18,7 @@ use crate::api::Action;
 use crate::api::ApiError;
 use crate::daemon::Daemon;
 use crate::model::service::Task;
-use crate::wire::status as code;
+use crate::wire::Status;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -132,6 +132,6 @@ pub async fn action(
         .submit(&me, &svc, argv, rt, holds, async move {
             run(&cx2, &svc2, &task, &args, Some(&holds2)).await
         })
-        .map_err(|e| ApiError::new(code::ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(Status::Error, e.to_string()))?;
     Ok(json!({ "node": me, "job_id": rec.id, "job": rec }))
 }

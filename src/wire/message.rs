@@ -27,33 +27,78 @@ pub const MAX_DEPTH: usize = 128;
 /// Longest string `reqid`.
 pub const MAX_REQID_LEN: usize = 1024;
 
-/// Response status codes on the wire; 0 is success, anything else is an error. The typed
-/// view is [`crate::api::Status`], which documents each.
-pub mod status {
-    use crate::api::Status;
+/// Response status codes (docs/PROTOCOL.md section 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(i32)]
+pub enum Status {
+    /// The request succeeded.
+    Ok = 0,
+    /// The handler failed; `error` says why.
+    Error = 1,
+    /// The action is not known to the receiver.
+    UnknownAction = 2,
+    /// The options are missing a field or hold a bad value.
+    BadRequest = 3,
+    /// The sender may not run this action.
+    Forbidden = 4,
+    /// The request timestamp is outside the receiver's replay window.
+    Stale = 5,
+    /// The envelope decrypted but its body could not be decoded.
+    BadPayload = 6,
+    /// The handler panicked or the response could not be encoded.
+    Internal = 7,
+    /// The receiver cannot serve the request now; retry later.
+    Unavailable = 8,
+    /// A Raft RPC or forwarded proposal named another cluster or target than the receiver.
+    Misaddressed = 9,
+    /// The request waits for an operator (a join under `cluster.join = approve`): retry
+    /// once `error`'s instruction is done.
+    Pending = 10,
+}
 
-    /// See [`Status::Ok`].
-    pub const OK: i32 = Status::Ok.wire();
-    /// See [`Status::Error`].
-    pub const ERROR: i32 = Status::Error.wire();
-    /// See [`Status::UnknownAction`].
-    pub const UNKNOWN_ACTION: i32 = Status::UnknownAction.wire();
-    /// See [`Status::BadRequest`].
-    pub const BAD_REQUEST: i32 = Status::BadRequest.wire();
-    /// See [`Status::Forbidden`].
-    pub const FORBIDDEN: i32 = Status::Forbidden.wire();
-    /// See [`Status::Stale`].
-    pub const STALE: i32 = Status::Stale.wire();
-    /// See [`Status::BadPayload`].
-    pub const BAD_PAYLOAD: i32 = Status::BadPayload.wire();
-    /// See [`Status::Internal`].
-    pub const INTERNAL: i32 = Status::Internal.wire();
-    /// See [`Status::Unavailable`].
-    pub const UNAVAILABLE: i32 = Status::Unavailable.wire();
-    /// See [`Status::Misaddressed`].
-    pub const MISADDRESSED: i32 = Status::Misaddressed.wire();
-    /// See [`Status::Pending`].
-    pub const PENDING: i32 = Status::Pending.wire();
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: &'static [Status] = &[
+        Status::Ok,
+        Status::Error,
+        Status::UnknownAction,
+        Status::BadRequest,
+        Status::Forbidden,
+        Status::Stale,
+        Status::BadPayload,
+        Status::Internal,
+        Status::Unavailable,
+        Status::Misaddressed,
+        Status::Pending,
+    ];
+
+    /// The code on the wire.
+    pub const fn wire(self) -> i32 {
+        self as i32
+    }
+
+    /// The status of a wire code; `None` for a handler-specific code.
+    pub fn from_code(code: i32) -> Option<Status> {
+        Status::ALL.iter().copied().find(|s| s.wire() == code)
+    }
+}
+
+/// A status as a [`Status`] or as a raw wire code (a peer's answer, kept as it came).
+pub trait StatusCode {
+    /// The code on the wire.
+    fn code(self) -> i32;
+}
+
+impl StatusCode for Status {
+    fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+impl StatusCode for i32 {
+    fn code(self) -> i32 {
+        self
+    }
 }
 
 /// A request id, echoed by the response exactly as the requester chose it.
@@ -200,7 +245,7 @@ impl Request {
 /// A response: a status code, data, and an error message when status is not 0.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Response {
-    /// 0 for success, else one of the [`status`] codes or a handler-specific code.
+    /// 0 for success, else one of the [`Status`] codes or a handler-specific code.
     pub status: i32,
     /// The result; nil when there is none.
     #[serde(default)]
@@ -214,16 +259,16 @@ impl Response {
     /// A success response carrying `data`.
     pub fn ok(data: impl Into<Doc>) -> Response {
         Response {
-            status: status::OK,
+            status: Status::Ok.wire(),
             data: data.into(),
             error: None,
         }
     }
 
     /// An error response with a status `code` (not 0) and a message.
-    pub fn err(code: i32, msg: impl Into<String>) -> Response {
+    pub fn err(code: impl StatusCode, msg: impl Into<String>) -> Response {
         Response {
-            status: code,
+            status: code.code(),
             data: Doc::default(),
             error: Some(msg.into()),
         }
@@ -231,7 +276,7 @@ impl Response {
 
     /// Whether the status is 0.
     pub fn is_ok(&self) -> bool {
-        self.status == status::OK
+        self.status == Status::Ok.wire()
     }
 }
 
@@ -254,7 +299,7 @@ pub struct Message {
 }
 
 /// A message that did not decode, with its `reqid` when that much was readable (so the
-/// node can answer with [`status::BAD_PAYLOAD`]).
+/// node can answer with [`Status::BadPayload`]).
 #[derive(Debug)]
 pub struct Undecodable {
     /// The request id, if found.

@@ -33,5 +33,5 @@ pub use frame::{
 pub use fuzz::{fuzz_frame, fuzz_handshake};
 pub use io::{check_len, read_body, read_frame, read_len, write_empty, write_frame, EMPTY_PACKET};
 pub use keyring::Keyring;
-pub use message::{status, Body, Doc, Message, ReqId, Request, Response, Undecodable};
+pub use message::{Body, Doc, Message, ReqId, Request, Response, Status, StatusCode, Undecodable};
 pub use session::{accept, accept_for_testing, Accepted, Initiator, Opener, Outgoing, Sealer};
