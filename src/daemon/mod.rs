@@ -138,6 +138,8 @@ pub struct Daemon {
     deploying: tokio::sync::Mutex<()>,
     /// Joins this node refused, as leader, for want of an approval.
     join_requests: consent::JoinRequests,
+    /// The services' state on this node: logs, jobs, instance runtimes, monitor flags.
+    pub services: Arc<crate::services::Local>,
     /// This node's work units (`work submit` and the `work_*` actions).
     pub work: Arc<crate::work::Work>,
     /// The last round trip measured to each peer (ms) and when (ms since the epoch), by
@@ -238,6 +240,10 @@ impl Daemon {
             addr_problem: Mutex::new(None),
             dequeue: tokio::sync::Notify::new(),
             work: crate::work::Work::open(paths.var_dir(), cfg.name.clone()),
+            services: Arc::new(crate::services::Local::new(
+                paths.var_dir(),
+                cfg.name.clone(),
+            )),
             rtt: Mutex::new(std::collections::BTreeMap::new()),
             peers: Arc::new(Peers::new(cfg.name.clone(), keyring)),
             rpc_counters: Arc::default(),

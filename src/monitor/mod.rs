@@ -49,10 +49,6 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// Registers the `monitor` and `scheduler` threads with the daemon's supervisor.
 pub fn spawn(daemon: &Arc<Daemon>) {
-    // A daemon opened again on the same root in this process starts afresh.
-    let local = services::local(daemon);
-    local.shutting.store(false, Ordering::SeqCst);
-    local.cut_off.store(false, Ordering::SeqCst);
     let d = daemon.clone();
     daemon.threads.spawn(
         "monitor",
@@ -569,7 +565,7 @@ async fn scheduler_loop(
     daemon: Arc<Daemon>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let lg = services::local(&daemon);
+    let lg = daemon.services.clone();
     let mut last_purge: Option<Instant> = None;
     loop {
         // The queue an empty packet (`om node dequeue actions`) runs at once: every

@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use raft::state::Avail;
@@ -61,6 +60,18 @@ pub struct Local {
 }
 
 impl Local {
+    /// The state of a daemon whose files are under `var` and whose node is `me`; built by
+    /// [`Daemon::open`], which owns it.
+    pub fn new(var: PathBuf, me: String) -> Local {
+        Local {
+            logs: ServiceLogs::new(var.clone(), me),
+            jobs: Arc::new(Jobs::new(var)),
+            instances: Mutex::new(BTreeMap::new()),
+            cut_off: AtomicBool::new(false),
+            shutting: AtomicBool::new(false),
+        }
+    }
+
     /// The runtime of `svc`, created on first use.
     pub fn instance(&self, svc: &str) -> Arc<InstanceRt> {
         self.instances
@@ -82,32 +93,11 @@ impl Local {
     }
 }
 
-/// The [`Local`] of `daemon` (one per root, created on first use).
-pub fn local(daemon: &Daemon) -> Arc<Local> {
-    static REGISTRY: OnceLock<Mutex<BTreeMap<PathBuf, Arc<Local>>>> = OnceLock::new();
-    let mut reg = REGISTRY
-        .get_or_init(|| Mutex::new(BTreeMap::new()))
-        .lock()
-        .unwrap();
-    reg.entry(daemon.paths.root.clone())
-        .or_insert_with(|| {
-            let var = daemon.paths.var_dir();
-            Arc::new(Local {
-                logs: ServiceLogs::new(var.clone(), daemon.name()),
-                jobs: Arc::new(Jobs::new(var)),
-                instances: Mutex::new(BTreeMap::new()),
-                cut_off: AtomicBool::new(false),
-                shutting: AtomicBool::new(false),
-            })
-        })
-        .clone()
-}
-
 /// The context instance actions run with.
 pub fn ctx(daemon: &Arc<Daemon>) -> Ctx {
     Ctx {
         daemon: daemon.clone(),
-        local: local(daemon),
+        local: daemon.services.clone(),
         me: daemon.name(),
     }
 }
@@ -376,7 +366,7 @@ async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<V
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
     let backlog = o.backlog.unwrap_or(50) as usize;
     let wait = Duration::from_millis(o.wait_ms.unwrap_or(0).min(60_000));
-    let lg = local(daemon);
+    let lg = daemon.services.clone();
     if o.local {
         let at = match o.cursor {
             None => None,
@@ -565,7 +555,7 @@ async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> R
         o.id.as_deref()
             .ok_or_else(|| bad(format!("{action}: missing option id")))
     };
-    let jobs = local(daemon).jobs.clone();
+    let jobs = daemon.services.clone().jobs.clone();
     let err = |e: jobs::JobError| {
         let status = match e {
             jobs::JobError::Io(_) => Status::Error,
@@ -581,7 +571,9 @@ async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> R
         }
         _ => {
             let rec = jobs.cancel(id()?).map_err(err)?;
-            local(daemon)
+            daemon
+                .services
+                .clone()
                 .logs
                 .warn(&rec.svc, format!("job {} canceled", rec.id));
             Ok(json!({ "job": rec }))
