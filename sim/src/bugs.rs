@@ -28,6 +28,7 @@ pub enum Bug {
 }
 
 impl Bug {
+    /// Every variant, in `--list-bugs` order; `FromStr` searches it.
     pub const ALL: &'static [Bug] = &[
         Bug::LyingSync,
         Bug::AckBeforeSync,
@@ -37,6 +38,7 @@ impl Bug {
         Bug::RpcTargetUnchecked,
     ];
 
+    /// The `--inject-bug` spelling, also the `Display` form.
     pub fn name(self) -> &'static str {
         match self {
             Bug::LyingSync => "lying-sync",
@@ -48,6 +50,7 @@ impl Bug {
         }
     }
 
+    /// The one-line explanation `--list-bugs` prints.
     pub fn describe(self) -> &'static str {
         match self {
             Bug::LyingSync => "sync returns before anything is durable; crashes lose acknowledged votes and entries",

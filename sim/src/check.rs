@@ -51,21 +51,37 @@ fn payload_hash(p: &EntryPayload<TypeConfig>) -> u64 {
 /// Counters shown in the per-seed summary.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// Raft RPCs sent through the simulated network (forwarded proposals not included).
     pub messages: u64,
+    /// Requests the network's plan dropped (lost replies and partitioned links not counted).
     pub lost: u64,
+    /// Raft RPC requests delivered a second time, later.
     pub duplicated: u64,
+    /// Power cuts of any cause (`World::crash`): crash faults, moves, leaves, stopped cores.
     pub crashes: u64,
+    /// Partition layout changes fired (isolations and heals included).
     pub partitions: u64,
+    /// Wall-clock jump faults fired.
     pub clock_jumps: u64,
+    /// Joins completed (`membership::admit`, then its `complete`), warm-up included.
     pub joins: u64,
+    /// Nodes whose removal Raft committed, then stopped and wiped.
     pub leaves: u64,
+    /// Snapshots a live incarnation installed from a leader.
     pub snapshots_installed: u64,
+    /// Writes the cluster answered: committed, with the state machine's reply.
     pub writes_ok: u64,
+    /// Writes certainly not applied (node down, rejected).
     pub writes_failed: u64,
+    /// Writes with no answer (timeout, not leader, node stopped): may yet be applied.
     pub writes_unknown: u64,
+    /// Reads answered (by `read_linearizable`, unless `stale-read` is planted).
     pub reads_ok: u64,
+    /// Reads that failed or timed out; they are left out of the checked history.
     pub reads_failed: u64,
+    /// Times a node's metrics showed it leading with a new vote (per incarnation).
     pub leaderships: u64,
+    /// The highest term any node was seen leading in.
     pub max_term: u64,
     /// Terms in which two different nodes led (openraft's `LeaderId` is `(term, node)`).
     pub shared_terms: u64,
@@ -76,18 +92,25 @@ pub struct Stats {
     /// RPCs refused by an inbox as misaddressed, and replies a sender discarded as coming
     /// from the wrong node or as refusals (the nodes' `RpcCounters`).
     pub rpc_refused: u64,
+    /// RPCs nodes sent that were refused or answered by another node (`RpcCounters::misdelivered`).
     pub rpc_misdelivered: u64,
     /// Member addresses corrupted in Raft's membership, and repaired by an announcement.
     pub addr_faults: u64,
+    /// Announcements (`membership::set_addr`) that rewrote a node's record: repairs and moves.
     pub addr_repairs: u64,
     /// Restarts on a new listener address.
     pub relistens: u64,
     /// Proposals forwarded by a non-leader, and how many were sent twice.
     pub forwarded: u64,
+    /// Forwarded proposals the network sent twice (the command may apply twice).
     pub forwards_duplicated: u64,
+    /// Heal phase: virtual ms until every member followed one leader (at most `HEAL_BOUND`).
     pub heal_leader_ms: u64,
+    /// Heal phase: virtual ms from that leader to the heal probe committing.
     pub heal_commit_ms: u64,
+    /// Register operations handed to the linearizability checker.
     pub lin_ops: u64,
+    /// Keys whose linearizability search hit its budget: no verdict.
     pub lin_unchecked_keys: u64,
 }
 
@@ -97,9 +120,13 @@ pub use linear::RegOp;
 /// An acknowledged command: what the client was told.
 #[derive(Debug, Clone)]
 pub struct Acked {
+    /// The log index the client was told its command committed at.
     pub index: u64,
+    /// Hash of the command, compared with the entry committed at `index`.
     pub payload: u64,
+    /// The reply the client got; the replay of the committed log must give the same.
     pub reply: Reply,
+    /// Who sent which command, for violation messages.
     pub what: String,
 }
 
@@ -112,7 +139,9 @@ struct Applied {
 
 /// What the run reported, and the violations found on the spot.
 pub struct Recorder {
+    /// The first 20 violations, in the order found (each also a `FAIL` trace line).
     pub violations: Vec<String>,
+    /// The run's counters, for the summary.
     pub stats: Stats,
     /// Every log id ever appended anywhere, with the payload hash first appended under it.
     appended: BTreeMap<(u64, NodeId, u64), u64>,
@@ -138,11 +167,14 @@ pub struct Recorder {
     covered: Vec<u64>,
     /// Leaders seen per term.
     leaders: BTreeMap<u64, BTreeSet<usize>>,
+    /// The client history of register operations, for the linearizability check.
     pub ops: Vec<RegOp>,
+    /// Every acknowledged write with an index, for the durability check.
     pub acked: Vec<Acked>,
 }
 
 impl Recorder {
+    /// An empty recorder for a pool of `nodes` slots.
     pub fn new(nodes: usize) -> Recorder {
         Recorder {
             violations: Vec::new(),
@@ -162,6 +194,7 @@ impl Recorder {
         }
     }
 
+    /// Records a violation: a `FAIL` trace line always, the message if fewer than 20 so far.
     pub fn violation(&mut self, w: &World, what: String) {
         w.ev("FAIL", format_args!("{what}"));
         if self.violations.len() < 20 {
@@ -169,6 +202,7 @@ impl Recorder {
         }
     }
 
+    /// A live node saved `vote`: it must not be below the highest vote it acknowledged.
     pub fn on_vote_saved(&mut self, w: &World, node: usize, vote: Vote<NodeId>) {
         if let Some(prev) = self.votes[node] {
             // Votes are totally ordered in openraft's default LeaderId mode.
@@ -187,6 +221,7 @@ impl Recorder {
         }
     }
 
+    /// A node read its vote back at start: below an acknowledged one means a crash lost it.
     pub fn on_vote_read(&mut self, w: &World, node: usize, vote: Option<Vote<NodeId>>) {
         if let Some(prev) = self.votes[node] {
             if vote.is_none_or(|v| v < prev) {
@@ -201,6 +236,7 @@ impl Recorder {
         }
     }
 
+    /// Node `node` left and its disk was wiped: forget its votes, log and configurations.
     pub fn on_wipe(&mut self, node: usize) {
         self.votes[node] = None;
         self.logs[node].clear();
@@ -210,7 +246,6 @@ impl Recorder {
         self.covered[node] = 0;
     }
 
-    /// A node (re)starts with this log on its disk.
     /// A node (re)starts with this log on its disk, and this applied state (snapshot).
     pub fn on_start_state(
         &mut self,
@@ -231,6 +266,7 @@ impl Recorder {
         self.covered[node] = applied.unwrap_or(0);
     }
 
+    /// Node `node`'s log is now `entries`, as read from its disk (see `on_start_state`).
     pub fn on_start(&mut self, node: usize, entries: &[Entry<TypeConfig>]) {
         self.logs[node] = entries
             .iter()
@@ -280,11 +316,13 @@ impl Recorder {
         }
     }
 
+    /// Node `node` purged its log up to `upto`: those entries are held but no longer listed.
     pub fn on_purge(&mut self, node: usize, upto: u64) {
         self.covered[node] = self.covered[node].max(upto);
         self.logs[node] = self.logs[node].split_off(&(upto + 1));
     }
 
+    /// Node `node` leads with `vote`: counts leaderships and terms that two nodes led.
     pub fn on_leader(&mut self, node: usize, _inc: u64, vote: Vote<NodeId>) {
         let term = vote.leader_id.term;
         self.stats.leaderships += 1;
@@ -296,6 +334,7 @@ impl Recorder {
         }
     }
 
+    /// Node `node` appends `entries`: checks log matching against every node's log.
     pub fn on_append(&mut self, w: &World, node: usize, entries: &[Entry<TypeConfig>]) {
         for e in entries {
             let key = (
@@ -347,6 +386,7 @@ impl Recorder {
         }
     }
 
+    /// Node `node` truncates from index `since`: committed entries it removes must come back.
     pub fn on_truncate(
         &mut self,
         _w: &World,
@@ -367,6 +407,7 @@ impl Recorder {
         }
     }
 
+    /// Node `node` applied `e`, reaching state hash `state`: all must apply the same entry there.
     pub fn on_apply(
         &mut self,
         w: &World,
@@ -404,6 +445,7 @@ impl Recorder {
         self.on_state(w, node, index, state, "applying");
     }
 
+    /// Node `node` has state hash `state` at `index` (`how` it got there): all must agree.
     pub fn on_state(&mut self, w: &World, node: usize, index: u64, state: u64, how: &str) {
         if how != "applying" {
             // A snapshot covers the committed entries up to its index.

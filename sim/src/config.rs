@@ -14,10 +14,12 @@ pub struct NetParams {
     pub dup: f64,
     /// One-way delay, uniform in `delay_min_us..=delay_max_us`.
     pub delay_min_us: u64,
+    /// Upper end of the normal delay, µs; long delays start there.
     pub delay_max_us: u64,
     /// Probability that a message takes a long way round (up to `long_delay_max_us`), which
     /// reorders it behind later ones.
     pub long_delay: f64,
+    /// Upper end of a long delay, µs.
     pub long_delay_max_us: u64,
     /// Probability that a message reaches another listening node than the one at its
     /// address (the sender included), as a stale address or a reused port would.
@@ -55,23 +57,33 @@ pub struct Options {
 /// Everything a seed decides before the run starts.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The seed every random stream of the run derives from.
     pub seed: u64,
+    /// The planted bug (`Options::bug`), if any.
     pub bug: Option<Bug>,
+    /// Wiped nodes rejoin under their old name and Raft id (`Options::reuse_names`).
     pub reuse_names: bool,
     /// Raft timing, batching and snapshots exactly as the daemon sets them.
     pub daemon_timing: bool,
     /// Nodes in the pool (3 or 5); all are voters after the warm-up.
     pub nodes: usize,
+    /// openraft's heartbeat interval, ms.
     pub heartbeat_ms: u64,
+    /// Lower end of openraft's randomized election timeout, ms; disk syncs take at most an eighth.
     pub election_min_ms: u64,
+    /// Upper end of the election timeout, ms (also the snapshot install timeout, at least 200).
     pub election_max_ms: u64,
     /// openraft `SnapshotPolicy::LogsSinceLast`.
     pub snapshot_every: u64,
+    /// openraft `max_in_snapshot_log_to_keep`: entries left in the log behind a snapshot.
     pub keep_logs: u64,
+    /// openraft `snapshot_max_chunk_size`: bytes per InstallSnapshot RPC.
     pub snapshot_chunk: u64,
+    /// openraft `max_payload_entries`: most entries per AppendEntries RPC.
     pub max_payload_entries: u64,
     /// Length of the fault phase, virtual ms.
     pub fault_ms: u64,
+    /// Per-message behaviour in the fault phase (warm-up and heal use `NetParams::calm`).
     pub net: NetParams,
     /// Mean gap between changes of the partition layout (0 = no partitions).
     pub partition_gap_ms: u64,
@@ -87,7 +99,9 @@ pub struct SimConfig {
     /// the probability that each survives, whether the last may survive torn, and the
     /// probability that a bit of what survived unsynced is flipped.
     pub disk_keep_unsynced: f64,
+    /// Whether the last unsynced write of a file may survive a crash torn.
     pub disk_tear: bool,
+    /// Probability that a crash flips one bit in the unsynced bytes that survived.
     pub disk_flip: f64,
     /// The write-ahead log's segment size (small ones roll and purge often).
     pub segment_size: u64,
@@ -104,6 +118,7 @@ pub struct SimConfig {
     pub forward: f64,
     /// Probability that a forwarded proposal is sent twice.
     pub forward_dup: f64,
+    /// Concurrent clients (1..=4) reading and writing registers in the fault phase.
     pub clients: usize,
     /// Mean think time of a client between operations.
     pub client_gap_ms: u64,

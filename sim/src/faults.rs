@@ -25,25 +25,34 @@ use crate::world::World;
 /// Which node a fault hits.
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
+    /// The node in this slot (an index into `World::names`).
     Node(usize),
     /// Whoever leads when the fault fires (a random node if none does).
     Leader,
 }
 
 #[derive(Debug, Clone)]
+/// One fault of the schedule, fired at its time by [`inject`].
 pub enum Fault {
     /// Replace the set of blocked links.
     Partition {
+        /// Directed (from, to) slot pairs that deliver nothing from now on (empty: healed).
         blocked: BTreeSet<(usize, usize)>,
+        /// How the layout reads in the trace (`split [0, 1, 1]`, `healed`, ...).
         what: String,
     },
     /// Cut `node` off in both directions (resolved at fire time).
     Isolate(Target),
+    /// Power cut on the target if it is up; a later `Restart` (or the heal) brings it back.
     Crash(Target),
-    /// Restart every crashed node that has been down at least its downtime.
+    /// Restart the node crashed longest ago that is still down (the field is unused: one
+    /// `Restart` is scheduled per crash, after its downtime).
     Restart(usize),
+    /// A node's wall clock steps, as a bad NTP server would make it.
     ClockJump {
+        /// The slot whose clock jumps.
         node: usize,
+        /// Added to its clock offset, ms (within ±60 s).
         delta_ms: i64,
     },
     /// A member's address in Raft's membership is rewritten on the leader, bypassing
@@ -51,8 +60,11 @@ pub enum Fault {
     /// member's address, to a dead one, or swapped with another member's. The draws pick
     /// the members among the leader's, in id order, when it fires.
     AddrCorrupt {
+        /// How the record is corrupted.
         kind: AddrFault,
+        /// Draw picking the member whose record is rewritten (modulo the member count).
         a: u64,
+        /// Draw picking the other member involved (whose address it takes, or the swap partner).
         b: u64,
     },
     /// Every node whose record is wrong announces its address (`membership::set_addr`).

@@ -52,6 +52,7 @@ pub const CLUSTER: &str = "sim";
 /// The network's mutable state.
 pub struct NetState {
     rng: Rng,
+    /// Per-message behaviour now: calm outside the fault phase, `SimConfig::net` in it.
     pub params: NetParams,
     /// Directed links that deliver nothing: (from, to).
     pub blocked: BTreeSet<(usize, usize)>,
@@ -72,6 +73,7 @@ struct Plan {
 }
 
 impl NetState {
+    /// The network of `cfg`'s seed: calm, no blocked links, until the fault phase begins.
     pub fn new(cfg: &SimConfig) -> NetState {
         NetState {
             rng: Rng::stream(cfg.seed, "net"),
@@ -177,6 +179,7 @@ pub struct SimTransport {
 }
 
 impl SimTransport {
+    /// The transport of incarnation `inc` of node `from`: replies to a dead one are lost.
     pub fn new(world: Arc<World>, from: usize, inc: u64) -> SimTransport {
         SimTransport { world, from, inc }
     }

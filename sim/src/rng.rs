@@ -40,6 +40,7 @@ impl Rng {
         Rng::stream(seed, name).next_u64()
     }
 
+    /// The next 64 uniform bits: one SplitMix64 step.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix(self.state)

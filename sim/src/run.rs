@@ -35,19 +35,30 @@ const WARMUP_BOUND: Duration = Duration::from_secs(20);
 /// What a seed came to.
 #[derive(Debug, Clone)]
 pub struct SeedResult {
+    /// The seed that was run.
     pub seed: u64,
+    /// The planted bug, if any (for the replay command).
     pub bug: Option<Bug>,
+    /// The trace hash: equal over runs of the same seed (`--determinism`).
     pub hash: u64,
+    /// Pool size the seed drew (3 or 5).
     pub nodes: usize,
+    /// The checkers' violations, then the run's own failure (liveness, panic); empty: passed.
     pub failures: Vec<String>,
+    /// The run's counters.
     pub stats: Stats,
+    /// Virtual time the run took, ms (0 after a panic).
     pub virtual_ms: u64,
+    /// Trace events written.
     pub events: u64,
+    /// The seed's configuration, as `SimConfig`'s `Display` writes it.
     pub config: String,
+    /// The trace lines, when `Options::keep_trace` asked for them (empty otherwise).
     pub trace: Vec<String>,
 }
 
 impl SeedResult {
+    /// Whether the seed passed: no violation and no failure.
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
     }

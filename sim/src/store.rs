@@ -59,6 +59,7 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
+    /// The disk of incarnation `inc`, dead once `live` moves on; `bug` may plant `ack-before-sync`.
     pub fn new(
         wal: WalBackend<MemDisk>,
         live: Arc<AtomicU64>,
@@ -124,6 +125,7 @@ pub struct SimLog {
 }
 
 impl SimLog {
+    /// Wraps incarnation `inc`'s log store of node `node`; it reports only while that one is live.
     pub fn new(world: Arc<World>, node: usize, inc: u64, inner: LogStore<SimDisk>) -> SimLog {
         SimLog {
             world,
@@ -235,6 +237,7 @@ pub struct SimMachine {
 }
 
 impl SimMachine {
+    /// Wraps incarnation `inc`'s state machine store of node `node`, applying into `machine`.
     pub fn new(
         world: Arc<World>,
         node: usize,

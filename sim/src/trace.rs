@@ -19,6 +19,7 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// An empty trace; `keep` keeps every line as well as the hash (`--replay`).
     pub fn new(keep: bool) -> Trace {
         Trace {
             hash: 0xcbf2_9ce4_8422_2325,
@@ -48,14 +49,17 @@ impl Trace {
         }
     }
 
+    /// The chained hash of every event so far: the same seed gives the same hash.
     pub fn hash(&self) -> u64 {
         self.hash
     }
 
+    /// Events written so far.
     pub fn events(&self) -> u64 {
         self.events
     }
 
+    /// The kept lines (none unless made with `keep`); later calls get none.
     pub fn take_lines(&mut self) -> Vec<String> {
         self.lines.take().unwrap_or_default()
     }

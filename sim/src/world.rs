@@ -53,7 +53,9 @@ pub enum Status {
 /// A node's wall clock: the epoch plus virtual time, scaled by its drift, plus its offset.
 #[derive(Debug, Clone)]
 pub struct Clock {
+    /// Added to the clock, ms: within ±5 min at start, moved by clock-jump faults.
     pub offset_ms: i64,
+    /// Rate error in parts per million of elapsed virtual time (within ±5%).
     pub drift_ppm: i64,
 }
 
@@ -61,6 +63,7 @@ pub struct Clock {
 pub struct Slot {
     /// The node's current name (`n2`, or `n2-r1` after it left and rejoined) and Raft id.
     pub name: String,
+    /// The Raft id of the current name (`raft::node_id`): a new one after a rejoin.
     pub id: NodeId,
     /// Where it listens (`n2:7002`; a new port after a restart on a new address). The
     /// machine keeps it when it rejoins under a new name, as a host keeps its port.
@@ -71,6 +74,7 @@ pub struct Slot {
     pub counters: Arc<RpcCounters>,
     /// How many times it left the cluster (and got a new identity).
     pub rejoins: u32,
+    /// The simulated disk: survives crashes, replaced by an empty one when the node leaves.
     pub disk: MemDisk,
     /// Crashes of this slot so far (each draws its outcome from its own stream).
     pub crashes: u64,
@@ -78,25 +82,33 @@ pub struct Slot {
     pub live: Arc<AtomicU64>,
     /// Incarnations started so far.
     pub incarnation: u64,
+    /// The running Raft node (`None` while down or out).
     pub node: Option<Node>,
     /// The running incarnation's receiving side (what the transport delivers to).
     pub inbox: Option<Inbox>,
+    /// Where the node is in its life.
     pub status: Status,
+    /// The node's wall clock, kept across crashes.
     pub clock: Clock,
 }
 
 /// Everything of one run.
 pub struct World {
+    /// What the seed decided.
     pub cfg: SimConfig,
+    /// The virtual instant the run began: the origin of `now_us` and trace times.
     pub start: Instant,
     /// Slot labels (`n1`..`n5`): who the trace lines are about.
     pub names: Vec<String>,
     /// Every identity ever given: Raft id -> (slot, name).
     idents: Mutex<BTreeMap<NodeId, (usize, String)>>,
+    /// Network parameters, blocked links and the message stream (lock with `net()`).
     pub net: Mutex<NetState>,
+    /// One slot per machine, indexed like `names` (lock with `slots()`).
     pub slots: Mutex<Vec<Slot>>,
     /// Listener address -> the slot listening there (when it is up).
     book: Mutex<BTreeMap<String, usize>>,
+    /// What the checkers record (lock with `rec()`).
     pub rec: Mutex<Recorder>,
     trace: Mutex<Trace>,
     seq: AtomicU64,
@@ -115,6 +127,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl World {
+    /// The world of a run of `cfg`, every node out; `keep_trace` keeps the trace lines.
     pub fn new(cfg: SimConfig, keep_trace: bool) -> Arc<World> {
         let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
         let idents = names
@@ -174,6 +187,7 @@ impl World {
         })
     }
 
+    /// The bug planted in this run, if any.
     pub fn bug(&self) -> Option<Bug> {
         self.cfg.bug
     }
@@ -189,18 +203,22 @@ impl World {
         lock(&self.trace).event(us, who, what);
     }
 
+    /// Locks the trace (the run reads its hash and lines at the end).
     pub fn trace(&self) -> MutexGuard<'_, Trace> {
         lock(&self.trace)
     }
 
+    /// Locks the recorder (briefly: never across an `.await`).
     pub fn rec(&self) -> MutexGuard<'_, Recorder> {
         lock(&self.rec)
     }
 
+    /// Locks the network state.
     pub fn net(&self) -> MutexGuard<'_, NetState> {
         lock(&self.net)
     }
 
+    /// Locks the node slots.
     pub fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         lock(&self.slots)
     }
@@ -210,6 +228,7 @@ impl World {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Locks the address book: listener address -> the slot listening there.
     pub fn book(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
         lock(&self.book)
     }
@@ -265,6 +284,7 @@ impl World {
         }
     }
 
+    /// A vote as the trace writes it: `T<term>-<leader>`, then `:c` if committed.
     pub fn vote(&self, v: &Vote<NodeId>) -> String {
         format!(
             "T{}-{}{}",
@@ -274,6 +294,7 @@ impl World {
         )
     }
 
+    /// A log id as the trace writes it: `term-leader-index`, or `-` for none.
     pub fn log_id(&self, l: &Option<LogId<NodeId>>) -> String {
         match l {
             None => "-".into(),
@@ -291,6 +312,7 @@ impl World {
         self.slots()[idx].node.clone()
     }
 
+    /// Where node `idx` is in its life.
     pub fn status(&self, idx: usize) -> Status {
         self.slots()[idx].status
     }
