@@ -567,7 +567,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
                 .map_err(|e| CliError(e.to_string()))?;
             crate::logging::init(cfg.log_level);
             let _root_lock =
-                crate::control::lock_root(paths).map_err(|e| CliError(e.to_string()))?;
+                crate::daemon::control::lock_root(paths).map_err(|e| CliError(e.to_string()))?;
             let daemon = crate::daemon::Daemon::open(paths.clone())
                 .await
                 .map_err(|e| CliError(e.to_string()))?;

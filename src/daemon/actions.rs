@@ -270,11 +270,13 @@ impl Daemon {
                     let forward = api::reply(&opts)?;
                     let svc = opts.svcname.as_deref();
                     return self
-                        .read_linearizable(action, forward, from_peer, |s| service_monitors(s, svc))
+                        .read_linearizable(action, forward, from_peer, |s| {
+                            crate::services::service_monitors(s, svc)
+                        })
                         .await;
                 }
                 self.node()?
-                    .read(|s| service_monitors(s, opts.svcname.as_deref()))
+                    .read(|s| crate::services::service_monitors(s, opts.svcname.as_deref()))
             }
             Action::Clear => {
                 let opts: options::Clear = api::parse(action, o)?;
@@ -305,14 +307,14 @@ impl Daemon {
             }
             // Validates the config (section and key named in errors) before committing.
             Action::SetServiceConfig => {
-                crate::services::set_service_config(self, api::parse(action, o)?).await
+                crate::services::set_service_config(&self.host(), api::parse(action, o)?).await
             }
             Action::ServiceAction
             | Action::ServiceLogs
             | Action::ServiceStatus
             | Action::JobList
             | Action::JobShow
-            | Action::JobCancel => crate::services::handle(self, action, o).await,
+            | Action::JobCancel => crate::services::handle(&self.host(), action, o).await,
             Action::Hello => api::reply(&self.hello(api::parse(action, o)?)?),
             Action::GetNodes => {
                 let opts: options::GetNodes = api::parse(action, o)?;
@@ -345,19 +347,19 @@ impl Daemon {
             Action::ControlPing => {
                 let opts: options::ControlPing = api::parse(action, o)?;
                 match opts.target.filter(|t| *t != self.name()) {
-                    Some(t) => api::reply(&crate::control::service::relay_ping(self, &t).await?),
+                    Some(t) => api::reply(&super::control::service::relay_ping(self, &t).await?),
                     None => api::reply(&self.pong()),
                 }
             }
             Action::ControlCommand => {
                 let opts: options::ControlLine = api::parse(action, o)?;
-                crate::control::service::relayed(self, &opts.line).await
+                super::control::service::relayed(self, &opts.line).await
             }
             Action::WorkSubmit
             | Action::WorkStatus
             | Action::WorkResults
             | Action::WorkCancel
-            | Action::WorkRelease => crate::work::remote::serve(self, action, o).await,
+            | Action::WorkRelease => super::work::serve(self, action, o).await,
             Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot => {
                 unreachable!("{action} is served by dispatch")
             }
@@ -740,22 +742,5 @@ pub(crate) fn membership_error(e: MembershipError) -> ActionError {
         MembershipError::Raft(p) => ActionError::from(p),
         MembershipError::CatchUp { .. } => ActionError::new(Status::Unavailable, e.to_string()),
         refused => ActionError::bad(refused.to_string()),
-    }
-}
-
-/// `get_service_monitor`: one service's or every service's monitor in `s`.
-pub(crate) fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Value> {
-    let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
-    match svc {
-        None => api::reply(
-            &s.services
-                .iter()
-                .map(|(k, v)| (k.clone(), view(v)))
-                .collect::<serde_json::Map<_, _>>(),
-        ),
-        Some(svc) => match s.services.get(svc) {
-            Some(v) => api::reply(&view(v)),
-            None => Err(ActionError::bad(format!("service {svc:?} does not exist"))),
-        },
     }
 }

@@ -7,7 +7,9 @@
 pub mod actions;
 mod configuration;
 mod consent;
+pub mod control;
 pub mod events;
+mod host;
 pub mod peers;
 pub mod raftnet;
 pub mod rotation;
@@ -15,6 +17,7 @@ mod standby;
 pub mod status;
 pub mod threads;
 pub mod watcher;
+pub mod work;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -265,6 +268,11 @@ impl Daemon {
         });
         daemon.start_raft().await?;
         Ok(daemon)
+    }
+
+    /// This daemon as the services and the monitor see it.
+    pub fn host(self: &Arc<Self>) -> Arc<dyn crate::services::Host> {
+        self.clone()
     }
 
     /// The current config.
@@ -664,7 +672,7 @@ impl Daemon {
 
     /// Runs until stopped: the listener, the control socket and the background threads.
     pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
-        crate::control::check_not_running(&self.paths)?;
+        control::check_not_running(&self.paths)?;
         std::fs::create_dir_all(self.paths.run_dir()).map_err(|e| DaemonError::Control {
             path: self.paths.run_dir().display().to_string(),
             reason: e.to_string(),
@@ -688,13 +696,12 @@ impl Daemon {
             "watcher",
             Arc::new(move |stop| Box::pin(watcher::run(d.clone(), stop))),
         );
-        let control =
-            crate::control::ControlServer::bind(&self.paths.control_socket()).map_err(|e| {
-                DaemonError::Control {
-                    path: self.paths.control_socket().display().to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let control = control::ControlServer::bind(&self.paths.control_socket()).map_err(|e| {
+            DaemonError::Control {
+                path: self.paths.control_socket().display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         let d = self.clone();
         self.threads.spawn(
             "control",
@@ -716,7 +723,16 @@ impl Daemon {
             listener = ?*self.bound.lock().unwrap(),
             "daemon running"
         );
-        crate::monitor::spawn(&self);
+        let host = self.host();
+        self.threads.spawn(
+            "monitor",
+            Arc::new(move |stop| Box::pin(crate::monitor::monitor_loop(host.clone(), stop))),
+        );
+        let host = self.host();
+        self.threads.spawn(
+            "scheduler",
+            Arc::new(move |stop| Box::pin(crate::monitor::scheduler_loop(host.clone(), stop))),
+        );
         let d = self.clone();
         tokio::spawn(async move { d.leave_maintenance().await });
 
@@ -732,7 +748,7 @@ impl Daemon {
         };
         tracing::info!(?kind, "daemon stopping");
         if kind == StopKind::Shutdown {
-            crate::monitor::stop_local_instances(&self).await;
+            crate::monitor::stop_local_instances(&self.host()).await;
         }
         self.advertise_maintenance().await;
         for id in threads::THREAD_IDS.iter().rev() {

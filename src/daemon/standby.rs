@@ -110,7 +110,7 @@ impl Daemon {
             .applied_index_at_least(Some(committed.index), "the duty change applied here")
             .await;
         tracing::info!(%status, "node duty changed");
-        for rt in crate::services::ctx(self).local.instances() {
+        for rt in self.services.instances() {
             rt.wake.notify_one();
         }
         Ok(())

@@ -30,10 +30,11 @@ use raft::Subject;
 use tokio::sync::broadcast;
 use tokio::sync::watch;
 
-use crate::daemon::Daemon;
 use crate::model::service::ServiceConfig;
 use crate::services;
+use crate::services::host::commit_limit;
 use crate::services::instance::Ctx;
+use crate::services::Host;
 
 /// A node in maintenance (daemon stopped on purpose, services left running) is marked down
 /// only after this long without news, so a planned restart does not move its services.
@@ -47,25 +48,11 @@ pub fn split_delay(down_timeout: Duration) -> Duration {
 /// How often the monitor makes a pass without being woken by an event.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Registers the `monitor` and `scheduler` threads with the daemon's supervisor.
-pub fn spawn(daemon: &Arc<Daemon>) {
-    let d = daemon.clone();
-    daemon.threads.spawn(
-        "monitor",
-        Arc::new(move |stop| Box::pin(monitor_loop(d.clone(), stop))),
-    );
-    let d = daemon.clone();
-    daemon.threads.spawn(
-        "scheduler",
-        Arc::new(move |stop| Box::pin(scheduler_loop(d.clone(), stop))),
-    );
-}
-
 /// For `om node daemon shutdown`: stops every local service instance (after telling the
 /// cluster this node is shutting, so the orchestrator moves failover services elsewhere),
 /// and keeps the monitor from starting anything until the daemon exits.
-pub async fn stop_local_instances(daemon: &Arc<Daemon>) {
-    let cx = services::ctx(daemon);
+pub async fn stop_local_instances(host: &Arc<dyn Host>) {
+    let cx = services::ctx(host);
     cx.local.shutting.store(true, Ordering::SeqCst);
     let shutting = Command::SetNodeMonitor {
         node: cx.me.clone(),
@@ -73,13 +60,14 @@ pub async fn stop_local_instances(daemon: &Arc<Daemon>) {
         local_expect: None,
         frozen: None,
     };
-    if tokio::time::timeout(Duration::from_secs(3), daemon.propose(shutting))
+    if host
+        .propose(shutting, Duration::from_secs(3))
         .await
         .is_err()
     {
         tracing::warn!("could not advertise the shutting status within 3s");
     }
-    let Ok(node) = daemon.node() else { return };
+    let Ok(node) = host.node() else { return };
     let svcs: Vec<(String, u64, String)> = node.read(|s| {
         s.services
             .iter()
@@ -158,21 +146,27 @@ impl Configs {
     }
 }
 
-async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
-    let cx = services::ctx(&daemon);
+/// The `monitor` thread (registered by the daemon): one worker per local instance, the
+/// node monitor, the quorum watch; on the leader, down-marking and the orchestrator. Runs
+/// until `stop` turns true.
+pub async fn monitor_loop(
+    host: Arc<dyn Host>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let cx = services::ctx(&host);
     let mut workers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut leader = LeaderMem::default();
     // The quorum watch runs on its own: proposals below may wait, it must not.
     let quorum_task = {
-        let (daemon, cx) = (daemon.clone(), cx.clone());
+        let (host, cx) = (host.clone(), cx.clone());
         tokio::spawn(async move {
             let mut q = QuorumWatch {
                 last_ok: Instant::now(),
                 cut_off: false,
             };
             loop {
-                if let Ok(node) = daemon.node() {
-                    watch_quorum(&daemon, &cx, &node, &mut q);
+                if let Ok(node) = host.node() {
+                    watch_quorum(&host, &cx, &node, &mut q);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -181,7 +175,7 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
     let mut configs = Configs::default();
     let mut sub: Option<(Node, broadcast::Receiver<raft::EventRecord>)> = None;
     let result = loop {
-        let node = match daemon.node() {
+        let node = match host.node() {
             Ok(n) => n,
             Err(_) => {
                 tokio::select! {
@@ -272,12 +266,12 @@ async fn monitor_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) -> R
 
         let cut_off = cx.local.cut_off.load(Ordering::SeqCst);
         if !cut_off {
-            node_self(&daemon, &cx, &node).await;
+            node_self(&host, &cx, &node).await;
         }
         if is_leader && !cut_off {
             let since = *leader.since.get_or_insert_with(Instant::now);
-            mark_down(&daemon, &cx, &node, since).await;
-            orchestrate(&daemon, &cx, &node, &mut configs, &mut leader).await;
+            mark_down(&host, &cx, &node, since).await;
+            orchestrate(&host, &cx, &node, &mut configs, &mut leader).await;
         } else {
             leader.since = None;
         }
@@ -323,11 +317,11 @@ fn log_events(cx: &Ctx, events: &[raft::EventRecord], is_leader: bool) {
 }
 
 /// Decides whether this node can reach a majority; flips `cut_off` after `down_timeout`.
-fn watch_quorum(daemon: &Daemon, cx: &Ctx, node: &Node, q: &mut QuorumWatch) {
+fn watch_quorum(host: &Arc<dyn Host>, cx: &Ctx, node: &Node, q: &mut QuorumWatch) {
     let metrics = node.metrics();
     let is_leader =
         metrics.current_leader == Some(node.id) && metrics.state == openraft::ServerState::Leader;
-    let down_timeout = daemon.config().down_timeout;
+    let down_timeout = host.config().down_timeout;
     let membership = metrics.membership_config.membership();
     let voters: Vec<(raft::NodeId, String)> = membership
         .voter_ids()
@@ -339,7 +333,7 @@ fn watch_quorum(daemon: &Daemon, cx: &Ctx, node: &Node, q: &mut QuorumWatch) {
             (id, name)
         })
         .collect();
-    let age = |name: &str| daemon.peers.last_seen(name).unwrap_or(Duration::MAX);
+    let age = |name: &str| host.last_seen(name).unwrap_or(Duration::MAX);
     // How long ago this node last had a majority: for a leader, the age of the news from
     // the voter that completes a majority (itself counting as fresh); for a follower, the
     // age of the news from its leader.
@@ -391,7 +385,7 @@ fn watch_quorum(daemon: &Daemon, cx: &Ctx, node: &Node, q: &mut QuorumWatch) {
 
 /// This node's own monitor: freeze and thaw as its `local_expect` says, and leave a stale
 /// `shutting` status.
-async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
+async fn node_self(host: &Arc<dyn Host>, cx: &Ctx, node: &Node) {
     let Some(m) = node.read(|s| s.node_monitors.get(&cx.me).cloned()) else {
         return;
     };
@@ -413,7 +407,7 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
         if cx.local.shutting.load(Ordering::SeqCst) {
             return;
         }
-        propose(daemon, set(Some(NodeStatus::Idle), None)).await
+        propose(host, set(Some(NodeStatus::Idle), None)).await
     } else if want != m.frozen {
         let (doing, word) = if want {
             (NodeStatus::Freezing, "freezing")
@@ -421,12 +415,12 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
             (NodeStatus::Thawing, "thawing")
         };
         tracing::info!("node {word}");
-        match propose(daemon, set(Some(doing), None)).await {
-            Ok(()) => propose(daemon, set(Some(NodeStatus::Idle), Some(want))).await,
+        match propose(host, set(Some(doing), None)).await {
+            Ok(()) => propose(host, set(Some(NodeStatus::Idle), Some(want))).await,
             Err(e) => Err(e),
         }
     } else if matches!(m.status, NodeStatus::Freezing | NodeStatus::Thawing) {
-        propose(daemon, set(Some(NodeStatus::Idle), None)).await
+        propose(host, set(Some(NodeStatus::Idle), None)).await
     } else {
         return;
     };
@@ -440,16 +434,15 @@ async fn node_self(daemon: &Daemon, cx: &Ctx, node: &Node) {
 
 /// On the leader: marks nodes silent for `down_timeout` down (in maintenance: after
 /// [`MAINTENANCE_GRACE`]), and down nodes heard from again idle.
-async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant) {
-    let down_timeout = daemon.config().down_timeout;
+async fn mark_down(host: &Arc<dyn Host>, cx: &Ctx, node: &Node, leader_since: Instant) {
+    let down_timeout = host.config().down_timeout;
     let monitors = node.read(|s| s.node_monitors.clone());
     let since_leader = leader_since.elapsed();
     for (name, m) in monitors {
         if name == cx.me {
             continue;
         }
-        let silent = daemon
-            .peers
+        let silent = host
             .last_seen(&name)
             .map_or(since_leader, |e| e.min(since_leader));
         let status = if m.status == NodeStatus::Down {
@@ -476,7 +469,7 @@ async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant
             local_expect: None,
             frozen: None,
         };
-        match leader_propose(daemon, node, cmd).await {
+        match leader_propose(host, node, cmd).await {
             Ok(()) => {
                 let msg = if status == NodeStatus::Down {
                     format!(
@@ -505,7 +498,7 @@ async fn mark_down(daemon: &Daemon, cx: &Ctx, node: &Node, leader_since: Instant
 
 /// On the leader: commits every service's placement decisions.
 async fn orchestrate(
-    daemon: &Daemon,
+    host: &Arc<dyn Host>,
     cx: &Ctx,
     node: &Node,
     configs: &mut Configs,
@@ -518,7 +511,7 @@ async fn orchestrate(
         };
         let plan = crate::model::placement::plan(&state, svc, &cfg);
         for (cmd, why) in plan.cmds {
-            match leader_propose(daemon, node, cmd).await {
+            match leader_propose(host, node, cmd).await {
                 Ok(()) => {
                     cx.local.logs.info(svc, format!("orchestrator: {why}"));
                     mem.last_error.remove(svc);
@@ -537,23 +530,23 @@ async fn orchestrate(
     }
 }
 
-/// How long the monitor waits for one of its proposals: `node.down_timeout`, at least 1 s.
-fn propose_limit(daemon: &Daemon) -> Duration {
-    daemon.config().down_timeout.max(Duration::from_secs(1))
+/// Proposes through the leader, giving up after [`commit_limit`].
+async fn propose(host: &Arc<dyn Host>, cmd: Command) -> Result<(), String> {
+    let within = commit_limit(&host.config());
+    host.propose(cmd, within)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
-/// Proposes through the leader, giving up after [`propose_limit`].
-async fn propose(daemon: &Daemon, cmd: Command) -> Result<(), String> {
-    match tokio::time::timeout(propose_limit(daemon), daemon.propose(cmd)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("not committed in time".into()),
-    }
-}
-
-/// Proposes on this node as the leader, giving up after [`propose_limit`].
-async fn leader_propose(daemon: &Daemon, node: &Node, cmd: Command) -> Result<(), ProposeError> {
-    match tokio::time::timeout(propose_limit(daemon), node.propose(cmd)).await {
+/// Proposes on this node as the leader (no forwarding, no retry: a leader that lost its
+/// leadership has nothing to do), giving up after [`commit_limit`].
+async fn leader_propose(
+    host: &Arc<dyn Host>,
+    node: &Node,
+    cmd: Command,
+) -> Result<(), ProposeError> {
+    match tokio::time::timeout(commit_limit(&host.config()), node.propose(cmd)).await {
         Ok(r) => r.map(|_| ()),
         Err(_) => Err(ProposeError::Stopped(
             "not committed in time: no majority?".into(),
@@ -561,11 +554,13 @@ async fn leader_propose(daemon: &Daemon, node: &Node, cmd: Command) -> Result<()
     }
 }
 
-async fn scheduler_loop(
-    daemon: Arc<Daemon>,
+/// The `scheduler` thread (registered by the daemon): asks the workers for their periodic
+/// checks and purges old job results, until `stop` turns true.
+pub async fn scheduler_loop(
+    host: Arc<dyn Host>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let lg = daemon.services.clone();
+    let lg = host.local().clone();
     let mut last_purge: Option<Instant> = None;
     loop {
         // The queue an empty packet (`om node dequeue actions`) runs at once: every
@@ -573,7 +568,7 @@ async fn scheduler_loop(
         let dequeued = tokio::select! {
             _ = stop.changed() => if *stop.borrow() { return Ok(()) } else { false },
             _ = tokio::time::sleep(Duration::from_millis(250)) => false,
-            _ = daemon.dequeue.notified() => true,
+            _ = host.dequeued() => true,
         };
         let now = Instant::now();
         if dequeued {

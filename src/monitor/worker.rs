@@ -72,7 +72,7 @@ impl Snap {
 }
 
 fn read_instance(cx: &Ctx, svc: &str) -> Option<Instance> {
-    cx.daemon.node().ok().and_then(|n| {
+    cx.host.node().ok().and_then(|n| {
         n.read(|s| {
             s.services
                 .get(svc)
@@ -104,10 +104,9 @@ async fn placed_here_now(cx: &Ctx, svc: &str, cfg: &ServiceConfig) -> bool {
         return true;
     }
     let options = serde_json::json!({"svcname": svc, "linearizable": true});
-    let read = |s: &raft::ClusterState| crate::daemon::actions::service_monitors(s, Some(svc));
-    let ask =
-        cx.daemon
-            .read_linearizable(crate::api::Action::GetServiceMonitor, options, false, read);
+    let read = |s: &raft::ClusterState| crate::services::service_monitors(s, Some(svc));
+    let action = crate::api::Action::GetServiceMonitor;
+    let ask = cx.host.read_linearizable(action, options, &read);
     match tokio::time::timeout(Duration::from_secs(5), ask).await {
         Ok(Ok(view)) => {
             let placed = view["instances"][&cx.me]["local_expect"] == "started";
@@ -125,7 +124,7 @@ async fn placed_here_now(cx: &Ctx, svc: &str, cfg: &ServiceConfig) -> bool {
 
 /// One pass over the instance: reads the state, decides ([`decide`]) and acts.
 pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
-    let Ok(node) = cx.daemon.node() else {
+    let Ok(node) = cx.host.node() else {
         return Next::Sleep(Duration::from_secs(1));
     };
     let (me, svc) = (cx.me.clone(), rt.svc.clone());
@@ -209,7 +208,7 @@ struct Pass {
 async fn split(cx: &Ctx, rt: &InstanceRt, mem: &mut Mem, cfg: &ServiceConfig) {
     let failover = cfg.topology == Topology::Failover;
     let running = decide::maybe_running(mem.avail, &mem.res);
-    if !decide::split_stops(failover, cx.daemon.config().split_stop, running) {
+    if !decide::split_stops(failover, cx.host.config().split_stop, running) {
         return;
     }
     cx.local.logs.warn(

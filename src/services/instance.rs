@@ -22,10 +22,11 @@ use tokio::sync::Notify;
 use super::exec;
 use super::exec::PidSlot;
 use super::Local;
-use crate::daemon::actions::ActionError;
-use crate::daemon::Daemon;
+use crate::api::ApiError as ActionError;
 use crate::model::service::Resource;
 use crate::model::service::ServiceConfig;
+use crate::services::host::commit_limit;
+use crate::services::Host;
 
 /// What a series of commands printed, for `service_action` answers and jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub struct Mem {
 #[derive(Clone)]
 pub struct Ctx {
     /// The daemon.
-    pub daemon: Arc<Daemon>,
+    pub host: Arc<dyn Host>,
     /// Its local service runtime.
     pub local: Arc<Local>,
     /// This node's name.
@@ -155,7 +156,7 @@ impl InstanceRt {
             ),
             (
                 "OSVC_ROOT".into(),
-                cx.daemon.paths.root.display().to_string(),
+                cx.host.paths().root.display().to_string(),
             ),
         ]
     }
@@ -359,7 +360,7 @@ pub async fn report(
     restarts: BTreeMap<String, u32>,
 ) -> Result<(), ActionError> {
     commit(
-        &cx.daemon,
+        &cx.host,
         Command::ReportInstance {
             svc: svc.to_string(),
             node: cx.me.clone(),
@@ -378,17 +379,9 @@ pub async fn report(
 ///
 /// Gives up after `node.down_timeout` (at least 1 s): without a majority a proposal never
 /// commits, and the monitor must not hang on it (it has a split action to run).
-pub async fn commit(daemon: &Daemon, cmd: Command) -> Result<(), ActionError> {
-    let limit = daemon.config().down_timeout.max(Duration::from_secs(1));
-    let c = tokio::time::timeout(limit, daemon.propose(cmd))
-        .await
-        .map_err(|_| {
-            ActionError::new(
-                crate::wire::Status::Unavailable,
-                format!("not committed within {limit:?}: no majority reachable?"),
-            )
-        })??;
-    if let Ok(node) = daemon.node() {
+pub async fn commit(host: &Arc<dyn Host>, cmd: Command) -> Result<(), ActionError> {
+    let c = host.propose(cmd, commit_limit(&host.config())).await?;
+    if let Ok(node) = host.node() {
         let _ = node
             .raft
             .wait(Some(Duration::from_secs(5)))

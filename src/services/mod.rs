@@ -6,6 +6,7 @@
 //! monitor (see [`crate::monitor`]); this module is what both use to act on a node.
 
 pub mod exec;
+pub mod host;
 pub mod instance;
 pub mod jobs;
 pub mod log;
@@ -30,7 +31,6 @@ use crate::api;
 use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError as ActionError;
-use crate::daemon::Daemon;
 use crate::model::action;
 use crate::model::action::ActionCmd;
 use crate::model::action::Step;
@@ -39,6 +39,7 @@ use crate::model::service::ServiceConfig;
 use crate::model::service::Topology;
 use crate::wire::Doc;
 use crate::wire::Status;
+pub use host::Host;
 use instance::Ctx;
 use instance::InstanceRt;
 use instance::Transcript;
@@ -94,28 +95,31 @@ impl Local {
 }
 
 /// The context instance actions run with.
-pub fn ctx(daemon: &Arc<Daemon>) -> Ctx {
+pub fn ctx(host: &Arc<dyn Host>) -> Ctx {
     Ctx {
-        daemon: daemon.clone(),
-        local: daemon.services.clone(),
-        me: daemon.name(),
+        host: host.clone(),
+        local: host.local().clone(),
+        me: host.me(),
     }
 }
 
 type Result<T> = std::result::Result<T, ActionError>;
+
+/// How long a service config change may take to commit (an election included).
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
 fn bad(msg: impl Into<String>) -> ActionError {
     ActionError::new(Status::BadRequest, msg)
 }
 
 /// Serves the service and job actions.
-pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Doc) -> Result<Value> {
+pub async fn handle(host: &Arc<dyn Host>, action: Action, o: Doc) -> Result<Value> {
     match action {
-        Action::ServiceAction => service_action(daemon, api::parse(action, o)?).await,
-        Action::ServiceLogs => service_logs(daemon, api::parse(action, o)?).await,
-        Action::ServiceStatus => service_status(daemon, api::parse(action, o)?),
+        Action::ServiceAction => service_action(host, api::parse(action, o)?).await,
+        Action::ServiceLogs => service_logs(host, api::parse(action, o)?).await,
+        Action::ServiceStatus => service_status(host, api::parse(action, o)?),
         Action::JobList | Action::JobShow | Action::JobCancel => {
-            job_action(daemon, action, api::parse(action, o)?).await
+            job_action(host, action, api::parse(action, o)?).await
         }
         other => Err(ActionError::new(
             Status::UnknownAction,
@@ -129,12 +133,12 @@ pub async fn handle(daemon: &Arc<Daemon>, action: Action, o: Doc) -> Result<Valu
 /// Options: `svcname`, `config` (the INI text), `version` (the version the edit started
 /// from: refused if the service moved on), `create` (refuse if it exists), `delete`.
 pub async fn set_service_config(
-    daemon: &Arc<Daemon>,
+    host: &Arc<dyn Host>,
     o: options::SetServiceConfig,
 ) -> Result<Value> {
     let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
-    let exists = daemon.node()?.read(|s| s.services.contains_key(&svc));
+    let exists = host.node()?.read(|s| s.services.contains_key(&svc));
     let cmd = if o.delete {
         Command::DeleteService { svc }
     } else {
@@ -156,13 +160,13 @@ pub async fn set_service_config(
             Command::CreateService { svc, config: text }
         }
     };
-    let c = daemon.propose(cmd).await?;
+    let c = host.propose(cmd, PROPOSE_DEADLINE).await?;
     serde_json::to_value(c).map_err(|e| ActionError::new(Status::Internal, e.to_string()))
 }
 
 /// `service_action`: runs an instance action on this node (or on `node`), synchronously
 /// (`{out, err, ret}`) or as a job (`{job_id}`).
-async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Result<Value> {
+async fn service_action(host: &Arc<dyn Host>, o: options::ServiceAction) -> Result<Value> {
     let svc = o.svcname.clone();
     let argv = o
         .command
@@ -170,24 +174,22 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
         .and_then(options::Argv::words)
         .ok_or_else(|| bad("missing option command (a list such as [\"start\"])"))?;
     if argv[0].parse::<Verb>().is_err() {
-        return task::action(daemon, o, argv).await;
+        return task::action(host, o, argv).await;
     }
     let cmd = ActionCmd::parse(&argv).map_err(bad)?;
     let sync = o.sync.unwrap_or(true);
-    let me = daemon.name();
+    let me = host.me();
     if let Some(node) = o.node.as_deref().filter(|n| *n != me) {
         let timeout = if sync {
-            action_timeout(daemon, &svc)
+            action_timeout(host, &svc)
         } else {
             Duration::from_secs(15)
         };
-        return daemon
-            .ask_member(node, Action::ServiceAction, &o, timeout)
-            .await;
+        return host::ask(&**host, node, Action::ServiceAction, &o, timeout).await;
     }
-    let cx = ctx(daemon);
+    let cx = ctx(host);
     // Refuse what cannot run before answering, for jobs too.
-    let cfg = current_config(daemon, &svc)?;
+    let cfg = current_config(host, &svc)?;
     if let Some(rids) = &cmd.rids {
         for rid in rids {
             if cfg.resource(rid).is_none() {
@@ -195,7 +197,7 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
             }
         }
     }
-    let listed = daemon.node()?.read(|s| {
+    let listed = host.node()?.read(|s| {
         cfg.lists(&me)
             || s.services
                 .get(&svc)
@@ -236,15 +238,15 @@ async fn service_action(daemon: &Arc<Daemon>, o: options::ServiceAction) -> Resu
 }
 
 /// How long a synchronous action may take: every command of a stop then a start.
-fn action_timeout(daemon: &Daemon, svc: &str) -> Duration {
-    let per = current_config(daemon, svc)
+fn action_timeout(host: &Arc<dyn Host>, svc: &str) -> Duration {
+    let per = current_config(host, svc)
         .map(|c| c.resources.iter().map(|r| r.timeout * 3).sum::<Duration>())
         .unwrap_or(Duration::from_secs(60));
     per * 2 + Duration::from_secs(15)
 }
 
-pub(crate) fn current_config(daemon: &Daemon, svc: &str) -> Result<ServiceConfig> {
-    let text = daemon
+pub(crate) fn current_config(host: &Arc<dyn Host>, svc: &str) -> Result<ServiceConfig> {
+    let text = host
         .node()?
         .read(|s| s.services.get(svc).map(|v| v.config.clone()))
         .ok_or_else(|| bad(format!("service {svc:?} does not exist")))?;
@@ -262,9 +264,9 @@ pub async fn run_action(
     cmd: &ActionCmd,
     holds_lock: Option<&AtomicBool>,
 ) -> Result<Transcript> {
-    let daemon = &cx.daemon;
-    let cfg = current_config(daemon, svc)?;
-    let node = daemon.node()?;
+    let host = &cx.host;
+    let cfg = current_config(host, svc)?;
+    let node = host.node()?;
     // Hold the instance lock before changing local_expect, so the monitor's worker acts on
     // the new local_expect only after this action is done.
     let rt = cx.local.instance(svc);
@@ -351,7 +353,7 @@ async fn commit_before(
                 global_expect: None,
                 reset_retries: expect == LocalExpect::Started,
             };
-            instance::commit(&cx.daemon, cmd).await
+            instance::commit(&cx.host, cmd).await
         }
     }
 }
@@ -361,12 +363,12 @@ async fn commit_before(
 /// Options: `svcname`, `backlog` (lines, default 50), `node` (only that node), `local`,
 /// `cursor` (a number with `local`, else `{node: number}`: return the lines after it),
 /// `wait_ms` (with a cursor: wait up to this long for a first line).
-async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<Value> {
+async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<Value> {
     let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
     let backlog = o.backlog.unwrap_or(50) as usize;
     let wait = Duration::from_millis(o.wait_ms.unwrap_or(0).min(60_000));
-    let lg = daemon.services.clone();
+    let lg = host.local().clone();
     if o.local {
         let at = match o.cursor {
             None => None,
@@ -377,10 +379,10 @@ async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<V
         };
         return Ok(local_logs(&lg, &svc, backlog, at, wait).await);
     }
-    let me = daemon.name();
+    let me = host.me();
     let nodes: Vec<(String, String)> = match o.node.as_deref() {
-        Some(n) => vec![(n.to_string(), daemon.member_addr(n)?)],
-        None => daemon.node()?.read(|s| {
+        Some(n) => vec![(n.to_string(), host.member_addr(n)?)],
+        None => host.node()?.read(|s| {
             s.nodes
                 .iter()
                 .map(|(n, r)| (n.clone(), r.addr.clone()))
@@ -405,17 +407,15 @@ async fn service_logs(daemon: &Arc<Daemon>, o: options::ServiceLogs) -> Result<V
             opts["cursor"] = json!(at);
             opts["wait_ms"] = json!(wait.as_millis() as u64);
         }
-        let d = daemon.clone();
+        let d = host.clone();
         let lg = lg.clone();
         let (is_me, svc) = (n == me, svc.clone());
         set.spawn(async move {
             let r = if is_me {
                 Ok(local_logs(&lg, &svc, backlog, cursor, wait).await)
             } else {
-                d.peers
-                    .call(&addr, "service_logs", opts, wait + Duration::from_secs(5))
-                    .await
-                    .map_err(|e| ActionError::new(Status::Unavailable, e.to_string()))
+                let t = wait + Duration::from_secs(5);
+                d.call_peer(&addr, Action::ServiceLogs, opts, t).await
             };
             (n, r)
         });
@@ -481,10 +481,10 @@ async fn local_logs(
 
 /// `service_status`: the service, its instances with their nodes' states, and its progress
 /// towards `target` (default: its `global_expect`).
-fn service_status(daemon: &Arc<Daemon>, o: options::ServiceStatus) -> Result<Value> {
+fn service_status(host: &Arc<dyn Host>, o: options::ServiceStatus) -> Result<Value> {
     let svc = o.svcname;
     let target = o.target;
-    let node = daemon.node()?;
+    let node = host.node()?;
     let mut state = node.read(|s| s.clone());
     let Some(service) = state.services.get(&svc).cloned() else {
         return Ok(json!({ "svcname": svc, "exists": false }));
@@ -545,17 +545,15 @@ fn service_status(daemon: &Arc<Daemon>, o: options::ServiceStatus) -> Result<Val
 }
 
 /// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.
-async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> Result<Value> {
-    if let Some(node) = o.node.as_deref().filter(|n| *n != daemon.name()) {
-        return daemon
-            .ask_member(node, action, &o, Duration::from_secs(15))
-            .await;
+async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> Result<Value> {
+    if let Some(node) = o.node.as_deref().filter(|n| *n != host.me()) {
+        return host::ask(&**host, node, action, &o, Duration::from_secs(15)).await;
     }
     let id = || {
         o.id.as_deref()
             .ok_or_else(|| bad(format!("{action}: missing option id")))
     };
-    let jobs = daemon.services.clone().jobs.clone();
+    let jobs = host.local().clone().jobs.clone();
     let err = |e: jobs::JobError| {
         let status = match e {
             jobs::JobError::Io(_) => Status::Error,
@@ -564,19 +562,34 @@ async fn job_action(daemon: &Arc<Daemon>, action: Action, o: options::Jobs) -> R
         ActionError::new(status, e.to_string())
     };
     match action {
-        Action::JobList => Ok(json!({ "node": daemon.name(), "jobs": jobs.list() })),
+        Action::JobList => Ok(json!({ "node": host.me(), "jobs": jobs.list() })),
         Action::JobShow => {
             let (rec, out, err_text) = jobs.show(id()?).map_err(err)?;
             Ok(json!({ "job": rec, "out": out, "err": err_text }))
         }
         _ => {
             let rec = jobs.cancel(id()?).map_err(err)?;
-            daemon
-                .services
-                .clone()
+            host.local()
                 .logs
                 .warn(&rec.svc, format!("job {} canceled", rec.id));
             Ok(json!({ "job": rec }))
         }
+    }
+}
+
+/// `get_service_monitor`: one service's or every service's monitor in `s`.
+pub fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Value> {
+    let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
+    match svc {
+        None => api::reply(
+            &s.services
+                .iter()
+                .map(|(k, v)| (k.clone(), view(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+        Some(svc) => match s.services.get(svc) {
+            Some(v) => api::reply(&view(v)),
+            None => Err(bad(format!("service {svc:?} does not exist"))),
+        },
     }
 }

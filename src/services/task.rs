@@ -16,8 +16,8 @@ use super::instance::Transcript;
 use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError;
-use crate::daemon::Daemon;
 use crate::model::service::Task;
+use crate::services::Host;
 use crate::wire::Status;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -48,7 +48,7 @@ pub async fn run(
         ("OM_VAR".to_string(), dir.display().to_string()),
         (
             "OSVC_ROOT".to_string(),
-            cx.daemon.paths.root.display().to_string(),
+            cx.host.paths().root.display().to_string(),
         ),
     ];
     let cmd = format!("{} \"$@\"", task.command);
@@ -74,12 +74,12 @@ pub async fn run(
 
 /// `service_action` whose verb is not an instance action: the service's task of that name.
 pub async fn action(
-    daemon: &Arc<Daemon>,
+    host: &Arc<dyn Host>,
     o: options::ServiceAction,
     argv: Vec<String>,
 ) -> Result<Value> {
     let svc = o.svcname.clone();
-    let cfg = super::current_config(daemon, &svc)?;
+    let cfg = super::current_config(host, &svc)?;
     let Some(task) = cfg.tasks.get(&argv[0]).cloned() else {
         let tasks: Vec<&str> = cfg.tasks.keys().map(String::as_str).collect();
         return Err(ApiError::bad(format!(
@@ -104,13 +104,11 @@ pub async fn action(
             MAX_ARGS.0, MAX_ARGS.1
         )));
     }
-    let me = daemon.name();
+    let me = host.me();
     let sync = o.sync.unwrap_or(true);
     if let Some(node) = o.node.as_deref().filter(|n| *n != me) {
         let timeout = task.timeout + std::time::Duration::from_secs(15);
-        return daemon
-            .ask_member(node, Action::ServiceAction, &o, timeout)
-            .await;
+        return super::host::ask(&**host, node, Action::ServiceAction, &o, timeout).await;
     }
     if !cfg.lists(&me) {
         return Err(ApiError::bad(format!(
@@ -118,7 +116,7 @@ pub async fn action(
             cfg.nodes.join(" ")
         )));
     }
-    let cx = super::ctx(daemon);
+    let cx = super::ctx(host);
     if sync {
         let tr = run(&cx, &svc, &task, &args, None).await;
         return Ok(json!({ "node": me, "out": tr.out, "err": tr.err, "ret": tr.ret }));

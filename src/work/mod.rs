@@ -9,7 +9,6 @@
 //! process group is killed if it is still the same process) and keeps what was pending.
 
 pub mod core;
-pub mod remote;
 
 use std::collections::BTreeMap;
 use std::io::Read;

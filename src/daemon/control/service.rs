@@ -21,15 +21,15 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 
-use super::command::Command;
-use super::command::NodeRef;
 use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError;
 use crate::api::Status;
+use crate::control::command::Command;
+use crate::control::command::NodeRef;
+use crate::daemon::work as remote;
 use crate::daemon::Daemon;
 use crate::work;
-use crate::work::remote;
 
 /// Whether the connection goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -586,22 +586,22 @@ where
     };
     // Receptor's: "Connecting", then the other side's greeting.
     let line = match greeting {
-        Ok(name) => format!("Connecting\n{}{name}\n", super::GREETING),
+        Ok(name) => format!("Connecting\n{}{name}\n", crate::control::GREETING),
         Err(e) => return write_and_go_on(wr, &error_line(&e.message)).await,
     };
     if wr.write_all(line.as_bytes()).await.is_err() || node == me {
         return Flow::Continue;
     }
     loop {
-        let line = match super::read_line(rd).await {
-            super::ReadLine::Line(l) if l.trim().is_empty() => continue,
-            super::ReadLine::Line(l) => l,
-            super::ReadLine::Closed => return Flow::Close,
-            super::ReadLine::TooLong => {
-                let why = format!("line longer than {} bytes", super::MAX_LINE);
+        let line = match crate::control::read_line(rd).await {
+            crate::control::ReadLine::Line(l) if l.trim().is_empty() => continue,
+            crate::control::ReadLine::Line(l) => l,
+            crate::control::ReadLine::Closed => return Flow::Close,
+            crate::control::ReadLine::TooLong => {
+                let why = format!("line longer than {} bytes", crate::control::MAX_LINE);
                 return write_or_close(wr, &error_line(&why)).await;
             }
-            super::ReadLine::NotText => {
+            crate::control::ReadLine::NotText => {
                 if let Flow::Close = write_and_go_on(wr, &error_line("the line is not UTF-8")).await
                 {
                     return Flow::Close;
@@ -628,8 +628,8 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match super::command::parse(&line) {
-        Ok(super::command::Line::Command(Command::WorkSubmit {
+    match crate::control::command::parse(&line) {
+        Ok(crate::control::command::Line::Command(Command::WorkSubmit {
             node: n,
             worktype,
             ttl_ms,
@@ -638,7 +638,7 @@ where
             // A refusal before the payload keeps the session.
             return submit(daemon, (n, worktype, ttl_ms, params), rd, wr, Some(node)).await;
         }
-        Ok(super::command::Line::Command(Command::WorkResults { unitid, startpos })) => {
+        Ok(crate::control::command::Line::Command(Command::WorkResults { unitid, startpos })) => {
             return results_from(daemon, node, &unitid, startpos, wr).await;
         }
         _ => {}
@@ -675,9 +675,9 @@ async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine)
 
 /// `control_command` from a peer: runs one relayed command here.
 pub async fn relayed(daemon: &Arc<Daemon>, line: &str) -> Result<Value> {
-    use super::command::Line;
-    use super::command::LineError;
-    match super::command::parse(line) {
+    use crate::control::command::Line;
+    use crate::control::command::LineError;
+    match crate::control::command::parse(line) {
         Ok(Line::Command(cmd)) => one_answer(daemon, cmd).await,
         Ok(Line::Api(_)) => Err(ApiError::bad(
             "agent API requests are not relayed by connect: send them to the node itself",

@@ -15,11 +15,6 @@ use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 
-use super::core::State;
-use super::Submission;
-use super::UnitRecord;
-use super::UnitStatus;
-use super::WorkError;
 use crate::api;
 use crate::api::options;
 use crate::api::Action;
@@ -27,6 +22,11 @@ use crate::api::ApiError;
 use crate::api::ApiRequest;
 use crate::api::Status;
 use crate::daemon::Daemon;
+use crate::work::core::State;
+use crate::work::Submission;
+use crate::work::UnitRecord;
+use crate::work::UnitStatus;
+use crate::work::WorkError;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -84,21 +84,21 @@ pub fn check_local(daemon: &Daemon, worktype: &str, params: &[String]) -> Result
             "params: work type {worktype} takes none (its node.conf section has no `params = true`)"
         )));
     }
-    if params.len() > super::MAX_PARAMS {
+    if params.len() > crate::work::MAX_PARAMS {
         return Err(ApiError::bad(format!(
             "params: {} words, more than {}",
             params.len(),
-            super::MAX_PARAMS
+            crate::work::MAX_PARAMS
         )));
     }
     if let Some(p) = params
         .iter()
-        .find(|p| p.len() > super::MAX_PARAM_LEN || p.contains('\0'))
+        .find(|p| p.len() > crate::work::MAX_PARAM_LEN || p.contains('\0'))
     {
         return Err(ApiError::bad(format!(
             "params: a word of {} bytes (at most {}, no NUL byte)",
             p.len(),
-            super::MAX_PARAM_LEN
+            crate::work::MAX_PARAM_LEN
         )));
     }
     Ok(wt.command.clone())
@@ -205,7 +205,7 @@ pub async fn list(
 ) -> Result<BTreeMap<String, UnitStatus>> {
     let mut recs = daemon.work.records();
     if let Some(id) = only {
-        super::core::check_unit_id(id).map_err(WorkError::from)?;
+        crate::work::core::check_unit_id(id).map_err(WorkError::from)?;
         recs.retain(|k, _| k == id);
         if recs.is_empty() {
             return Err(WorkError::NotFound(id.to_string()).into());
@@ -272,7 +272,7 @@ async fn futures_join<T: Send + 'static>(
 }
 
 fn known(daemon: &Daemon, id: &str) -> Result<UnitRecord> {
-    super::core::check_unit_id(id).map_err(WorkError::from)?;
+    crate::work::core::check_unit_id(id).map_err(WorkError::from)?;
     daemon
         .work
         .record(id)
@@ -339,7 +339,7 @@ pub async fn stream_results<W: AsyncWrite + Unpin>(
 
 /// Checks that member `node` runs unit `id` (before a results stream from it starts).
 pub async fn check_runs_on(daemon: &Daemon, node: &str, id: &str) -> Result<()> {
-    super::core::check_unit_id(id).map_err(WorkError::from)?;
+    crate::work::core::check_unit_id(id).map_err(WorkError::from)?;
     let req = options::WorkStatus {
         unitids: vec![id.to_string()],
     };
@@ -444,7 +444,9 @@ pub async fn serve(daemon: &Arc<Daemon>, action: Action, o: crate::wire::Doc) ->
                 worktype: req.worktype,
                 command,
                 params: req.params,
-                ttl_ms: req.ttl_ms.map(|t| t.min(super::MAX_TTL.as_millis() as u64)),
+                ttl_ms: req
+                    .ttl_ms
+                    .map(|t| t.min(crate::work::MAX_TTL.as_millis() as u64)),
                 submitter: req.submitter,
             };
             let rec = daemon.work.submit(s, &payload)?;
