@@ -165,4 +165,56 @@ mod tests {
             assert!(e.message.contains("svcname"), "{e}");
         }
     }
+
+    /// `service_status` keeps its documented shape: a missing service is exactly
+    /// `{svcname, exists: false}`; an existing one has its fields at the top level and
+    /// each instance's record beside its node's monitor, and reads back the same.
+    #[test]
+    fn service_status_replies_keep_their_shape() {
+        use options::{InstanceView, Progress, ServiceDetail, ServiceStatusReply};
+        let gone = ServiceStatusReply {
+            svcname: "web".into(),
+            exists: false,
+            detail: None,
+        };
+        let v = serde_json::to_value(&gone).unwrap();
+        assert_eq!(v, serde_json::json!({"svcname": "web", "exists": false}));
+        assert_eq!(
+            serde_json::from_value::<ServiceStatusReply>(v).unwrap(),
+            gone
+        );
+        let view = InstanceView {
+            instance: raft::state::Instance::default(),
+            node_status: Some(raft::state::NodeStatus::Down),
+            node_frozen: Some(false),
+        };
+        let detail = ServiceDetail {
+            version: 3,
+            global_expect: raft::state::GlobalExpect::PlacedAt("n2".into()),
+            topology: "failover".into(),
+            orchestrate: "ha".into(),
+            nodes: vec!["n1".into(), "n2".into()],
+            avail: "up".into(),
+            up: vec!["n1".into()],
+            instances: [("n1".to_string(), view)].into(),
+            progress: Progress {
+                state: "waiting".into(),
+                reason: "n1 stops".into(),
+            },
+        };
+        let here = ServiceStatusReply {
+            svcname: "web".into(),
+            exists: true,
+            detail: Some(detail),
+        };
+        let v = serde_json::to_value(&here).unwrap();
+        assert_eq!(v["global_expect"], "placed@n2");
+        assert_eq!(v["instances"]["n1"]["node_status"], "down");
+        assert_eq!(v["instances"]["n1"]["avail"], "unknown");
+        assert_eq!(v["progress"]["state"], "waiting");
+        assert_eq!(
+            serde_json::from_value::<ServiceStatusReply>(v).unwrap(),
+            here
+        );
+    }
 }

@@ -334,6 +334,70 @@ pub struct ServiceStatus {
     pub target: Option<GlobalExpect>,
 }
 
+impl ApiRequest for ServiceStatus {
+    const ACTION: Action = Action::ServiceStatus;
+    type Reply = ServiceStatusReply;
+}
+
+/// The answer to `service_status`: `exists` false and nothing else for a service that does
+/// not exist (a wait for `deleted` ends on it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatusReply {
+    /// The service.
+    pub svcname: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// What it is and where it stands, when it exists.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<ServiceDetail>,
+}
+
+/// A service that exists, as `service_status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDetail {
+    /// Its config version.
+    pub version: u64,
+    /// What the orchestrator makes of it.
+    pub global_expect: GlobalExpect,
+    /// `failover` or `flex` (empty when the config does not parse).
+    pub topology: String,
+    /// `ha`, `start` or `no` (empty when the config does not parse).
+    pub orchestrate: String,
+    /// The nodes it may run on, in preference order, then any other with an instance.
+    pub nodes: Vec<String>,
+    /// `up`, `down`, or `warn` for a failover service up on more than one node.
+    pub avail: String,
+    /// The nodes where its instance is up.
+    pub up: Vec<String>,
+    /// Its instance on each of `nodes`, with that node's monitor.
+    pub instances: std::collections::BTreeMap<String, InstanceView>,
+    /// How far it is from the target.
+    pub progress: Progress,
+}
+
+/// An instance as `service_status` shows it: the replicated record and its node's monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The instance (the default record where the node has none yet).
+    #[serde(flatten)]
+    pub instance: raft::state::Instance,
+    /// The node's monitor status, when the node is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_status: Option<NodeStatus>,
+    /// Whether the node is frozen, when it is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_frozen: Option<bool>,
+}
+
+/// A service's progress towards its target (`model::placement::Progress`, as text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// `idle`, `waiting`, `reached`, `failed`, ...
+    pub state: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// `job_list`, `job_show`, `job_cancel`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

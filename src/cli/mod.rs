@@ -465,6 +465,18 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Sends the typed request `req` on the control socket; its reply, or the daemon's error.
+async fn call_typed<R: crate::api::ApiRequest>(
+    paths: &Paths,
+    req: &R,
+    timeout: Duration,
+) -> Result<R::Reply> {
+    ControlClient::new(paths)
+        .call(req, timeout)
+        .await
+        .map_err(|e| CliError(e.message))
+}
+
 async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) -> Result<Value> {
     let resp = ControlClient::new(paths)
         .request(action, options, timeout)
@@ -552,7 +564,8 @@ fn read_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Resu
     }))
 }
 
-fn print(format: Format, data: &Value, table: impl FnOnce(&Value) -> String) {
+/// Prints `data` as JSON or as the table `table` makes of it.
+fn print<T: serde::Serialize + ?Sized>(format: Format, data: &T, table: impl FnOnce(&T) -> String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
         Format::Table => print!("{}", table(data)),

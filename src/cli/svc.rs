@@ -17,13 +17,16 @@ use serde_json::json;
 use serde_json::Value;
 
 use super::call;
+use super::call_typed;
 use super::print;
 use super::CliError;
 use super::Format;
 use super::Result;
+use crate::api::options;
 use crate::config::Paths;
 use crate::model::service::ServiceConfig;
 use crate::services::log::format_ts;
+use raft::state::NodeStatus;
 
 /// `om <svc> ...`
 #[derive(Debug, Parser)]
@@ -258,11 +261,15 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             what: PrintWhat::Status,
         }
         | SvcCmd::Status => {
-            let data = call(&paths, "service_status", json!({"svcname": svc}), t).await?;
-            if data["exists"] == false {
+            let req = options::ServiceStatus {
+                svcname: svc.to_string(),
+                target: None,
+            };
+            let data = call_typed(&paths, &req, t).await?;
+            let Some(detail) = &data.detail else {
                 return Err(CliError(format!("service {svc} does not exist")));
-            }
-            print(format, &data, status_table);
+            };
+            print(format, &data, |_| status_table(svc, detail));
             Ok(())
         }
         SvcCmd::Delete(w) => set_global(&paths, svc, "deleted", &w).await,
@@ -388,31 +395,29 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
     let mut seen_target = false;
     let mut cleared_at: Option<Instant> = None;
     loop {
-        let st = call(
-            paths,
-            "service_status",
-            json!({"svcname": svc, "target": target}),
-            Duration::from_secs(10),
-        )
-        .await;
-        match st {
+        let req = options::ServiceStatus {
+            svcname: svc.to_string(),
+            target: target.parse().ok(),
+        };
+        match call_typed(paths, &req, Duration::from_secs(10)).await {
             Ok(st) => {
-                if st["exists"] == false {
+                let Some(st) = st.detail else {
                     if target == "deleted" {
                         eprintln!("{svc}: deleted in {:.1}s", started.elapsed().as_secs_f64());
                         return Ok(());
                     }
                     return Err(CliError(format!("service {svc} was deleted")));
-                }
-                for (n, i) in st["instances"].as_object().into_iter().flatten() {
+                };
+                for (n, v) in &st.instances {
+                    let i = &v.instance;
                     let line = format!(
                         "local_expect {}, status {}, avail {}{}{}",
-                        s(&i["local_expect"]),
-                        s(&i["status"]),
-                        s(&i["avail"]),
-                        if i["frozen"] == true { ", frozen" } else { "" },
-                        match i["node_status"].as_str() {
-                            Some("idle") | None => String::new(),
+                        i.local_expect,
+                        i.status,
+                        i.avail,
+                        if i.frozen { ", frozen" } else { "" },
+                        match v.node_status {
+                            Some(NodeStatus::Idle) | None => String::new(),
                             Some(other) => format!(", node {other}"),
                         }
                     );
@@ -421,23 +426,14 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
                         shown.insert(n.clone(), line);
                     }
                 }
-                let state = st["progress"]["state"].as_str().unwrap_or("");
-                let reason = st["progress"]["reason"].as_str().unwrap_or("").to_string();
-                let ge = st["global_expect"].as_str().unwrap_or("");
+                let reason = st.progress.reason.clone();
+                let ge = st.global_expect.to_string();
                 if ge == target {
                     seen_target = true;
                 }
-                match state {
+                match st.progress.state.as_str() {
                     "reached" => {
-                        let up = st["up"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(Value::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            })
-                            .unwrap_or_default();
+                        let up = st.up.join(", ");
                         let where_ = if up.is_empty() {
                             String::new()
                         } else {
@@ -491,25 +487,19 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn status_table(d: &Value) -> String {
+fn status_table(svc: &str, d: &options::ServiceDetail) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}  {}  orchestrate={}  avail {}  global_expect {}  (config v{})",
-        s(&d["svcname"]),
-        s(&d["topology"]),
-        s(&d["orchestrate"]),
-        s(&d["avail"]),
-        s(&d["global_expect"]),
-        d["version"]
+        "{svc}  {}  orchestrate={}  avail {}  global_expect {}  (config v{})",
+        d.topology, d.orchestrate, d.avail, d.global_expect, d.version
     );
-    if d["progress"]["state"] != "idle" {
+    if d.progress.state != "idle" {
         let _ = writeln!(
             out,
             "  progress: {} {}",
-            s(&d["progress"]["state"]),
-            s(&d["progress"]["reason"])
+            d.progress.state, d.progress.reason
         );
     }
     let _ = writeln!(
@@ -517,21 +507,21 @@ fn status_table(d: &Value) -> String {
         "  {:<12} {:<12} {:<7} {:<13} {:<13} {:<7} {:<7} restarts",
         "node", "node status", "frozen", "local_expect", "status", "avail", "inst frz"
     );
-    for (n, i) in d["instances"].as_object().into_iter().flatten() {
-        let restarts: u64 = i["restarts"]
-            .as_object()
-            .map(|m| m.values().filter_map(Value::as_u64).sum())
-            .unwrap_or(0);
+    let yes = |b: bool| if b { "yes" } else { "-" };
+    for (n, v) in &d.instances {
+        let i = &v.instance;
+        let restarts: u32 = i.restarts.values().sum();
+        let node_status = v.node_status.map_or("-".to_string(), |s| s.to_string());
         let _ = writeln!(
             out,
             "  {:<12} {:<12} {:<7} {:<13} {:<13} {:<7} {:<7} {restarts}",
             n,
-            s(&i["node_status"]),
-            if i["node_frozen"] == true { "yes" } else { "-" },
-            s(&i["local_expect"]),
-            s(&i["status"]),
-            s(&i["avail"]),
-            if i["frozen"] == true { "yes" } else { "-" },
+            node_status,
+            yes(v.node_frozen == Some(true)),
+            i.local_expect.to_string(),
+            i.status.to_string(),
+            i.avail.to_string(),
+            yes(i.frozen),
         );
     }
     out

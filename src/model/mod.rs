@@ -7,5 +7,7 @@
 //! property tests, the monitor and the simulator can all drive the same decisions.
 
 pub mod action;
+#[cfg(test)]
+pub(crate) mod arb;
 pub mod placement;
 pub mod service;

@@ -705,20 +705,7 @@ mod tests {
     // ---- properties ----
 
     fn arb_instance() -> impl Strategy<Value = Instance> {
-        (
-            prop::sample::select(MonitorStatus::ALL),
-            prop::sample::select(LocalExpect::ALL),
-            prop::sample::select(Avail::ALL),
-            any::<bool>(),
-        )
-            .prop_map(|(status, local_expect, avail, frozen)| Instance {
-                status,
-                local_expect,
-                avail,
-                frozen,
-                restarts: BTreeMap::new(),
-                updated_at_ms: 0,
-            })
+        crate::model::arb::instance(&[])
     }
 
     fn arb_global() -> impl Strategy<Value = GlobalExpect> {

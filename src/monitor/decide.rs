@@ -200,21 +200,7 @@ mod tests {
     use super::*;
 
     fn arb_instance() -> impl Strategy<Value = Instance> {
-        (
-            prop::sample::select(MonitorStatus::ALL),
-            prop::sample::select(LocalExpect::ALL),
-            prop::sample::select(Avail::ALL),
-            any::<bool>(),
-            prop::collection::btree_map(prop::sample::select(vec!["a", "b"]), 0u32..3, 0..=2),
-        )
-            .prop_map(|(status, local_expect, avail, frozen, restarts)| Instance {
-                status,
-                local_expect,
-                avail,
-                frozen,
-                restarts: restarts.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-                updated_at_ms: 0,
-            })
+        crate::model::arb::instance(&["a", "b"])
     }
 
     proptest! {

@@ -117,7 +117,7 @@ pub async fn handle(host: &Arc<dyn Host>, action: Action, o: Doc) -> Result<Valu
     match action {
         Action::ServiceAction => service_action(host, api::parse(action, o)?).await,
         Action::ServiceLogs => service_logs(host, api::parse(action, o)?).await,
-        Action::ServiceStatus => service_status(host, api::parse(action, o)?),
+        Action::ServiceStatus => api::reply(&service_status(host, api::parse(action, o)?)?),
         Action::JobList | Action::JobShow | Action::JobCancel => {
             job_action(host, action, api::parse(action, o)?).await
         }
@@ -481,26 +481,37 @@ async fn local_logs(
 
 /// `service_status`: the service, its instances with their nodes' states, and its progress
 /// towards `target` (default: its `global_expect`).
-fn service_status(host: &Arc<dyn Host>, o: options::ServiceStatus) -> Result<Value> {
+fn service_status(
+    host: &Arc<dyn Host>,
+    o: options::ServiceStatus,
+) -> Result<options::ServiceStatusReply> {
     let svc = o.svcname;
-    let target = o.target;
-    let node = host.node()?;
-    let mut state = node.read(|s| s.clone());
+    let mut state = host.node()?.read(|s| s.clone());
     let Some(service) = state.services.get(&svc).cloned() else {
-        return Ok(json!({ "svcname": svc, "exists": false }));
+        let (exists, detail) = (false, None);
+        return Ok(options::ServiceStatusReply {
+            svcname: svc,
+            exists,
+            detail,
+        });
     };
     let cfg = ServiceConfig::parse(&service.config);
-    let progress = match (&cfg, &target) {
-        (Ok(cfg), t) => {
-            if let Some(t) = t {
-                state.services.get_mut(&svc).expect("exists").global_expect = t.clone();
+    let progress = match &cfg {
+        Ok(cfg) => {
+            if let Some(t) = o.target {
+                state.services.get_mut(&svc).expect("exists").global_expect = t;
             }
             let p = crate::model::placement::plan(&state, &svc, cfg).progress;
-            json!({ "state": p.state(), "reason": p.reason() })
+            options::Progress {
+                state: p.state().to_string(),
+                reason: p.reason().to_string(),
+            }
         }
-        (Err(e), _) => json!({ "state": "failed", "reason": format!("invalid config: {e}") }),
+        Err(e) => options::Progress {
+            state: "failed".into(),
+            reason: format!("invalid config: {e}"),
+        },
     };
-    let mut instances = Map::new();
     let mut nodes: Vec<String> = match &cfg {
         Ok(c) => c.candidates(state.nodes.keys()),
         Err(_) => Vec::new(),
@@ -510,38 +521,50 @@ fn service_status(host: &Arc<dyn Host>, o: options::ServiceStatus) -> Result<Val
             nodes.push(n.clone());
         }
     }
-    for n in &nodes {
-        let mut v = json!(service.instances.get(n).cloned().unwrap_or_default());
-        if let Some(m) = state.node_monitors.get(n) {
-            v["node_status"] = json!(m.status);
-            v["node_frozen"] = json!(m.frozen);
-        }
-        instances.insert(n.clone(), v);
-    }
-    let up: Vec<&String> = service
+    let view = |n: &String| {
+        let monitor = state.node_monitors.get(n);
+        let v = options::InstanceView {
+            instance: service.instances.get(n).cloned().unwrap_or_default(),
+            node_status: monitor.map(|m| m.status),
+            node_frozen: monitor.map(|m| m.frozen),
+        };
+        (n.clone(), v)
+    };
+    let instances = nodes.iter().map(view).collect();
+    let up: Vec<String> = service
         .instances
         .iter()
         .filter(|(_, i)| i.avail == Avail::Up)
-        .map(|(n, _)| n)
+        .map(|(n, _)| n.clone())
         .collect();
     let avail = match (&cfg, up.len()) {
         (_, 0) => "down",
         (Ok(c), n) if c.topology == Topology::Failover && n > 1 => "warn",
         _ => "up",
     };
-    Ok(json!({
-        "svcname": svc,
-        "exists": true,
-        "version": service.version,
-        "global_expect": service.global_expect,
-        "topology": cfg.as_ref().map(|c| c.topology.to_string()).unwrap_or_default(),
-        "orchestrate": cfg.as_ref().map(|c| c.orchestrate.to_string()).unwrap_or_default(),
-        "nodes": nodes,
-        "avail": avail,
-        "up": up,
-        "instances": instances,
-        "progress": progress,
-    }))
+    let detail = options::ServiceDetail {
+        version: service.version,
+        global_expect: service.global_expect,
+        topology: cfg
+            .as_ref()
+            .map(|c| c.topology.to_string())
+            .unwrap_or_default(),
+        orchestrate: cfg
+            .as_ref()
+            .map(|c| c.orchestrate.to_string())
+            .unwrap_or_default(),
+        nodes,
+        avail: avail.into(),
+        up,
+        instances,
+        progress,
+    };
+    let (exists, detail) = (true, Some(detail));
+    Ok(options::ServiceStatusReply {
+        svcname: svc,
+        exists,
+        detail,
+    })
 }
 
 /// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.

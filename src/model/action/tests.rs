@@ -9,19 +9,7 @@ use super::*;
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
 fn arb_instance() -> impl Strategy<Value = Instance> {
-    (
-        prop::sample::select(MonitorStatus::ALL),
-        prop::sample::select(LocalExpect::ALL),
-        prop::sample::select(Avail::ALL),
-        any::<bool>(),
-    )
-        .prop_map(|(status, local_expect, avail, frozen)| Instance {
-            status,
-            local_expect,
-            avail,
-            frozen,
-            ..Instance::default()
-        })
+    crate::model::arb::instance(&[])
 }
 
 /// Three members with any node statuses, each with or without any instance of `svc`.
