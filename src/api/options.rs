@@ -398,6 +398,106 @@ pub struct Progress {
     pub reason: String,
 }
 
+/// A job's state (`job.json` and the job actions' answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Its action runs.
+    Running,
+    /// It ended with exit status 0.
+    Succeeded,
+    /// It ended with another status.
+    Failed,
+    /// An operator canceled it (`job_cancel`).
+    Canceled,
+    /// The daemon stopped while it ran: its end is unknown.
+    Lost,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+            JobState::Lost => "lost",
+        })
+    }
+}
+
+/// A job as stored in `job.json` and listed by `om node jobs list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job id.
+    pub id: String,
+    /// The node it runs on.
+    pub node: String,
+    /// The service.
+    pub svc: String,
+    /// The action and its arguments.
+    pub command: Vec<String>,
+    /// Where it stands.
+    pub state: JobState,
+    /// Exit status once finished.
+    pub ret: Option<i32>,
+    /// When it was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+}
+
+/// The answer to `job_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    /// The node whose jobs these are.
+    pub node: String,
+    /// Its jobs, oldest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// The answer to `job_show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobShown {
+    /// The job.
+    pub job: JobRecord,
+    /// Its standard output so far.
+    pub out: String,
+    /// Its standard error so far.
+    pub err: String,
+}
+
+/// The answer to `job_cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCanceled {
+    /// The job, now canceled.
+    pub job: JobRecord,
+}
+
+/// The answer to a synchronous `service_action`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionDone {
+    /// The node it ran on.
+    pub node: String,
+    /// The commands' standard output, each introduced by a header line.
+    pub out: String,
+    /// Their standard error and the monitor's notes.
+    pub err: String,
+    /// 0 on success.
+    pub ret: i32,
+}
+
+/// The answer to an asynchronous `service_action` (`sync: false`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionSubmitted {
+    /// The node it runs on.
+    pub node: String,
+    /// The job's id (`job_show`).
+    pub job_id: String,
+    /// The job.
+    pub job: JobRecord,
+}
+
 /// `job_list`, `job_show`, `job_cancel`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

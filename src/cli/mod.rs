@@ -477,6 +477,17 @@ async fn call_typed<R: crate::api::ApiRequest>(
         .map_err(|e| CliError(e.message))
 }
 
+/// [`call`], the answer read as `T` (the reply type of `action`).
+async fn call_as<T: serde::de::DeserializeOwned>(
+    paths: &Paths,
+    action: &str,
+    options: Value,
+    timeout: Duration,
+) -> Result<T> {
+    let data = call(paths, action, options, timeout).await?;
+    serde_json::from_value(data).map_err(|e| CliError(format!("bad answer to {action}: {e}")))
+}
+
 async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) -> Result<Value> {
     let resp = ControlClient::new(paths)
         .request(action, options, timeout)

@@ -17,6 +17,7 @@ use serde_json::json;
 use serde_json::Value;
 
 use super::call;
+use super::call_as;
 use super::call_typed;
 use super::print;
 use super::CliError;
@@ -324,20 +325,16 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 command.push("--force".into());
             }
             let opts = json!({"svcname": svc, "command": command, "sync": !async_, "node": node});
-            let data = call(&paths, "service_action", opts, Duration::from_secs(3600)).await?;
+            let (action, t) = ("service_action", Duration::from_secs(3600));
             if async_ {
-                print(format, &data, |d| {
-                    format!(
-                        "job {} submitted on {}; follow it with `om node jobs show {} --node {}`\n",
-                        d["job_id"].as_str().unwrap_or("?"),
-                        d["node"].as_str().unwrap_or("?"),
-                        d["job_id"].as_str().unwrap_or("?"),
-                        d["node"].as_str().unwrap_or("?"),
-                    )
+                let d: options::ActionSubmitted = call_as(&paths, action, opts, t).await?;
+                print(format, &d, |d| {
+                    let (id, node) = (&d.job_id, &d.node);
+                    format!("job {id} submitted on {node}; follow it with `om node jobs show {id} --node {node}`\n")
                 });
                 return Ok(());
             }
-            finish_action(format, &data)
+            finish_action(format, &call_as(&paths, action, opts, t).await?)
         }
         SvcCmd::Logs {
             follow,
@@ -348,13 +345,13 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
 }
 
 /// Prints a synchronous action's output and exits with its status.
-fn finish_action(format: Format, data: &Value) -> Result<()> {
-    let ret = data["ret"].as_i64().unwrap_or(1) as i32;
+fn finish_action(format: Format, data: &options::ActionDone) -> Result<()> {
+    let ret = data.ret;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(data).unwrap_or_default()),
         Format::Table => {
-            print!("{}", data["out"].as_str().unwrap_or(""));
-            eprint!("{}", data["err"].as_str().unwrap_or(""));
+            print!("{}", data.out);
+            eprint!("{}", data.err);
         }
     }
     if ret != 0 {
@@ -368,7 +365,7 @@ fn finish_action(format: Format, data: &Value) -> Result<()> {
 
 async fn local_action(paths: &Paths, svc: &str, action: &str, format: Format) -> Result<()> {
     let opts = json!({"svcname": svc, "command": [action], "sync": true});
-    let data = call(paths, "service_action", opts, Duration::from_secs(3600)).await?;
+    let data = call_as(paths, "service_action", opts, Duration::from_secs(3600)).await?;
     finish_action(format, &data)
 }
 
@@ -691,33 +688,26 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
     let t = Duration::from_secs(20);
     match cmd {
         JobsCmd::List { node } => {
-            let data = call(paths, "job_list", json!({"node": node}), t).await?;
+            let data: options::JobList =
+                call_as(paths, "job_list", json!({"node": node}), t).await?;
             print(format, &data, |d| {
                 use std::fmt::Write;
                 let mut out = format!(
                     "{:<10} {:<8} {:<12} {:<20} {:<10} {:<4} submitted\n",
                     "id", "node", "service", "command", "state", "ret"
                 );
-                for j in d["jobs"].as_array().into_iter().flatten() {
-                    let cmd = j["command"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .unwrap_or_default();
+                for j in &d.jobs {
+                    let ret = j.ret.map_or("-".to_string(), |r| r.to_string());
                     let _ = writeln!(
                         out,
                         "{:<10} {:<8} {:<12} {:<20} {:<10} {:<4} {}",
-                        s(&j["id"]),
-                        s(&j["node"]),
-                        s(&j["svc"]),
-                        cmd,
-                        s(&j["state"]),
-                        s(&j["ret"]),
-                        format_ts(j["submitted_ms"].as_u64().unwrap_or(0))
+                        j.id,
+                        j.node,
+                        j.svc,
+                        j.command.join(" "),
+                        j.state.to_string(),
+                        ret,
+                        format_ts(j.submitted_ms)
                     );
                 }
                 out
@@ -725,47 +715,33 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
             Ok(())
         }
         JobsCmd::Show { id, node } => {
-            let data = call(paths, "job_show", json!({"id": id, "node": node}), t).await?;
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                ),
-                Format::Table => {
-                    let j = &data["job"];
-                    println!(
-                        "job {} on {}: {} {} -> {} (ret {})",
-                        s(&j["id"]),
-                        s(&j["node"]),
-                        s(&j["svc"]),
-                        j["command"]
-                            .as_array()
-                            .map(|a| a
-                                .iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(" "))
-                            .unwrap_or_default(),
-                        s(&j["state"]),
-                        s(&j["ret"])
-                    );
-                    let out = data["out"].as_str().unwrap_or("");
-                    let err = data["err"].as_str().unwrap_or("");
-                    if !out.is_empty() {
-                        println!("--- out\n{}", out.trim_end());
-                    }
-                    if !err.is_empty() {
-                        println!("--- err\n{}", err.trim_end());
-                    }
+            let opts = json!({"id": id, "node": node});
+            let data: options::JobShown = call_as(paths, "job_show", opts, t).await?;
+            print(format, &data, |d| {
+                let j = &d.job;
+                let ret = j.ret.map_or("-".to_string(), |r| r.to_string());
+                let mut text = format!(
+                    "job {} on {}: {} {} -> {} (ret {ret})\n",
+                    j.id,
+                    j.node,
+                    j.svc,
+                    j.command.join(" "),
+                    j.state
+                );
+                if !d.out.is_empty() {
+                    text.push_str(&format!("--- out\n{}\n", d.out.trim_end()));
                 }
-            }
+                if !d.err.is_empty() {
+                    text.push_str(&format!("--- err\n{}\n", d.err.trim_end()));
+                }
+                text
+            });
             Ok(())
         }
         JobsCmd::Cancel { id, node } => {
-            let data = call(paths, "job_cancel", json!({"id": id, "node": node}), t).await?;
-            print(format, &data, |d| {
-                format!("job {} canceled\n", s(&d["job"]["id"]))
-            });
+            let opts = json!({"id": id, "node": node});
+            let data: options::JobCanceled = call_as(paths, "job_cancel", opts, t).await?;
+            print(format, &data, |d| format!("job {} canceled\n", d.job.id));
             Ok(())
         }
     }

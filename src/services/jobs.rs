@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde::Serialize;
 
 use super::exec;
 use super::instance::InstanceRt;
@@ -24,26 +22,8 @@ pub const KEEP: usize = 200;
 /// Finished jobs older than this are purged.
 pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// A job as stored in `job.json` and listed by `om node jobs list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// The job id.
-    pub id: String,
-    /// The node it runs on.
-    pub node: String,
-    /// The service.
-    pub svc: String,
-    /// The action and its arguments.
-    pub command: Vec<String>,
-    /// `running`, `succeeded`, `failed`, `canceled` or `lost`.
-    pub state: String,
-    /// Exit status once finished.
-    pub ret: Option<i32>,
-    /// When it was submitted (ms since the epoch).
-    pub submitted_ms: u64,
-    /// When it finished.
-    pub finished_ms: Option<u64>,
-}
+pub use crate::api::options::JobRecord;
+pub use crate::api::options::JobState;
 
 struct Running {
     abort: tokio::task::AbortHandle,
@@ -65,7 +45,7 @@ pub enum JobError {
     #[error("no job {0:?} on this node; `om node jobs list` shows the known ones")]
     NotFound(String),
     #[error("job {id} is {state}: only a running job can be canceled")]
-    NotRunning { id: String, state: String },
+    NotRunning { id: String, state: JobState },
     #[error("job store: {0}")]
     Io(String),
 }
@@ -78,8 +58,8 @@ impl Jobs {
             running: Mutex::new(BTreeMap::new()),
         };
         for mut rec in jobs.list() {
-            if rec.state == "running" {
-                rec.state = "lost".into();
+            if rec.state == JobState::Running {
+                rec.state = JobState::Lost;
                 let _ = jobs.write(&rec);
             }
         }
@@ -131,7 +111,7 @@ impl Jobs {
             node: node.to_string(),
             svc: svc.to_string(),
             command,
-            state: "running".into(),
+            state: JobState::Running,
             ret: None,
             submitted_ms: crate::clock::now_ms(),
             finished_ms: None,
@@ -144,7 +124,11 @@ impl Jobs {
         let task = tokio::spawn(async move {
             let tr = work.await;
             done.ret = Some(tr.ret);
-            done.state = if tr.ret == 0 { "succeeded" } else { "failed" }.into();
+            done.state = if tr.ret == 0 {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
             done.finished_ms = Some(crate::clock::now_ms());
             let dir = me.job_dir(&done.id);
             let _ = std::fs::write(dir.join("out"), &tr.out);
@@ -207,7 +191,7 @@ impl Jobs {
                 exec::kill_group(pgid);
             }
         }
-        rec.state = "canceled".into();
+        rec.state = JobState::Canceled;
         rec.finished_ms = Some(crate::clock::now_ms());
         self.write(&rec).map_err(|e| JobError::Io(e.to_string()))?;
         Ok(rec)
@@ -217,7 +201,10 @@ impl Jobs {
     pub fn purge(&self) -> usize {
         let all = self.list();
         let now = crate::clock::now_ms();
-        let finished: Vec<&JobRecord> = all.iter().filter(|r| r.state != "running").collect();
+        let finished: Vec<&JobRecord> = all
+            .iter()
+            .filter(|r| r.state != JobState::Running)
+            .collect();
         let excess = finished.len().saturating_sub(KEEP);
         let mut removed = 0;
         for (i, r) in finished.iter().enumerate() {
@@ -258,13 +245,13 @@ mod tests {
             )
             .unwrap();
         for _ in 0..100 {
-            if jobs.show(&rec.id).unwrap().0.state != "running" {
+            if jobs.show(&rec.id).unwrap().0.state != JobState::Running {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let (done, out, _) = jobs.show(&rec.id).unwrap();
-        assert_eq!(done.state, "succeeded");
+        assert_eq!(done.state, JobState::Succeeded);
         assert_eq!(done.ret, Some(0));
         assert_eq!(out, "up\n");
 
@@ -277,13 +264,13 @@ mod tests {
         assert_eq!(jobs.list().len(), 2);
         // A new daemon finds it running on disk: lost.
         let again = Jobs::new(dir.path().to_path_buf());
-        assert_eq!(again.show(&slow.id).unwrap().0.state, "lost");
+        assert_eq!(again.show(&slow.id).unwrap().0.state, JobState::Lost);
         assert!(matches!(
             again.cancel(&slow.id),
             Err(JobError::NotRunning { .. })
         ));
         // The first daemon can still cancel it.
-        assert_eq!(jobs.cancel(&slow.id).unwrap().state, "canceled");
+        assert_eq!(jobs.cancel(&slow.id).unwrap().state, JobState::Canceled);
         assert!(matches!(jobs.show("nope"), Err(JobError::NotFound(_))));
     }
 }

@@ -211,7 +211,13 @@ async fn service_action(host: &Arc<dyn Host>, o: options::ServiceAction) -> Resu
     }
     if sync {
         let tr = run_action(&cx, &svc, &cmd, None).await?;
-        return Ok(json!({ "node": me, "out": tr.out, "err": tr.err, "ret": tr.ret }));
+        let (out, err, ret) = (tr.out, tr.err, tr.ret);
+        return api::reply(&options::ActionDone {
+            node: me,
+            out,
+            err,
+            ret,
+        });
     }
     let rt = cx.local.instance(&svc);
     let holds = Arc::new(AtomicBool::new(false));
@@ -234,7 +240,12 @@ async fn service_action(host: &Arc<dyn Host>, o: options::ServiceAction) -> Resu
         &svc,
         format!("job {} submitted: {}", rec.id, rec.command.join(" ")),
     );
-    Ok(json!({ "node": me, "job_id": rec.id, "job": rec }))
+    let job_id = rec.id.clone();
+    api::reply(&options::ActionSubmitted {
+        node: me,
+        job_id,
+        job: rec,
+    })
 }
 
 /// How long a synchronous action may take: every command of a stop then a start.
@@ -585,17 +596,20 @@ async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> R
         ActionError::new(status, e.to_string())
     };
     match action {
-        Action::JobList => Ok(json!({ "node": host.me(), "jobs": jobs.list() })),
+        Action::JobList => api::reply(&options::JobList {
+            node: host.me(),
+            jobs: jobs.list(),
+        }),
         Action::JobShow => {
-            let (rec, out, err_text) = jobs.show(id()?).map_err(err)?;
-            Ok(json!({ "job": rec, "out": out, "err": err_text }))
+            let (job, out, err) = jobs.show(id()?).map_err(err)?;
+            api::reply(&options::JobShown { job, out, err })
         }
         _ => {
             let rec = jobs.cancel(id()?).map_err(err)?;
             host.local()
                 .logs
                 .warn(&rec.svc, format!("job {} canceled", rec.id));
-            Ok(json!({ "job": rec }))
+            api::reply(&options::JobCanceled { job: rec })
         }
     }
 }
