@@ -88,6 +88,12 @@ pub fn reply<T: Serialize>(v: &T) -> Result<Value, ApiError> {
 }
 
 /// Decodes the `data` of a successful answer to `action`.
+pub fn decode_value<T: DeserializeOwned>(action: Action, data: Value) -> Result<T, ApiError> {
+    serde_json::from_value(data)
+        .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))
+}
+
+/// The answer `data` to `action`, read as its reply type.
 pub fn decode_reply<T: DeserializeOwned>(action: Action, data: Doc) -> Result<T, ApiError> {
     data.decode()
         .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))

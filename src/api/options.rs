@@ -324,6 +324,42 @@ pub enum LogCursor {
     PerNode(std::collections::BTreeMap<String, u64>),
 }
 
+/// One service log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Wall clock, ms since the epoch.
+    pub t: u64,
+    /// The node that wrote it.
+    pub node: String,
+    /// `info`, `warn` or `error`.
+    pub lvl: String,
+    /// The message (may span lines: command output).
+    pub msg: String,
+}
+
+/// The answer to `service_logs` with `local`: this node's lines and where they end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalLogs {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// The cursor after the last of them.
+    pub cursor: u64,
+}
+
+/// The answer to `service_logs`: every node's lines merged by time, the cursor to follow
+/// from on each node, and the nodes that did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Logs {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Each node's cursor after its last line.
+    #[serde(default)]
+    pub cursor: std::collections::BTreeMap<String, u64>,
+    /// Why a node gave no lines.
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, String>,
+}
+
 /// `service_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {

@@ -594,54 +594,40 @@ async fn logs(
     format: Format,
 ) -> Result<()> {
     let mut warned = std::collections::BTreeSet::new();
-    let mut data = call(
-        paths,
-        "service_logs",
-        json!({"svcname": svc, "backlog": backlog, "node": node}),
-        Duration::from_secs(20),
-    )
-    .await?;
+    let opts = json!({"svcname": svc, "backlog": backlog, "node": node});
+    let mut data: options::Logs =
+        call_as(paths, "service_logs", opts, Duration::from_secs(20)).await?;
     loop {
-        for (n, e) in data["errors"].as_object().into_iter().flatten() {
+        for (n, e) in &data.errors {
             if warned.insert(n.clone()) {
-                eprintln!("om: no logs from {n}: {}", s(e));
+                eprintln!("om: no logs from {n}: {e}");
             }
         }
-        for l in data["lines"].as_array().into_iter().flatten() {
+        for l in &data.lines {
             match format {
-                Format::Json => println!("{l}"),
+                Format::Json => println!("{}", serde_json::to_string(l).unwrap_or_default()),
                 Format::Table => {
-                    let msg = l["msg"].as_str().unwrap_or("").replace('\n', "\n    ");
-                    println!(
-                        "{} {} {:<5} {msg}",
-                        format_ts(l["t"].as_u64().unwrap_or(0)),
-                        s(&l["node"]),
-                        s(&l["lvl"]),
-                    );
+                    let msg = l.msg.replace('\n', "\n    ");
+                    println!("{} {} {:<5} {msg}", format_ts(l.t), l.node, l.lvl);
                 }
             }
         }
         if !follow {
             return Ok(());
         }
-        let cursor = data["cursor"].clone();
-        let next = call(
-            paths,
-            "service_logs",
-            json!({"svcname": svc, "node": node, "cursor": cursor, "wait_ms": 10_000}),
-            Duration::from_secs(30),
-        )
-        .await;
-        data = match next {
+        let cursor = std::mem::take(&mut data.cursor);
+        let opts = json!({"svcname": svc, "node": node, "cursor": cursor, "wait_ms": 10_000});
+        data = match call_as(paths, "service_logs", opts, Duration::from_secs(30)).await {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("om: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                json!({"lines": [], "cursor": cursor})
+                options::Logs::default()
             }
         };
-        if data["cursor"].is_null() {
-            data["cursor"] = cursor;
+        // A node that did not answer keeps its place.
+        for (n, at) in cursor {
+            data.cursor.entry(n).or_insert(at);
         }
     }
 }

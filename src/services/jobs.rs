@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-
 use super::exec;
 use super::instance::InstanceRt;
 use super::instance::Transcript;

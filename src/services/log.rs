@@ -12,8 +12,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde::Serialize;
 use tokio::sync::Notify;
 
 /// Size past which the current log is renamed to `log.1`.
@@ -21,18 +19,7 @@ pub const ROTATE_AT: u64 = 4 << 20;
 /// Most lines returned by one read.
 pub const MAX_LINES: usize = 10_000;
 
-/// One log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Wall clock, ms since the epoch.
-    pub t: u64,
-    /// The node that wrote it.
-    pub node: String,
-    /// `info`, `warn` or `error`.
-    pub lvl: String,
-    /// The message (may span lines: command output).
-    pub msg: String,
-}
+pub use crate::api::options::LogLine;
 
 /// The service logs of this node.
 pub struct ServiceLogs {

@@ -24,7 +24,6 @@ use raft::state::Avail;
 use raft::state::LocalExpect;
 use raft::Command;
 use serde_json::json;
-use serde_json::Map;
 use serde_json::Value;
 
 use crate::api;
@@ -388,7 +387,7 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
                 return Err(bad("service_logs: with local, cursor is a line number"))
             }
         };
-        return Ok(local_logs(&lg, &svc, backlog, at, wait).await);
+        return api::reply(&local_logs(&lg, &svc, backlog, at, wait).await);
     }
     let me = host.me();
     let nodes: Vec<(String, String)> = match o.node.as_deref() {
@@ -426,19 +425,15 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
                 Ok(local_logs(&lg, &svc, backlog, cursor, wait).await)
             } else {
                 let t = wait + Duration::from_secs(5);
-                d.call_peer(&addr, Action::ServiceLogs, opts, t).await
+                let answer = d.call_peer(&addr, Action::ServiceLogs, opts, t).await;
+                answer.and_then(|data| api::decode_value(Action::ServiceLogs, data))
             };
             (n, r)
         });
     }
     let mut lines: Vec<log::LogLine> = Vec::new();
-    let mut cursor_out: Map<String, Value> = cursors
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(n, at)| (n, json!(at)))
-        .collect();
-    let mut errors = Map::new();
+    let mut cursor_out = cursors.clone().unwrap_or_default();
+    let mut errors = BTreeMap::new();
     let mut grace: Option<tokio::time::Instant> = None;
     loop {
         let next = match grace {
@@ -451,19 +446,17 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
         let Some(joined) = next else { break };
         let Ok((n, r)) = joined else { continue };
         match r {
-            Ok(data) => {
-                let got: Vec<log::LogLine> =
-                    serde_json::from_value(data["lines"].clone()).unwrap_or_default();
+            Ok(options::LocalLogs { lines: got, cursor }) => {
                 if follow && !got.is_empty() && grace.is_none() {
                     // Lines arrived: give the other nodes a moment, then answer. The nodes
                     // still waiting keep their cursor, so nothing is lost.
                     grace = Some(tokio::time::Instant::now() + Duration::from_millis(200));
                 }
                 lines.extend(got);
-                cursor_out.insert(n, data["cursor"].clone());
+                cursor_out.insert(n, cursor);
             }
             Err(e) => {
-                errors.insert(n, json!(e.message));
+                errors.insert(n, e.message);
             }
         }
     }
@@ -473,7 +466,12 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
         let skip = lines.len().saturating_sub(backlog);
         lines.drain(..skip);
     }
-    Ok(json!({ "lines": lines, "cursor": cursor_out, "errors": errors }))
+    let (cursor, errors) = (cursor_out, errors);
+    api::reply(&options::Logs {
+        lines,
+        cursor,
+        errors,
+    })
 }
 
 async fn local_logs(
@@ -482,12 +480,12 @@ async fn local_logs(
     backlog: usize,
     cursor: Option<u64>,
     wait: Duration,
-) -> Value {
+) -> options::LocalLogs {
     let (lines, cursor) = match cursor {
         Some(c) => lg.logs.wait_after(svc, c, wait).await,
         None => lg.logs.backlog(svc, backlog),
     };
-    json!({ "lines": lines, "cursor": cursor })
+    options::LocalLogs { lines, cursor }
 }
 
 /// `service_status`: the service, its instances with their nodes' states, and its progress
