@@ -6,14 +6,16 @@
 //! - [`ApiError`]: a failed call: a status and a message for the operator.
 //! - [`options`]: one options struct per action, decoded with serde so that a missing or
 //!   malformed option is a `BAD_REQUEST` naming the option.
+//! - [`status`]: the replies of `daemon_status` and `get_nodes`.
 //! - [`ApiRequest`]: ties an options struct to its action and its reply type, for the
-//!   typed calls ([`crate::control::ControlClient::call`], [`crate::daemon::peers::Peers::call_typed`]).
+//!   typed calls ([`crate::control::ControlClient::call`], [`crate::daemon::peers::Peers::call_typed`], [`Call::call`] on a [`crate::wire::Client`]).
 //!
 //! The bytes on the wire do not change: a request is still `{action, options}` and a
 //! response `{status, data, error}` (docs/PROTOCOL.md).
 
 pub mod action;
 pub mod options;
+pub mod status;
 
 pub use action::Action;
 
@@ -72,6 +74,41 @@ pub trait ApiRequest: Serialize {
     const ACTION: Action;
     /// What a successful answer's `data` decodes to.
     type Reply: DeserializeOwned;
+}
+
+/// The typed call on a peer connection: `client.call(&req, timeout)` sends `req` as its
+/// action and decodes the answer into its reply type; an error answer keeps its status.
+pub trait Call {
+    /// Sends `req` and waits up to `timeout` for its reply.
+    fn call<R: ApiRequest + Sync>(
+        &self,
+        req: &R,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<R::Reply, ApiError>> + Send;
+}
+
+impl Call for crate::wire::Client {
+    async fn call<R: ApiRequest + Sync>(
+        &self,
+        req: &R,
+        timeout: std::time::Duration,
+    ) -> Result<R::Reply, ApiError> {
+        let options = Doc::pack(req).map_err(|e| ApiError::new(Status::Internal, e))?;
+        let resp = self
+            .request(R::ACTION.as_str(), options, timeout)
+            .await
+            .map_err(|e| ApiError::new(Status::Unavailable, e.to_string()))?;
+        if !resp.is_ok() {
+            let message = resp
+                .error
+                .unwrap_or_else(|| format!("{} failed with status {}", R::ACTION, resp.status));
+            return Err(ApiError {
+                status: resp.status,
+                message,
+            });
+        }
+        decode_reply(R::ACTION, resp.data)
+    }
 }
 
 /// Decodes the options of `action` into its struct; a serde error (which names the field)

@@ -21,7 +21,8 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
-/// `daemon_status`.
+/// `daemon_status` (the reply is [`super::status::ClusterStatus`]; with `local`, see
+/// [`super::status::OwnStatus`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DaemonStatus {
@@ -656,9 +657,8 @@ pub struct NodeResult {
     pub success: bool,
     /// Why not (`request timed out`, unreachable, ...).
     pub error: Option<String>,
-    /// Its status when it answered: `state` (running, frozen, ...), `role` (Raft),
-    /// `instances` (the services with an instance there, and their status).
-    pub data: Option<serde_json::Value>,
+    /// Its status when it answered.
+    pub data: Option<super::status::NodeSummary>,
 }
 
 impl ApiRequest for GetNodes {

@@ -12,9 +12,12 @@ use serde_json::Value;
 use super::local::LocalCluster;
 use super::CliError;
 use super::Format;
+use crate::api::options::DaemonStatus;
+use crate::api::status::OwnStatus;
 use crate::config::NodeConfig;
 use crate::config::Paths;
 use crate::wire::ClientOptions;
+use crate::wire::Doc;
 use crate::wire::Keyring;
 
 /// `om bench` arguments.
@@ -43,15 +46,17 @@ struct Target {
 
 async fn find_target(paths: &Paths) -> Result<Target, CliError> {
     let (_, cfg) = NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
-    let st = super::call(paths, "daemon_status", json!({}), Duration::from_secs(10)).await?;
-    let leader = st["cluster"]["leader"]
-        .as_str()
-        .ok_or_else(|| CliError("the cluster has no leader".into()))?
-        .to_string();
-    let leader_addr = st["nodes"][&leader]["address"]
-        .as_str()
-        .ok_or_else(|| CliError(format!("no address for leader {leader}")))?
-        .to_string();
+    let status = DaemonStatus::default();
+    let st = super::call_typed(paths, &status, Duration::from_secs(10)).await?;
+    let leader = st
+        .cluster
+        .leader
+        .ok_or_else(|| CliError("the cluster has no leader".into()))?;
+    let leader_addr = st
+        .nodes
+        .get(&leader)
+        .map(|m| m.address.clone())
+        .ok_or_else(|| CliError(format!("no address for leader {leader}")))?;
     Ok(Target {
         keyring: cfg.keyring(),
         sender: cfg.name,
@@ -215,7 +220,7 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, Cli
         let _ = cl
             .request(
                 "daemon_status",
-                json!({"local": true}),
+                Doc::pack(&OwnStatus::ASK).expect("a bool packs"),
                 Duration::from_secs(2),
             )
             .await;

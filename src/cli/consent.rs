@@ -11,6 +11,7 @@ use super::call;
 use super::print;
 use super::CliError;
 use super::Format;
+use crate::api::options::DaemonStatus;
 use crate::config::Paths;
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -68,8 +69,8 @@ pub(super) async fn run(paths: &Paths, cmd: ParamCmd, format: Format) -> Result<
             print(format, &data, committed);
         }
         ParamCmd::Get { param } => {
-            let st = call(paths, "daemon_status", json!({}), t).await?;
-            let value = st["cluster"]["params"][&param].clone();
+            let st = super::call_typed(paths, &DaemonStatus::default(), t).await?;
+            let value = st.cluster.params.get(&param).cloned();
             let data = json!({"param": param, "value": value});
             print(format, &data, |d| {
                 format!("{}\n", d["value"].as_str().unwrap_or(""))

@@ -6,9 +6,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use raft::state::Avail;
+
 use super::local::LocalCluster;
 use super::render;
 use super::CliError;
+use crate::api::options::DaemonStatus;
 
 /// Runs the demo with `count` nodes; returns after the show if `exit`, else on Ctrl-C.
 pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
@@ -166,19 +169,19 @@ async fn wait_web(
                 continue;
             }
             let Ok(st) = n
-                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .ask(&DaemonStatus::default(), Duration::from_secs(3))
                 .await
             else {
                 continue;
             };
-            let up: Vec<String> = st["services"]["web"]["instances"]
-                .as_object()
+            let reachable = |node: &str| st.nodes.get(node).is_some_and(|m| m.reachable);
+            let up: Vec<String> = st
+                .services
+                .get("web")
                 .into_iter()
-                .flatten()
+                .flat_map(|svc| &svc.instances)
                 .filter(|(node, i)| {
-                    i["avail"] == "up"
-                        && Some(node.as_str()) != not
-                        && st["nodes"][node.as_str()]["reachable"] == true
+                    i.avail == Avail::Up && Some(node.as_str()) != not && reachable(node)
                 })
                 .map(|(node, _)| node.clone())
                 .collect();
@@ -216,12 +219,13 @@ async fn stop_service(cluster: &LocalCluster) {
         let mut up = false;
         for n in &cluster.nodes {
             if let Ok(st) = n
-                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .ask(&DaemonStatus::default(), Duration::from_secs(3))
                 .await
             {
-                up = st["services"]["web"]["instances"]
-                    .as_object()
-                    .is_some_and(|i| i.values().any(|v| v["avail"] == "up"));
+                up = st
+                    .services
+                    .get("web")
+                    .is_some_and(|svc| svc.instances.values().any(|i| i.avail == Avail::Up));
                 break;
             }
         }
@@ -247,7 +251,7 @@ async fn stop_service(cluster: &LocalCluster) {
 async fn show(cluster: &LocalCluster) -> Result<(), CliError> {
     for n in &cluster.nodes {
         if let Ok(st) = n
-            .call("daemon_status", json!({}), Duration::from_secs(5))
+            .ask(&DaemonStatus::default(), Duration::from_secs(5))
             .await
         {
             println!("\n$ om node daemon status   (on {})", n.name);

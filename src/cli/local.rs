@@ -12,6 +12,10 @@ use std::time::Instant;
 use serde_json::json;
 use serde_json::Value;
 
+use crate::api::options::DaemonStatus;
+use crate::api::status::OwnStatus;
+use crate::api::status::Role;
+use crate::api::ApiRequest;
 use crate::config::Paths;
 use crate::control::ControlClient;
 
@@ -50,6 +54,14 @@ impl LocalNode {
                 .error
                 .unwrap_or_else(|| format!("status {}", resp.status)))
         }
+    }
+
+    /// Sends the typed request `req` on the control socket and decodes its reply.
+    pub async fn ask<R: ApiRequest>(&self, req: &R, timeout: Duration) -> Result<R::Reply, String> {
+        ControlClient::new(&self.paths)
+            .call(req, timeout)
+            .await
+            .map_err(|e| e.message)
     }
 
     /// Whether the process is still running.
@@ -95,14 +107,7 @@ impl LocalNode {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self
-                .call(
-                    "daemon_status",
-                    json!({"local": true}),
-                    Duration::from_secs(2),
-                )
-                .await
-            {
+            match self.ask(&OwnStatus::ASK, Duration::from_secs(2)).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(format!(
@@ -120,15 +125,8 @@ impl LocalNode {
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(st) = self
-                .call(
-                    "daemon_status",
-                    json!({"local": true}),
-                    Duration::from_secs(3),
-                )
-                .await
-            {
-                if st["self"]["last_applied"].as_u64().unwrap_or(0) >= index {
+            if let Ok(own) = self.ask(&OwnStatus::ASK, Duration::from_secs(3)).await {
+                if own.view.raft.last_applied.unwrap_or(0) >= index {
                     return Ok(());
                 }
             }
@@ -298,11 +296,11 @@ impl LocalCluster {
     pub async fn leader(&self) -> Option<String> {
         for n in &self.nodes {
             if let Ok(st) = n
-                .call("daemon_status", json!({}), Duration::from_secs(3))
+                .ask(&DaemonStatus::default(), Duration::from_secs(3))
                 .await
             {
-                if let Some(l) = st["cluster"]["leader"].as_str() {
-                    return Some(l.to_string());
+                if st.cluster.leader.is_some() {
+                    return st.cluster.leader;
                 }
             }
         }
@@ -365,25 +363,23 @@ pub async fn wait_joined(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        if let Ok(resp) = control
-            .request("daemon_status", json!({}), Duration::from_secs(3))
+        if let Ok(st) = control
+            .call(&DaemonStatus::default(), Duration::from_secs(3))
             .await
         {
-            let st = resp.data.into_value().unwrap_or_default();
-            let me = &st["nodes"][name];
-            let role = me["role"].as_str().unwrap_or("?");
-            let line = format!(
-                "  {name}: role {role}, applied index {}",
-                me["last_applied"]
-            );
+            let me = st.nodes.get(name);
+            let role = me.map_or(Role::Unknown, |m| m.role);
+            let applied = me
+                .and_then(|m| m.raft.as_ref())
+                .and_then(|r| r.last_applied);
+            let applied = applied.map_or("null".to_string(), |a| a.to_string());
+            let line = format!("  {name}: role {}, applied index {applied}", role.as_str());
             if line != last {
                 progress(&line);
                 last = line;
             }
-            let in_nodes = st["cluster"]["nodes"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(name)));
-            if in_nodes && (role == "follower" || role == "leader") {
+            let in_nodes = st.cluster.nodes.iter().any(|n| n == name);
+            if in_nodes && matches!(role, Role::Follower | Role::Leader) {
                 return Ok(());
             }
         }

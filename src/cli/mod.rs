@@ -619,7 +619,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             start_background(paths).await
         }
         DaemonCmd::Status => {
-            let data = call(paths, "daemon_status", json!({}), t).await?;
+            let data = call_typed(paths, &crate::api::options::DaemonStatus::default(), t).await?;
             print(format, &data, render::status_table);
             Ok(())
         }

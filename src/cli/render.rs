@@ -5,6 +5,12 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
+use crate::api::status::ClusterStatus;
+use crate::api::status::MemberView;
+use crate::api::status::Membership;
+use crate::api::status::RaftView;
+use crate::api::status::ServiceSummary;
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -13,15 +19,14 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Renders the `daemon_status` data as text, reading the clock for the age of stale rows.
-pub fn status_table(st: &Value) -> String {
-    status_table_at(st, crate::clock::now_ms())
+/// An optional value as a cell: `-` when absent.
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-/// Whether what the state says of node `v` may be out of date: it does not answer, or
-/// the leader marked it down. Its instances show their last report, not what runs there.
-fn stale(v: &Value) -> bool {
-    v["reachable"].as_bool() != Some(true) || v["monitor"]["status"] == "down"
+/// Renders the `daemon_status` reply as text, reading the clock for the age of stale rows.
+pub fn status_table(st: &ClusterStatus) -> String {
+    status_table_at(st, crate::clock::now_ms())
 }
 
 /// `ms` as a short age: 42s, 3m, 5h, 2d.
@@ -36,15 +41,16 @@ fn age(ms: u64) -> String {
 }
 
 /// The quorum line: how many voters answered, of how many, and the majority needed.
-fn quorum(nodes: &serde_json::Map<String, Value>, leader: &str) -> String {
-    let voters: Vec<&Value> = nodes
+fn quorum(st: &ClusterStatus) -> String {
+    let voters: Vec<&MemberView> = st
+        .nodes
         .values()
-        .filter(|v| v["membership"] == "voter")
+        .filter(|v| v.membership == Membership::Voter)
         .collect();
-    let up = voters.iter().filter(|v| !stale(v)).count();
+    let up = voters.iter().filter(|v| !v.stale()).count();
     let need = voters.len() / 2 + 1;
     let verdict = if up >= need { "ok" } else { "LOST" };
-    let leader = if leader == "-" { "none" } else { leader };
+    let leader = st.cluster.leader.as_deref().unwrap_or("none");
     format!(
         "quorum {verdict}: {up}/{} voters up, {need} needed; leader {leader}",
         voters.len()
@@ -57,156 +63,166 @@ Legend: n1* the leader; NO not answering; an instance is avail [* frozen] [statu
 ";
 
 /// What the row of service `svc` shows under `node` (whose status entry is `v`).
-fn instance_cell(svc: &Value, node: &str, v: &Value, now_ms: u64) -> String {
-    let i = &svc["instances"][node];
-    if i.is_null() {
+fn instance_cell(svc: &ServiceSummary, node: &str, v: &MemberView, now_ms: u64) -> String {
+    let Some(i) = svc.instances.get(node) else {
         return String::new();
-    }
-    let mut c = s(&i["avail"]);
-    if i["frozen"].as_bool() == Some(true) {
+    };
+    let mut c = i.avail.to_string();
+    if i.frozen {
         c.push_str(" *");
     }
-    if i["status"].as_str().is_some_and(|st| st != "idle") {
-        let _ = write!(c, " {}", s(&i["status"]));
+    if i.status != raft::state::MonitorStatus::Idle {
+        let _ = write!(c, " {}", i.status);
     }
-    if stale(v) {
-        let at = i["updated_at_ms"].as_u64().unwrap_or(0);
-        let _ = write!(c, " (stale, {})", age(now_ms.saturating_sub(at)));
+    if v.stale() {
+        let _ = write!(
+            c,
+            " (stale, {})",
+            age(now_ms.saturating_sub(i.updated_at_ms))
+        );
     }
     c
 }
 
-fn status_table_at(st: &Value, now_ms: u64) -> String {
-    let mut out = String::new();
-    let empty = serde_json::Map::new();
-    let nodes = st["nodes"].as_object().unwrap_or(&empty);
-    let names: Vec<&String> = nodes.keys().collect();
-    let leader = s(&st["cluster"]["leader"]);
-    let services = st["services"].as_object();
-    let all_cells: Vec<String> = services
-        .into_iter()
-        .flat_map(|svcs| svcs.values())
-        .flat_map(|svc| names.iter().map(move |n| (svc, *n)))
-        .map(|(svc, n)| instance_cell(svc, n, &nodes[n.as_str()], now_ms))
-        .collect();
-    let cells = all_cells.iter().map(String::as_str);
-    let col = nodes
+/// The width of a node column: its widest cell, at least 10, and a gap of 2.
+fn column_width(st: &ClusterStatus, now_ms: u64) -> usize {
+    let cells = st.services.values().flat_map(|svc| {
+        st.nodes
+            .iter()
+            .map(move |(n, v)| instance_cell(svc, n, v, now_ms).len())
+    });
+    st.nodes
         .iter()
-        .map(|(n, v)| n.len().max(v["address"].as_str().map_or(0, str::len)))
-        .chain(cells.map(str::len))
+        .map(|(n, v)| n.len().max(v.address.len()))
+        .chain(cells)
         .max()
         .unwrap_or(4)
         .max(10)
-        + 2;
-    let label = 22;
-    let row = |out: &mut String, title: &str, f: &dyn Fn(&Value) -> String| {
-        let _ = write!(out, " {title:<label$}");
-        for n in &names {
-            let _ = write!(out, "{:<col$}", f(&nodes[n.as_str()]));
-        }
-        out.push('\n');
-    };
+        + 2
+}
 
-    let _ = writeln!(
-        out,
-        "Cluster {}  leader {}  term {}  (seen from {})",
-        s(&st["cluster"]["name"]),
-        leader,
-        s(&st["cluster"]["term"]),
-        s(&st["node"])
-    );
-    let _ = writeln!(out, "{}", quorum(nodes, &leader));
-    out.push('\n');
+const LABEL: usize = 22;
 
+fn threads_block(out: &mut String, st: &ClusterStatus) {
     let _ = writeln!(
         out,
         "{:<w$}{:<10}{:>9}  last error",
         "Threads",
         "state",
         "restarts",
-        w = label + 1
+        w = LABEL + 1
     );
-    if let Some(threads) = st["threads"].as_object() {
-        for (id, t) in threads {
-            let _ = writeln!(
-                out,
-                " {id:<label$}{:<10}{:>9}  {}",
-                s(&t["state"]),
-                s(&t["restarts"]),
-                t["last_error"].as_str().unwrap_or("")
-            );
-        }
+    for (id, t) in &st.threads {
+        let _ = writeln!(
+            out,
+            " {id:<LABEL$}{:<10}{:>9}  {}",
+            t.state.as_str(),
+            t.restarts,
+            t.last_error.as_deref().unwrap_or("")
+        );
     }
     out.push('\n');
+}
 
-    let _ = write!(out, "{:<w$}", "Nodes", w = label + 1);
-    for n in &names {
-        let mark = if **n == leader {
+fn nodes_block(out: &mut String, st: &ClusterStatus, col: usize) {
+    let leader = st.cluster.leader.as_deref();
+    let _ = write!(out, "{:<w$}", "Nodes", w = LABEL + 1);
+    for n in st.nodes.keys() {
+        let mark = if Some(n.as_str()) == leader {
             format!("{n}*")
         } else {
-            (*n).clone()
+            n.clone()
         };
         let _ = write!(out, "{mark:<col$}");
     }
     out.push('\n');
-    row(&mut out, "role", &|v| s(&v["role"]));
-    row(&mut out, "reachable", &|v| {
-        if v["reachable"].as_bool() == Some(true) {
-            "yes".into()
-        } else {
-            "NO".into()
+    let row = |out: &mut String, title: &str, f: &dyn Fn(&MemberView) -> String| {
+        let _ = write!(out, " {title:<LABEL$}");
+        for v in st.nodes.values() {
+            let _ = write!(out, "{:<col$}", f(v));
         }
+        out.push('\n');
+    };
+    let raft =
+        |f: fn(&RaftView) -> Option<u64>| move |v: &MemberView| opt(v.raft.as_ref().and_then(f));
+    row(out, "role", &|v| v.role.as_str().into());
+    row(out, "reachable", &|v| {
+        if v.reachable { "yes" } else { "NO" }.into()
     });
-    row(&mut out, "address", &|v| s(&v["address"]));
-    row(&mut out, "membership", &|v| s(&v["membership"]));
-    row(&mut out, "term", &|v| s(&v["term"]));
-    row(&mut out, "last log", &|v| s(&v["last_log_index"]));
-    row(&mut out, "last applied", &|v| s(&v["last_applied"]));
-    row(&mut out, "monitor status", &|v| s(&v["monitor"]["status"]));
+    row(out, "address", &|v| v.address.clone());
+    row(out, "membership", &|v| v.membership.as_str().into());
+    row(out, "term", &raft(|r| Some(r.term)));
+    row(out, "last log", &raft(|r| r.last_log_index));
+    row(out, "last applied", &raft(|r| r.last_applied));
+    row(out, "monitor status", &|v| {
+        opt(v.monitor.as_ref().map(|m| m.status))
+    });
     row(
-        &mut out,
+        out,
         "frozen",
-        &|v| match v["monitor"]["frozen"].as_bool() {
+        &|v| match v.monitor.as_ref().map(|m| m.frozen) {
             Some(true) => "frozen".into(),
             Some(false) => "thawed".into(),
             None => "-".into(),
         },
     );
     out.push('\n');
-    let problems: Vec<String> = nodes
+}
+
+fn problems_block(out: &mut String, st: &ClusterStatus) {
+    let problems: Vec<String> = st
+        .nodes
         .iter()
         .flat_map(|(n, v)| {
-            let listener = v["listener_problem"].as_str().map(|p| format!(" {n}: {p}"));
-            let unreachable = v["error"]
-                .as_str()
-                .map(|e| format!(" {n}: unreachable: {e}"));
+            let listener = v.raft.as_ref().and_then(|r| r.listener_problem.as_ref());
+            let listener = listener.map(|p| format!(" {n}: {p}"));
+            let unreachable = v.error.as_ref().map(|e| format!(" {n}: unreachable: {e}"));
             listener.into_iter().chain(unreachable)
         })
         .collect();
     if !problems.is_empty() {
         let _ = writeln!(out, "Problems\n{}\n", problems.join("\n"));
     }
+}
 
-    let _ = write!(out, "{:<w$}", "Objects", w = label + 1);
-    for n in &names {
+fn objects_block(out: &mut String, st: &ClusterStatus, col: usize, now_ms: u64) {
+    let _ = write!(out, "{:<w$}", "Objects", w = LABEL + 1);
+    for n in st.nodes.keys() {
         let _ = write!(out, "{n:<col$}");
     }
     out.push('\n');
-    match services {
-        Some(svcs) if !svcs.is_empty() => {
-            for (name, svc) in svcs {
-                let title = format!("{name} ({})", s(&svc["global_expect"]));
-                let _ = write!(out, " {title:<label$}");
-                for n in &names {
-                    let cell = instance_cell(svc, n, &nodes[n.as_str()], now_ms);
-                    let _ = write!(out, "{cell:<col$}");
-                }
-                out.push('\n');
-            }
+    if st.services.is_empty() {
+        out.push_str(" (no services)\n");
+    }
+    for (name, svc) in &st.services {
+        let title = format!("{name} ({})", svc.global_expect);
+        let _ = write!(out, " {title:<LABEL$}");
+        for (n, v) in &st.nodes {
+            let cell = instance_cell(svc, n, v, now_ms);
+            let _ = write!(out, "{cell:<col$}");
         }
-        _ => out.push_str(" (no services)\n"),
+        out.push('\n');
     }
     out.push('\n');
+}
+
+fn status_table_at(st: &ClusterStatus, now_ms: u64) -> String {
+    let mut out = String::new();
+    let col = column_width(st, now_ms);
+    let _ = writeln!(
+        out,
+        "Cluster {}  leader {}  term {}  (seen from {})",
+        st.cluster.name,
+        st.cluster.leader.as_deref().unwrap_or("-"),
+        st.cluster.term,
+        st.node
+    );
+    let _ = writeln!(out, "{}", quorum(st));
+    out.push('\n');
+    threads_block(&mut out, st);
+    nodes_block(&mut out, st, col);
+    problems_block(&mut out, st);
+    objects_block(&mut out, st, col, now_ms);
     out.push_str(LEGEND);
     out
 }
@@ -232,20 +248,27 @@ mod tests {
 
     /// n2 is down and silent since its last report, 95 s ago, that its instance was up;
     /// n3 now runs the service.
-    fn after_failover() -> Value {
+    fn after_failover() -> ClusterStatus {
         let node = |reachable: bool, status: &str| {
             json!({"role": "follower", "reachable": reachable, "membership": "voter",
-                   "address": "127.0.0.1:1", "monitor": {"status": status, "frozen": false}})
+                   "in_cluster_nodes": true, "address": "127.0.0.1:1",
+                   "monitor": {"status": status, "local_expect": "thawed", "frozen": false}})
         };
-        let inst = |avail: &str, at: u64| json!({"avail": avail, "status": "idle", "frozen": false, "updated_at_ms": at});
-        json!({
+        let inst = |avail: &str, at: u64| {
+            json!({"avail": avail, "status": "idle", "local_expect": "none", "frozen": false,
+                   "restarts": {}, "updated_at_ms": at})
+        };
+        let st = json!({
             "node": "n1",
-            "cluster": {"name": "c", "leader": "n1", "term": 3},
+            "cluster": {"name": "c", "leader": "n1", "term": 3, "nodes": ["n1", "n2", "n3"],
+                        "params": {}},
             "nodes": {"n1": node(true, "idle"), "n2": node(false, "down"), "n3": node(true, "idle")},
-            "services": {"web": {"global_expect": "placed", "instances": {
+            "threads": {},
+            "services": {"web": {"version": 1, "global_expect": "placed", "instances": {
                 "n1": inst("down", 999_000), "n2": inst("up", 905_000), "n3": inst("up", 999_000),
             }}},
-        })
+        });
+        serde_json::from_value(st).expect("a daemon_status reply")
     }
 
     #[test]
@@ -272,8 +295,8 @@ mod tests {
     #[test]
     fn a_lost_quorum_says_so() {
         let mut st = after_failover();
-        st["nodes"]["n3"]["reachable"] = json!(false);
-        st["cluster"]["leader"] = Value::Null;
+        st.nodes.get_mut("n3").unwrap().reachable = false;
+        st.cluster.leader = None;
         let t = status_table_at(&st, 1_000_000);
         assert!(
             t.contains("quorum LOST: 1/3 voters up, 2 needed; leader none"),

@@ -110,7 +110,11 @@ impl Daemon {
         match action {
             Action::DaemonStatus => {
                 let opts: options::DaemonStatus = api::parse(action, o)?;
-                self.status(opts.local).await
+                if opts.local {
+                    api::reply(&self.own_view()?)
+                } else {
+                    api::reply(&self.status().await?)
+                }
             }
             Action::DaemonStop | Action::DaemonShutdown | Action::DaemonStart => {
                 let opts: options::ThreadRef = api::parse(action, o)?;

@@ -22,6 +22,8 @@ use super::Daemon;
 use crate::api;
 use crate::api::options;
 use crate::api::options::Configuration;
+use crate::api::status::OwnStatus;
+use crate::api::status::OwnView;
 use crate::api::Action;
 use crate::model::service::ServiceConfig;
 use crate::wire::Status;
@@ -142,12 +144,13 @@ impl Daemon {
                     .map(|l| l.index);
                 (applied, None)
             } else {
-                let local = options::DaemonStatus { local: true };
+                let ask = OwnStatus::ASK;
                 match self
-                    .ask_member(&m, Action::DaemonStatus, &local, Duration::from_secs(2))
+                    .ask_member(&m, Action::DaemonStatus, &ask, Duration::from_secs(2))
                     .await
+                    .and_then(|v| api::decode_value::<OwnView>(Action::DaemonStatus, v))
                 {
-                    Ok(v) => (v["self"]["last_applied"].as_u64(), None),
+                    Ok(v) => (v.view.raft.last_applied, None),
                     Err(e) => (last.0, Some(e.message)),
                 }
             };

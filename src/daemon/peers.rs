@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::api::ApiRequest;
 use crate::wire::Client;
 use crate::wire::ClientOptions;
 use crate::wire::Doc;
@@ -128,6 +129,27 @@ impl Peers {
                 message: resp.error.unwrap_or_default(),
             })
         }
+    }
+
+    /// Sends the typed request `req` to whoever listens at `addr` and decodes the answer
+    /// into its reply type.
+    pub async fn call_typed<R: ApiRequest>(
+        &self,
+        addr: &str,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Reply, PeerError> {
+        let action = R::ACTION.as_str();
+        let failed = |message: String| PeerError::Failed {
+            addr: addr.to_string(),
+            action: action.to_string(),
+            status: Status::Error.wire(),
+            message,
+        };
+        let options = Doc::pack(req).map_err(failed)?;
+        let data = self.call_doc(addr, "", action, options, timeout).await?;
+        data.decode()
+            .map_err(|e| failed(format!("bad answer to {action}: {e}")))
     }
 
     /// Records that `node` was heard from now.

@@ -1,69 +1,136 @@
-//! `daemon_status`: the cluster data as this node sees it, merged with each peer's own view.
+//! `daemon_status`, `get_nodes` and `hello`: the cluster data as this node sees it, merged
+//! with each peer's own view.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
-use serde_json::json;
-use serde_json::Map;
-use serde_json::Value;
-
 use super::actions::ActionError;
 use super::Daemon;
 use crate::api::options;
+use crate::api::status::AppliedState;
+use crate::api::status::ClusterStatus;
+use crate::api::status::ClusterView;
+use crate::api::status::MemberView;
+use crate::api::status::Membership;
+use crate::api::status::NodeSummary;
+use crate::api::status::NodeView;
+use crate::api::status::OwnStatus;
+use crate::api::status::OwnView;
+use crate::api::status::RaftView;
+use crate::api::status::Role;
+use crate::api::status::ServiceSummary;
 
 /// How long a peer has to answer its part of a status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
 
-fn role(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Learner => "learner",
-        ServerState::Candidate => "candidate",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 impl Daemon {
     /// This node's own view: Raft role and indexes, threads, listener.
-    fn self_view(&self) -> Result<Value, ActionError> {
+    pub(super) fn own_view(&self) -> Result<OwnView, ActionError> {
         let node = self.node()?;
         let m = node.metrics();
         let cfg = self.config();
         // Read together, under the state machine's lock: nodes at one index compare hashes.
-        let (applied_index, applied_digest) =
-            node.read_machine(|d| (d.last_applied.map(|l| l.index), d.digest()));
-        Ok(json!({
-            "role": role(m.state),
-            // A string: JSON tools round 64-bit integers.
-            "raft_id": node.id.to_string(),
-            "address": self.advertised_addr(),
-            "term": m.current_term,
-            "last_log_index": m.last_log_index,
-            "last_applied": m.last_applied.map(|l| l.index),
-            "snapshot": m.snapshot.map(|l| l.index),
-            "purged": m.purged.map(|l| l.index),
-            "applied_state": {"index": applied_index, "digest": applied_digest},
-            "leader_id": m.current_leader,
-            "uptime_s": self.uptime().as_secs(),
-            "listener": format!("{}:{}", cfg.listener_addr, cfg.listener_port),
-            "listener_problem": self.addr_problem(),
-            "rpc_refused": self.rpc_counters.refused.load(Ordering::Relaxed),
-            "rpc_misdelivered": self.rpc_counters.misdelivered.load(Ordering::Relaxed),
-            "listener_metrics": self.listener.metrics().snapshot(),
-            "threads": self.threads.status(),
-        }))
+        let (index, digest) = node.read_machine(|d| (d.last_applied.map(|l| l.index), d.digest()));
+        let raft = RaftView {
+            raft_id: node.id.to_string(),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            applied_state: AppliedState { index, digest },
+            leader_id: m.current_leader,
+            uptime_s: self.uptime().as_secs(),
+            listener: format!("{}:{}", cfg.listener_addr, cfg.listener_port),
+            listener_problem: self.addr_problem(),
+            rpc_refused: self.rpc_counters.refused.load(Ordering::Relaxed),
+            rpc_misdelivered: self.rpc_counters.misdelivered.load(Ordering::Relaxed),
+            listener_metrics: self.listener.metrics().snapshot(),
+            threads: self.threads.status(),
+        };
+        let view = NodeView {
+            role: m.state.into(),
+            address: self.advertised_addr(),
+            raft,
+        };
+        Ok(OwnView {
+            node: self.name(),
+            view,
+        })
     }
 
-    /// The full status; with `local`, only this node's view (what peers ask each other).
-    pub async fn status(self: &Arc<Self>, local: bool) -> Result<Value, ActionError> {
-        let me = self.name();
-        let mine = self.self_view()?;
-        if local {
-            return Ok(json!({ "node": me, "self": mine }));
+    /// Everyone in the Raft membership (learners joining) or in the replicated node list,
+    /// with their address and membership, by name.
+    fn everyone(
+        node: &raft::Node,
+        state: &raft::state::ClusterState,
+    ) -> Vec<(String, String, Membership)> {
+        let m = node.metrics();
+        let membership = m.membership_config.membership();
+        let mut names: Vec<(String, String, Membership)> = membership
+            .nodes()
+            .map(|(id, mb)| {
+                let kind = if membership.voter_ids().any(|v| v == *id) {
+                    Membership::Voter
+                } else {
+                    Membership::Learner
+                };
+                (mb.name.clone(), mb.addr.clone(), kind)
+            })
+            .collect();
+        for (n, rec) in &state.nodes {
+            if !names.iter().any(|(x, _, _)| x == n) {
+                names.push((n.clone(), rec.addr.clone(), Membership::None));
+            }
         }
+        names.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        names
+    }
+
+    /// The own views of the nodes at `addrs` (this node's own view for `me`), each within
+    /// `timeout`; a node answering under another name is an error.
+    async fn own_views(
+        self: &Arc<Self>,
+        addrs: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Vec<(String, String, Result<OwnView, String>)>, ActionError> {
+        let mine = self.own_view()?;
+        let me = mine.node.clone();
+        let asks = addrs.into_iter().map(|(name, addr)| {
+            let peers = self.peers.clone();
+            let mine = (name == me).then(|| mine.clone());
+            async move {
+                let answer = match mine {
+                    Some(v) => Ok(v),
+                    None => match tokio::time::timeout(
+                        timeout,
+                        peers.call_typed(&addr, &OwnStatus::ASK, timeout),
+                    )
+                    .await
+                    {
+                        Err(_) => Err(format!("{addr}: request timed out")),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        // Whoever listens at a member's recorded address is not that
+                        // member until it says its name.
+                        Ok(Ok(v)) if v.node != name => {
+                            Err(format!("{addr} is answered by {}, not {name}", v.node))
+                        }
+                        Ok(Ok(v)) => {
+                            peers.saw(&name);
+                            Ok(v)
+                        }
+                    },
+                };
+                (name, addr, answer)
+            }
+        });
+        Ok(futures_join_all(asks).await)
+    }
+
+    /// The full status: the cluster as this node sees it, each node's part from itself.
+    pub async fn status(self: &Arc<Self>) -> Result<ClusterStatus, ActionError> {
         let node = self.node()?;
         let m = node.metrics();
         let membership = m.membership_config.membership().clone();
@@ -71,107 +138,64 @@ impl Daemon {
             .current_leader
             .and_then(|id| membership.get_node(&id).map(|mb| mb.name.clone()));
         let state = node.read(|s| s.clone());
-
-        // Everyone in the replicated node list or in the Raft membership (learners joining).
-        let mut names: Vec<(String, String, &'static str)> = Vec::new();
-        for (id, mb) in membership.nodes() {
-            let kind = if membership.voter_ids().any(|v| v == *id) {
-                "voter"
-            } else {
-                "learner"
-            };
-            names.push((mb.name.clone(), mb.addr.clone(), kind));
-        }
-        for (n, rec) in &state.nodes {
-            if !names.iter().any(|(x, _, _)| x == n) {
-                names.push((n.clone(), rec.addr.clone(), "none"));
-            }
-        }
-        names.sort();
-
-        let asks = names
+        let names = Self::everyone(&node, &state);
+        let addrs = names
             .iter()
-            .filter(|(n, _, _)| *n != me)
-            .map(|(n, addr, _)| {
-                let peers = self.peers.clone();
-                let (n, addr) = (n.clone(), addr.clone());
-                async move {
-                    let r = peers
-                        .call(
-                            &addr,
-                            "daemon_status",
-                            json!({ "local": true }),
-                            PEER_STATUS_TIMEOUT,
-                        )
-                        .await;
-                    (n, r)
-                }
-            });
-        let answers = futures_join_all(asks).await;
-
-        let mut nodes = Map::new();
-        for (name, addr, kind) in &names {
-            let mut entry = if *name == me {
-                let mut v = mine.clone();
-                v["reachable"] = json!(true);
-                v
-            } else {
-                match answers.iter().find(|(n, _)| n == name).map(|(_, r)| r) {
-                    // Whoever listens at a member's recorded address is not that member
-                    // until it says its name.
-                    Some(Ok(data)) if data["node"] != json!(name) => json!({
-                        "role": "unknown", "address": addr, "reachable": false,
-                        "error": format!("{addr} is answered by {}, not {name}", data["node"]),
-                    }),
-                    Some(Ok(data)) => {
-                        self.peers.saw(name);
-                        let mut v = data.get("self").cloned().unwrap_or(json!({}));
-                        v["reachable"] = json!(true);
-                        v
-                    }
-                    Some(Err(e)) => {
-                        json!({ "role": "unknown", "address": addr, "reachable": false, "error": e.to_string() })
-                    }
-                    None => json!({ "reachable": false }),
-                }
+            .map(|(n, a, _)| (n.clone(), a.clone()))
+            .collect();
+        let mut views = self.own_views(addrs, PEER_STATUS_TIMEOUT).await?;
+        let mut nodes = BTreeMap::new();
+        for (name, addr, membership) in names {
+            let answer = views
+                .iter()
+                .position(|(n, _, _)| *n == name)
+                .map(|i| views.swap_remove(i).2);
+            let (role, address, raft, error) = match answer {
+                Some(Ok(v)) => (v.view.role, v.view.address, Some(v.view.raft), None),
+                Some(Err(e)) => (Role::Unknown, addr, None, Some(e)),
+                None => (Role::Unknown, addr, None, Some("no answer".into())),
             };
-            entry["membership"] = json!(kind);
-            entry["in_cluster_nodes"] = json!(state.nodes.contains_key(name));
-            if let Some(mon) = state.node_monitors.get(name) {
-                entry["monitor"] = json!(mon);
-            }
-            if let Some(seen) = self.peers.last_seen(name) {
-                entry["last_seen_ms"] = json!(seen.as_millis() as u64);
-            }
-            nodes.insert(name.clone(), entry);
+            let entry = MemberView {
+                role,
+                address,
+                reachable: raft.is_some(),
+                error,
+                membership,
+                in_cluster_nodes: state.nodes.contains_key(&name),
+                monitor: state.node_monitors.get(&name).cloned(),
+                last_seen_ms: self.peers.last_seen(&name).map(|d| d.as_millis() as u64),
+                raft,
+            };
+            nodes.insert(name, entry);
         }
-        let services: Map<String, Value> = state
+        let services = state
             .services
             .iter()
             .map(|(k, v)| {
-                (
-                    k.clone(),
-                    json!({ "version": v.version, "global_expect": v.global_expect, "instances": v.instances }),
-                )
+                let summary = ServiceSummary {
+                    version: v.version,
+                    global_expect: v.global_expect.clone(),
+                    instances: v.instances.clone(),
+                };
+                (k.clone(), summary)
             })
             .collect();
-        Ok(json!({
-            "node": me,
-            "cluster": {
-                "name": state.name,
-                "leader": leader,
-                "term": m.current_term,
-                "nodes": state.nodes.keys().collect::<Vec<_>>(),
-                "params": state.params,
+        Ok(ClusterStatus {
+            node: self.name(),
+            cluster: ClusterView {
+                name: state.name.clone(),
+                leader,
+                term: m.current_term,
+                nodes: state.nodes.keys().cloned().collect(),
+                params: state.params.clone(),
             },
-            "nodes": nodes,
-            "threads": self.threads.status(),
-            "services": services,
-        }))
+            nodes,
+            threads: self.threads.status(),
+            services,
+        })
     }
 }
 
-/// Runs futures concurrently and collects their outputs in order.
 impl Daemon {
     /// `hello`: this node and the agent API versions it speaks.
     pub(super) fn hello(&self, o: options::Hello) -> Result<options::HelloReply, ActionError> {
@@ -199,76 +223,42 @@ impl Daemon {
     /// `get_nodes`: every node of `cluster.nodes` asked for its own view within `timeout`;
     /// each gets its own result.
     pub(super) async fn get_nodes(
-        &self,
+        self: &Arc<Self>,
         timeout: Duration,
     ) -> Result<Vec<options::NodeResult>, ActionError> {
-        let me = self.name();
-        let node = self.node()?;
-        let state = node.read(|s| s.clone());
-        let asks = state.nodes.iter().map(|(name, rec)| {
-            let (peers, name, addr, me) = (
-                self.peers.clone(),
-                name.clone(),
-                rec.addr.clone(),
-                me.clone(),
-            );
-            async move {
-                if name == me {
-                    return (name, Ok(None));
-                }
-                let r = tokio::time::timeout(
-                    timeout,
-                    peers.call(&addr, "daemon_status", json!({"local": true}), timeout),
-                )
-                .await;
-                (
-                    name,
-                    r.map_err(|_| "request timed out".to_string())
-                        .and_then(|r| r.map(Some).map_err(|e| e.to_string())),
-                )
-            }
-        });
-        let mine = self.self_view()?;
-        let mut out = Vec::new();
-        for (name, answer) in futures_join_all(asks).await {
-            let view = match answer {
-                Ok(None) => mine.clone(),
-                Ok(Some(data)) if data["node"] == json!(name) => data["self"].clone(),
-                Ok(Some(data)) => {
-                    out.push(failed(
-                        &name,
-                        format!("its address is answered by {}", data["node"]),
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    out.push(failed(&name, e));
-                    continue;
-                }
+        let state = self.node()?.read(|s| s.clone());
+        let addrs = state
+            .nodes
+            .iter()
+            .map(|(name, rec)| (name.clone(), rec.addr.clone()))
+            .collect();
+        let views = self.own_views(addrs, timeout).await?;
+        let results = views.into_iter().map(|(name, _, answer)| {
+            let mon = state.node_monitors.get(&name);
+            let (view, mon) = match (answer, mon) {
+                (Ok(v), Some(mon)) => (v.view, mon),
+                (Ok(_), None) => return failed(&name, "it has no node monitor".into()),
+                (Err(e), _) => return failed(&name, e),
             };
-            let instances: Map<String, Value> = state
+            let instances = state
                 .services
                 .iter()
-                .filter_map(|(svc, s)| {
-                    s.instances
-                        .get(&name)
-                        .map(|i| (svc.clone(), json!(i.status)))
-                })
+                .filter_map(|(svc, s)| s.instances.get(&name).map(|i| (svc.clone(), i.status)))
                 .collect();
-            let mon = state.node_monitors.get(&name);
-            out.push(options::NodeResult {
+            let summary = NodeSummary {
+                state: mon.status,
+                frozen: mon.frozen,
+                role: view.role,
+                instances,
+            };
+            options::NodeResult {
                 node: name.clone(),
                 success: true,
                 error: None,
-                data: Some(json!({
-                    "state": mon.map_or(json!("unknown"), |m| json!(m.status)),
-                    "frozen": mon.is_some_and(|m| m.frozen),
-                    "role": view["role"],
-                    "instances": instances,
-                })),
-            });
-        }
-        Ok(out)
+                data: Some(summary),
+            }
+        });
+        Ok(results.collect())
     }
 }
 
@@ -281,6 +271,7 @@ fn failed(node: &str, error: String) -> options::NodeResult {
     }
 }
 
+/// Runs futures concurrently and collects their outputs in order.
 pub(super) async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,

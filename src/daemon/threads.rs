@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+pub use crate::api::status::ThreadState;
+pub use crate::api::status::ThreadStatus;
 use tokio::sync::watch;
 
 /// The names of the daemon's threads, in display order.
@@ -23,31 +24,6 @@ pub const THREAD_IDS: &[&str] = &[
     "watcher",
     "control",
 ];
-
-/// What a thread is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThreadState {
-    /// Running its loop.
-    Running,
-    /// Asked to stop, not yet exited.
-    Stopping,
-    /// Not running, on purpose.
-    Stopped,
-    /// Exited uncleanly; waiting for its backoff before it runs again.
-    Restarting,
-}
-
-/// One thread's status.
-#[derive(Debug, Clone, Serialize)]
-pub struct ThreadStatus {
-    /// Current state.
-    pub state: ThreadState,
-    /// Unclean exits restarted since the daemon started.
-    pub restarts: u32,
-    /// The last unclean exit's reason.
-    pub last_error: Option<String>,
-}
 
 /// A thread body: runs until `stop` turns true, returns Err on failure.
 pub type ThreadBody = Arc<

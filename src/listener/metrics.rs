@@ -48,7 +48,7 @@ pub struct Metrics {
 }
 
 /// A copy of the counters, serializable for status output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     /// See [`Metrics::connections`].
     pub connections: u64,
@@ -85,7 +85,7 @@ pub struct MetricsSnapshot {
     /// See [`Metrics::closed_unauth_budget`].
     pub closed_unauth_budget: u64,
     /// Rejected frames per error kind name (kinds with a zero count are left out).
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<String, u64>,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -135,7 +135,7 @@ impl Metrics {
             closed_unauth_budget: get(&self.closed_unauth_budget),
             rejected: ErrorKind::ALL
                 .iter()
-                .map(|k| (k.name(), self.rejected(*k)))
+                .map(|k| (k.name().to_string(), self.rejected(*k)))
                 .filter(|(_, n)| *n != 0)
                 .collect(),
         }
