@@ -6,6 +6,7 @@
 //! - [`ApiError`]: a failed call: a status and a message for the operator.
 //! - [`options`]: one options struct per action, decoded with serde so that a missing or
 //!   malformed option is a `BAD_REQUEST` naming the option.
+//! - [`receptor`]: the answers of Receptor's control service, in its spelling.
 //! - [`status`]: the replies of `daemon_status` and `get_nodes`.
 //! - [`ApiRequest`]: ties an options struct to its action and its reply type, for the
 //!   typed calls ([`crate::control::ControlClient::call`], [`crate::daemon::peers::Peers::call_typed`], [`Call::call`] on a [`crate::wire::Client`]).
@@ -15,6 +16,7 @@
 
 pub mod action;
 pub mod options;
+pub mod receptor;
 pub mod status;
 
 pub use action::Action;

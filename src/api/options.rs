@@ -39,6 +39,49 @@ pub struct ThreadRef {
     pub thread_id: Option<String>,
 }
 
+/// The answer to `daemon_stop` and `daemon_shutdown` of the whole daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    /// The node whose daemon stops.
+    pub stopping: String,
+}
+
+/// The answer to `daemon_stop`, `daemon_start` and `daemon_shutdown` of one thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadChanged {
+    /// The thread.
+    pub thread_id: String,
+    /// Its state now.
+    pub state: Option<super::status::ThreadState>,
+}
+
+/// The answer to [`InjectFault`], one shape per fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FaultInjected {
+    /// The thread's task was aborted; the supervisor restarts it.
+    Killed {
+        /// The thread.
+        thread_id: String,
+        /// Always true.
+        killed: bool,
+    },
+    /// The Raft core stopped, as on an openraft fatal error.
+    RaftStopped {
+        /// `raft`.
+        thread_id: String,
+        /// Always true.
+        raft_stopped: bool,
+    },
+    /// The listener now drops `blacklisted`'s frames from `addr`.
+    Blacklisted {
+        /// The sender.
+        blacklisted: String,
+        /// Its source address.
+        addr: std::net::IpAddr,
+    },
+}
+
 /// `daemon_inject_fault` (control socket, testing aid).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectFault {
@@ -186,6 +229,16 @@ pub struct ServiceFilter {
     /// Read on the leader once it has confirmed its leadership (as `get_service_config`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub linearizable: bool,
+}
+
+/// A service's monitor in a `get_service_monitor` answer (one, or a map of them by
+/// service name without `svcname`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceMonitor {
+    /// The cluster-wide target.
+    pub global_expect: GlobalExpect,
+    /// Its instances by node.
+    pub instances: std::collections::BTreeMap<String, raft::state::Instance>,
 }
 
 /// `clear`.
@@ -709,6 +762,13 @@ pub struct Joined {
 impl ApiRequest for JoinCluster {
     const ACTION: Action = Action::Join;
     type Reply = Joined;
+}
+
+/// The answer to `blacklist_clear`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistCleared {
+    /// How many (sender, address) pairs were blacklisted before.
+    pub cleared: usize,
 }
 
 /// `blacklist_status`.

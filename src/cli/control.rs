@@ -5,6 +5,7 @@
 //! `--node N` is the node a command is about: a unit is submitted to run on N; the other
 //! commands are answered by N's control service, through `connect N control`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +19,12 @@ use super::print;
 use super::CliError;
 use super::Format;
 use super::Result;
+use crate::api::options::WorkUnitStatus;
+use crate::api::receptor::Hop;
+use crate::api::receptor::PingReply;
+use crate::api::receptor::ReceptorStatus;
+use crate::api::receptor::Reloaded;
+use crate::api::receptor::WorkStarted;
 use crate::config::Paths;
 use crate::control::session::Session;
 
@@ -182,22 +189,21 @@ async fn one_answer(s: &mut Session, cmd: ControlCmd, format: Format) -> Result<
         |sub: &str, unitid: &str| json!({"command": "work", "subcommand": sub, "unitid": unitid});
     match cmd {
         ControlCmd::Status => {
-            let st = s.command(&json!({"command": "status"})).await?;
+            let st: ReceptorStatus = ask(s, &json!({"command": "status"})).await?;
             print(format, &st, status_table);
         }
         ControlCmd::Traceroute { target } => {
-            let tr = s
-                .command(&json!({"command": "traceroute", "target": target}))
-                .await?;
+            let cmd = json!({"command": "traceroute", "target": target});
+            let tr: BTreeMap<String, Hop> = ask(s, &cmd).await?;
             print(format, &tr, traceroute_table);
         }
         ControlCmd::Reload => {
-            let r = s.command(&json!({"command": "reload"})).await?;
+            let r: Reloaded = ask(s, &json!({"command": "reload"})).await?;
             print(format, &r, |r| {
                 format!(
                     "Applied: {}\nNeeds a restart: {}\n",
-                    words(&r["Applied"]),
-                    words(&r["NeedsRestart"])
+                    words(&r.applied),
+                    words(&r.needs_restart)
                 )
             });
         }
@@ -208,12 +214,17 @@ async fn one_answer(s: &mut Session, cmd: ControlCmd, format: Format) -> Result<
             if let Some(id) = &unitid {
                 c["unitid"] = json!(id);
             }
-            let v = s.command(&c).await?;
-            let table = match &unitid {
-                Some(id) => json!({ id.as_str(): v.clone() }),
-                None => v.clone(),
-            };
-            print(format, &v, |_| units_table(&table));
+            match unitid {
+                Some(id) => {
+                    let unit: Option<WorkUnitStatus> = ask(s, &c).await?;
+                    let table = unit.iter().map(|u| (id.clone(), u.clone())).collect();
+                    print(format, &unit, |_| units_table(&table));
+                }
+                None => {
+                    let units: BTreeMap<String, WorkUnitStatus> = ask(s, &c).await?;
+                    print(format, &units, units_table);
+                }
+            }
         }
         ControlCmd::Work {
             cmd: WorkCmd::Cancel { unitids },
@@ -249,13 +260,11 @@ async fn ping(
         if i > 0 {
             tokio::time::sleep(delay).await;
         }
-        let p = s
-            .command(&json!({"command": "ping", "target": target}))
-            .await?;
+        let p: PingReply = ask(s, &json!({"command": "ping", "target": target})).await?;
         if format == Format::Table {
-            match p["Success"].as_bool() {
-                Some(true) => println!("Reply from {} in {}", text(&p["From"]), text(&p["Time"])),
-                _ => println!("Error: {}", text(&p["Error"])),
+            match &p {
+                PingReply::Reply(p) => println!("Reply from {} in {}", p.from, p.time),
+                PingReply::Failed(p) => println!("Error: {}", p.error),
             }
         }
         answers.push(p);
@@ -266,7 +275,7 @@ async fn ping(
             serde_json::to_string_pretty(&answers).unwrap_or_default()
         );
     }
-    if answers.iter().all(|p| p["Success"] != true) {
+    if answers.iter().all(|p| matches!(p, PingReply::Failed(_))) {
         return Err(CliError(format!("no reply from {target}")));
     }
     Ok(())
@@ -300,9 +309,11 @@ async fn submit(
         }
         None => s.submit(&cmd, &mut tokio::io::empty()).await?,
     };
-    let id = text(&answer["unitid"]);
+    let answer: WorkStarted = serde_json::from_value(answer)
+        .map_err(|e| CliError(format!("bad answer to work submit: {e}")))?;
+    let id = answer.unitid.clone();
     print(format, &answer, |a| {
-        format!("Result: {}\nWork unit ID: {id}\n", text(&a["result"]))
+        format!("Result: {}\nWork unit ID: {id}\n", a.result)
     });
     if follow {
         results(paths, &id, 0).await?;
@@ -317,19 +328,7 @@ async fn results(paths: &Paths, unitid: &str, startpos: u64) -> Result<()> {
     Ok(())
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn words(v: &Value) -> String {
-    let list: Vec<String> = v
-        .as_array()
-        .map(|a| a.iter().map(text).collect())
-        .unwrap_or_default();
+fn words(list: &[String]) -> String {
     if list.is_empty() {
         "-".into()
     } else {
@@ -337,100 +336,92 @@ fn words(v: &Value) -> String {
     }
 }
 
+/// Sends `cmd` and decodes its one-line answer.
+async fn ask<T: serde::de::DeserializeOwned>(s: &mut Session, cmd: &Value) -> Result<T> {
+    let answer = s.command(cmd).await?;
+    serde_json::from_value(answer)
+        .map_err(|e| CliError(format!("bad answer to {}: {e}", cmd["command"])))
+}
+
 /// `status` in receptorctl's layout.
-pub(super) fn status_table(st: &Value) -> String {
+pub(super) fn status_table(st: &ReceptorStatus) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Node ID: {}", text(&st["NodeID"]));
-    let _ = writeln!(out, "Version: {}", text(&st["Version"]));
-    let _ = writeln!(out, "System CPU Count: {}", text(&st["SystemCPUCount"]));
-    let _ = writeln!(out, "System Memory MiB: {}\n", text(&st["SystemMemoryMiB"]));
+    let _ = writeln!(out, "Node ID: {}", st.node_id);
+    let _ = writeln!(out, "Version: {}", st.version);
+    let _ = writeln!(out, "System CPU Count: {}", st.system_cpu_count);
+    let _ = writeln!(out, "System Memory MiB: {}\n", st.system_memory_mib);
     let _ = writeln!(out, "{:<12} {:<10}", "Connection", "Cost (ms)");
-    for c in st["Connections"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "{:<12} {:<10}", text(&c["NodeID"]), text(&c["Cost"]));
+    for c in &st.connections {
+        let _ = writeln!(out, "{:<12} {:<10}", c.node_id, c.cost);
     }
     let _ = writeln!(out, "\n{:<12} Known Connections", "Known Node");
-    for (n, conns) in st["KnownConnectionCosts"].as_object().into_iter().flatten() {
-        let list: Vec<String> = conns
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect();
+    for (n, conns) in &st.known_connection_costs {
+        let list: Vec<String> = conns.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = writeln!(out, "{n:<12} {{{}}}", list.join(", "));
     }
     let _ = writeln!(out, "\n{:<12} Via", "Route");
-    for (n, via) in st["RoutingTable"].as_object().into_iter().flatten() {
-        let _ = writeln!(out, "{n:<12} {}", text(via));
+    for (n, via) in &st.routing_table {
+        let _ = writeln!(out, "{n:<12} {via}");
     }
     let _ = writeln!(
         out,
         "\n{:<12} {:<9} {:<8} {:<21} {:<6} Work Types",
         "Node", "Service", "Type", "Last Seen", "Tags"
     );
-    for a in st["Advertisements"].as_array().into_iter().flatten() {
-        let types: Vec<String> = a["WorkCommands"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|w| text(&w["WorkType"]))
+    for a in &st.advertisements {
+        let types: Vec<String> = a
+            .work_commands
+            .iter()
+            .map(|w| w.work_type.clone())
             .collect();
-        let types = if types.is_empty() {
-            "-".to_string()
-        } else {
-            types.join(", ")
-        };
         let _ = writeln!(
             out,
-            "{:<12} {:<9} {:<8} {:<21} {:<6} {types}",
-            text(&a["NodeID"]),
-            text(&a["Service"]),
+            "{:<12} {:<9} {:<8} {:<21} {:<6} {}",
+            a.node_id,
+            a.service,
             "Stream",
-            text(&a["Time"]),
-            "-"
+            a.time,
+            "-",
+            words(&types)
         );
     }
-    for (n, why) in st["Unreachable"].as_object().into_iter().flatten() {
-        let _ = writeln!(out, "\nUnreachable: {n}: {}", text(&why["Error"]));
+    for (n, why) in &st.unreachable {
+        let _ = writeln!(out, "\nUnreachable: {n}: {}", why.error);
     }
     out
 }
 
-fn traceroute_table(tr: &Value) -> String {
+fn traceroute_table(tr: &BTreeMap<String, Hop>) -> String {
     let mut out = String::new();
-    let mut hops: Vec<(u64, &Value)> = tr
-        .as_object()
-        .into_iter()
-        .flatten()
+    let mut hops: Vec<(u64, &Hop)> = tr
+        .iter()
         .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
         .collect();
     hops.sort_by_key(|(i, _)| *i);
     for (i, h) in hops {
-        match h.get("Error") {
+        match &h.error {
             Some(e) => {
-                let _ = writeln!(out, "{i}: {} error: {}", text(&h["From"]), text(e));
+                let _ = writeln!(out, "{i}: {} error: {e}", h.from);
             }
             None => {
-                let _ = writeln!(out, "{i}: {} in {}", text(&h["From"]), text(&h["Time"]));
+                let time = h.time.as_deref().unwrap_or("-");
+                let _ = writeln!(out, "{i}: {} in {time}", h.from);
             }
         }
     }
     out
 }
 
-fn units_table(units: &Value) -> String {
+fn units_table(units: &BTreeMap<String, WorkUnitStatus>) -> String {
     let mut out = format!(
         "{:<10} {:<8} {:<12} {:<10} {:>10}  Detail\n",
         "Unit", "Node", "Work Type", "State", "Stdout"
     );
-    for (id, u) in units.as_object().into_iter().flatten() {
+    for (id, u) in units {
         let _ = writeln!(
             out,
             "{id:<10} {:<8} {:<12} {:<10} {:>10}  {}",
-            text(&u["Node"]),
-            text(&u["WorkType"]),
-            text(&u["StateName"]),
-            text(&u["StdoutSize"]),
-            text(&u["Detail"])
+            u.node, u.work_type, u.state_name, u.stdout_size, u.detail
         );
     }
     out

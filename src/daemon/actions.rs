@@ -13,7 +13,6 @@ use raft::membership::MembershipError;
 use raft::node_id;
 use raft::Command;
 
-use serde_json::json;
 use serde_json::Value;
 
 use super::Daemon;
@@ -127,7 +126,9 @@ impl Daemon {
                     _ => return Err(ActionError::bad("daemon_start needs option thread_id")),
                 };
                 self.request_stop(kind);
-                Ok(json!({ "stopping": self.name() }))
+                api::reply(&options::Stopping {
+                    stopping: self.name(),
+                })
             }
             Action::DaemonInjectFault => {
                 let opts: options::InjectFault = api::parse(action, o)?;
@@ -136,7 +137,10 @@ impl Daemon {
                     let bl = self.listener.blacklist();
                     for _ in 0..64 {
                         if bl.is_blacklisted(sender, addr) {
-                            return Ok(json!({ "blacklisted": sender, "addr": addr }));
+                            return api::reply(&options::FaultInjected::Blacklisted {
+                                blacklisted: sender.clone(),
+                                addr,
+                            });
                         }
                         bl.record_invalid(sender, addr, true);
                     }
@@ -148,12 +152,18 @@ impl Daemon {
                 if opts.thread_id == "raft" && opts.fatal {
                     // The Raft core itself stops, as on an openraft fatal error.
                     self.node()?.shutdown().await;
-                    return Ok(json!({ "thread_id": opts.thread_id, "raft_stopped": true }));
+                    return api::reply(&options::FaultInjected::RaftStopped {
+                        thread_id: opts.thread_id,
+                        raft_stopped: true,
+                    });
                 }
                 self.threads
                     .inject_fault(&opts.thread_id)
                     .map_err(|e| ActionError::bad(e.to_string()))?;
-                Ok(json!({ "thread_id": opts.thread_id, "killed": true }))
+                api::reply(&options::FaultInjected::Killed {
+                    thread_id: opts.thread_id,
+                    killed: true,
+                })
             }
             Action::ClusterSecretAdd => {
                 let opts: options::SecretAdd = api::parse(action, o)?;
@@ -194,16 +204,16 @@ impl Daemon {
             Action::BlacklistStatus => {
                 let opts: options::BlacklistStatus = api::parse(action, o)?;
                 let bl = self.listener.blacklist();
-                Ok(if opts.detail {
-                    bl.status()
+                if opts.detail {
+                    api::reply(&bl.status())
                 } else {
-                    bl.summary()
-                })
+                    api::reply(&bl.summary())
+                }
             }
             Action::BlacklistClear => {
                 let cleared = self.listener.blacklist().blacklisted_count();
                 self.listener.blacklist().clear();
-                Ok(json!({ "cleared": cleared }))
+                api::reply(&options::BlacklistCleared { cleared })
             }
             Action::Join => match origin {
                 Origin::Control => self.join_cluster(api::parse(action, o)?).await,
@@ -424,7 +434,10 @@ impl Daemon {
             self.threads.stop(id).await
         };
         r.map_err(|e| ActionError::bad(e.to_string()))?;
-        Ok(json!({ "thread_id": id, "state": self.threads.state(id) }))
+        api::reply(&options::ThreadChanged {
+            thread_id: id.to_string(),
+            state: self.threads.state(id),
+        })
     }
 
     /// Control-socket `join`: makes this node join the cluster `node` belongs to.
@@ -562,8 +575,13 @@ impl Daemon {
         // request and recorded once the cluster accepted it.
         let id = super::new_raft_id();
         let addr = (!cfg.listener_addr.is_unspecified()).then(|| cfg.advertised_addr());
-        let options =
-            json!({ "node": me, "port": cfg.listener_port, "addr": addr, "id": id.to_string() });
+        let options = Doc::pack(&options::Admit {
+            node: me.clone(),
+            addr,
+            port: Some(cfg.listener_port),
+            id: Some(id.to_string()),
+        })
+        .map_err(|e| ActionError::new(Status::Internal, e))?;
         let answer = Duration::from_secs(10);
         let resp = client.request("join", options, answer).await.map_err(|e| {
             let why = match &e {

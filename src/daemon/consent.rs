@@ -149,7 +149,7 @@ impl Daemon {
                 .ask_leader(
                     &leader,
                     Action::JoinRequests.as_str(),
-                    serde_json::json!({}),
+                    api::reply(&options::JoinRequests {})?,
                     Duration::from_secs(10),
                 )
                 .await?;

@@ -966,7 +966,12 @@ impl Daemon {
     /// Refused when another member holds `addr`.
     pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
         let node = self.node()?;
-        let options = serde_json::json!({ "node": name, "addr": addr });
+        let options = crate::api::reply(&crate::api::options::Admit {
+            node: name.to_string(),
+            addr: Some(addr.to_string()),
+            port: None,
+            id: None,
+        })?;
         match self.leader_elsewhere(&node) {
             Ok(None) => raft::membership::set_addr(&node, name, addr)
                 .await

@@ -13,7 +13,6 @@ use std::time::Duration;
 use raft::secrets::SecretValue;
 use raft::secrets::Secrets;
 use raft::Command;
-use serde_json::json;
 
 use super::actions::ActionError;
 use super::Daemon;
@@ -124,16 +123,14 @@ impl Daemon {
     async fn peer_secrets(&self, name: String, addr: &str, plan: &Secrets) -> NodeSecrets {
         let answer = self
             .peers
-            .call(
+            .call_typed(
                 addr,
-                "cluster_secret_list",
-                json!({"local": true}),
+                &api::options::SecretList { local: true },
                 PEER_TIMEOUT,
             )
             .await
             .map_err(|e| e.to_string())
-            .and_then(|v| {
-                let r: SecretsReport = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            .and_then(|r| {
                 r.nodes
                     .into_iter()
                     .find(|n| n.node == name)

@@ -19,7 +19,7 @@
 //!   [`MAX_TRACKED`] pairs, and every operation is a map lookup: a full table is swept of
 //!   expired entries at most once a second, and otherwise new pairs are not tracked.
 
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -296,13 +296,13 @@ impl Blacklist {
 
     /// Data of `blacklist_status` (the seed's shape): each sender nodename with its
     /// highest count of consecutive invalid frames, e.g. `{"node1": 1, "node2": 5}`.
-    pub fn summary(&self) -> Value {
+    pub fn summary(&self) -> BTreeMap<String, u32> {
         let mut out: BTreeMap<String, u32> = BTreeMap::new();
         for e in self.entries() {
             let c = out.entry(e.sender).or_default();
             *c = (*c).max(e.state.count);
         }
-        json!(out)
+        out
     }
 
     /// Data of `blacklist_status` with `detail`: per sender nodename, its highest count,
@@ -313,33 +313,59 @@ impl Blacklist {
     /// {"node2": {"count": 5, "blacklisted": true, "expires_in_s": 598,
     ///            "addrs": {"10.0.0.2": {"count": 5, "blacklisted": true, "dropped": 12}}}}
     /// ```
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> BTreeMap<String, SenderDetail> {
         let ttl = self.ttl();
         let now = Instant::now();
-        let mut out = Map::new();
+        let mut out: BTreeMap<String, SenderDetail> = BTreeMap::new();
         for e in self.entries() {
-            let row = out
-                .entry(e.sender.clone())
-                .or_insert_with(|| json!({"count": 0, "blacklisted": false, "addrs": {}}));
+            let row = out.entry(e.sender.clone()).or_default();
             let st = e.state;
-            if st.count > row["count"].as_u64().unwrap_or(0) as u32 {
-                row["count"] = json!(st.count);
-            }
+            row.count = row.count.max(st.count);
             if st.blacklisted {
-                row["blacklisted"] = json!(true);
+                row.blacklisted = true;
                 let left = ttl.saturating_sub(now.duration_since(st.last)).as_secs();
-                let shortest = row["expires_in_s"].as_u64().map_or(left, |s| s.min(left));
-                row["expires_in_s"] = json!(shortest);
+                row.expires_in_s = Some(row.expires_in_s.map_or(left, |s| s.min(left)));
             }
-            row["addrs"][e.addr.to_string()] =
-                json!({"count": st.count, "blacklisted": st.blacklisted, "dropped": st.dropped});
+            let addr = AddrDetail {
+                count: st.count,
+                blacklisted: st.blacklisted,
+                dropped: st.dropped,
+            };
+            row.addrs.insert(e.addr.to_string(), addr);
         }
-        Value::Object(out)
+        out
     }
+}
+
+/// One sender in a detailed `blacklist_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderDetail {
+    /// Its highest count of consecutive invalid frames, over its addresses.
+    pub count: u32,
+    /// Whether any of its addresses is blacklisted.
+    pub blacklisted: bool,
+    /// Seconds until the first of its blacklisted addresses is let in again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    /// Per source address.
+    pub addrs: BTreeMap<String, AddrDetail>,
+}
+
+/// One (sender, address) pair in a detailed `blacklist_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrDetail {
+    /// Consecutive invalid frames.
+    pub count: u32,
+    /// Whether the pair is blacklisted.
+    pub blacklisted: bool,
+    /// Frames dropped without decryption since it was blacklisted.
+    pub dropped: u64,
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
@@ -359,13 +385,13 @@ mod tests {
         assert_eq!(bl.get("n1", A).unwrap().dropped, 2);
         assert!(!bl.is_blacklisted("n1", B));
         assert_eq!(bl.blacklisted_count(), 1);
-        let st = bl.status();
+        let st = serde_json::to_value(bl.status()).unwrap();
         assert_eq!(st["n1"]["count"], 5);
         assert_eq!(st["n1"]["blacklisted"], true);
         assert_eq!(st["n1"]["addrs"]["127.0.0.1"]["dropped"], 2);
         bl.clear();
         assert!(!bl.check_and_count_drop("n1", A, true));
-        assert_eq!(bl.status(), json!({}));
+        assert_eq!(serde_json::to_value(bl.status()).unwrap(), json!({}));
     }
 
     #[test]
@@ -380,7 +406,7 @@ mod tests {
             assert!(!bl.record_invalid("n1", A, true));
         }
         assert!(!bl.is_blacklisted("n1", A));
-        assert_eq!(bl.status()["n1"]["count"], 4);
+        assert_eq!(serde_json::to_value(bl.status()).unwrap()["n1"]["count"], 4);
     }
 
     #[test]
@@ -421,10 +447,13 @@ mod tests {
         bl.record_invalid("n1", A, true);
         bl.record_invalid("n1", A, true);
         assert!(bl.check_and_count_drop("n1", A, true));
-        assert_eq!(bl.summary(), json!({"n1": 2}));
+        assert_eq!(
+            serde_json::to_value(bl.summary()).unwrap(),
+            json!({"n1": 2})
+        );
         std::thread::sleep(Duration::from_millis(80));
         assert!(!bl.check_and_count_drop("n1", A, true), "expired");
-        assert_eq!(bl.summary(), json!({}));
+        assert_eq!(serde_json::to_value(bl.summary()).unwrap(), json!({}));
         assert!(!bl.record_invalid("n1", A, true), "counting again from 1");
     }
 

@@ -103,13 +103,23 @@ async fn placed_here_now(cx: &Ctx, svc: &str, cfg: &ServiceConfig) -> bool {
     if cfg.topology != Topology::Failover {
         return true;
     }
-    let options = serde_json::json!({"svcname": svc, "linearizable": true});
+    let filter = crate::api::options::ServiceFilter {
+        svcname: Some(svc.to_string()),
+        linearizable: true,
+    };
+    let Ok(options) = crate::api::reply(&filter) else {
+        return false;
+    };
     let read = |s: &raft::ClusterState| crate::services::service_monitors(s, Some(svc));
     let action = crate::api::Action::GetServiceMonitor;
     let ask = cx.host.read_linearizable(action, options, &read);
     match tokio::time::timeout(Duration::from_secs(5), ask).await {
         Ok(Ok(view)) => {
-            let placed = view["instances"][&cx.me]["local_expect"] == "started";
+            let action = crate::api::Action::GetServiceMonitor;
+            let view: Option<crate::api::options::ServiceMonitor> =
+                crate::api::decode_value(action, view).ok();
+            let mine = view.as_ref().and_then(|v| v.instances.get(&cx.me));
+            let placed = mine.is_some_and(|i| i.local_expect == LocalExpect::Started);
             if !placed {
                 cx.local.logs.info(
                     svc,

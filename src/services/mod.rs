@@ -23,7 +23,6 @@ use std::time::Duration;
 use raft::state::Avail;
 use raft::state::LocalExpect;
 use raft::Command;
-use serde_json::json;
 use serde_json::Value;
 
 use crate::api;
@@ -409,14 +408,16 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
     let follow = cursors.is_some();
     let mut set = tokio::task::JoinSet::new();
     for (n, addr) in nodes {
-        let mut opts = json!({ "svcname": svc, "local": true, "backlog": backlog });
-        let mut cursor = None;
-        if let Some(c) = &cursors {
-            let at = c.get(&n).copied().unwrap_or(0);
-            cursor = Some(at);
-            opts["cursor"] = json!(at);
-            opts["wait_ms"] = json!(wait.as_millis() as u64);
-        }
+        let cursor = cursors.as_ref().map(|c| c.get(&n).copied().unwrap_or(0));
+        let opts = options::ServiceLogs {
+            svcname: svc.clone(),
+            backlog: Some(backlog as u64),
+            node: None,
+            local: true,
+            cursor: cursor.map(options::LogCursor::At),
+            wait_ms: cursor.map(|_| wait.as_millis() as u64),
+        };
+        let opts = api::reply(&opts)?;
         let d = host.clone();
         let lg = lg.clone();
         let (is_me, svc) = (n == me, svc.clone());
@@ -614,13 +615,16 @@ async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> R
 
 /// `get_service_monitor`: one service's or every service's monitor in `s`.
 pub fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Value> {
-    let view = |v: &raft::state::Service| json!({"global_expect": v.global_expect, "instances": v.instances});
+    let view = |v: &raft::state::Service| options::ServiceMonitor {
+        global_expect: v.global_expect.clone(),
+        instances: v.instances.clone(),
+    };
     match svc {
         None => api::reply(
             &s.services
                 .iter()
                 .map(|(k, v)| (k.clone(), view(v)))
-                .collect::<serde_json::Map<_, _>>(),
+                .collect::<std::collections::BTreeMap<_, _>>(),
         ),
         Some(svc) => match s.services.get(svc) {
             Some(v) => api::reply(&view(v)),

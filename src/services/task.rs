@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use serde_json::json;
+use crate::api;
 use serde_json::Value;
 
 use super::exec;
@@ -119,7 +119,12 @@ pub async fn action(
     let cx = super::ctx(host);
     if sync {
         let tr = run(&cx, &svc, &task, &args, None).await;
-        return Ok(json!({ "node": me, "out": tr.out, "err": tr.err, "ret": tr.ret }));
+        return api::reply(&options::ActionDone {
+            node: me,
+            out: tr.out,
+            err: tr.err,
+            ret: tr.ret,
+        });
     }
     let rt = cx.local.instance(&svc);
     let holds = Arc::new(AtomicBool::new(false));
@@ -131,5 +136,9 @@ pub async fn action(
             run(&cx2, &svc2, &task, &args, Some(&holds2)).await
         })
         .map_err(|e| ApiError::new(Status::Error, e.to_string()))?;
-    Ok(json!({ "node": me, "job_id": rec.id, "job": rec }))
+    api::reply(&options::ActionSubmitted {
+        node: me,
+        job_id: rec.id.clone(),
+        job: rec,
+    })
 }

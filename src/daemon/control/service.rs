@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::json;
 use serde_json::Value;
 use tokio::io::AsyncBufRead;
 use tokio::io::AsyncRead;
@@ -22,6 +21,19 @@ use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 
 use crate::api::options;
+use crate::api::receptor::Advertisement;
+use crate::api::receptor::Connection;
+use crate::api::receptor::Hop;
+use crate::api::receptor::PingFailed;
+use crate::api::receptor::PingReply;
+use crate::api::receptor::Pong;
+use crate::api::receptor::ReceptorStatus;
+use crate::api::receptor::Reloaded;
+use crate::api::receptor::Unreachable;
+use crate::api::receptor::WorkCancelled;
+use crate::api::receptor::WorkCommand;
+use crate::api::receptor::WorkReleased;
+use crate::api::receptor::WorkStarted;
 use crate::api::Action;
 use crate::api::ApiError;
 use crate::api::Status;
@@ -53,7 +65,7 @@ pub fn error_line(message: &str) -> String {
     format!("ERROR: {one_line}\n")
 }
 
-fn json_line(v: &Value) -> String {
+fn json_line<T: serde::Serialize>(v: &T) -> String {
     let mut s = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
     s.push('\n');
     s
@@ -96,7 +108,8 @@ pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
     let me = daemon.name();
     match cmd {
         Command::Status { fields, exclude } => {
-            let mut st = status(daemon).await?;
+            // `requested_fields` and `exclude_fields` pick keys of the answer.
+            let mut st = crate::api::reply(&status(daemon).await?)?;
             if let Value::Object(map) = &mut st {
                 map.retain(|k, _| {
                     fields.as_ref().is_none_or(|f| f.contains(k)) && !exclude.contains(k)
@@ -104,9 +117,11 @@ pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
             }
             Ok(st)
         }
-        Command::Reload => reload(daemon).await,
-        Command::Ping { target } => Ok(ping(daemon, &target.resolve(&me)).await),
-        Command::Traceroute { target } => Ok(traceroute(daemon, &target.resolve(&me)).await),
+        Command::Reload => crate::api::reply(&reload(daemon).await?),
+        Command::Ping { target } => crate::api::reply(&ping(daemon, &target.resolve(&me)).await),
+        Command::Traceroute { target } => {
+            crate::api::reply(&traceroute(daemon, &target.resolve(&me)).await)
+        }
         Command::WorkList { unitid } => {
             let list = remote::list(daemon, unitid.as_deref()).await?;
             match unitid {
@@ -116,15 +131,15 @@ pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
         }
         Command::WorkCancel { unitid } => {
             remote::cancel(daemon, &unitid).await?;
-            Ok(json!({ "cancelled": unitid }))
+            crate::api::reply(&WorkCancelled { cancelled: unitid })
         }
         Command::WorkRelease { unitid } => {
             remote::release(daemon, &unitid, false).await?;
-            Ok(json!({ "released": unitid }))
+            crate::api::reply(&WorkReleased { released: unitid })
         }
         Command::WorkForceRelease { unitid } => {
             remote::release(daemon, &unitid, true).await?;
-            Ok(json!({ "released": unitid }))
+            crate::api::reply(&WorkReleased { released: unitid })
         }
         Command::WorkSubmit { .. } | Command::WorkResults { .. } | Command::Connect { .. } => {
             Err(ApiError::bad(
@@ -236,45 +251,63 @@ fn ms(d: Duration) -> f64 {
 
 /// `ping <node>`: Receptor's `{Success, From, Time}`, or `{Success: false, Error}`; a
 /// node this one cannot reach is pinged through a member that can (`Via`).
-async fn ping(daemon: &Arc<Daemon>, node: &str) -> Value {
+async fn ping(daemon: &Arc<Daemon>, node: &str) -> PingReply {
     let answer = |pong: options::Pong, took: Duration, via: Option<String>| {
         let t = format!("{:.3}ms", ms(took));
-        json!({ "Success": true, "From": pong.node, "Time": t, "TimeStr": t, "TimeMs": ms(took), "Via": via })
+        PingReply::Reply(Pong {
+            success: true,
+            from: pong.node,
+            time: t.clone(),
+            time_str: t,
+            time_ms: ms(took),
+            via,
+        })
+    };
+    let failed = |error: String| {
+        PingReply::Failed(PingFailed {
+            success: false,
+            from: node.to_string(),
+            error,
+        })
     };
     let direct = match round_trip(daemon, node).await {
         Ok((pong, took)) => return answer(pong, took, None),
         Err(e) => e,
     };
     if !direct.is(Status::Unavailable) || node == daemon.name() {
-        return json!({ "Success": false, "From": node, "Error": direct.message });
+        return failed(direct.message);
     }
     match via_peer(daemon, node).await {
         Ok((pong, via, took)) => answer(pong, took, Some(via)),
-        Err(e) => json!({
-            "Success": false,
-            "From": node,
-            "Error": format!("{}; through the other members: {}", direct.message, e.message),
-        }),
+        Err(e) => failed(format!(
+            "{}; through the other members: {}",
+            direct.message, e.message
+        )),
     }
 }
 
 /// `traceroute <node>`: the hops from this node: the target, or the member that relays to
 /// it when the direct link is down, then the target.
-async fn traceroute(daemon: &Arc<Daemon>, node: &str) -> Value {
+async fn traceroute(daemon: &Arc<Daemon>, node: &str) -> BTreeMap<String, Hop> {
     let me = daemon.name();
-    let mut hops = serde_json::Map::new();
+    let mut hops = BTreeMap::new();
     let hop = |from: &str, took: Duration| {
         let t = format!("{:.3}ms", ms(took));
-        json!({ "From": from, "Time": t, "TimeStr": t })
+        Hop {
+            from: from.to_string(),
+            time: Some(t.clone()),
+            time_str: t,
+            error: None,
+        }
     };
     hops.insert("0".into(), hop(&me, Duration::ZERO));
     if node == me {
-        return Value::Object(hops);
+        return hops;
     }
     let direct = match round_trip(daemon, node).await {
         Ok((pong, took)) => {
             hops.insert("1".into(), hop(&pong.node, took));
-            return Value::Object(hops);
+            return hops;
         }
         Err(e) => e,
     };
@@ -289,26 +322,29 @@ async fn traceroute(daemon: &Arc<Daemon>, node: &str) -> Value {
                 "{}; through the other members: {}",
                 direct.message, e.message
             );
-            hops.insert(
-                "1".into(),
-                json!({ "From": node, "Error": why, "TimeStr": "-" }),
-            );
+            let failed = Hop {
+                from: node.to_string(),
+                time: None,
+                time_str: "-".into(),
+                error: Some(why),
+            };
+            hops.insert("1".into(), failed);
         }
     }
-    Value::Object(hops)
+    hops
 }
 
 /// `reload`: re-reads node.conf now (what the watcher does on a change).
-async fn reload(daemon: &Arc<Daemon>) -> Result<Value> {
+async fn reload(daemon: &Arc<Daemon>) -> Result<Reloaded> {
     let r = crate::daemon::watcher::reload(daemon).await;
     if let Some(why) = r.refused {
         return Err(ApiError::bad(why));
     }
-    Ok(json!({
-        "Success": true,
-        "Applied": r.applied,
-        "NeedsRestart": r.needs_restart,
-    }))
+    Ok(Reloaded {
+        success: true,
+        applied: r.applied,
+        needs_restart: r.needs_restart,
+    })
 }
 
 /// This machine's memory in MiB (`MemTotal` of /proc/meminfo), 0 if unknown.
@@ -329,29 +365,32 @@ fn rfc3339(ms_epoch: u64) -> String {
         .unwrap_or_default()
 }
 
-fn advertisement(node: &str, worktypes: &[String], at_ms: u64) -> Value {
-    let work: Vec<Value> = worktypes
+fn advertisement(node: &str, worktypes: &[String], at_ms: u64) -> Advertisement {
+    let work_commands = worktypes
         .iter()
-        .map(|w| json!({ "WorkType": w, "Secure": false }))
+        .map(|w| WorkCommand {
+            work_type: w.clone(),
+            secure: false,
+        })
         .collect();
-    json!({
-        "NodeID": node,
-        "Service": "control",
-        "ConnType": 1,
-        "Time": rfc3339(at_ms),
-        "Tags": null,
-        "WorkCommands": work,
-    })
+    Advertisement {
+        node_id: node.to_string(),
+        service: "control".into(),
+        conn_type: 1,
+        time: rfc3339(at_ms),
+        tags: None,
+        work_commands,
+    }
 }
 
 /// What `status` gathers about the other members.
 #[derive(Default)]
 struct Mesh {
-    connections: Vec<Value>,
+    connections: Vec<Connection>,
     costs: BTreeMap<String, BTreeMap<String, f64>>,
     routes: BTreeMap<String, String>,
-    ads: Vec<Value>,
-    unreachable: BTreeMap<String, Value>,
+    ads: Vec<Advertisement>,
+    unreachable: BTreeMap<String, Unreachable>,
 }
 
 impl Mesh {
@@ -381,8 +420,10 @@ async fn mesh(daemon: &Arc<Daemon>, me: &str) -> Result<Mesh> {
         let Ok((peer, r)) = h.await else { continue };
         match r {
             Ok((pong, took)) => {
-                m.connections
-                    .push(json!({ "NodeID": peer, "Cost": ms(took) }));
+                m.connections.push(Connection {
+                    node_id: peer.clone(),
+                    cost: ms(took),
+                });
                 m.costs
                     .entry(me.to_string())
                     .or_default()
@@ -405,8 +446,11 @@ async fn mesh(daemon: &Arc<Daemon>, me: &str) -> Result<Mesh> {
                     "{}; through the other members: {}",
                     e.message, relayed.message
                 );
-                m.unreachable
-                    .insert(peer, json!({ "Error": why, "LastSeenMsAgo": seen }));
+                let gone = Unreachable {
+                    error: why,
+                    last_seen_ms_ago: seen,
+                };
+                m.unreachable.insert(peer, gone);
             }
         }
     }
@@ -416,7 +460,7 @@ async fn mesh(daemon: &Arc<Daemon>, me: &str) -> Result<Mesh> {
 /// `status`: this node, its connections with their measured round trips, what each node
 /// says of its own connections, the route to each (direct, or through a member when the
 /// direct link is down), and what each node offers.
-async fn status(daemon: &Arc<Daemon>) -> Result<Value> {
+async fn status(daemon: &Arc<Daemon>) -> Result<ReceptorStatus> {
     let me = daemon.name();
     let own = daemon.pong();
     let mut m = mesh(daemon, &me).await?;
@@ -424,17 +468,17 @@ async fn status(daemon: &Arc<Daemon>) -> Result<Value> {
         0,
         advertisement(&me, &own.worktypes, crate::clock::now_ms()),
     );
-    Ok(json!({
-        "NodeID": me,
-        "Version": own.version,
-        "SystemCPUCount": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "SystemMemoryMiB": memory_mib(),
-        "Connections": m.connections,
-        "KnownConnectionCosts": m.costs,
-        "RoutingTable": m.routes,
-        "Advertisements": m.ads,
-        "Unreachable": m.unreachable,
-    }))
+    Ok(ReceptorStatus {
+        node_id: me,
+        version: own.version,
+        system_cpu_count: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        system_memory_mib: memory_mib(),
+        connections: m.connections,
+        known_connection_costs: m.costs,
+        routing_table: m.routes,
+        advertisements: m.ads,
+        unreachable: m.unreachable,
+    })
 }
 
 async fn write_or_close<W: AsyncWrite + Unpin>(wr: &mut W, line: &str) -> Flow {
@@ -520,7 +564,10 @@ where
         record_here: session.is_none(),
     };
     let line = match remote::submit(daemon, ask, payload).await {
-        Ok(_) => json_line(&json!({ "result": "Job Started", "unitid": id })),
+        Ok(_) => json_line(&WorkStarted {
+            result: "Job Started".into(),
+            unitid: id,
+        }),
         Err(e) => error_line(&e.message),
     };
     write_or_close(wr, &line).await
