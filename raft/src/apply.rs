@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::command::Command;
 use crate::event::Event;
+use crate::event::Field;
+use crate::event::FieldValue;
 use crate::event::Subject;
 use crate::state::ClusterState;
 use crate::state::GlobalExpect;
@@ -270,9 +272,9 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         } => {
             ev.push(Event::change(
                 Subject::Cluster,
-                Some("name"),
+                Some(Field::Name),
                 None,
-                Some(cluster.clone()),
+                Some(cluster.clone().into()),
             ));
             s.name = cluster.clone();
             add_node(
@@ -297,7 +299,7 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 ev.push(Event::change(
                     Subject::JoinApproval { node: node.clone() },
                     None,
-                    Some(at.to_string()),
+                    Some(at.to_string().into()),
                     None,
                 ));
             }
@@ -309,7 +311,7 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             ev.push(Event::change(
                 node_subject(node),
                 None,
-                Some(rec.addr),
+                Some(rec.addr.into()),
                 None,
             ));
             s.departed.insert(node.clone());
@@ -319,20 +321,26 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                     ev.push(Event::change(
                         instance_subject(svc, node),
                         None,
-                        Some("present".into()),
+                        Some(present()),
                         None,
                     ));
                 }
                 if service.global_expect == GlobalExpect::PlacedAt(node.clone()) {
                     let subject = service_subject(svc);
                     let slot = &mut service.global_expect;
-                    set(ev, &subject, "global_expect", slot, GlobalExpect::None);
+                    set(ev, &subject, Field::GlobalExpect, slot, GlobalExpect::None);
                 }
             }
         }
         Command::SetNodeAddr { node, addr } => {
             let rec = s.nodes.get_mut(node).expect("validated");
-            set(ev, &node_subject(node), "addr", &mut rec.addr, addr.clone());
+            set(
+                ev,
+                &node_subject(node),
+                Field::Addr,
+                &mut rec.addr,
+                addr.clone(),
+            );
         }
         Command::SetNodeMonitor {
             node,
@@ -342,9 +350,15 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         } => {
             let m = s.node_monitors.get_mut(node).expect("validated");
             let p = Subject::NodeMonitor { node: node.clone() };
-            set_opt(ev, &p, "status", &mut m.status, *status);
-            set_opt(ev, &p, "local_expect", &mut m.local_expect, *local_expect);
-            set_opt(ev, &p, "frozen", &mut m.frozen, *frozen);
+            set_opt(ev, &p, Field::Status, &mut m.status, *status);
+            set_opt(
+                ev,
+                &p,
+                Field::LocalExpect,
+                &mut m.local_expect,
+                *local_expect,
+            );
+            set_opt(ev, &p, Field::Frozen, &mut m.frozen, *frozen);
         }
         Command::SetServiceMonitor {
             svc,
@@ -358,18 +372,18 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             set_opt(
                 ev,
                 &service_subject(svc),
-                "global_expect",
+                Field::GlobalExpect,
                 &mut service.global_expect,
                 global_expect.clone(),
             );
             if let Some(n) = node {
                 let inst = instance(service, svc, n, ev);
                 let ip = instance_subject(svc, n);
-                set_opt(ev, &ip, "status", &mut inst.status, *status);
+                set_opt(ev, &ip, Field::Status, &mut inst.status, *status);
                 set_opt(
                     ev,
                     &ip,
-                    "local_expect",
+                    Field::LocalExpect,
                     &mut inst.local_expect,
                     *local_expect,
                 );
@@ -393,7 +407,13 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                     inst.status,
                     MonitorStatus::StartFailed | MonitorStatus::StopFailed
                 ) {
-                    set(ev, &ip, "status", &mut inst.status, MonitorStatus::Idle);
+                    set(
+                        ev,
+                        &ip,
+                        Field::Status,
+                        &mut inst.status,
+                        MonitorStatus::Idle,
+                    );
                 }
                 reset_restarts(ev, &ip, inst);
             }
@@ -401,9 +421,9 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
         Command::CreateService { svc, config } => {
             ev.push(Event::change(
                 service_subject(svc),
-                Some("version"),
+                Some(Field::Version),
                 None,
-                Some("1".into()),
+                Some(1u64.into()),
             ));
             s.services.insert(
                 svc.clone(),
@@ -425,7 +445,7 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             set(
                 ev,
                 &service_subject(svc),
-                "version",
+                Field::Version,
                 &mut service.version,
                 next,
             );
@@ -435,8 +455,8 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             let old = s.services.remove(svc).expect("validated");
             ev.push(Event::change(
                 service_subject(svc),
-                Some("version"),
-                Some(old.version.to_string()),
+                Some(Field::Version),
+                Some(old.version.into()),
                 None,
             ));
         }
@@ -446,7 +466,12 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 None => s.params.remove(key),
             };
             if old != *value {
-                ev.push(Event::change(Subject::Param, Some(key), old, value.clone()));
+                ev.push(Event::change(
+                    Subject::Param,
+                    Some(Field::Param(key.clone())),
+                    old.map(FieldValue::Text),
+                    value.clone().map(FieldValue::Text),
+                ));
             }
         }
         Command::ReportInstance {
@@ -461,15 +486,15 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             let service = s.services.get_mut(svc).expect("validated");
             let inst = instance(service, svc, node, ev);
             let ip = instance_subject(svc, node);
-            set(ev, &ip, "avail", &mut inst.avail, *avail);
-            set_opt(ev, &ip, "status", &mut inst.status, *status);
-            set_opt(ev, &ip, "frozen", &mut inst.frozen, *frozen);
+            set(ev, &ip, Field::Avail, &mut inst.avail, *avail);
+            set_opt(ev, &ip, Field::Status, &mut inst.status, *status);
+            set_opt(ev, &ip, Field::Frozen, &mut inst.frozen, *frozen);
             if inst.restarts != *restarts {
                 ev.push(Event::change(
                     ip,
-                    Some("restarts"),
-                    Some(total(&inst.restarts).to_string()),
-                    Some(total(restarts).to_string()),
+                    Some(Field::Restarts),
+                    Some(total(&inst.restarts).into()),
+                    Some(total(restarts).into()),
                 ));
                 inst.restarts = restarts.clone();
             }
@@ -483,8 +508,8 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             ev.push(Event::change(
                 Subject::JoinApproval { node: node.clone() },
                 None,
-                old.map(|t| t.to_string()),
-                Some(at_ms.to_string()),
+                old.map(|t| t.to_string().into()),
+                Some(at_ms.to_string().into()),
             ));
         }
     }
@@ -513,7 +538,7 @@ fn add_node(
         node_subject(node),
         None,
         None,
-        Some(addr.to_string()),
+        Some(addr.to_string().into()),
     ));
 }
 
@@ -529,7 +554,7 @@ fn instance<'a>(
             instance_subject(svc, node),
             None,
             None,
-            Some("present".into()),
+            Some(present()),
         ));
     }
     service.instances.entry(node.to_string()).or_default()
@@ -539,9 +564,9 @@ fn reset_restarts(ev: &mut Vec<Event>, instance: &Subject, inst: &mut Instance) 
     if !inst.restarts.is_empty() {
         ev.push(Event::change(
             instance.clone(),
-            Some("restarts"),
-            Some(total(&inst.restarts).to_string()),
-            Some("0".into()),
+            Some(Field::Restarts),
+            Some(total(&inst.restarts).into()),
+            Some(0u64.into()),
         ));
         inst.restarts.clear();
     }
@@ -568,10 +593,15 @@ fn instance_subject(svc: &str, node: &str) -> Subject {
     }
 }
 
-fn set<T: PartialEq + ToString>(
+/// The value a created instance has, and a removed one had.
+fn present() -> FieldValue {
+    FieldValue::Text("present".into())
+}
+
+fn set<T: PartialEq + Clone + Into<FieldValue>>(
     ev: &mut Vec<Event>,
     subject: &Subject,
-    field: &str,
+    field: Field,
     slot: &mut T,
     new: T,
 ) {
@@ -579,17 +609,17 @@ fn set<T: PartialEq + ToString>(
         ev.push(Event::change(
             subject.clone(),
             Some(field),
-            Some(slot.to_string()),
-            Some(new.to_string()),
+            Some(slot.clone().into()),
+            Some(new.clone().into()),
         ));
         *slot = new;
     }
 }
 
-fn set_opt<T: PartialEq + ToString>(
+fn set_opt<T: PartialEq + Clone + Into<FieldValue>>(
     ev: &mut Vec<Event>,
     subject: &Subject,
-    field: &str,
+    field: Field,
     slot: &mut T,
     new: Option<T>,
 ) {

@@ -17,6 +17,8 @@ use sha2::Digest;
 use crate::apply::CommandError;
 use crate::command::Command;
 use crate::event::Event;
+use crate::event::Field;
+use crate::event::FieldValue;
 use crate::event::Subject;
 
 /// The fewest characters a cluster secret may have (16 random bytes in hex).
@@ -160,9 +162,9 @@ pub(crate) fn mutate(plan: &mut Secrets, cmd: &Command, ev: &mut Vec<Event>) {
                 accept(plan, current, ev);
                 ev.push(Event::change(
                     Subject::Secrets,
-                    Some("used"),
+                    Some(Field::Used),
                     None,
-                    Some(fp.clone()),
+                    Some(fp.clone().into()),
                 ));
                 plan.used = Some(fp);
             }
@@ -172,9 +174,9 @@ pub(crate) fn mutate(plan: &mut Secrets, cmd: &Command, ev: &mut Vec<Event>) {
             let old = plan.used.replace(key_id.clone());
             ev.push(Event::change(
                 Subject::Secrets,
-                Some("used"),
-                old,
-                Some(key_id.clone()),
+                Some(Field::Used),
+                old.map(FieldValue::Text),
+                Some(key_id.clone().into()),
             ));
         }
         Command::RemoveSecret { key_id } => {
@@ -182,8 +184,8 @@ pub(crate) fn mutate(plan: &mut Secrets, cmd: &Command, ev: &mut Vec<Event>) {
             plan.removed.insert(key_id.clone());
             ev.push(Event::change(
                 Subject::Secrets,
-                Some(&format!("accepted.{key_id}")),
-                Some("accepted".into()),
+                Some(Field::Accepted(key_id.clone())),
+                Some(accepted_marker()),
                 None,
             ));
         }
@@ -196,9 +198,9 @@ fn accept(plan: &mut Secrets, value: SecretValue, ev: &mut Vec<Event>) {
     if plan.accepted.insert(fp.clone(), value).is_none() {
         ev.push(Event::change(
             Subject::Secrets,
-            Some(&format!("accepted.{fp}")),
+            Some(Field::Accepted(fp.clone())),
             None,
-            Some("accepted".into()),
+            Some(accepted_marker()),
         ));
     }
 }
@@ -229,6 +231,11 @@ fn check_value(v: &SecretValue) -> Result<(), CommandError> {
 
 fn invalid(reason: String) -> CommandError {
     CommandError::InvalidSecret { reason }
+}
+
+/// The value an accepted secret has, and a removed one had.
+fn accepted_marker() -> FieldValue {
+    FieldValue::Text("accepted".into())
 }
 
 #[cfg(test)]

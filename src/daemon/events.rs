@@ -120,9 +120,10 @@ impl Filter {
             return false;
         }
         let scoped = self.node.is_some() || self.service.is_some() || self.prefix.is_some();
-        let Event::Change { path, subject, .. } = e else {
+        let Event::Change { subject, .. } = e else {
             return !scoped;
         };
+        let path = e.path().unwrap_or_default();
         self.node
             .as_deref()
             .is_none_or(|n| subject.node() == Some(n))
@@ -137,6 +138,8 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft::event::Field;
+    use raft::state::MonitorStatus;
     use raft::Subject;
 
     fn change(service: &str, node: &str) -> EventRecord {
@@ -146,7 +149,12 @@ mod tests {
         };
         EventRecord {
             index: 1,
-            event: Event::change(subject, Some("status"), None, Some("idle".into())),
+            event: Event::change(
+                subject,
+                Some(Field::Status),
+                None,
+                Some(MonitorStatus::Idle.into()),
+            ),
         }
     }
 

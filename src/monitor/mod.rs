@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use raft::event::Field;
+use raft::event::FieldValue;
 use raft::state::Avail;
 use raft::state::LocalExpect;
 use raft::state::NodeExpect;
@@ -298,15 +300,15 @@ fn log_events(cx: &Ctx, events: &[raft::EventRecord], is_leader: bool) {
         else {
             continue;
         };
-        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let show = |v: &Option<FieldValue>| v.as_ref().map_or("-".into(), |v| v.to_string());
         match subject {
             // The avail changes are logged by the check that found them, with the reason.
-            Subject::Instance { service, node } if *node == cx.me && field != "avail" => {
+            Subject::Instance { service, node } if *node == cx.me && *field != Field::Avail => {
                 let line = format!("{field}: {} -> {}", show(old), show(new));
                 cx.local.logs.info(service, line);
             }
             Subject::Service { service }
-                if is_leader && (field == "global_expect" || field == "version") =>
+                if is_leader && matches!(field, Field::GlobalExpect | Field::Version) =>
             {
                 let line = format!("{field}: {} -> {}", show(old), show(new));
                 cx.local.logs.info(service, line);
