@@ -243,7 +243,7 @@ mod tests {
             up: vec!["n1".into()],
             instances: [("n1".to_string(), view)].into(),
             progress: Progress {
-                state: "waiting".into(),
+                state: options::ProgressState::Pending,
                 reason: "n1 stops".into(),
             },
         };
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(v["global_expect"], "placed@n2");
         assert_eq!(v["instances"]["n1"]["node_status"], "down");
         assert_eq!(v["instances"]["n1"]["avail"], "unknown");
-        assert_eq!(v["progress"]["state"], "waiting");
+        assert_eq!(v["progress"]["state"], "pending");
         assert_eq!(
             serde_json::from_value::<ServiceStatusReply>(v).unwrap(),
             here

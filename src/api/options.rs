@@ -482,10 +482,35 @@ pub struct InstanceView {
 /// A service's progress towards its target (`model::placement::Progress`, as text).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// `idle`, `waiting`, `reached`, `failed`, ...
-    pub state: String,
+    /// Where it stands.
+    pub state: ProgressState,
     /// Why, in words.
     pub reason: String,
+}
+
+/// How far a service is from its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressState {
+    /// There is no target (`global_expect` none).
+    Idle,
+    /// The target is reached.
+    Reached,
+    /// On its way (the reason says to what it waits for).
+    Pending,
+    /// It cannot be reached without an operator (the reason says why).
+    Failed,
+}
+
+impl std::fmt::Display for ProgressState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProgressState::Idle => "idle",
+            ProgressState::Reached => "reached",
+            ProgressState::Pending => "pending",
+            ProgressState::Failed => "failed",
+        })
+    }
 }
 
 /// A job's state (`job.json` and the job actions' answers).
@@ -764,6 +789,31 @@ impl ApiRequest for JoinCluster {
     type Reply = Joined;
 }
 
+/// One sender in a detailed `blacklist_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderDetail {
+    /// Its highest count of consecutive invalid frames, over its addresses.
+    pub count: u32,
+    /// Whether any of its addresses is blacklisted.
+    pub blacklisted: bool,
+    /// Seconds until the first of its blacklisted addresses is let in again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    /// Per source address.
+    pub addrs: std::collections::BTreeMap<String, AddrDetail>,
+}
+
+/// One (sender, address) pair in a detailed `blacklist_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrDetail {
+    /// Consecutive invalid frames.
+    pub count: u32,
+    /// Whether the pair is blacklisted.
+    pub blacklisted: bool,
+    /// Frames dropped without decryption since it was blacklisted.
+    pub dropped: u64,
+}
+
 /// The answer to `blacklist_clear`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlacklistCleared {
@@ -941,6 +991,18 @@ impl ApiRequest for SecretAdd {
     type Reply = SecretStepDone;
 }
 
+/// A step of the secret rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationStep {
+    /// Every node accepts a new secret.
+    Add,
+    /// Every node connects with it.
+    Use,
+    /// No node accepts an old one any more.
+    Remove,
+}
+
 /// `cluster_secret_use`, `cluster_secret_remove` (control socket).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretStep {
@@ -954,8 +1016,8 @@ pub struct SecretStep {
 /// The answer to a rotation step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretStepDone {
-    /// `add`, `use` or `remove`.
-    pub step: String,
+    /// The step committed.
+    pub step: RotationStep,
     /// The secret's key id (fingerprint).
     pub key_id: String,
     /// Where the step was committed.

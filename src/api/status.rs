@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use super::Action;
 use super::ApiRequest;
-use crate::listener::MetricsSnapshot;
 
 /// A node's Raft role (`unknown`: it did not answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +138,47 @@ pub struct RaftView {
     pub listener_metrics: MetricsSnapshot,
     /// Its daemon threads, by id.
     pub threads: BTreeMap<String, ThreadStatus>,
+}
+
+/// A copy of the counters, serializable for status output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// See [`crate::listener::Metrics::connections`].
+    pub connections: u64,
+    /// See [`crate::listener::Metrics::open_connections`].
+    pub open_connections: u64,
+    /// See [`crate::listener::Metrics::frames`].
+    pub frames: u64,
+    /// See [`crate::listener::Metrics::empty_packets`].
+    pub empty_packets: u64,
+    /// See [`crate::listener::Metrics::dropped_blacklisted`].
+    pub dropped_blacklisted: u64,
+    /// See [`crate::listener::Metrics::decrypt_attempts`].
+    pub decrypt_attempts: u64,
+    /// See [`crate::listener::Metrics::sessions`].
+    pub sessions: u64,
+    /// See [`crate::listener::Metrics::requests`].
+    pub requests: u64,
+    /// See [`crate::listener::Metrics::responses`].
+    pub responses: u64,
+    /// See [`crate::listener::Metrics::blacklisted`].
+    pub blacklisted: u64,
+    /// See [`crate::listener::Metrics::refused_conn_cap`].
+    pub refused_conn_cap: u64,
+    /// See [`crate::listener::Metrics::refused_handshake_rate`].
+    pub refused_handshake_rate: u64,
+    /// See [`crate::listener::Metrics::refused_no_fd`].
+    pub refused_no_fd: u64,
+    /// See [`crate::listener::Metrics::closed_handshake_timeout`].
+    pub closed_handshake_timeout: u64,
+    /// See [`crate::listener::Metrics::closed_frame_timeout`].
+    pub closed_frame_timeout: u64,
+    /// See [`crate::listener::Metrics::closed_idle_timeout`].
+    pub closed_idle_timeout: u64,
+    /// See [`crate::listener::Metrics::closed_unauth_budget`].
+    pub closed_unauth_budget: u64,
+    /// Rejected frames per error kind name (kinds with a zero count are left out).
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// A node's own view: role, address and the rest.
@@ -303,7 +343,7 @@ mod tests {
     use super::*;
 
     fn own() -> OwnView {
-        let metrics = crate::listener::Metrics::default().snapshot();
+        let metrics = MetricsSnapshot::default();
         OwnView {
             node: "n2".into(),
             view: NodeView {

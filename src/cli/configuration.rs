@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::json;
-use serde_json::Value;
 
-use super::call;
+use super::call_typed;
 use super::print;
 use super::CliError;
 use super::Format;
+use crate::api::options;
 use crate::config::Paths;
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -41,15 +40,10 @@ pub enum ConfigCmd {
 pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result<()> {
     match cmd {
         ConfigCmd::Get => {
-            let data = call(
-                paths,
-                "get_configuration",
-                json!({}),
-                Duration::from_secs(10),
-            )
-            .await?;
+            let req = options::GetConfiguration {};
+            let data = call_typed(paths, &req, Duration::from_secs(10)).await?;
             print(format, &data, |d| {
-                serde_json::to_string_pretty(&d["config"]).unwrap_or_default() + "\n"
+                serde_json::to_string_pretty(&d.config).unwrap_or_default() + "\n"
             });
         }
         ConfigCmd::Set {
@@ -63,23 +57,21 @@ pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result
                 std::fs::read_to_string(&file)
             }
             .map_err(|e| CliError(format!("{}: {e}", file.display())))?;
-            let config: Value = serde_json::from_str(&text)
-                .map_err(|e| CliError(format!("{}: not a JSON document: {e}", file.display())))?;
-            let options = json!({"config": config, "dry_run": dry_run, "timeout_ms": wait * 1000});
-            let data = call(
-                paths,
-                "set_configuration",
-                options,
-                Duration::from_secs(wait + 40),
-            )
-            .await?;
+            let config: options::Configuration = serde_json::from_str(&text).map_err(|e| {
+                CliError(format!(
+                    "{}: not a configuration document ({{\"params\": {{...}}, \"services\": \
+                     {{...}}}}, as `om cluster config get` prints it): {e}",
+                    file.display()
+                ))
+            })?;
+            let req = options::SetConfiguration {
+                config,
+                dry_run,
+                timeout_ms: Some(wait * 1000),
+            };
+            let data = call_typed(paths, &req, Duration::from_secs(wait + 40)).await?;
             print(format, &data, deployment_table);
-            let failed = data["results"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["success"] != true);
-            if failed {
+            if data.results.iter().any(|r| !r.success) {
                 return Err(CliError(
                     "committed, but not every node applied it in time (see above)".into(),
                 ));
@@ -89,14 +81,8 @@ pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result
     Ok(())
 }
 
-fn deployment_table(d: &Value) -> String {
-    let list = |k: &str| {
-        let v: Vec<&str> = d[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+fn deployment_table(d: &options::Deployment) -> String {
+    let list = |v: &[String]| {
         if v.is_empty() {
             "-".to_string()
         } else {
@@ -104,35 +90,29 @@ fn deployment_table(d: &Value) -> String {
         }
     };
     let mut out = String::new();
-    if d["dry_run"] == true {
+    if d.dry_run {
         out.push_str("dry run: nothing committed\n");
     }
-    for (label, key) in [
-        ("created", "created"),
-        ("updated", "updated"),
-        ("deleted", "deleted"),
-        ("params set", "params_set"),
-        ("params unset", "params_unset"),
+    for (label, names) in [
+        ("created", &d.created),
+        ("updated", &d.updated),
+        ("deleted", &d.deleted),
+        ("params set", &d.params_set),
+        ("params unset", &d.params_unset),
     ] {
-        out.push_str(&format!("{label:<13} {}\n", list(key)));
+        out.push_str(&format!("{label:<13} {}\n", list(names)));
     }
-    if d["dry_run"] != true {
-        out.push_str(&format!("index         {}\n", d["index"]));
+    if !d.dry_run {
+        out.push_str(&format!("index         {}\n", d.index));
     }
-    for r in d["results"].as_array().into_iter().flatten() {
-        let ok = if r["success"] == true {
-            "applied"
-        } else {
-            "FAILED"
-        };
-        let why = r["error"]
-            .as_str()
+    for r in &d.results {
+        let ok = if r.success { "applied" } else { "FAILED" };
+        let why = r
+            .error
+            .as_ref()
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
-        out.push_str(&format!(
-            "{:<13} {ok}{why}\n",
-            r["node"].as_str().unwrap_or("?")
-        ));
+        out.push_str(&format!("{:<13} {ok}{why}\n", r.node));
     }
     out
 }

@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::json;
-use serde_json::Value;
+use raft::node::Committed;
 
-use super::call;
+use super::call_typed;
 use super::print;
 use super::CliError;
 use super::Format;
-use crate::api::options::DaemonStatus;
+use crate::api::options;
 use crate::config::Paths;
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -49,79 +48,75 @@ pub enum ParamCmd {
     JoinRequests,
 }
 
+/// `om cluster get`'s answer.
+#[derive(serde::Serialize)]
+struct ParamValue {
+    param: String,
+    value: Option<String>,
+}
+
 /// Runs one of these commands.
 pub(super) async fn run(paths: &Paths, cmd: ParamCmd, format: Format) -> Result<()> {
     let t = Duration::from_secs(20);
-    let committed = |data: &Value| format!("committed at index {}\n", data["index"]);
+    let committed = |data: &Committed| format!("committed at index {}\n", data.index);
     match cmd {
         ParamCmd::Set { param, value } => {
-            let data = call(
-                paths,
-                "cluster_set",
-                json!({"param": param, "value": value}),
-                t,
-            )
-            .await?;
-            print(format, &data, committed);
+            let req = options::ClusterSet {
+                param,
+                value: Some(value),
+            };
+            print(format, &call_typed(paths, &req, t).await?, committed);
         }
         ParamCmd::Unset { param } => {
-            let data = call(paths, "cluster_set", json!({"param": param}), t).await?;
-            print(format, &data, committed);
+            let req = options::ClusterSet { param, value: None };
+            print(format, &call_typed(paths, &req, t).await?, committed);
         }
         ParamCmd::Get { param } => {
-            let st = super::call_typed(paths, &DaemonStatus::default(), t).await?;
+            let st = call_typed(paths, &options::DaemonStatus::default(), t).await?;
             let value = st.cluster.params.get(&param).cloned();
-            let data = json!({"param": param, "value": value});
+            let data = ParamValue { param, value };
             print(format, &data, |d| {
-                format!("{}\n", d["value"].as_str().unwrap_or(""))
+                format!("{}\n", d.value.as_deref().unwrap_or(""))
             });
         }
         ParamCmd::Approve { node } => {
-            let data = call(paths, "cluster_approve", json!({"node": node}), t).await?;
+            let req = options::ClusterApprove { node: node.clone() };
+            let data = call_typed(paths, &req, t).await?;
             print(format, &data, |d| {
                 format!(
                     "{node} may join for the next hour (committed at index {})\n",
-                    d["index"]
+                    d.index
                 )
             });
         }
         ParamCmd::JoinRequests => {
-            let data = call(paths, "join_requests", json!({}), t).await?;
+            let data = call_typed(paths, &options::JoinRequests {}, t).await?;
             print(format, &data, requests_table);
         }
     }
     Ok(())
 }
 
-fn requests_table(d: &Value) -> String {
-    let mut out = format!(
-        "cluster.join = {} (leader {})\n",
-        d["policy"].as_str().unwrap_or("?"),
-        d["leader"].as_str().unwrap_or("?")
-    );
-    let pending = d["pending"].as_array().cloned().unwrap_or_default();
-    if pending.is_empty() {
+fn requests_table(d: &options::JoinRequestsReport) -> String {
+    let mut out = format!("cluster.join = {} (leader {})\n", d.policy, d.leader);
+    if d.pending.is_empty() {
         out.push_str("no join waits for an approval\n");
     } else {
         out.push_str(&format!(
             "{:<24} {:<24} {:<24} {:>8}\n",
             "NODE", "ADDR", "FROM", "ATTEMPTS"
         ));
-        for r in &pending {
+        for r in &d.pending {
             out.push_str(&format!(
                 "{:<24} {:<24} {:<24} {:>8}\n",
-                r["node"].as_str().unwrap_or(""),
-                r["addr"].as_str().unwrap_or(""),
-                r["peer"].as_str().unwrap_or(""),
-                r["attempts"]
+                r.node, r.addr, r.peer, r.attempts
             ));
         }
     }
-    for a in d["approved"].as_array().into_iter().flatten() {
+    for a in &d.approved {
         out.push_str(&format!(
             "approved: {} (until {} ms)\n",
-            a["node"].as_str().unwrap_or(""),
-            a["expires_ms"]
+            a.node, a.expires_ms
         ));
     }
     out

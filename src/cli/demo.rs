@@ -4,14 +4,18 @@
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::json;
-
+use raft::node::Committed;
 use raft::state::Avail;
+use raft::state::GlobalExpect;
+use raft::state::NodeExpect;
 
 use super::local::LocalCluster;
+use super::local::LocalNode;
 use super::render;
 use super::CliError;
+use crate::api::options;
 use crate::api::options::DaemonStatus;
+use crate::api::ApiRequest;
 
 /// Runs the demo with `count` nodes; returns after the show if `exit`, else on Ctrl-C.
 pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
@@ -60,32 +64,17 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
         "stop = kill \"$(cat \"$OM_VAR/app.pid\")\" 2>/dev/null; rm -f \"$OM_VAR/app.pid\"; true\n",
         "check = pid=$(cat \"$OM_VAR/app.pid\" 2>/dev/null) && test -n \"$pid\" && kill -0 \"$pid\" 2>/dev/null\n",
     );
-    let t = Duration::from_secs(10);
-    for (action, options) in [
-        (
-            "set_service_config",
-            json!({"svcname": "web", "config": cfg}),
-        ),
-        (
-            "set_service_monitor",
-            json!({"svcname": "web", "global_expect": "started"}),
-        ),
-        (
-            "set_node_monitor",
-            json!({"node": "n3", "local_expect": "frozen"}),
-        ),
-    ] {
-        let r = n2
-            .call(action, options.clone(), t)
-            .await
-            .map_err(|e| CliError(format!("{action}: {e}")))?;
-        let shown = if action == "set_service_config" {
-            json!({"svcname": "web", "config": "<failover app: a sleep with a pid file, on n1 n2 n3>"})
-        } else {
-            options
-        };
-        println!("   {action} {shown} -> committed at index {}", r["index"]);
-    }
+    let config = options::SetServiceConfig {
+        svcname: "web".into(),
+        config: Some(cfg.into()),
+        ..Default::default()
+    };
+    let shown = "{svcname: web, config: <failover app: a sleep with a pid file, on n1 n2 n3>}";
+    commit(n2, &config, shown).await?;
+    let start = global_expect(GlobalExpect::Started);
+    commit(n2, &start, "{svcname: web, global_expect: started}").await?;
+    let freeze = node_expect("n3", NodeExpect::Frozen);
+    commit(n2, &freeze, "{node: n3, local_expect: frozen}").await?;
     let t0 = Instant::now();
     let on = wait_web(&cluster, None, Duration::from_secs(30)).await?;
     println!(
@@ -109,13 +98,8 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let r = survivor
-            .call(
-                "set_node_monitor",
-                json!({"node": survivor.name, "local_expect": "thawed"}),
-                Duration::from_secs(5),
-            )
-            .await;
+        let thaw = node_expect(&survivor.name, NodeExpect::Thawed);
+        let r = survivor.ask(&thaw, Duration::from_secs(5)).await;
         if r.is_ok() {
             break;
         }
@@ -203,13 +187,8 @@ async fn wait_web(
 async fn stop_service(cluster: &LocalCluster) {
     println!("== stopping the web service");
     for n in &cluster.nodes {
-        let r = n
-            .call(
-                "set_service_monitor",
-                json!({"svcname": "web", "global_expect": "stopped"}),
-                Duration::from_secs(5),
-            )
-            .await;
+        let stop = global_expect(GlobalExpect::Stopped);
+        let r = n.ask(&stop, Duration::from_secs(5)).await;
         if r.is_ok() {
             break;
         }
@@ -261,4 +240,33 @@ async fn show(cluster: &LocalCluster) -> Result<(), CliError> {
         }
     }
     Err(CliError("no node answered daemon_status".into()))
+}
+
+/// Commits `req` through `node`, printing it as `shown` with the index it committed at.
+async fn commit<R>(node: &LocalNode, req: &R, shown: &str) -> Result<(), CliError>
+where
+    R: ApiRequest<Reply = Committed>,
+{
+    let r = node
+        .ask(req, Duration::from_secs(10))
+        .await
+        .map_err(|e| CliError(format!("{}: {e}", R::ACTION)))?;
+    println!("   {} {shown} -> committed at index {}", R::ACTION, r.index);
+    Ok(())
+}
+
+fn global_expect(target: GlobalExpect) -> options::SetServiceMonitor {
+    options::SetServiceMonitor {
+        svcname: "web".into(),
+        global_expect: Some(target),
+        ..Default::default()
+    }
+}
+
+fn node_expect(node: &str, want: NodeExpect) -> options::SetNodeMonitor {
+    options::SetNodeMonitor {
+        node: Some(node.into()),
+        local_expect: Some(want),
+        ..Default::default()
+    }
 }

@@ -9,10 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::json;
 use serde_json::Value;
 
 use crate::api::options::DaemonStatus;
+use crate::api::options::JoinCluster;
 use crate::api::status::OwnStatus;
 use crate::api::status::Role;
 use crate::api::ApiRequest;
@@ -329,13 +329,13 @@ pub async fn join(
     target: &str,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
-    node.call(
-        "join",
-        json!({"secret": secret, "node": target}),
-        Duration::from_secs(40),
-    )
-    .await
-    .map_err(|e| format!("{} join: {e}", node.name))?;
+    let req = JoinCluster {
+        secret: secret.to_string(),
+        node: target.to_string(),
+    };
+    node.ask(&req, Duration::from_secs(40))
+        .await
+        .map_err(|e| format!("{} join: {e}", node.name))?;
     progress("  join accepted, catching up with the leader");
     wait_member(node, Duration::from_secs(60), progress).await
 }

@@ -12,6 +12,7 @@ pub mod render;
 mod rotation;
 mod svc;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
@@ -19,9 +20,12 @@ use std::time::Instant;
 use clap::Parser;
 use clap::Subcommand;
 use clap::ValueEnum;
-use serde_json::json;
 use serde_json::Value;
 
+use crate::api::options;
+use crate::api::options::SenderDetail;
+use crate::api::status::OwnStatus;
+use crate::api::Action;
 use crate::config::Paths;
 use crate::control::ControlClient;
 
@@ -369,14 +373,14 @@ async fn mistyped_command(paths: &Paths, args: &[String]) -> Option<String> {
     let suggestion = command_suggestion(word)?;
     // A service may carry a name close to a command: it wins. Without a daemon there is
     // no service to run anyway, so the hint is the useful answer.
+    let req = options::ServiceRef {
+        svcname: word.to_string(),
+        linearizable: false,
+    };
     let exists = ControlClient::new(paths)
-        .request(
-            "get_service_config",
-            json!({ "svcname": word }),
-            Duration::from_secs(5),
-        )
+        .call(&req, Duration::from_secs(5))
         .await
-        .is_ok_and(|r| r.is_ok());
+        .is_ok();
     (!exists).then(|| format!("unknown command {word}; did you mean {suggestion}?"))
 }
 
@@ -389,9 +393,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Bench(args) => bench::run(args, format).await,
         Top::Version => {
             let version = env!("CARGO_PKG_VERSION");
-            print(format, &json!({ "version": version }), |_| {
-                format!("{version}\n")
-            });
+            let shown = std::collections::BTreeMap::from([("version", version)]);
+            print(format, &shown, |_| format!("{version}\n"));
             Ok(())
         }
         Top::Cluster {
@@ -440,21 +443,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Node {
             cmd: NodeCmd::Standby { wait },
         } => {
-            let options = json!({"timeout_ms": wait * 1000});
-            let data = call(
-                &paths,
-                "agent_standby",
-                options,
-                Duration::from_secs(wait + 10),
-            )
-            .await?;
+            let req = options::AgentStandby {
+                node: None,
+                timeout_ms: Some(wait * 1000),
+            };
+            let data = call_typed(&paths, &req, Duration::from_secs(wait + 10)).await?;
             print(format, &data, render::kv);
             Ok(())
         }
         Top::Node {
             cmd: NodeCmd::Welcome,
         } => {
-            let data = call(&paths, "agent_welcome", json!({}), Duration::from_secs(20)).await?;
+            let req = options::AgentWelcome::default();
+            let data = call_typed(&paths, &req, Duration::from_secs(20)).await?;
             print(format, &data, render::kv);
             Ok(())
         }
@@ -477,28 +478,24 @@ async fn call_typed<R: crate::api::ApiRequest>(
         .map_err(|e| CliError(e.message))
 }
 
-/// [`call`], the answer read as `T` (the reply type of `action`).
+/// Sends `action` with the options struct `options` (one several actions share) on the
+/// control socket; its answer read as `T`, the action's reply type.
 async fn call_as<T: serde::de::DeserializeOwned>(
     paths: &Paths,
-    action: &str,
-    options: Value,
+    action: Action,
+    options: &impl serde::Serialize,
     timeout: Duration,
 ) -> Result<T> {
-    let data = call(paths, action, options, timeout).await?;
-    serde_json::from_value(data).map_err(|e| CliError(format!("bad answer to {action}: {e}")))
-}
-
-async fn call(paths: &Paths, action: &str, options: Value, timeout: Duration) -> Result<Value> {
+    let options = crate::api::reply(options).map_err(|e| CliError(e.message))?;
     let resp = ControlClient::new(paths)
-        .request(action, options, timeout)
+        .request(action.as_str(), options, timeout)
         .await?;
-    if resp.is_ok() {
-        resp.data.into_value().map_err(CliError)
-    } else {
-        Err(CliError(resp.error.unwrap_or_else(|| {
+    if !resp.is_ok() {
+        return Err(CliError(resp.error.unwrap_or_else(|| {
             format!("{action} failed with status {}", resp.status)
-        })))
+        })));
     }
+    crate::api::decode_reply(action, resp.data).map_err(|e| CliError(e.message))
 }
 
 /// Asks the daemon to join through `node`; while the cluster answers that the join waits
@@ -508,24 +505,22 @@ async fn join_until_approved(
     secret: &str,
     node: &str,
     wait: Duration,
-) -> Result<Value> {
+) -> Result<options::Joined> {
     let deadline = std::time::Instant::now() + wait;
     let mut told = false;
     loop {
-        let resp = ControlClient::new(paths)
-            .request(
-                "join",
-                json!({"secret": secret, "node": node}),
-                Duration::from_secs(40),
-            )
-            .await?;
-        if resp.is_ok() {
-            return resp.data.into_value().map_err(CliError);
-        }
-        let why = resp.error.unwrap_or_default();
-        if resp.status != crate::wire::Status::Pending.wire() {
-            return Err(CliError(why));
-        }
+        let req = options::JoinCluster {
+            secret: secret.to_string(),
+            node: node.to_string(),
+        };
+        let why = match ControlClient::new(paths)
+            .call(&req, Duration::from_secs(40))
+            .await
+        {
+            Ok(joined) => return Ok(joined),
+            Err(e) if e.is(crate::wire::Status::Pending) => e.message,
+            Err(e) => return Err(CliError(e.message)),
+        };
         if std::time::Instant::now() >= deadline {
             return Err(CliError(format!("no approval within {wait:?}: {why}")));
         }
@@ -600,7 +595,10 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
         DaemonCmd::Start {
             thread_id: Some(id),
         } => {
-            let data = call(paths, "daemon_start", json!({"thread_id": id}), t).await?;
+            let req = options::ThreadRef {
+                thread_id: Some(id),
+            };
+            let data: options::ThreadChanged = call_as(paths, Action::DaemonStart, &req, t).await?;
             print(format, &data, render::kv);
             Ok(())
         }
@@ -608,14 +606,17 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
         DaemonCmd::Stop {
             thread_id: Some(id),
         } => {
-            let data = call(paths, "daemon_stop", json!({"thread_id": id}), t).await?;
+            let req = options::ThreadRef {
+                thread_id: Some(id),
+            };
+            let data: options::ThreadChanged = call_as(paths, Action::DaemonStop, &req, t).await?;
             print(format, &data, render::kv);
             Ok(())
         }
-        DaemonCmd::Stop { thread_id: None } => stop_and_wait(paths, "daemon_stop").await,
-        DaemonCmd::Shutdown => stop_and_wait(paths, "daemon_shutdown").await,
+        DaemonCmd::Stop { thread_id: None } => stop_and_wait(paths, Action::DaemonStop).await,
+        DaemonCmd::Shutdown => stop_and_wait(paths, Action::DaemonShutdown).await,
         DaemonCmd::Restart => {
-            stop_and_wait(paths, "daemon_stop").await?;
+            stop_and_wait(paths, Action::DaemonStop).await?;
             start_background(paths).await
         }
         DaemonCmd::Status => {
@@ -635,8 +636,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             let data = join_until_approved(paths, &secret, &node, wait).await?;
             eprintln!(
                 "accepted into cluster {} (leader {}); catching up ...",
-                data["cluster"].as_str().unwrap_or("?"),
-                data["leader"].as_str().unwrap_or("?")
+                data.cluster, data.leader
             );
             let me = crate::config::NodeConfig::load(&paths.node_conf())
                 .map_err(|e| CliError(e.to_string()))?
@@ -647,33 +647,39 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             })
             .await
             .map_err(|e| CliError(format!("{e}: see the daemon log")))?;
-            eprintln!(
-                "{me} is a member of cluster {}",
-                data["cluster"].as_str().unwrap_or("?")
-            );
+            eprintln!("{me} is a member of cluster {}", data.cluster);
             Ok(())
         }
         DaemonCmd::Leave { node, force } => {
-            let req = crate::api::options::Leave { node, force };
-            let left = ControlClient::new(paths)
-                .call(&req, Duration::from_secs(40))
-                .await
-                .map_err(|e| CliError(e.to_string()))?;
-            let data = crate::api::reply(&left).map_err(|e| CliError(e.to_string()))?;
-            print(format, &data, render::kv);
+            let req = options::Leave { node, force };
+            let left = call_typed(paths, &req, Duration::from_secs(40)).await?;
+            print(format, &left, render::kv);
             Ok(())
         }
         DaemonCmd::Blacklist { cmd } => {
-            let (action, options) = match cmd {
-                BlacklistCmd::Status { detail } => {
-                    ("blacklist_status", json!({ "detail": detail }))
+            let pretty = |d: &Value| serde_json::to_string_pretty(d).unwrap_or_default() + "\n";
+            let detail = match cmd {
+                BlacklistCmd::Status { detail } => detail,
+                BlacklistCmd::Clear => {
+                    let none = options::BlacklistStatus::default();
+                    let data: options::BlacklistCleared =
+                        call_as(paths, Action::BlacklistClear, &none, t).await?;
+                    print(format, &data, render::kv);
+                    return Ok(());
                 }
-                BlacklistCmd::Clear => ("blacklist_clear", json!({})),
             };
-            let data = call(paths, action, options, t).await?;
-            print(format, &data, |d| {
-                serde_json::to_string_pretty(d).unwrap_or_default() + "\n"
-            });
+            let req = options::BlacklistStatus { detail };
+            let action = Action::BlacklistStatus;
+            // The table is the JSON: a map of senders, with their detail when asked.
+            let data = if detail {
+                let d: BTreeMap<String, SenderDetail> = call_as(paths, action, &req, t).await?;
+                crate::api::reply(&d)
+            } else {
+                let d: BTreeMap<String, u32> = call_as(paths, action, &req, t).await?;
+                crate::api::reply(&d)
+            };
+            let data = data.map_err(|e| CliError(e.message))?;
+            print(format, &data, pretty);
             Ok(())
         }
     }
@@ -682,11 +688,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
 /// Whether the daemon under `paths` answers on its control socket.
 async fn answers(paths: &Paths) -> bool {
     ControlClient::new(paths)
-        .request(
-            "daemon_status",
-            json!({"local": true}),
-            Duration::from_secs(2),
-        )
+        .call(&OwnStatus::ASK, Duration::from_secs(2))
         .await
         .is_ok()
 }
@@ -787,8 +789,9 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-async fn stop_and_wait(paths: &Paths, action: &str) -> Result<()> {
-    call(paths, action, json!({}), Duration::from_secs(10)).await?;
+async fn stop_and_wait(paths: &Paths, action: Action) -> Result<()> {
+    let whole = options::ThreadRef::default();
+    let _: options::Stopping = call_as(paths, action, &whole, Duration::from_secs(10)).await?;
     eprint!("stopping the daemon ");
     let deadline = Instant::now() + Duration::from_secs(30);
     while paths.control_socket().exists() {

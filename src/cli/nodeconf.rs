@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use super::CliError;
+use crate::api::Action;
+use crate::api::Call;
 use crate::config;
 use crate::config::IniDoc;
 use crate::config::NodeConfig;
@@ -64,9 +66,15 @@ async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
         return Ok(());
     }
     let client = crate::control::ControlClient::new(paths);
-    let options = serde_json::json!({ "addr": addr });
+    let req = crate::api::options::CheckListenerAddr { addr: addr.clone() };
+    let options = crate::api::reply(&req).map_err(|e| CliError(e.message))?;
+    // Not through `call`: a daemon that is not running is not a refusal.
     match client
-        .request("check_listener_addr", options, Duration::from_secs(5))
+        .request(
+            Action::CheckListenerAddr.as_str(),
+            options,
+            Duration::from_secs(5),
+        )
         .await
     {
         Err(crate::control::ControlError::NotRunning { .. }) => Ok(()),
@@ -176,9 +184,12 @@ pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
     // The packet only sits in the client's queue until written: a request behind it on
     // the same session, answered, proves the node has read it (this process may exit next).
     client
-        .request("hello", serde_json::json!({}), Duration::from_secs(5))
+        .call(
+            &crate::api::options::Hello::default(),
+            Duration::from_secs(5),
+        )
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| CliError(format!("{addr} did not answer hello: {e}")))?;
     eprintln!("dequeue requested from {addr}");
     Ok(())
 }

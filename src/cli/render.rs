@@ -227,8 +227,9 @@ fn status_table_at(st: &ClusterStatus, now_ms: u64) -> String {
     out
 }
 
-/// Renders a flat JSON object as `key  value` lines.
-pub fn kv(v: &Value) -> String {
+/// Renders a reply with flat fields as `key  value` lines, in its JSON spelling.
+pub fn kv<T: serde::Serialize + ?Sized>(reply: &T) -> String {
+    let v = serde_json::to_value(reply).unwrap_or_default();
     match v.as_object() {
         Some(obj) => {
             let w = obj.keys().map(|k| k.len()).max().unwrap_or(0);
@@ -236,7 +237,7 @@ pub fn kv(v: &Value) -> String {
                 .map(|(k, v)| format!("{k:<w$}  {}\n", s(v)))
                 .collect()
         }
-        None => format!("{}\n", s(v)),
+        None => format!("{}\n", s(&v)),
     }
 }
 

@@ -4,14 +4,17 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::json;
-use serde_json::Value;
 
-use super::call;
+use super::call_as;
+use super::call_typed;
 use super::print;
 use super::CliError;
 use super::Format;
+use crate::api::options;
+use crate::api::options::RotationStep;
+use crate::api::options::SecretStepDone;
 use crate::api::options::SecretsReport;
+use crate::api::Action;
 use crate::config::Paths;
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -51,9 +54,10 @@ pub enum SecretCmd {
 /// Runs one `om cluster secret` command.
 pub(super) async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result<()> {
     let t = Duration::from_secs(20);
-    let (action, options) = match cmd {
+    let data: SecretStepDone = match cmd {
         SecretCmd::List => {
-            let data = call(paths, "cluster_secret_list", json!({}), t).await?;
+            let req = options::SecretList { local: false };
+            let data = call_typed(paths, &req, t).await?;
             print(format, &data, list_table);
             return Ok(());
         }
@@ -65,24 +69,19 @@ pub(super) async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result
             if let Some(s) = &secret {
                 raft::secrets::check_secret(s).map_err(|e| CliError(format!("--secret: {e}")))?;
             }
-            ("cluster_secret_add", json!({ "secret": secret }))
+            call_typed(paths, &options::SecretAdd { secret }, t).await?
         }
         SecretCmd::Use { key_id, force } => {
             check_key_id(&key_id)?;
-            (
-                "cluster_secret_use",
-                json!({ "key_id": key_id, "force": force }),
-            )
+            let req = options::SecretStep { key_id, force };
+            call_as(paths, Action::ClusterSecretUse, &req, t).await?
         }
         SecretCmd::Remove { key_id, force } => {
             check_key_id(&key_id)?;
-            (
-                "cluster_secret_remove",
-                json!({ "key_id": key_id, "force": force }),
-            )
+            let req = options::SecretStep { key_id, force };
+            call_as(paths, Action::ClusterSecretRemove, &req, t).await?
         }
     };
-    let data = call(paths, action, options, t).await?;
     print(format, &data, step_text);
     Ok(())
 }
@@ -103,35 +102,33 @@ fn check_key_id(key_id: &str) -> Result<()> {
 }
 
 /// What a committed step means, and the next one.
-fn step_text(d: &Value) -> String {
-    let key = d["key_id"].as_str().unwrap_or("?");
-    let index = &d["committed"]["index"];
-    let mut out = match d["step"].as_str().unwrap_or("") {
-        "add" => format!(
+fn step_text(d: &SecretStepDone) -> String {
+    let key = &d.key_id;
+    let index = d.committed.index;
+    let mut out = match d.step {
+        RotationStep::Add => format!(
             "secret {key} added (index {index}): every node accepts it, none uses it yet\n\
              next, once `om cluster secret list` shows it on every node: om cluster secret use {key}\n"
         ),
-        "use" => format!(
+        RotationStep::Use => format!(
             "secret {key} in use (index {index}): every node connects with it, still accepts the old one\n\
              next, once every node uses it: om cluster secret remove <old key id>\n"
         ),
-        _ => format!("secret {key} removed (index {index}): no node accepts it any more\n"),
+        RotationStep::Remove => {
+            format!("secret {key} removed (index {index}): no node accepts it any more\n")
+        }
     };
-    if let Some(u) = d["unreachable"].as_array().filter(|u| !u.is_empty()) {
-        let names: Vec<&str> = u.iter().filter_map(Value::as_str).collect();
+    if !d.unreachable.is_empty() {
         out.push_str(&format!(
             "warning: unreachable, convergence unknown: {}\n",
-            names.join(", ")
+            d.unreachable.join(", ")
         ));
     }
     out
 }
 
 /// The human table of `list`.
-fn list_table(d: &Value) -> String {
-    let Ok(r) = serde_json::from_value::<SecretsReport>(d.clone()) else {
-        return format!("{d}\n");
-    };
+fn list_table(r: &SecretsReport) -> String {
     let dash = |v: &[String]| {
         if v.is_empty() {
             "-".to_string()

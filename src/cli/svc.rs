@@ -13,10 +13,7 @@ use std::time::Instant;
 use clap::Args;
 use clap::Parser;
 use clap::Subcommand;
-use serde_json::json;
-use serde_json::Value;
 
-use super::call;
 use super::call_as;
 use super::call_typed;
 use super::print;
@@ -24,9 +21,14 @@ use super::CliError;
 use super::Format;
 use super::Result;
 use crate::api::options;
+use crate::api::options::ProgressState;
+use crate::api::Action;
 use crate::config::Paths;
 use crate::model::service::ServiceConfig;
 use crate::services::log::format_ts;
+use raft::state::GlobalExpect;
+use raft::state::NodeExpect;
+use raft::state::NodeMonitor;
 use raft::state::NodeStatus;
 
 /// `om <svc> ...`
@@ -224,18 +226,15 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 std::fs::read_to_string(&config)
                     .map_err(|e| CliError(format!("{}: {e}", config.display())))?
             };
-            let data = call(
-                &paths,
-                "set_service_config",
-                json!({"svcname": svc, "config": text, "create": true}),
-                t,
-            )
-            .await?;
+            let req = options::SetServiceConfig {
+                svcname: svc.to_string(),
+                config: Some(text),
+                create: true,
+                ..Default::default()
+            };
+            let data = call_typed(&paths, &req, t).await?;
             print(format, &data, |d| {
-                format!(
-                    "{svc} created (config version {})\n",
-                    d["outcome"]["version"]
-                )
+                format!("{svc} created (config version {})\n", version(d))
             });
             Ok(())
         }
@@ -245,15 +244,15 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
         SvcCmd::Print {
             what: PrintWhat::Config,
         } => {
-            let data = call(&paths, "get_service_config", json!({"svcname": svc}), t).await?;
+            let data = call_typed(&paths, &service_ref(svc), t).await?;
             match format {
                 Format::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&data).unwrap_or_default()
                 ),
                 Format::Table => {
-                    eprintln!("# {svc} config version {}", data["version"]);
-                    print!("{}", data["config"].as_str().unwrap_or(""));
+                    eprintln!("# {svc} config version {}", data.version);
+                    print!("{}", data.config);
                 }
             }
             Ok(())
@@ -273,37 +272,32 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             print(format, &data, |_| status_table(svc, detail));
             Ok(())
         }
-        SvcCmd::Delete(w) => set_global(&paths, svc, "deleted", &w).await,
+        SvcCmd::Delete(w) => set_global(&paths, svc, GlobalExpect::Deleted, &w).await,
         SvcCmd::Start(a) if a.local => local_action(&paths, svc, "start", format).await,
         SvcCmd::Stop(a) if a.local => local_action(&paths, svc, "stop", format).await,
         SvcCmd::Freeze(a) if a.local => local_action(&paths, svc, "freeze", format).await,
         SvcCmd::Thaw(a) if a.local => local_action(&paths, svc, "thaw", format).await,
-        SvcCmd::Start(a) => set_global(&paths, svc, "started", &a.wait).await,
-        SvcCmd::Stop(a) => set_global(&paths, svc, "stopped", &a.wait).await,
-        SvcCmd::Freeze(a) => set_global(&paths, svc, "frozen", &a.wait).await,
-        SvcCmd::Thaw(a) => set_global(&paths, svc, "thawed", &a.wait).await,
+        SvcCmd::Start(a) => set_global(&paths, svc, GlobalExpect::Started, &a.wait).await,
+        SvcCmd::Stop(a) => set_global(&paths, svc, GlobalExpect::Stopped, &a.wait).await,
+        SvcCmd::Freeze(a) => set_global(&paths, svc, GlobalExpect::Frozen, &a.wait).await,
+        SvcCmd::Thaw(a) => set_global(&paths, svc, GlobalExpect::Thawed, &a.wait).await,
         SvcCmd::Switch { to, wait } => {
-            set_global(&paths, svc, &format!("placed@{to}"), &wait).await
+            set_global(&paths, svc, GlobalExpect::PlacedAt(to), &wait).await
         }
-        SvcCmd::Giveback(w) => set_global(&paths, svc, "placed", &w).await,
+        SvcCmd::Giveback(w) => set_global(&paths, svc, GlobalExpect::Placed, &w).await,
         SvcCmd::Abort => {
-            call(
-                &paths,
-                "set_service_monitor",
-                json!({"svcname": svc, "global_expect": "aborted"}),
-                t,
-            )
-            .await?;
+            call_typed(&paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
             eprintln!("{svc}: pending global_expect aborted");
             Ok(())
         }
         SvcCmd::Clear { node } => {
-            let data = call(&paths, "clear", json!({"svcname": svc, "node": node}), t).await?;
+            let req = options::Clear {
+                svcname: svc.to_string(),
+                node,
+            };
+            let data = call_typed(&paths, &req, t).await?;
             print(format, &data, |d| {
-                format!(
-                    "{svc}: cleared ({} field(s) changed)\n",
-                    d["outcome"]["changed"]
-                )
+                format!("{svc}: cleared ({} field(s) changed)\n", d.outcome.changed)
             });
             Ok(())
         }
@@ -324,8 +318,14 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             if force {
                 command.push("--force".into());
             }
-            let opts = json!({"svcname": svc, "command": command, "sync": !async_, "node": node});
-            let (action, t) = ("service_action", Duration::from_secs(3600));
+            let opts = options::ServiceAction {
+                svcname: svc.to_string(),
+                command: Some(options::Argv::List(command)),
+                sync: Some(!async_),
+                node,
+            };
+            let opts = &opts;
+            let (action, t) = (Action::ServiceAction, Duration::from_secs(3600));
             if async_ {
                 let d: options::ActionSubmitted = call_as(&paths, action, opts, t).await?;
                 print(format, &d, |d| {
@@ -363,25 +363,48 @@ fn finish_action(format: Format, data: &options::ActionDone) -> Result<()> {
     Ok(())
 }
 
-async fn local_action(paths: &Paths, svc: &str, action: &str, format: Format) -> Result<()> {
-    let opts = json!({"svcname": svc, "command": [action], "sync": true});
-    let data = call_as(paths, "service_action", opts, Duration::from_secs(3600)).await?;
+async fn local_action(paths: &Paths, svc: &str, verb: &str, format: Format) -> Result<()> {
+    let opts = options::ServiceAction {
+        svcname: svc.to_string(),
+        command: Some(options::Argv::List(vec![verb.to_string()])),
+        sync: Some(true),
+        node: None,
+    };
+    let t = Duration::from_secs(3600);
+    let data = call_as(paths, Action::ServiceAction, &opts, t).await?;
     finish_action(format, &data)
 }
 
+fn service_ref(svc: &str) -> options::ServiceRef {
+    options::ServiceRef {
+        svcname: svc.to_string(),
+        linearizable: false,
+    }
+}
+
+fn global_expect(svc: &str, target: GlobalExpect) -> options::SetServiceMonitor {
+    options::SetServiceMonitor {
+        svcname: svc.to_string(),
+        global_expect: Some(target),
+        ..Default::default()
+    }
+}
+
+/// The config version a commit reports, `-` when it reports none.
+fn version(c: &raft::node::Committed) -> String {
+    c.outcome
+        .version
+        .map_or_else(|| "-".into(), |v| v.to_string())
+}
+
 /// Sets `global_expect` and follows the service until it is reached or fails.
-async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Result<()> {
+async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs) -> Result<()> {
     let timeout = parse_timeout(&w.timeout)?;
-    let data = call(
-        paths,
-        "set_service_monitor",
-        json!({"svcname": svc, "global_expect": target}),
-        Duration::from_secs(15),
-    )
-    .await?;
+    let req = global_expect(svc, target.clone());
+    let data = call_typed(paths, &req, Duration::from_secs(15)).await?;
     eprintln!(
         "{svc}: global_expect {target} (committed at index {})",
-        data["index"]
+        data.index
     );
     if w.no_wait {
         return Ok(());
@@ -394,12 +417,12 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
     loop {
         let req = options::ServiceStatus {
             svcname: svc.to_string(),
-            target: target.parse().ok(),
+            target: Some(target.clone()),
         };
         match call_typed(paths, &req, Duration::from_secs(10)).await {
             Ok(st) => {
                 let Some(st) = st.detail else {
-                    if target == "deleted" {
+                    if target == GlobalExpect::Deleted {
                         eprintln!("{svc}: deleted in {:.1}s", started.elapsed().as_secs_f64());
                         return Ok(());
                     }
@@ -424,12 +447,12 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
                     }
                 }
                 let reason = st.progress.reason.clone();
-                let ge = st.global_expect.to_string();
-                if ge == target {
+                let ge = &st.global_expect;
+                if *ge == target {
                     seen_target = true;
                 }
-                match st.progress.state.as_str() {
-                    "reached" => {
+                match st.progress.state {
+                    ProgressState::Reached => {
                         let up = st.up.join(", ");
                         let where_ = if up.is_empty() {
                             String::new()
@@ -442,22 +465,22 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
                         );
                         return Ok(());
                     }
-                    "failed" => {
+                    ProgressState::Failed => {
                         return Err(CliError(format!(
                             "{svc}: {target} cannot be reached: {reason}; see `om {svc} logs`, \
                              `om {svc} clear` to retry, `om {svc} abort` to give up"
                         )));
                     }
-                    _ => {}
+                    ProgressState::Idle | ProgressState::Pending => {}
                 }
                 if !reason.is_empty() && reason != last_reason {
                     eprintln!("  {reason}");
                     last_reason = reason;
                 }
-                if ge != target && ge != "none" {
+                if *ge != target && *ge != GlobalExpect::None {
                     return Err(CliError(format!("{svc}: superseded by global_expect {ge}")));
                 }
-                if ge == "none" && seen_target {
+                if *ge == GlobalExpect::None && seen_target {
                     // Cleared without our target being reached: someone aborted it.
                     let at = *cleared_at.get_or_insert_with(Instant::now);
                     if at.elapsed() > Duration::from_secs(3) {
@@ -476,14 +499,6 @@ async fn set_global(paths: &Paths, svc: &str, target: &str, w: &WaitArgs) -> Res
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn status_table(svc: &str, d: &options::ServiceDetail) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -492,7 +507,7 @@ fn status_table(svc: &str, d: &options::ServiceDetail) -> String {
         "{svc}  {}  orchestrate={}  avail {}  global_expect {}  (config v{})",
         d.topology, d.orchestrate, d.avail, d.global_expect, d.version
     );
-    if d.progress.state != "idle" {
+    if d.progress.state != ProgressState::Idle {
         let _ = writeln!(
             out,
             "  progress: {} {}",
@@ -525,15 +540,8 @@ fn status_table(svc: &str, d: &options::ServiceDetail) -> String {
 }
 
 async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
-    let data = call(
-        paths,
-        "get_service_config",
-        json!({"svcname": svc}),
-        Duration::from_secs(15),
-    )
-    .await?;
-    let version = data["version"].as_u64().unwrap_or(0);
-    let original = data["config"].as_str().unwrap_or("").to_string();
+    let data = call_typed(paths, &service_ref(svc), Duration::from_secs(15)).await?;
+    let (original, edited) = (data.config, data.version);
     let file = tempfile::Builder::new()
         .prefix(&format!("{svc}."))
         .suffix(".conf")
@@ -573,14 +581,14 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
             }
             return Err(CliError("nothing changed".into()));
         }
-        let r = call(
-            paths,
-            "set_service_config",
-            json!({"svcname": svc, "config": text, "version": version}),
-            Duration::from_secs(15),
-        )
-        .await?;
-        eprintln!("{svc}: config version {}", r["outcome"]["version"]);
+        let req = options::SetServiceConfig {
+            svcname: svc.to_string(),
+            config: Some(text),
+            version: Some(edited),
+            ..Default::default()
+        };
+        let r = call_typed(paths, &req, Duration::from_secs(15)).await?;
+        eprintln!("{svc}: config version {}", version(&r));
         return Ok(());
     }
 }
@@ -594,9 +602,16 @@ async fn logs(
     format: Format,
 ) -> Result<()> {
     let mut warned = std::collections::BTreeSet::new();
-    let opts = json!({"svcname": svc, "backlog": backlog, "node": node});
-    let mut data: options::Logs =
-        call_as(paths, "service_logs", opts, Duration::from_secs(20)).await?;
+    let mut opts = options::ServiceLogs {
+        svcname: svc.to_string(),
+        backlog: Some(backlog),
+        node,
+        local: false,
+        cursor: None,
+        wait_ms: None,
+    };
+    let action = Action::ServiceLogs;
+    let mut data: options::Logs = call_as(paths, action, &opts, Duration::from_secs(20)).await?;
     loop {
         for (n, e) in &data.errors {
             if warned.insert(n.clone()) {
@@ -616,8 +631,10 @@ async fn logs(
             return Ok(());
         }
         let cursor = std::mem::take(&mut data.cursor);
-        let opts = json!({"svcname": svc, "node": node, "cursor": cursor, "wait_ms": 10_000});
-        data = match call_as(paths, "service_logs", opts, Duration::from_secs(30)).await {
+        opts.backlog = None;
+        opts.cursor = Some(options::LogCursor::PerNode(cursor.clone()));
+        opts.wait_ms = Some(10_000);
+        data = match call_as(paths, action, &opts, Duration::from_secs(30)).await {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("om: {e}; retrying");
@@ -634,35 +651,35 @@ async fn logs(
 
 /// `om node freeze|thaw`: sets this node's monitor local_expect and waits until it is done.
 pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
-    let want = if freeze { "frozen" } else { "thawed" };
-    call(
-        paths,
-        "set_node_monitor",
-        json!({"local_expect": want}),
-        Duration::from_secs(15),
-    )
-    .await?;
+    let want = if freeze {
+        NodeExpect::Frozen
+    } else {
+        NodeExpect::Thawed
+    };
+    let req = options::SetNodeMonitor {
+        local_expect: Some(want),
+        ..Default::default()
+    };
+    call_typed(paths, &req, Duration::from_secs(15)).await?;
     let me = crate::config::NodeConfig::load(&paths.node_conf())
         .map_err(|e| CliError(e.to_string()))?
         .1
         .name;
     let started = Instant::now();
     loop {
-        let m = call(
-            paths,
-            "get_node_monitor",
-            json!({"node": me}),
-            Duration::from_secs(10),
-        )
-        .await?;
-        if m["frozen"] == freeze && m["status"] == "idle" {
+        let req = options::NodeRef {
+            node: Some(me.clone()),
+        };
+        let t = Duration::from_secs(10);
+        let m: NodeMonitor = call_as(paths, Action::GetNodeMonitor, &req, t).await?;
+        if m.frozen == freeze && m.status == NodeStatus::Idle {
             eprintln!("{me}: {want}");
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(60) {
             return Err(CliError(format!(
                 "{me} is not {want} after 60s (status {})",
-                s(&m["status"])
+                m.status
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -674,8 +691,8 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
     let t = Duration::from_secs(20);
     match cmd {
         JobsCmd::List { node } => {
-            let data: options::JobList =
-                call_as(paths, "job_list", json!({"node": node}), t).await?;
+            let req = options::Jobs { node, id: None };
+            let data: options::JobList = call_as(paths, Action::JobList, &req, t).await?;
             print(format, &data, |d| {
                 use std::fmt::Write;
                 let mut out = format!(
@@ -701,8 +718,8 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
             Ok(())
         }
         JobsCmd::Show { id, node } => {
-            let opts = json!({"id": id, "node": node});
-            let data: options::JobShown = call_as(paths, "job_show", opts, t).await?;
+            let opts = options::Jobs { node, id: Some(id) };
+            let data: options::JobShown = call_as(paths, Action::JobShow, &opts, t).await?;
             print(format, &data, |d| {
                 let j = &d.job;
                 let ret = j.ret.map_or("-".to_string(), |r| r.to_string());
@@ -725,8 +742,8 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
             Ok(())
         }
         JobsCmd::Cancel { id, node } => {
-            let opts = json!({"id": id, "node": node});
-            let data: options::JobCanceled = call_as(paths, "job_cancel", opts, t).await?;
+            let opts = options::Jobs { node, id: Some(id) };
+            let data: options::JobCanceled = call_as(paths, Action::JobCancel, &opts, t).await?;
             print(format, &data, |d| format!("job {} canceled\n", d.job.id));
             Ok(())
         }

@@ -18,6 +18,7 @@ use super::actions::ActionError;
 use super::Daemon;
 use crate::api;
 use crate::api::options::NodeSecrets;
+use crate::api::options::RotationStep;
 use crate::api::options::SecretPlan;
 use crate::api::options::SecretStepDone;
 use crate::api::options::SecretsReport;
@@ -161,7 +162,7 @@ impl Daemon {
         let committed = self.propose(Command::AddSecret { secret, current }).await?;
         tracing::info!(%key_id, "secret rotation: new secret added (accepted, not used yet)");
         Ok(SecretStepDone {
-            step: "add".into(),
+            step: RotationStep::Add,
             key_id,
             committed,
             unreachable: Vec::new(),
@@ -201,10 +202,13 @@ impl Daemon {
             ));
         }
         let committed = self.propose(cmd).await?;
-        let name = if step == Step::Use { "use" } else { "remove" };
+        let (name, done) = match step {
+            Step::Use => ("use", RotationStep::Use),
+            Step::Remove => ("remove", RotationStep::Remove),
+        };
         tracing::info!(key_id = %o.key_id, forced = o.force && !lagging.is_empty(), "secret rotation: {name} committed");
         Ok(SecretStepDone {
-            step: name.into(),
+            step: done,
             key_id: o.key_id,
             committed,
             unreachable: report

@@ -19,7 +19,8 @@
 //!   [`MAX_TRACKED`] pairs, and every operation is a map lookup: a full table is swept of
 //!   expired entries at most once a second, and otherwise new pairs are not tracked.
 
-use serde::{Deserialize, Serialize};
+use crate::api::options::AddrDetail;
+use crate::api::options::SenderDetail;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -335,31 +336,6 @@ impl Blacklist {
         }
         out
     }
-}
-
-/// One sender in a detailed `blacklist_status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SenderDetail {
-    /// Its highest count of consecutive invalid frames, over its addresses.
-    pub count: u32,
-    /// Whether any of its addresses is blacklisted.
-    pub blacklisted: bool,
-    /// Seconds until the first of its blacklisted addresses is let in again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in_s: Option<u64>,
-    /// Per source address.
-    pub addrs: BTreeMap<String, AddrDetail>,
-}
-
-/// One (sender, address) pair in a detailed `blacklist_status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddrDetail {
-    /// Consecutive invalid frames.
-    pub count: u32,
-    /// Whether the pair is blacklisted.
-    pub blacklisted: bool,
-    /// Frames dropped without decryption since it was blacklisted.
-    pub dropped: u64,
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Listener counters (atomics), readable while the listener runs.
 
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::api::status::MetricsSnapshot;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wire::ErrorKind;
@@ -45,47 +44,6 @@ pub struct Metrics {
     /// Unauthenticated connections closed because the buffer budget of those was spent.
     pub closed_unauth_budget: AtomicU64,
     rejected: [AtomicU64; ErrorKind::COUNT],
-}
-
-/// A copy of the counters, serializable for status output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct MetricsSnapshot {
-    /// See [`Metrics::connections`].
-    pub connections: u64,
-    /// See [`Metrics::open_connections`].
-    pub open_connections: u64,
-    /// See [`Metrics::frames`].
-    pub frames: u64,
-    /// See [`Metrics::empty_packets`].
-    pub empty_packets: u64,
-    /// See [`Metrics::dropped_blacklisted`].
-    pub dropped_blacklisted: u64,
-    /// See [`Metrics::decrypt_attempts`].
-    pub decrypt_attempts: u64,
-    /// See [`Metrics::sessions`].
-    pub sessions: u64,
-    /// See [`Metrics::requests`].
-    pub requests: u64,
-    /// See [`Metrics::responses`].
-    pub responses: u64,
-    /// See [`Metrics::blacklisted`].
-    pub blacklisted: u64,
-    /// See [`Metrics::refused_conn_cap`].
-    pub refused_conn_cap: u64,
-    /// See [`Metrics::refused_handshake_rate`].
-    pub refused_handshake_rate: u64,
-    /// See [`Metrics::refused_no_fd`].
-    pub refused_no_fd: u64,
-    /// See [`Metrics::closed_handshake_timeout`].
-    pub closed_handshake_timeout: u64,
-    /// See [`Metrics::closed_frame_timeout`].
-    pub closed_frame_timeout: u64,
-    /// See [`Metrics::closed_idle_timeout`].
-    pub closed_idle_timeout: u64,
-    /// See [`Metrics::closed_unauth_budget`].
-    pub closed_unauth_budget: u64,
-    /// Rejected frames per error kind name (kinds with a zero count are left out).
-    pub rejected: BTreeMap<String, u64>,
 }
 
 fn get(a: &AtomicU64) -> u64 {

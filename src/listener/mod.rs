@@ -65,7 +65,7 @@ mod limits;
 pub mod metrics;
 
 pub use blacklist::{Blacklist, BlacklistEntry, PairState, BLACKLIST_THRESHOLD};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::Metrics;
 
 use limits::{Budget, Charge, Gate, HandshakeRate, Refusal, Slot, WarnLimit};
 use std::collections::BTreeSet;

@@ -512,13 +512,20 @@ fn service_status(
                 state.services.get_mut(&svc).expect("exists").global_expect = t;
             }
             let p = crate::model::placement::plan(&state, &svc, cfg).progress;
+            use crate::model::placement::Progress as P;
+            let state = match p {
+                P::Idle => options::ProgressState::Idle,
+                P::Reached => options::ProgressState::Reached,
+                P::Pending(_) => options::ProgressState::Pending,
+                P::Failed(_) => options::ProgressState::Failed,
+            };
             options::Progress {
-                state: p.state().to_string(),
+                state,
                 reason: p.reason().to_string(),
             }
         }
         Err(e) => options::Progress {
-            state: "failed".into(),
+            state: options::ProgressState::Failed,
             reason: format!("invalid config: {e}"),
         },
     };
