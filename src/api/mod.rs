@@ -23,7 +23,6 @@ pub use action::Action;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::wire::Doc;
 pub use crate::wire::Status;
@@ -121,15 +120,10 @@ pub fn parse<T: DeserializeOwned>(action: Action, options: Doc) -> Result<T, Api
         .map_err(|e| ApiError::bad(format!("{action}: {e}")))
 }
 
-/// Encodes a reply as the `data` of a response.
-pub fn reply<T: Serialize>(v: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::new(Status::Internal, e.to_string()))
-}
-
-/// Decodes the `data` of a successful answer to `action`.
-pub fn decode_value<T: DeserializeOwned>(action: Action, data: Value) -> Result<T, ApiError> {
-    serde_json::from_value(data)
-        .map_err(|e| ApiError::new(Status::Error, format!("bad answer to {action}: {e}")))
+/// Encodes a reply (or the options of a request) as the `data` (`options`) of a message:
+/// MessagePack, sent as is on the wire, written as JSON on the control socket.
+pub fn reply<T: Serialize + ?Sized>(v: &T) -> Result<Doc, ApiError> {
+    Doc::pack(v).map_err(|e| ApiError::new(Status::Internal, e))
 }
 
 /// The answer `data` to `action`, read as its reply type.

@@ -20,7 +20,6 @@ use std::time::Instant;
 use clap::Parser;
 use clap::Subcommand;
 use clap::ValueEnum;
-use serde_json::Value;
 
 use crate::api::options;
 use crate::api::options::SenderDetail;
@@ -28,6 +27,7 @@ use crate::api::status::OwnStatus;
 use crate::api::Action;
 use crate::config::Paths;
 use crate::control::ControlClient;
+use crate::wire::Doc;
 
 /// `om`: cluster agent.
 #[derive(Debug, Parser)]
@@ -657,7 +657,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             Ok(())
         }
         DaemonCmd::Blacklist { cmd } => {
-            let pretty = |d: &Value| serde_json::to_string_pretty(d).unwrap_or_default() + "\n";
+            let pretty = |d: &Doc| serde_json::to_string_pretty(d).unwrap_or_default() + "\n";
             let detail = match cmd {
                 BlacklistCmd::Status { detail } => detail,
                 BlacklistCmd::Clear => {

@@ -15,13 +15,13 @@ pub mod session;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
 
 use crate::config::Paths;
+use crate::wire::Doc;
 use crate::wire::Request;
 use crate::wire::Response;
 
@@ -134,9 +134,10 @@ impl ControlClient {
     pub async fn request(
         &self,
         action: &str,
-        options: Value,
+        options: impl Into<Doc>,
         timeout: Duration,
     ) -> Result<Response, ControlError> {
+        let options = options.into();
         let path = self.path.display().to_string();
         let stream = UnixStream::connect(&self.path)
             .await

@@ -13,8 +13,6 @@ use raft::membership::MembershipError;
 use raft::node_id;
 use raft::Command;
 
-use serde_json::Value;
-
 use super::Daemon;
 use super::StopKind;
 use crate::api;
@@ -96,7 +94,7 @@ impl Daemon {
         if let Action::RaftAppend | Action::RaftVote | Action::RaftSnapshot = action {
             return self.raft_rpc(action, o).await;
         }
-        self.serve_action(origin, action, o).await.map(Doc::from)
+        self.serve_action(origin, action, o).await
     }
 
     async fn serve_action(
@@ -104,7 +102,7 @@ impl Daemon {
         origin: &Origin,
         action: Action,
         o: Doc,
-    ) -> Result<Value> {
+    ) -> Result<Doc> {
         let from_peer = matches!(origin, Origin::Peer { .. });
         match action {
             Action::DaemonStatus => {
@@ -427,7 +425,7 @@ impl Daemon {
         Doc::pack(&reply).map_err(|e| ActionError::new(Status::Internal, e))
     }
 
-    async fn thread_action(&self, action: Action, id: &str) -> Result<Value> {
+    async fn thread_action(&self, action: Action, id: &str) -> Result<Doc> {
         let r = if action == Action::DaemonStart {
             self.threads.start(id)
         } else {
@@ -441,7 +439,7 @@ impl Daemon {
     }
 
     /// Control-socket `join`: makes this node join the cluster `node` belongs to.
-    async fn join_cluster(self: &Arc<Self>, o: options::JoinCluster) -> Result<Value> {
+    async fn join_cluster(self: &Arc<Self>, o: options::JoinCluster) -> Result<Doc> {
         let secret = o.secret.as_str();
         // Checked before anything is sent or wiped: the secret is written to node.conf last.
         crate::config::validate("cluster.secret", secret)
@@ -647,7 +645,7 @@ impl Daemon {
         peer: SocketAddr,
         member: bool,
         o: options::Admit,
-    ) -> Result<Value> {
+    ) -> Result<Doc> {
         let joiner = o.node;
         if !member && joiner != sender {
             return Err(ActionError::new(
@@ -745,7 +743,7 @@ impl Daemon {
             let data = self
                 .ask_leader(&leader, "leave", api::reply(&fwd)?, Duration::from_secs(30))
                 .await?;
-            return api::decode_reply(Action::Leave, data.into());
+            return api::decode_reply(Action::Leave, data);
         }
         let _guard = self.membership_guard()?;
         membership::evict(&node, name, force)

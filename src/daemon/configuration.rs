@@ -74,7 +74,7 @@ impl Daemon {
                     wait + Duration::from_secs(30),
                 )
                 .await?;
-            return api::decode_reply(Action::SetConfiguration, data.into());
+            return api::decode_reply(Action::SetConfiguration, data);
         }
         let Ok(_one) = self.deploying.try_lock() else {
             return Err(ActionError::new(
@@ -148,7 +148,7 @@ impl Daemon {
                 match self
                     .ask_member(&m, Action::DaemonStatus, &ask, Duration::from_secs(2))
                     .await
-                    .and_then(|v| api::decode_value::<OwnView>(Action::DaemonStatus, v))
+                    .and_then(|v| api::decode_reply::<OwnView>(Action::DaemonStatus, v))
                 {
                     Ok(v) => (v.view.raft.last_applied, None),
                     Err(e) => (last.0, Some(e.message)),

@@ -153,7 +153,7 @@ impl Daemon {
                     Duration::from_secs(10),
                 )
                 .await?;
-            return api::decode_reply(Action::JoinRequests, data.into());
+            return api::decode_reply(Action::JoinRequests, data);
         }
         let (policy, approved) = node.read(|s| {
             let approved = s

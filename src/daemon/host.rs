@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::wire::Doc;
 use raft::node::Committed;
 use raft::Command;
 use raft::Node;
-use serde_json::Value;
 
 use super::Daemon;
 use crate::api::Action;
@@ -61,9 +61,9 @@ impl Host for Daemon {
     fn read_linearizable<'a>(
         &'a self,
         action: Action,
-        options: Value,
+        options: Doc,
         read: &'a Read<'a>,
-    ) -> Pending<'a, Result<Value, ActionError>> {
+    ) -> Pending<'a, Result<Doc, ActionError>> {
         Box::pin(Daemon::read_linearizable(
             self, action, options, false, read,
         ))
@@ -73,22 +73,22 @@ impl Host for Daemon {
         &'a self,
         node: &'a str,
         action: Action,
-        options: Value,
+        options: Doc,
         timeout: Duration,
-    ) -> Pending<'a, Result<Value, ActionError>> {
-        Box::pin(async move { Daemon::ask_member(self, node, action, &options, timeout).await })
+    ) -> Pending<'a, Result<Doc, ActionError>> {
+        Box::pin(Daemon::ask_member_doc(self, node, action, options, timeout))
     }
 
     fn call_peer<'a>(
         &'a self,
         addr: &'a str,
         action: Action,
-        options: Value,
+        options: Doc,
         timeout: Duration,
-    ) -> Pending<'a, Result<Value, ActionError>> {
+    ) -> Pending<'a, Result<Doc, ActionError>> {
         Box::pin(async move {
             self.peers
-                .call(addr, action.as_str(), options, timeout)
+                .call_doc(addr, "", action.as_str(), options, timeout)
                 .await
                 .map_err(|e| ActionError::new(Status::Unavailable, e.to_string()))
         })

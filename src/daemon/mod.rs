@@ -48,6 +48,7 @@ use crate::listener::Listener;
 use crate::listener::ListenerConfig;
 use crate::listener::ListenerHandle;
 use crate::listener::RequestCtx;
+use crate::wire::Doc;
 use crate::wire::Keyring;
 use crate::wire::Request;
 use crate::wire::Response;
@@ -472,15 +473,13 @@ impl Daemon {
                         to: leader_id,
                         rpc: cmd.clone(),
                     };
-                    let options = serde_json::to_value(&msg).map_err(|e| {
-                        ActionError::new(Status::Internal, format!("cannot encode {e}"))
-                    })?;
+                    let options = crate::api::reply(&msg)?;
                     match self
                         .ask_leader(&leader, "raft_propose", options, Duration::from_secs(10))
                         .await
                     {
                         Ok(data) => {
-                            return serde_json::from_value(data).map_err(|e| {
+                            return data.decode().map_err(|e| {
                                 ActionError::new(
                                     Status::Error,
                                     format!("bad answer from {leader}: {e}"),
@@ -512,10 +511,10 @@ impl Daemon {
     pub async fn read_linearizable(
         &self,
         action: crate::api::Action,
-        options: serde_json::Value,
+        options: Doc,
         forwarded: bool,
-        read: impl Fn(&raft::ClusterState) -> Result<serde_json::Value, ActionError>,
-    ) -> Result<serde_json::Value, ActionError> {
+        read: impl Fn(&raft::ClusterState) -> Result<Doc, ActionError>,
+    ) -> Result<Doc, ActionError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let node = self.node()?;
@@ -899,11 +898,11 @@ impl Daemon {
         &self,
         leader: &Member,
         action: &str,
-        options: serde_json::Value,
+        options: Doc,
         timeout: Duration,
-    ) -> Result<serde_json::Value, ActionError> {
+    ) -> Result<Doc, ActionError> {
         self.peers
-            .call(&leader.addr, action, options, timeout)
+            .call_doc(&leader.addr, "", action, options, timeout)
             .await
             .map_err(|e| match e {
                 peers::PeerError::Failed {
@@ -935,10 +934,22 @@ impl Daemon {
         action: crate::api::Action,
         options: &O,
         timeout: Duration,
-    ) -> Result<serde_json::Value, ActionError> {
+    ) -> Result<Doc, ActionError> {
+        let options = crate::api::reply(options)?;
+        self.ask_member_doc(node, action, options, timeout).await
+    }
+
+    /// [`Daemon::ask_member`] with options already encoded.
+    pub async fn ask_member_doc(
+        &self,
+        node: &str,
+        action: crate::api::Action,
+        options: Doc,
+        timeout: Duration,
+    ) -> Result<Doc, ActionError> {
         let addr = self.member_addr(node)?;
         self.peers
-            .call(&addr, action.as_str(), crate::api::reply(options)?, timeout)
+            .call_doc(&addr, "", action.as_str(), options, timeout)
             .await
             .map_err(|e| match e {
                 peers::PeerError::Failed {
@@ -990,11 +1001,7 @@ impl Daemon {
 
     /// Sends an address announcement (`join` naming this node) to each other member in
     /// turn until one takes it.
-    async fn ask_any_member(
-        &self,
-        node: &Node,
-        options: serde_json::Value,
-    ) -> Result<(), ActionError> {
+    async fn ask_any_member(&self, node: &Node, options: Doc) -> Result<(), ActionError> {
         let me = self.name();
         let mut last = ActionError::new(Status::Unavailable, "no other member to ask");
         for (_, member) in node.metrics().membership_config.nodes() {

@@ -7,8 +7,6 @@ use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::Value;
-
 use crate::api::ApiRequest;
 use crate::wire::Client;
 use crate::wire::ClientOptions;
@@ -81,24 +79,6 @@ impl Peers {
                     .build()
             })
             .clone()
-    }
-
-    /// Sends `action` to the node at `addr` and returns the data of a successful answer
-    /// as JSON.
-    pub async fn call(
-        &self,
-        addr: &str,
-        action: &str,
-        options: impl Into<Doc>,
-        timeout: Duration,
-    ) -> Result<Value, PeerError> {
-        let data = self.call_doc(addr, "", action, options, timeout).await?;
-        data.into_value().map_err(|e| PeerError::Failed {
-            addr: addr.to_string(),
-            action: action.to_string(),
-            status: Status::Error.wire(),
-            message: format!("the answer has no JSON form: {e}"),
-        })
     }
 
     /// Sends `action` to node `receiver` (empty: whoever listens) at `addr` and returns

@@ -42,7 +42,7 @@ impl Daemon {
                     wait + Duration::from_secs(5),
                 )
                 .await?;
-            return crate::api::decode_reply(Action::AgentStandby, data.into());
+            return crate::api::decode_reply(Action::AgentStandby, data);
         }
         self.set_duty(NodeStatus::Standby).await?;
         let deadline = Instant::now() + wait;
@@ -86,7 +86,7 @@ impl Daemon {
                     Duration::from_secs(15),
                 )
                 .await?;
-            return crate::api::decode_reply(Action::AgentWelcome, data.into());
+            return crate::api::decode_reply(Action::AgentWelcome, data);
         }
         if self.duty_state()?.state == NodeStatus::Standby.to_string() {
             self.set_duty(NodeStatus::Idle).await?;

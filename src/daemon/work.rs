@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::wire::Doc;
 use base64::Engine;
-use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 
@@ -61,7 +61,7 @@ async fn call<R: ApiRequest>(
     timeout: Duration,
 ) -> Result<R::Reply> {
     let data = daemon.ask_member(node, action, req, timeout).await?;
-    api::decode_reply(action, data.into())
+    api::decode_reply(action, data)
 }
 
 /// Checks a submission against this node's work types; the command it will run.
@@ -431,7 +431,7 @@ async fn local_chunk(
 }
 
 /// Serves the `work_*` actions for the units that run on this node.
-pub async fn serve(daemon: &Arc<Daemon>, action: Action, o: crate::wire::Doc) -> Result<Value> {
+pub async fn serve(daemon: &Arc<Daemon>, action: Action, o: crate::wire::Doc) -> Result<Doc> {
     match action {
         Action::WorkSubmit => {
             let req: options::WorkSubmit = api::parse(action, o)?;

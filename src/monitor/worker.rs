@@ -117,7 +117,7 @@ async fn placed_here_now(cx: &Ctx, svc: &str, cfg: &ServiceConfig) -> bool {
         Ok(Ok(view)) => {
             let action = crate::api::Action::GetServiceMonitor;
             let view: Option<crate::api::options::ServiceMonitor> =
-                crate::api::decode_value(action, view).ok();
+                crate::api::decode_reply(action, view).ok();
             let mine = view.as_ref().and_then(|v| v.instances.get(&cx.me));
             let placed = mine.is_some_and(|i| i.local_expect == LocalExpect::Started);
             if !placed {

@@ -16,19 +16,19 @@ use raft::node::Committed;
 use raft::ClusterState;
 use raft::Command;
 use raft::Node;
-use serde_json::Value;
 
 use super::Local;
 use crate::api::Action;
 use crate::api::ApiError;
 use crate::config::NodeConfig;
 use crate::config::Paths;
+use crate::wire::Doc;
 
 /// A boxed future borrowing the host (trait objects cannot have `async fn`s).
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A read of the replicated state, for [`Host::read_linearizable`].
-pub type Read<'a> = dyn Fn(&ClusterState) -> Result<Value, ApiError> + Send + Sync + 'a;
+pub type Read<'a> = dyn Fn(&ClusterState) -> Result<Doc, ApiError> + Send + Sync + 'a;
 
 /// The daemon, as the services and the monitor see it.
 pub trait Host: Send + Sync + 'static {
@@ -50,25 +50,25 @@ pub trait Host: Send + Sync + 'static {
     fn read_linearizable<'a>(
         &'a self,
         action: Action,
-        options: Value,
+        options: Doc,
         read: &'a Read<'a>,
-    ) -> Pending<'a, Result<Value, ApiError>>;
+    ) -> Pending<'a, Result<Doc, ApiError>>;
     /// Sends `action` to member `node` and returns its answer's data.
     fn ask_member<'a>(
         &'a self,
         node: &'a str,
         action: Action,
-        options: Value,
+        options: Doc,
         timeout: Duration,
-    ) -> Pending<'a, Result<Value, ApiError>>;
+    ) -> Pending<'a, Result<Doc, ApiError>>;
     /// Sends `action` to whoever listens at `addr` (a member's recorded address).
     fn call_peer<'a>(
         &'a self,
         addr: &'a str,
         action: Action,
-        options: Value,
+        options: Doc,
         timeout: Duration,
-    ) -> Pending<'a, Result<Value, ApiError>>;
+    ) -> Pending<'a, Result<Doc, ApiError>>;
     /// The listener address of member `node`.
     fn member_addr(&self, node: &str) -> Result<String, ApiError> {
         self.node()?.read(|s| match s.nodes.get(node) {
@@ -92,9 +92,8 @@ pub async fn ask<O: serde::Serialize>(
     action: Action,
     options: &O,
     timeout: Duration,
-) -> Result<Value, ApiError> {
-    let options = serde_json::to_value(options)
-        .map_err(|e| ApiError::new(crate::wire::Status::Internal, e.to_string()))?;
+) -> Result<Doc, ApiError> {
+    let options = crate::api::reply(options)?;
     host.ask_member(node, action, options, timeout).await
 }
 

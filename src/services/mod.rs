@@ -23,7 +23,6 @@ use std::time::Duration;
 use raft::state::Avail;
 use raft::state::LocalExpect;
 use raft::Command;
-use serde_json::Value;
 
 use crate::api;
 use crate::api::options;
@@ -111,7 +110,7 @@ fn bad(msg: impl Into<String>) -> ActionError {
 }
 
 /// Serves the service and job actions.
-pub async fn handle(host: &Arc<dyn Host>, action: Action, o: Doc) -> Result<Value> {
+pub async fn handle(host: &Arc<dyn Host>, action: Action, o: Doc) -> Result<Doc> {
     match action {
         Action::ServiceAction => service_action(host, api::parse(action, o)?).await,
         Action::ServiceLogs => service_logs(host, api::parse(action, o)?).await,
@@ -130,10 +129,7 @@ pub async fn handle(host: &Arc<dyn Host>, action: Action, o: Doc) -> Result<Valu
 ///
 /// Options: `svcname`, `config` (the INI text), `version` (the version the edit started
 /// from: refused if the service moved on), `create` (refuse if it exists), `delete`.
-pub async fn set_service_config(
-    host: &Arc<dyn Host>,
-    o: options::SetServiceConfig,
-) -> Result<Value> {
+pub async fn set_service_config(host: &Arc<dyn Host>, o: options::SetServiceConfig) -> Result<Doc> {
     let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
     let exists = host.node()?.read(|s| s.services.contains_key(&svc));
@@ -158,13 +154,12 @@ pub async fn set_service_config(
             Command::CreateService { svc, config: text }
         }
     };
-    let c = host.propose(cmd, PROPOSE_DEADLINE).await?;
-    serde_json::to_value(c).map_err(|e| ActionError::new(Status::Internal, e.to_string()))
+    api::reply(&host.propose(cmd, PROPOSE_DEADLINE).await?)
 }
 
 /// `service_action`: runs an instance action on this node (or on `node`), synchronously
 /// (`{out, err, ret}`) or as a job (`{job_id}`).
-async fn service_action(host: &Arc<dyn Host>, o: options::ServiceAction) -> Result<Value> {
+async fn service_action(host: &Arc<dyn Host>, o: options::ServiceAction) -> Result<Doc> {
     let svc = o.svcname.clone();
     let argv = o
         .command
@@ -372,7 +367,7 @@ async fn commit_before(
 /// Options: `svcname`, `backlog` (lines, default 50), `node` (only that node), `local`,
 /// `cursor` (a number with `local`, else `{node: number}`: return the lines after it),
 /// `wait_ms` (with a cursor: wait up to this long for a first line).
-async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<Value> {
+async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<Doc> {
     let svc = o.svcname;
     raft::apply::check_name("service", &svc).map_err(|e| bad(e.to_string()))?;
     let backlog = o.backlog.unwrap_or(50) as usize;
@@ -427,7 +422,7 @@ async fn service_logs(host: &Arc<dyn Host>, o: options::ServiceLogs) -> Result<V
             } else {
                 let t = wait + Duration::from_secs(5);
                 let answer = d.call_peer(&addr, Action::ServiceLogs, opts, t).await;
-                answer.and_then(|data| api::decode_value(Action::ServiceLogs, data))
+                answer.and_then(|data| api::decode_reply(Action::ServiceLogs, data))
             };
             (n, r)
         });
@@ -585,7 +580,7 @@ fn service_status(
 }
 
 /// `job_list`, `job_show` (`id`), `job_cancel` (`id`), on this node or `node`.
-async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> Result<Value> {
+async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> Result<Doc> {
     if let Some(node) = o.node.as_deref().filter(|n| *n != host.me()) {
         return host::ask(&**host, node, action, &o, Duration::from_secs(15)).await;
     }
@@ -621,7 +616,7 @@ async fn job_action(host: &Arc<dyn Host>, action: Action, o: options::Jobs) -> R
 }
 
 /// `get_service_monitor`: one service's or every service's monitor in `s`.
-pub fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Value> {
+pub fn service_monitors(s: &raft::ClusterState, svc: Option<&str>) -> Result<Doc> {
     let view = |v: &raft::state::Service| options::ServiceMonitor {
         global_expect: v.global_expect.clone(),
         instances: v.instances.clone(),

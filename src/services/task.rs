@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::api;
-use serde_json::Value;
+use crate::wire::Doc;
 
 use super::exec;
 use super::instance::Ctx;
@@ -77,7 +77,7 @@ pub async fn action(
     host: &Arc<dyn Host>,
     o: options::ServiceAction,
     argv: Vec<String>,
-) -> Result<Value> {
+) -> Result<Doc> {
     let svc = o.svcname.clone();
     let cfg = super::current_config(host, &svc)?;
     let Some(task) = cfg.tasks.get(&argv[0]).cloned() else {

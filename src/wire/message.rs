@@ -142,11 +142,15 @@ impl From<Value> for Doc {
 }
 
 impl Doc {
-    /// The MessagePack encoding of `v` (maps with field names).
+    /// The MessagePack encoding of `v`: maps with field names, and values in their
+    /// readable form (an address is a string, as in JSON and as other languages send it).
     pub fn pack<T: Serialize + ?Sized>(v: &T) -> Result<Doc, String> {
-        rmp_serde::to_vec_named(v)
-            .map(Doc::Packed)
-            .map_err(|e| e.to_string())
+        let mut out = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut out)
+            .with_struct_map()
+            .with_human_readable();
+        v.serialize(&mut ser).map_err(|e| e.to_string())?;
+        Ok(Doc::Packed(out))
     }
 
     /// Whether this is nil / null (absent options, no data).
@@ -165,7 +169,7 @@ impl Doc {
             }
             // The error names the option it is about (`kind: unknown variant ...`).
             Doc::Packed(b) => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(&b);
+                let mut de = rmp_serde::Deserializer::from_read_ref(&b).with_human_readable();
                 serde_path_to_error::deserialize(&mut de).map_err(|e| e.to_string())
             }
             Doc::Json(Value::Null) => {
@@ -805,5 +809,26 @@ mod tests {
         );
         let d = Doc::pack(&json!({"a": [1, "b"]})).unwrap();
         assert_eq!(serde_json::to_value(&d).unwrap(), json!({"a": [1, "b"]}));
+    }
+
+    /// Values with a readable form travel in it, as JSON has them and as a client in
+    /// another language sends them: an address is a string, not bytes.
+    #[test]
+    fn packed_documents_use_the_readable_forms() {
+        #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+        struct Hit {
+            addr: std::net::IpAddr,
+        }
+        let hit = Hit {
+            addr: "10.0.0.2".parse().unwrap(),
+        };
+        let d = Doc::pack(&hit).unwrap();
+        assert_eq!(serde_json::to_value(&d).unwrap(), json!({"addr": "10.0.0.2"}));
+        let Doc::Packed(bytes) = &d else {
+            unreachable!()
+        };
+        let raw: Value = rmp_serde::from_slice(bytes).unwrap();
+        assert_eq!(raw, json!({"addr": "10.0.0.2"}));
+        assert_eq!(d.decode::<Hit>().unwrap(), hit);
     }
 }

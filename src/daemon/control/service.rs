@@ -14,6 +14,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use serde_json::Value;
+
+use crate::wire::Doc;
 use tokio::io::AsyncBufRead;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
@@ -104,18 +106,20 @@ where
 }
 
 /// The commands answered with one line.
-pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Value> {
+pub async fn one_answer(daemon: &Arc<Daemon>, cmd: Command) -> Result<Doc> {
     let me = daemon.name();
     match cmd {
         Command::Status { fields, exclude } => {
-            // `requested_fields` and `exclude_fields` pick keys of the answer.
-            let mut st = crate::api::reply(&status(daemon).await?)?;
+            // `requested_fields` and `exclude_fields` pick keys of the answer: by their
+            // Receptor spelling, on its JSON form.
+            let mut st = serde_json::to_value(status(daemon).await?)
+                .map_err(|e| ApiError::new(Status::Internal, e.to_string()))?;
             if let Value::Object(map) = &mut st {
                 map.retain(|k, _| {
                     fields.as_ref().is_none_or(|f| f.contains(k)) && !exclude.contains(k)
                 });
             }
-            Ok(st)
+            Ok(Doc::from(st))
         }
         Command::Reload => crate::api::reply(&reload(daemon).await?),
         Command::Ping { target } => crate::api::reply(&ping(daemon, &target.resolve(&me)).await),
@@ -193,10 +197,7 @@ async fn ping_call(
         .ask_member(node, Action::ControlPing, &req, timeout)
         .await?;
     let took = t0.elapsed();
-    Ok((
-        crate::api::decode_reply(Action::ControlPing, data.into())?,
-        took,
-    ))
+    Ok((crate::api::decode_reply(Action::ControlPing, data)?, took))
 }
 
 /// `control_ping` with a target, on the relaying node: a direct round trip to it.
@@ -697,13 +698,14 @@ where
     write_and_go_on(wr, &answer).await
 }
 
-async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine) -> Result<Value> {
+async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine) -> Result<Doc> {
     let addr = member_addr(daemon, node)?;
     let opts = crate::api::reply(req)?;
     daemon
         .peers
-        .call(
+        .call_doc(
             &addr,
+            "",
             Action::ControlCommand.as_str(),
             opts,
             Duration::from_secs(30),
@@ -721,7 +723,7 @@ async fn remote_command(daemon: &Daemon, node: &str, req: &options::ControlLine)
 }
 
 /// `control_command` from a peer: runs one relayed command here.
-pub async fn relayed(daemon: &Arc<Daemon>, line: &str) -> Result<Value> {
+pub async fn relayed(daemon: &Arc<Daemon>, line: &str) -> Result<Doc> {
     use crate::control::command::Line;
     use crate::control::command::LineError;
     match crate::control::command::parse(line) {
