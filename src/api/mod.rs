@@ -233,7 +233,7 @@ mod tests {
             topology: "failover".into(),
             orchestrate: "ha".into(),
             nodes: vec!["n1".into(), "n2".into()],
-            avail: "up".into(),
+            avail: options::ServiceAvail::Up,
             up: vec!["n1".into()],
             instances: [("n1".to_string(), view)].into(),
             progress: Progress {

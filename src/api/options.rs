@@ -455,8 +455,8 @@ pub struct ServiceDetail {
     pub orchestrate: String,
     /// The nodes it may run on, in preference order, then any other with an instance.
     pub nodes: Vec<String>,
-    /// `up`, `down`, or `warn` for a failover service up on more than one node.
-    pub avail: String,
+    /// Its availability over its instances.
+    pub avail: ServiceAvail,
     /// The nodes where its instance is up.
     pub up: Vec<String>,
     /// Its instance on each of `nodes`, with that node's monitor.
@@ -486,6 +486,28 @@ pub struct Progress {
     pub state: ProgressState,
     /// Why, in words.
     pub reason: String,
+}
+
+/// A service's availability over its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceAvail {
+    /// Up where its topology wants it.
+    Up,
+    /// Up nowhere.
+    Down,
+    /// A failover service up on more than one node.
+    Warn,
+}
+
+impl std::fmt::Display for ServiceAvail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceAvail::Up => "up",
+            ServiceAvail::Down => "down",
+            ServiceAvail::Warn => "warn",
+        })
+    }
 }
 
 /// How far a service is from its target.

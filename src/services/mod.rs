@@ -550,9 +550,9 @@ fn service_status(
         .map(|(n, _)| n.clone())
         .collect();
     let avail = match (&cfg, up.len()) {
-        (_, 0) => "down",
-        (Ok(c), n) if c.topology == Topology::Failover && n > 1 => "warn",
-        _ => "up",
+        (_, 0) => options::ServiceAvail::Down,
+        (Ok(c), n) if c.topology == Topology::Failover && n > 1 => options::ServiceAvail::Warn,
+        _ => options::ServiceAvail::Up,
     };
     let detail = options::ServiceDetail {
         version: service.version,
@@ -566,7 +566,7 @@ fn service_status(
             .map(|c| c.orchestrate.to_string())
             .unwrap_or_default(),
         nodes,
-        avail: avail.into(),
+        avail,
         up,
         instances,
         progress,

@@ -823,7 +823,10 @@ mod tests {
             addr: "10.0.0.2".parse().unwrap(),
         };
         let d = Doc::pack(&hit).unwrap();
-        assert_eq!(serde_json::to_value(&d).unwrap(), json!({"addr": "10.0.0.2"}));
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            json!({"addr": "10.0.0.2"})
+        );
         let Doc::Packed(bytes) = &d else {
             unreachable!()
         };
