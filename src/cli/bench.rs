@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::json;
-use serde_json::Value;
-
 use super::local::LocalCluster;
 use super::CliError;
 use super::Format;
+use crate::api::options;
 use crate::api::options::DaemonStatus;
 use crate::api::status::OwnStatus;
 use crate::config::NodeConfig;
@@ -65,8 +63,35 @@ async fn find_target(paths: &Paths) -> Result<Target, CliError> {
     })
 }
 
+/// The results of one concurrency level.
+#[derive(serde::Serialize)]
+struct Level {
+    clients: usize,
+    committed: usize,
+    errors: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// How long the cluster took to commit again after its leader was killed.
+#[derive(serde::Serialize)]
+struct Failover {
+    ms: f64,
+    attempts: u32,
+    via: String,
+}
+
+/// What `om bench` prints with `--format json`.
+#[derive(serde::Serialize)]
+struct Report {
+    levels: Vec<Level>,
+    failover: Option<Failover>,
+}
+
 /// Results of one concurrency level.
-fn level_json(clients: usize, lat: &mut [Duration], elapsed: Duration, errors: u64) -> Value {
+fn level(clients: usize, lat: &mut [Duration], elapsed: Duration, errors: u64) -> Level {
     lat.sort();
     let pct = |p: f64| -> f64 {
         if lat.is_empty() {
@@ -75,21 +100,31 @@ fn level_json(clients: usize, lat: &mut [Duration], elapsed: Duration, errors: u
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i].as_secs_f64() * 1000.0
     };
-    json!({
-        "clients": clients,
-        "committed": lat.len(),
-        "errors": errors,
-        "per_second": lat.len() as f64 / elapsed.as_secs_f64(),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-    })
+    Level {
+        clients,
+        committed: lat.len(),
+        errors,
+        per_second: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    }
+}
+
+/// The write the benchmark commits: `node`'s monitor thawed (a no-op change).
+fn thaw(node: &str) -> Doc {
+    let req = options::SetNodeMonitor {
+        node: Some(node.to_string()),
+        local_expect: Some(raft::state::NodeExpect::Thawed),
+        ..Default::default()
+    };
+    Doc::pack(&req).expect("options pack")
 }
 
 /// Sessions the clients of one level share, at most.
 const CONNS: usize = 16;
 
-async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
+async fn run_level(t: &Target, clients: usize, secs: u64) -> Level {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -101,18 +136,14 @@ async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
         .collect();
     for i in 0..clients {
         let client = sessions[i % sessions.len()].clone();
-        let leader = t.leader.clone();
+        let write = thaw(&t.leader);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let r = client
-                    .request(
-                        "set_node_monitor",
-                        json!({"node": leader, "local_expect": "thawed"}),
-                        Duration::from_secs(5),
-                    )
+                    .request("set_node_monitor", write.clone(), Duration::from_secs(5))
                     .await;
                 match r {
                     Ok(resp) if resp.is_ok() => lat.push(t0.elapsed()),
@@ -130,7 +161,7 @@ async fn run_level(t: &Target, clients: usize, secs: u64) -> Value {
             errors += e;
         }
     }
-    level_json(clients, &mut lat, start.elapsed(), errors)
+    level(clients, &mut lat, start.elapsed(), errors)
 }
 
 /// Runs the benchmark.
@@ -165,14 +196,14 @@ pub(super) async fn run(args: BenchArgs, format: Format) -> Result<(), CliError>
         eprintln!("{c} clients for {}s ...", args.seconds);
         levels.push(run_level(&target, c, args.seconds).await);
     }
-    let mut failover = Value::Null;
+    let mut failover = None;
     if !args.no_failover {
         match cluster.as_mut() {
-            Some(c) if c.nodes.len() >= 3 => failover = measure_failover(c, &target).await?,
+            Some(c) if c.nodes.len() >= 3 => failover = Some(measure_failover(c, &target).await?),
             _ => eprintln!("failover is measured only on a cluster started with --nodes 3 or more"),
         }
     }
-    let out = json!({ "levels": levels, "failover": failover });
+    let out = Report { levels, failover };
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
         Format::Table => {
@@ -180,22 +211,16 @@ pub(super) async fn run(args: BenchArgs, format: Format) -> Result<(), CliError>
                 "{:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}",
                 "clients", "committed", "commands/s", "p50 ms", "p99 ms", "max ms", "errors"
             );
-            for l in &levels {
+            for l in &out.levels {
                 println!(
                     "{:>8} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                    l["clients"].to_string(),
-                    l["committed"].to_string(),
-                    l["per_second"].as_f64().unwrap_or(0.0),
-                    l["p50_ms"].as_f64().unwrap_or(0.0),
-                    l["p99_ms"].as_f64().unwrap_or(0.0),
-                    l["max_ms"].as_f64().unwrap_or(0.0),
-                    l["errors"].to_string()
+                    l.clients, l.committed, l.per_second, l.p50_ms, l.p99_ms, l.max_ms, l.errors
                 );
             }
-            if !failover.is_null() {
+            if let Some(f) = &out.failover {
                 println!(
                     "failover: leader killed -> next committed write in {:.0} ms",
-                    failover["ms"].as_f64().unwrap_or(0.0)
+                    f.ms
                 );
             }
         }
@@ -204,7 +229,7 @@ pub(super) async fn run(args: BenchArgs, format: Format) -> Result<(), CliError>
 }
 
 /// Kills the leader and times the first write committed by a survivor.
-async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, CliError> {
+async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Failover, CliError> {
     let survivors: Vec<(String, String)> = c
         .nodes
         .iter()
@@ -233,15 +258,12 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Value, Cli
         for (cl, (name, _)) in clients.iter().zip(&survivors) {
             attempts += 1;
             let r = cl
-                .request(
-                    "set_node_monitor",
-                    json!({"node": name, "local_expect": "thawed"}),
-                    Duration::from_millis(500),
-                )
+                .request("set_node_monitor", thaw(name), Duration::from_millis(500))
                 .await;
             if matches!(&r, Ok(resp) if resp.is_ok()) {
                 let ms = start.elapsed().as_secs_f64() * 1000.0;
-                return Ok(json!({ "ms": ms, "attempts": attempts, "via": name }));
+                let via = name.clone();
+                return Ok(Failover { ms, attempts, via });
             }
         }
         if start.elapsed() > Duration::from_secs(30) {
