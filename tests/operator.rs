@@ -212,7 +212,7 @@ async fn join_errors_say_what_happened() {
     assert!(e.contains("the secret is wrong"), "{e}");
     assert!(e.contains("om node daemon blacklist clear"), "{e}");
 
-    // Through the CLI: the same message, no secret in it, exit code 1.
+    // Through the CLI: the same message, no secret in it, exit code 2 (a usage error).
     let (code, _, err) = om(
         &n2.paths.root,
         &[
@@ -225,7 +225,7 @@ async fn join_errors_say_what_happened() {
             "127.0.0.1:0",
         ],
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not a port"), "{err}");
     assert!(!err.contains(&secret), "the secret was printed: {err}");
 
@@ -273,4 +273,94 @@ async fn a_joiner_blacklisted_by_wrong_secrets_is_told_how_to_clear_it() {
     om::cli::local::join(&c.nodes[1], &secret, &c.nodes[0].addr(), &mut |_| {})
         .await
         .expect("joins once the blacklist is cleared");
+}
+
+/// Each kind of failure has its exit code (docs/OPERATIONS.md, "Exit codes"), and with
+/// `--format json` the error is a JSON object on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_their_exit_code_and_a_json_form() {
+    let port = free_port().unwrap();
+    let dir = root(port);
+    let r = dir.path();
+    let json_error = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+
+    // No daemon: 3, as text and as JSON.
+    let (code, _, err) = om(r, &["node", "daemon", "status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.starts_with("om: ") && err.contains("not running"),
+        "{err}"
+    );
+    let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
+    assert_eq!(code, 3, "{out}{err}");
+    let e = json_error(&out);
+    assert_eq!(
+        (e["exit"].as_str(), e["code"].as_i64()),
+        (Some("not_running"), Some(3))
+    );
+    assert!(e["error"].as_str().unwrap().contains("not running"), "{e}");
+
+    // A bad value for node.conf, refused before anything is written: 2.
+    let (code, out, _) = om(
+        r,
+        &[
+            "--format",
+            "json",
+            "node",
+            "set",
+            "--param",
+            "listener.port",
+            "--value",
+            "0",
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(json_error(&out)["exit"], "usage");
+
+    let bg = Background(r);
+    let (code, _, err) = om(r, &["node", "daemon", "start"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bg.pid().is_some());
+
+    // The daemon refuses the input (BAD_REQUEST): 2, its reason in the error.
+    let cfg = r.join("bad.conf");
+    std::fs::write(&cfg, "[DEFAULT]\nnodes = *\ntopology = sideways\n").unwrap();
+    let args = [
+        "--format",
+        "json",
+        "web",
+        "create",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let (code, out, _) = om(r, &args);
+    assert_eq!(code, 2, "{out}");
+    let e = json_error(&out);
+    assert_eq!(e["exit"], "usage", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("sideways"), "{e}");
+
+    // A request that fails: 1, also in JSON.
+    let (code, out, _) = om(r, &["--format", "json", "webshop", "status"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        json_error(&out)["error"]
+            .as_str()
+            .unwrap()
+            .contains("webshop"),
+        "{out}"
+    );
+
+    // Success is 0 and its JSON is the reply, not an error.
+    let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let st = json_error(&out);
+    assert!(
+        st.get("error").is_none() && st["nodes"]["op1"]["reachable"] == true,
+        "{st}"
+    );
+
+    let (code, _, err) = om(r, &["node", "daemon", "stop"]);
+    assert_eq!(code, 0, "{err}");
 }

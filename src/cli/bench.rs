@@ -43,18 +43,19 @@ struct Target {
 }
 
 async fn find_target(paths: &Paths) -> Result<Target, CliError> {
-    let (_, cfg) = NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+    let (_, cfg) =
+        NodeConfig::load(&paths.node_conf()).map_err(|e| CliError::new(e.to_string()))?;
     let status = DaemonStatus::default();
     let st = super::call_typed(paths, &status, Duration::from_secs(10)).await?;
     let leader = st
         .cluster
         .leader
-        .ok_or_else(|| CliError("the cluster has no leader".into()))?;
+        .ok_or_else(|| CliError::new("the cluster has no leader"))?;
     let leader_addr = st
         .nodes
         .get(&leader)
         .map(|m| m.address.clone())
-        .ok_or_else(|| CliError(format!("no address for leader {leader}")))?;
+        .ok_or_else(|| CliError::new(format!("no address for leader {leader}")))?;
     Ok(Target {
         keyring: cfg.keyring(),
         sender: cfg.name,
@@ -171,18 +172,19 @@ pub(super) async fn run(args: BenchArgs, format: Format) -> Result<(), CliError>
     let paths = match args.nodes {
         Some(n) => {
             if n < 1 {
-                return Err(CliError("--nodes must be at least 1".into()));
+                return Err(CliError::new("--nodes must be at least 1"));
             }
-            let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
-            let mut c = LocalCluster::prepare(bin, n, None).map_err(|e| CliError(e.to_string()))?;
+            let bin = std::env::current_exe().map_err(|e| CliError::new(e.to_string()))?;
+            let mut c =
+                LocalCluster::prepare(bin, n, None).map_err(|e| CliError::new(e.to_string()))?;
             eprintln!(
                 "starting a local {n}-node cluster under {}",
                 c.base().display()
             );
-            c.start_all().await.map_err(CliError)?;
+            c.start_all().await.map_err(CliError::new)?;
             c.join_all(&mut |l| eprintln!("{l}"))
                 .await
-                .map_err(CliError)?;
+                .map_err(CliError::new)?;
             let p = c.nodes[0].paths.clone();
             cluster = Some(c);
             p
@@ -267,8 +269,8 @@ async fn measure_failover(c: &mut LocalCluster, t: &Target) -> Result<Failover, 
             }
         }
         if start.elapsed() > Duration::from_secs(30) {
-            return Err(CliError(
-                "no write committed within 30s of the leader's death".into(),
+            return Err(CliError::new(
+                "no write committed within 30s of the leader's death",
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -56,9 +56,9 @@ pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result
             } else {
                 std::fs::read_to_string(&file)
             }
-            .map_err(|e| CliError(format!("{}: {e}", file.display())))?;
+            .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
             let config: options::Configuration = serde_json::from_str(&text).map_err(|e| {
-                CliError(format!(
+                CliError::new(format!(
                     "{}: not a configuration document ({{\"params\": {{...}}, \"services\": \
                      {{...}}}}, as `om cluster config get` prints it): {e}",
                     file.display()
@@ -72,8 +72,8 @@ pub(super) async fn run(paths: &Paths, cmd: ConfigCmd, format: Format) -> Result
             let data = call_typed(paths, &req, Duration::from_secs(wait + 40)).await?;
             print(format, &data, deployment_table);
             if data.results.iter().any(|r| !r.success) {
-                return Err(CliError(
-                    "committed, but not every node applied it in time (see above)".into(),
+                return Err(CliError::new(
+                    "committed, but not every node applied it in time (see above)",
                 ));
             }
         }

@@ -148,8 +148,8 @@ pub(super) async fn run(paths: &Paths, args: ControlArgs, format: Format) -> Res
             cmd: WorkCmd::Results { unitid, startpos },
         } => {
             if node.is_some() {
-                return Err(CliError(
-                    "work results: read a unit's results on the node it was submitted on (no --node)".into(),
+                return Err(CliError::new(
+                    "work results: read a unit's results on the node it was submitted on (no --node)",
                 ));
             }
             results(paths, &unitid, startpos).await
@@ -276,7 +276,7 @@ async fn ping(
         );
     }
     if answers.iter().all(|p| matches!(p, PingReply::Failed(_))) {
-        return Err(CliError(format!("no reply from {target}")));
+        return Err(CliError::new(format!("no reply from {target}")));
     }
     Ok(())
 }
@@ -304,13 +304,13 @@ async fn submit(
         Some(p) => {
             let mut f = tokio::fs::File::open(&p)
                 .await
-                .map_err(|e| CliError(format!("--payload {}: {e}", p.display())))?;
+                .map_err(|e| CliError::new(format!("--payload {}: {e}", p.display())))?;
             s.submit(&cmd, &mut f).await?
         }
         None => s.submit(&cmd, &mut tokio::io::empty()).await?,
     };
     let answer: WorkStarted = serde_json::from_value(answer)
-        .map_err(|e| CliError(format!("bad answer to work submit: {e}")))?;
+        .map_err(|e| CliError::new(format!("bad answer to work submit: {e}")))?;
     let id = answer.unitid.clone();
     print(format, &answer, |a| {
         format!("Result: {}\nWork unit ID: {id}\n", a.result)
@@ -340,7 +340,7 @@ fn words(list: &[String]) -> String {
 async fn ask<T: serde::de::DeserializeOwned>(s: &mut Session, cmd: &Value) -> Result<T> {
     let answer = s.command(cmd).await?;
     serde_json::from_value(answer)
-        .map_err(|e| CliError(format!("bad answer to {}: {e}", cmd["command"])))
+        .map_err(|e| CliError::new(format!("bad answer to {}: {e}", cmd["command"])))
 }
 
 /// `status` in receptorctl's layout.

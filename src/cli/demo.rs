@@ -20,13 +20,13 @@ use crate::api::ApiRequest;
 /// Runs the demo with `count` nodes; returns after the show if `exit`, else on Ctrl-C.
 pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     if count < 3 {
-        return Err(CliError(format!(
+        return Err(CliError::new(format!(
             "--nodes {count}: the demo needs at least 3 nodes to survive a leader loss"
         )));
     }
-    let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
+    let bin = std::env::current_exe().map_err(|e| CliError::new(e.to_string()))?;
     let mut cluster =
-        LocalCluster::prepare(bin, count, None).map_err(|e| CliError(e.to_string()))?;
+        LocalCluster::prepare(bin, count, None).map_err(|e| CliError::new(e.to_string()))?;
     println!(
         "== starting {count} daemons under {}",
         cluster.base().display()
@@ -34,14 +34,14 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     for n in &cluster.nodes {
         // A short node.down_timeout so the service failover shows within seconds.
         let conf = n.paths.node_conf();
-        let text = std::fs::read_to_string(&conf).map_err(|e| CliError(e.to_string()))?;
+        let text = std::fs::read_to_string(&conf).map_err(|e| CliError::new(e.to_string()))?;
         std::fs::write(
             &conf,
             text.replacen("[node]\n", "[node]\ndown_timeout = 2s\n", 1),
         )
-        .map_err(|e| CliError(e.to_string()))?;
+        .map_err(|e| CliError::new(e.to_string()))?;
     }
-    cluster.start_all().await.map_err(CliError)?;
+    cluster.start_all().await.map_err(CliError::new)?;
     for n in &cluster.nodes {
         println!("   {} listening on {}", n.name, n.addr());
     }
@@ -49,7 +49,7 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     cluster
         .join_all(&mut |line| println!("   {line}"))
         .await
-        .map_err(CliError)?;
+        .map_err(CliError::new)?;
 
     println!(
         "== committing a few commands through a follower ({})",
@@ -86,7 +86,7 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
     let leader = cluster
         .leader()
         .await
-        .ok_or_else(|| CliError("no leader".into()))?;
+        .ok_or_else(|| CliError::new("no leader"))?;
     println!("== killing the leader {leader} (SIGKILL)");
     let killed_at = Instant::now();
     cluster.node(&leader).expect("leader is a node").kill();
@@ -104,7 +104,7 @@ pub(super) async fn run(count: usize, exit: bool) -> Result<(), CliError> {
             break;
         }
         if killed_at.elapsed() > Duration::from_secs(30) {
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "no write committed 30s after the leader died: {}",
                 r.unwrap_err()
             )));
@@ -175,7 +175,7 @@ async fn wait_web(
             break;
         }
         if Instant::now() >= deadline {
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "web is not up on one node after {timeout:?}"
             )));
         }
@@ -239,7 +239,7 @@ async fn show(cluster: &LocalCluster) -> Result<(), CliError> {
             return Ok(());
         }
     }
-    Err(CliError("no node answered daemon_status".into()))
+    Err(CliError::new("no node answered daemon_status"))
 }
 
 /// Commits `req` through `node`, printing it as `shown` with the index it committed at.
@@ -250,7 +250,7 @@ where
     let r = node
         .ask(req, Duration::from_secs(10))
         .await
-        .map_err(|e| CliError(format!("{}: {e}", R::ACTION)))?;
+        .map_err(|e| CliError::new(format!("{}: {e}", R::ACTION)))?;
     println!("   {} {shown} -> committed at index {}", R::ACTION, r.index);
     Ok(())
 }

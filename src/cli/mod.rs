@@ -274,14 +274,80 @@ pub enum BlacklistCmd {
     Clear,
 }
 
-/// A CLI failure: printed as `om: <message>` with exit code 1.
+/// What kind of failure ended a command: its exit code (docs/OPERATIONS.md, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    /// 1: the request failed: the cluster refused it, or the action it ran failed.
+    Failed,
+    /// 2: the command line or an input is wrong (a usage error, a `BAD_REQUEST`).
+    Usage,
+    /// 3: no daemon answers on this node's control socket.
+    NotRunning,
+    /// 4: the cluster cannot serve it now: no leader or quorum, a member unreachable, a
+    /// deadline passed. Retrying later may work.
+    Unavailable,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Failed => 1,
+            Exit::Usage => USAGE_EXIT,
+            Exit::NotRunning => 3,
+            Exit::Unavailable => 4,
+        }
+    }
+}
+
+/// A CLI failure: printed as `om: <message>` (with `--format json`, as
+/// `{"error", "exit", "code"}` on stdout), and exits with its [`Exit`] code.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong, and what to do about it when we know.
+    pub message: String,
+    /// Its kind.
+    pub exit: Exit,
+}
+
+impl CliError {
+    /// A failed request or action (exit 1).
+    pub fn new(message: impl Into<String>) -> CliError {
+        CliError::of(Exit::Failed, message)
+    }
+
+    /// A failure of kind `exit`.
+    pub fn of(exit: Exit, message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            exit,
+        }
+    }
+}
 
 impl From<crate::control::ControlError> for CliError {
     fn from(e: crate::control::ControlError) -> CliError {
-        CliError(e.to_string())
+        use crate::control::ControlError as C;
+        let exit = match &e {
+            C::NotRunning { .. } => Exit::NotRunning,
+            C::Timeout(_) => Exit::Unavailable,
+            _ => Exit::Failed,
+        };
+        CliError::of(exit, e.to_string())
+    }
+}
+
+impl From<crate::api::ApiError> for CliError {
+    fn from(e: crate::api::ApiError) -> CliError {
+        use crate::wire::Status as S;
+        let exit = match crate::wire::Status::from_code(e.status) {
+            Some(S::BadRequest) => Exit::Usage,
+            Some(S::Unavailable | S::Pending) => Exit::Unavailable,
+            _ => Exit::Failed,
+        };
+        CliError::of(exit, e.message)
     }
 }
 
@@ -307,11 +373,28 @@ pub fn main() -> i32 {
             return USAGE_EXIT;
         }
     }
+    let format = cli.format;
     match rt.block_on(run(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("om: {e}");
-            1
+            report(format, &e);
+            e.exit.code()
+        }
+    }
+}
+
+/// The one error policy: a failure is a line on stderr, or with `--format json` a JSON
+/// object on stdout where the caller's parser reads: `{"error", "exit", "code"}`.
+fn report(format: Format, e: &CliError) {
+    match format {
+        Format::Table => eprintln!("om: {e}"),
+        Format::Json => {
+            let doc = serde_json::json!({
+                "error": e.message,
+                "exit": e.exit,
+                "code": e.exit.code(),
+            });
+            println!("{doc}");
         }
     }
 }
@@ -472,10 +555,7 @@ async fn call_typed<R: crate::api::ApiRequest>(
     req: &R,
     timeout: Duration,
 ) -> Result<R::Reply> {
-    ControlClient::new(paths)
-        .call(req, timeout)
-        .await
-        .map_err(|e| CliError(e.message))
+    call_as(paths, R::ACTION, req, timeout).await
 }
 
 /// Sends `action` with the options struct `options` (one several actions share) on the
@@ -486,16 +566,18 @@ async fn call_as<T: serde::de::DeserializeOwned>(
     options: &impl serde::Serialize,
     timeout: Duration,
 ) -> Result<T> {
-    let options = crate::api::reply(options).map_err(|e| CliError(e.message))?;
+    let options = crate::api::reply(options)?;
+    // Not through `ControlClient::call`: a daemon that is not running has its own exit code.
     let resp = ControlClient::new(paths)
         .request(action.as_str(), options, timeout)
         .await?;
     if !resp.is_ok() {
-        return Err(CliError(resp.error.unwrap_or_else(|| {
-            format!("{action} failed with status {}", resp.status)
-        })));
+        let message = resp
+            .error
+            .unwrap_or_else(|| format!("{action} failed with status {}", resp.status));
+        return Err(crate::api::ApiError::new(resp.status, message).into());
     }
-    crate::api::decode_reply(action, resp.data).map_err(|e| CliError(e.message))
+    Ok(crate::api::decode_reply(action, resp.data)?)
 }
 
 /// Asks the daemon to join through `node`; while the cluster answers that the join waits
@@ -519,10 +601,11 @@ async fn join_until_approved(
         {
             Ok(joined) => return Ok(joined),
             Err(e) if e.is(crate::wire::Status::Pending) => e.message,
-            Err(e) => return Err(CliError(e.message)),
+            Err(e) => return Err(e.into()),
         };
         if std::time::Instant::now() >= deadline {
-            return Err(CliError(format!("no approval within {wait:?}: {why}")));
+            let why = format!("no approval within {wait:?}: {why}");
+            return Err(CliError::of(Exit::Unavailable, why));
         }
         if !told {
             eprintln!("{why}");
@@ -537,16 +620,16 @@ async fn join_until_approved(
 /// `--secret S`, checked for strength before anything is sent.
 fn join_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Result<String> {
     let secret = read_secret(secret, file)?.ok_or_else(|| {
-        CliError(
+        CliError::of(
+            Exit::Usage,
             "join needs the cluster secret: --secret-file FILE, --secret - (stdin), \
-             OM_SECRET=... or --secret S"
-                .into(),
+             OM_SECRET=... or --secret S",
         )
     })?;
     if secret.is_empty() {
-        return Err(CliError("join: the cluster secret is empty".into()));
+        return Err(CliError::new("join: the cluster secret is empty"));
     }
-    crate::config::validate("cluster.secret", &secret).map_err(|e| CliError(e.to_string()))?;
+    crate::config::validate("cluster.secret", &secret).map_err(|e| CliError::new(e.to_string()))?;
     Ok(secret)
 }
 
@@ -557,12 +640,12 @@ fn read_secret(secret: Option<String>, file: Option<std::path::PathBuf>) -> Resu
     Ok(Some(match (secret, file) {
         (_, Some(path)) => read_line(
             std::fs::read_to_string(&path)
-                .map_err(|e| CliError(format!("--secret-file {}: {e}", path.display())))?,
+                .map_err(|e| CliError::new(format!("--secret-file {}: {e}", path.display())))?,
         ),
         (Some(s), None) if s == "-" => {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                .map_err(|e| CliError(format!("--secret -: cannot read stdin: {e}")))?;
+                .map_err(|e| CliError::new(format!("--secret -: cannot read stdin: {e}")))?;
             read_line(text)
         }
         (Some(s), None) => s,
@@ -583,14 +666,14 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
     match cmd {
         DaemonCmd::Run => {
             let (_, cfg) = crate::config::NodeConfig::load(&paths.node_conf())
-                .map_err(|e| CliError(e.to_string()))?;
+                .map_err(|e| CliError::new(e.to_string()))?;
             crate::logging::init(cfg.log_level);
-            let _root_lock =
-                crate::daemon::control::lock_root(paths).map_err(|e| CliError(e.to_string()))?;
+            let _root_lock = crate::daemon::control::lock_root(paths)
+                .map_err(|e| CliError::new(e.to_string()))?;
             let daemon = crate::daemon::Daemon::open(paths.clone())
                 .await
-                .map_err(|e| CliError(e.to_string()))?;
-            daemon.run().await.map_err(|e| CliError(e.to_string()))
+                .map_err(|e| CliError::new(e.to_string()))?;
+            daemon.run().await.map_err(|e| CliError::new(e.to_string()))
         }
         DaemonCmd::Start {
             thread_id: Some(id),
@@ -639,14 +722,14 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
                 data.cluster, data.leader
             );
             let me = crate::config::NodeConfig::load(&paths.node_conf())
-                .map_err(|e| CliError(e.to_string()))?
+                .map_err(|e| CliError::new(e.to_string()))?
                 .1
                 .name;
             local::wait_joined(paths, &me, Duration::from_secs(60), &mut |l| {
                 eprintln!("{l}")
             })
             .await
-            .map_err(|e| CliError(format!("{e}: see the daemon log")))?;
+            .map_err(|e| CliError::new(format!("{e}: see the daemon log")))?;
             eprintln!("{me} is a member of cluster {}", data.cluster);
             Ok(())
         }
@@ -678,7 +761,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
                 let d: BTreeMap<String, u32> = call_as(paths, action, &req, t).await?;
                 crate::api::reply(&d)
             };
-            let data = data.map_err(|e| CliError(e.message))?;
+            let data = data.map_err(|e| CliError::new(e.message))?;
             print(format, &data, pretty);
             Ok(())
         }
@@ -695,30 +778,30 @@ async fn answers(paths: &Paths) -> bool {
 
 async fn start_background(paths: &Paths) -> Result<()> {
     if answers(paths).await {
-        return Err(CliError("the daemon is already running".into()));
+        return Err(CliError::new("the daemon is already running"));
     }
     let log = paths.log_file();
     std::fs::create_dir_all(log.parent().expect("log has a parent"))
-        .map_err(|e| CliError(e.to_string()))?;
+        .map_err(|e| CliError::new(e.to_string()))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
-        .map_err(|e| CliError(format!("{}: {e}", log.display())))?;
+        .map_err(|e| CliError::new(format!("{}: {e}", log.display())))?;
     // Where this start's lines begin: older runs' errors are not this start's reason.
     let offset = out.metadata().map(|m| m.len()).unwrap_or(0);
-    let bin = std::env::current_exe().map_err(|e| CliError(e.to_string()))?;
+    let bin = std::env::current_exe().map_err(|e| CliError::new(e.to_string()))?;
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new(bin)
         .arg("--root")
         .arg(&paths.root)
         .args(["node", "daemon", "run"])
         .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().map_err(|e| CliError(e.to_string()))?)
+        .stdout(out.try_clone().map_err(|e| CliError::new(e.to_string()))?)
         .stderr(out)
         .process_group(0)
         .spawn()
-        .map_err(|e| CliError(format!("cannot start the daemon: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot start the daemon: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     eprint!("starting the daemon ");
     loop {
@@ -730,14 +813,14 @@ async fn start_background(paths: &Paths) -> Result<()> {
             eprintln!();
             let reason =
                 start_failure(&log, offset).unwrap_or_else(|| "it printed no reason".to_string());
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "the daemon exited at start ({status}): {reason}; log: {}",
                 log.display()
             )));
         }
         if Instant::now() >= deadline {
             eprintln!();
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "the daemon (pid {}) did not answer within 20s; see {}",
                 child.id(),
                 log.display()
@@ -797,7 +880,7 @@ async fn stop_and_wait(paths: &Paths, action: Action) -> Result<()> {
     while paths.control_socket().exists() {
         if Instant::now() >= deadline {
             eprintln!();
-            return Err(CliError("the daemon did not stop within 30s".into()));
+            return Err(CliError::new("the daemon did not stop within 30s"));
         }
         eprint!(".");
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -830,7 +913,7 @@ async fn events(paths: &Paths, args: EventsArgs, format: Format) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(e) => return Err(CliError(e.to_string())),
+            Err(e) => return Err(CliError::new(e.to_string())),
         };
         waiting = false;
         if reply.reset {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::CliError;
+use super::Exit;
 use crate::api::Action;
 use crate::api::Call;
 use crate::config;
@@ -15,7 +16,7 @@ type Result<T> = std::result::Result<T, CliError>;
 
 fn split(param: &str) -> Result<(&str, &str)> {
     param.split_once('.').ok_or_else(|| {
-        CliError(format!(
+        CliError::new(format!(
             "--param {param:?}: expected SECTION.KEY, e.g. listener.port"
         ))
     })
@@ -24,7 +25,7 @@ fn split(param: &str) -> Result<(&str, &str)> {
 fn load(paths: &Paths) -> Result<IniDoc> {
     NodeConfig::load(&paths.node_conf())
         .map(|(doc, _)| doc)
-        .map_err(|e| CliError(e.to_string()))
+        .map_err(|e| CliError::new(e.to_string()))
 }
 
 /// Sets (`Some`) or unsets (`None`) a parameter; the file is untouched if the result is invalid.
@@ -33,25 +34,27 @@ pub(super) async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Resu
     let mut doc = load(paths)?;
     match value {
         Some(v) => {
-            config::validate(param, v).map_err(|e| CliError(e.to_string()))?;
+            config::validate(param, v).map_err(|e| CliError::of(Exit::Usage, e.to_string()))?;
             doc.set(section, key, v);
         }
         None => {
             config::validate(param, "").or_else(|e| match e {
-                config::ConfigError::UnknownKey { .. } => Err(CliError(e.to_string())),
+                config::ConfigError::UnknownKey { .. } => {
+                    Err(CliError::of(Exit::Usage, e.to_string()))
+                }
                 _ => Ok(()),
             })?;
             if !doc.unset(section, key) {
-                return Err(CliError(format!(
+                return Err(CliError::new(format!(
                     "{param} is not set in {}",
                     paths.node_conf().display()
                 )));
             }
         }
     }
-    let new = NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+    let new = NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
     check_listener_addr(paths, &new).await?;
-    config::save(&paths.node_conf(), &doc).map_err(|e| CliError(e.to_string()))
+    config::save(&paths.node_conf(), &doc).map_err(|e| CliError::new(e.to_string()))
 }
 
 /// Asks the running daemon whether `new`'s listener address is free in its cluster (no
@@ -67,7 +70,7 @@ async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
     }
     let client = crate::control::ControlClient::new(paths);
     let req = crate::api::options::CheckListenerAddr { addr: addr.clone() };
-    let options = crate::api::reply(&req).map_err(|e| CliError(e.message))?;
+    let options = crate::api::reply(&req).map_err(|e| CliError::new(e.message))?;
     // Not through `call`: a daemon that is not running is not a refusal.
     match client
         .request(
@@ -78,11 +81,11 @@ async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
         .await
     {
         Err(crate::control::ControlError::NotRunning { .. }) => Ok(()),
-        Err(e) => Err(CliError(format!(
+        Err(e) => Err(CliError::new(format!(
             "cannot check {addr} with the daemon: {e}"
         ))),
         Ok(r) if r.is_ok() => Ok(()),
-        Ok(r) => Err(CliError(format!(
+        Ok(r) => Err(CliError::new(format!(
             "refused, node.conf untouched: {}",
             r.error.unwrap_or_default()
         ))),
@@ -95,11 +98,11 @@ pub(super) fn get(paths: &Paths, param: &str) -> Result<()> {
     let p = config::PARAMS
         .iter()
         .find(|p| p.key == param)
-        .ok_or_else(|| CliError(config::validate(param, "").unwrap_err().to_string()))?;
+        .ok_or_else(|| CliError::new(config::validate(param, "").unwrap_err().to_string()))?;
     let doc = load(paths)?;
     if doc.get("cluster", "secret_file").is_some() && param.starts_with("cluster.secret") {
         // The secrets are in that file: print what the daemon uses.
-        let cfg = config::NodeConfig::from_doc(&doc).map_err(|e| CliError(e.to_string()))?;
+        let cfg = config::NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
         match param {
             "cluster.secret" => println!("{}", cfg.secret),
             "cluster.secrets_accepted" => println!("{}", cfg.secrets_accepted.join(" ")),
@@ -119,7 +122,7 @@ pub(super) fn config_word(what: &str) -> Result<()> {
     if what == "config" {
         Ok(())
     } else {
-        Err(CliError(format!(
+        Err(CliError::new(format!(
             "unknown object {what:?}: expected `config`"
         )))
     }
@@ -137,8 +140,8 @@ pub(super) async fn edit(paths: &Paths) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .suffix(".conf")
         .tempfile()
-        .map_err(|e| CliError(e.to_string()))?;
-    std::fs::write(tmp.path(), doc.to_string()).map_err(|e| CliError(e.to_string()))?;
+        .map_err(|e| CliError::new(e.to_string()))?;
+    std::fs::write(tmp.path(), doc.to_string()).map_err(|e| CliError::new(e.to_string()))?;
     let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -146,29 +149,30 @@ pub(super) async fn edit(paths: &Paths) -> Result<()> {
         .arg("sh")
         .arg(tmp.path())
         .status()
-        .map_err(|e| CliError(format!("cannot run {editor}: {e}")))?;
+        .map_err(|e| CliError::new(format!("cannot run {editor}: {e}")))?;
     if !status.success() {
-        return Err(CliError(format!(
+        return Err(CliError::new(format!(
             "{editor} exited with {status}; node.conf untouched"
         )));
     }
-    let text = std::fs::read_to_string(tmp.path()).map_err(|e| CliError(e.to_string()))?;
+    let text = std::fs::read_to_string(tmp.path()).map_err(|e| CliError::new(e.to_string()))?;
     let new = IniDoc::parse(&text)
-        .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
+        .map_err(|e| CliError::new(format!("edited node.conf refused, nothing saved: {e}")))?;
     let cfg = NodeConfig::from_doc(&new)
-        .map_err(|e| CliError(format!("edited node.conf refused, nothing saved: {e}")))?;
+        .map_err(|e| CliError::new(format!("edited node.conf refused, nothing saved: {e}")))?;
     check_listener_addr(paths, &cfg).await?;
-    config::save(&paths.node_conf(), &new).map_err(|e| CliError(e.to_string()))
+    config::save(&paths.node_conf(), &new).map_err(|e| CliError::new(e.to_string()))
 }
 
 /// Sends the empty packet to the local listener: the daemon runs its queued actions.
 pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
     if what != "actions" {
-        return Err(CliError(format!(
+        return Err(CliError::new(format!(
             "om node dequeue {what:?}: the only thing to dequeue is `actions`"
         )));
     }
-    let (_, cfg) = NodeConfig::load(&paths.node_conf()).map_err(|e| CliError(e.to_string()))?;
+    let (_, cfg) =
+        NodeConfig::load(&paths.node_conf()).map_err(|e| CliError::new(e.to_string()))?;
     let host = if cfg.listener_addr.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -179,7 +183,7 @@ pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
     let client = crate::wire::ClientOptions::new(&addr, keyring, &cfg.name)
         .connect_timeout(Duration::from_secs(3))
         .build();
-    let unreachable = |e| CliError(format!("cannot reach the listener at {addr}: {e}"));
+    let unreachable = |e| CliError::new(format!("cannot reach the listener at {addr}: {e}"));
     client.send_empty().await.map_err(unreachable)?;
     // The packet only sits in the client's queue until written: a request behind it on
     // the same session, answered, proves the node has read it (this process may exit next).
@@ -189,7 +193,7 @@ pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
             Duration::from_secs(5),
         )
         .await
-        .map_err(|e| CliError(format!("{addr} did not answer hello: {e}")))?;
+        .map_err(|e| CliError::new(format!("{addr} did not answer hello: {e}")))?;
     eprintln!("dequeue requested from {addr}");
     Ok(())
 }

@@ -67,7 +67,8 @@ pub(super) async fn run(paths: &Paths, cmd: SecretCmd, format: Format) -> Result
         } => {
             let secret = super::read_secret(secret, secret_file)?;
             if let Some(s) = &secret {
-                raft::secrets::check_secret(s).map_err(|e| CliError(format!("--secret: {e}")))?;
+                raft::secrets::check_secret(s)
+                    .map_err(|e| CliError::new(format!("--secret: {e}")))?;
             }
             call_typed(paths, &options::SecretAdd { secret }, t).await?
         }
@@ -95,7 +96,7 @@ fn check_key_id(key_id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(CliError(format!(
+        Err(CliError::new(format!(
             "KEY_ID {key_id:?}: expected 8 lower-case hex digits, as `om cluster secret list` shows"
         )))
     }

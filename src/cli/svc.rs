@@ -186,7 +186,7 @@ fn parse_timeout(t: &str) -> Result<Duration> {
     raft::apply::parse_duration_ms(t)
         .map(Duration::from_millis)
         .ok_or_else(|| {
-            CliError(format!(
+            CliError::new(format!(
                 "--timeout {t:?}: expected a duration such as 90s or 5m"
             ))
         })
@@ -195,10 +195,10 @@ fn parse_timeout(t: &str) -> Result<Duration> {
 /// Runs `om <svc> args...`; `args[0]` is the service name.
 pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
     let Some((svc, rest)) = args.split_first() else {
-        return Err(CliError("missing service name".into()));
+        return Err(CliError::new("missing service name"));
     };
     raft::apply::check_name("service", svc)
-        .map_err(|e| CliError(format!("{e} (or an unknown command: see `om --help`)")))?;
+        .map_err(|e| CliError::new(format!("{e} (or an unknown command: see `om --help`)")))?;
     let cli = match SvcCli::try_parse_from(rest) {
         Ok(c) => c,
         Err(e) => {
@@ -207,7 +207,7 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 let _ = e.print();
                 return Ok(());
             }
-            return Err(CliError(e.to_string().trim_end().to_string()));
+            return Err(CliError::new(e.to_string().trim_end().to_string()));
         }
     };
     let paths = Paths::new(cli.root.clone().unwrap_or_else(|| root.to_path_buf()));
@@ -220,11 +220,11 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 let mut s = String::new();
                 std::io::stdin()
                     .read_to_string(&mut s)
-                    .map_err(|e| CliError(format!("stdin: {e}")))?;
+                    .map_err(|e| CliError::new(format!("stdin: {e}")))?;
                 s
             } else {
                 std::fs::read_to_string(&config)
-                    .map_err(|e| CliError(format!("{}: {e}", config.display())))?
+                    .map_err(|e| CliError::new(format!("{}: {e}", config.display())))?
             };
             let req = options::SetServiceConfig {
                 svcname: svc.to_string(),
@@ -267,7 +267,7 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             };
             let data = call_typed(&paths, &req, t).await?;
             let Some(detail) = &data.detail else {
-                return Err(CliError(format!("service {svc} does not exist")));
+                return Err(CliError::new(format!("service {svc} does not exist")));
             };
             print(format, &data, |_| status_table(svc, detail));
             Ok(())
@@ -426,7 +426,7 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
                         eprintln!("{svc}: deleted in {:.1}s", started.elapsed().as_secs_f64());
                         return Ok(());
                     }
-                    return Err(CliError(format!("service {svc} was deleted")));
+                    return Err(CliError::new(format!("service {svc} was deleted")));
                 };
                 for (n, v) in &st.instances {
                     let i = &v.instance;
@@ -466,7 +466,7 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
                         return Ok(());
                     }
                     ProgressState::Failed => {
-                        return Err(CliError(format!(
+                        return Err(CliError::new(format!(
                             "{svc}: {target} cannot be reached: {reason}; see `om {svc} logs`, \
                              `om {svc} clear` to retry, `om {svc} abort` to give up"
                         )));
@@ -478,20 +478,22 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
                     last_reason = reason;
                 }
                 if *ge != target && *ge != GlobalExpect::None {
-                    return Err(CliError(format!("{svc}: superseded by global_expect {ge}")));
+                    return Err(CliError::new(format!(
+                        "{svc}: superseded by global_expect {ge}"
+                    )));
                 }
                 if *ge == GlobalExpect::None && seen_target {
                     // Cleared without our target being reached: someone aborted it.
                     let at = *cleared_at.get_or_insert_with(Instant::now);
                     if at.elapsed() > Duration::from_secs(3) {
-                        return Err(CliError(format!("{svc}: {target} was aborted")));
+                        return Err(CliError::new(format!("{svc}: {target} was aborted")));
                     }
                 }
             }
             Err(e) => eprintln!("  (status: {e})"),
         }
         if started.elapsed() > timeout {
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "{svc}: {target} not reached after {timeout:?}; it stays the target (`om {svc} abort` to give up)"
             )));
         }
@@ -546,8 +548,8 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
         .prefix(&format!("{svc}."))
         .suffix(".conf")
         .tempfile()
-        .map_err(|e| CliError(format!("temporary file: {e}")))?;
-    std::fs::write(file.path(), &original).map_err(|e| CliError(e.to_string()))?;
+        .map_err(|e| CliError::new(format!("temporary file: {e}")))?;
+    std::fs::write(file.path(), &original).map_err(|e| CliError::new(e.to_string()))?;
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
@@ -558,13 +560,14 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
             .arg("sh")
             .arg(file.path())
             .status()
-            .map_err(|e| CliError(format!("cannot run the editor {editor:?}: {e}")))?;
+            .map_err(|e| CliError::new(format!("cannot run the editor {editor:?}: {e}")))?;
         if !status.success() {
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "the editor {editor:?} failed ({status}); nothing changed"
             )));
         }
-        let text = std::fs::read_to_string(file.path()).map_err(|e| CliError(e.to_string()))?;
+        let text =
+            std::fs::read_to_string(file.path()).map_err(|e| CliError::new(e.to_string()))?;
         if text == original {
             eprintln!("{svc}: no change");
             return Ok(());
@@ -579,7 +582,7 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
                     continue;
                 }
             }
-            return Err(CliError("nothing changed".into()));
+            return Err(CliError::new("nothing changed"));
         }
         let req = options::SetServiceConfig {
             svcname: svc.to_string(),
@@ -662,7 +665,7 @@ pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
     };
     call_typed(paths, &req, Duration::from_secs(15)).await?;
     let me = crate::config::NodeConfig::load(&paths.node_conf())
-        .map_err(|e| CliError(e.to_string()))?
+        .map_err(|e| CliError::new(e.to_string()))?
         .1
         .name;
     let started = Instant::now();
@@ -677,7 +680,7 @@ pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(60) {
-            return Err(CliError(format!(
+            return Err(CliError::new(format!(
                 "{me} is not {want} after 60s (status {})",
                 m.status
             )));
