@@ -352,6 +352,24 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{out}"
     );
 
+    // `om svc ls`: every service, in both formats.
+    let good = r.join("web.conf");
+    std::fs::write(&good, "[DEFAULT]\nnodes = *\n").unwrap();
+    let (code, _, err) = om(r, &["web", "create", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = om(r, &["--format", "json", "svc", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    let rows = json_error(&out);
+    assert_eq!(rows[0]["name"], "web", "{rows}");
+    assert_eq!(rows[0]["global_expect"], "none", "{rows}");
+    assert_eq!(rows[0]["instances"], json!(["op1"]), "{rows}");
+    let (code, out, _) = om(r, &["svc", "ls"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("web ")),
+        "{out}"
+    );
+
     // Success is 0 and its JSON is the reply, not an error.
     let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
     assert_eq!(code, 0, "{err}");
@@ -363,4 +381,24 @@ async fn failures_have_their_exit_code_and_a_json_form() {
 
     let (code, _, err) = om(r, &["node", "daemon", "stop"]);
     assert_eq!(code, 0, "{err}");
+}
+
+/// Completion scripts and the man page come from the same command tree as the parser.
+#[test]
+fn completions_and_the_man_page_know_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = om(dir.path(), &["completion", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(
+            out.contains("daemon") && out.contains("secret"),
+            "{shell}: {out}"
+        );
+    }
+    let (code, _, err) = om(dir.path(), &["completion", "tcsh"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("possible values"), "{err}");
+    let (code, out, err) = om(dir.path(), &["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH om 1") && out.contains("node"), "{out}");
 }

@@ -86,9 +86,30 @@ pub enum Top {
     Bench(bench::BenchArgs),
     /// Print om's version.
     Version,
+    /// Print a shell completion script: `om completion bash > /etc/bash_completion.d/om`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `om man > /usr/local/share/man/man1/om.1`.
+    Man,
+    /// Commands on all services (`om svc ls`); `svc` is not a service name here.
+    #[command(name = "svc")]
+    Services {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: ServicesCmd,
+    },
     /// `om <svc> ...`: service commands (`om <svc> --help`).
     #[command(external_subcommand)]
     Svc(Vec<String>),
+}
+
+/// `om svc ...`
+#[derive(Debug, Subcommand)]
+pub enum ServicesCmd {
+    /// List every service: its cluster-wide target and where it is up.
+    Ls,
 }
 
 /// `om node ...`
@@ -383,6 +404,14 @@ pub fn main() -> i32 {
     }
 }
 
+/// Writes generated text to stdout (a closed pipe is an error, not a panic).
+fn write_out(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(bytes)
+        .map_err(|e| CliError::new(format!("stdout: {e}")))
+}
+
 /// The one error policy: a failure is a line on stderr, or with `--format json` a JSON
 /// object on stdout where the caller's parser reads: `{"error", "exit", "code"}`.
 fn report(format: Format, e: &CliError) {
@@ -474,6 +503,23 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Top::Demo { exit, nodes } => demo::run(nodes, exit).await,
         Top::Bench(args) => bench::run(args, format).await,
+        Top::Services {
+            cmd: ServicesCmd::Ls,
+        } => svc::list(&paths, format).await,
+        Top::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "om", &mut script);
+            write_out(&script)
+        }
+        Top::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| CliError::new(format!("man page: {e}")))?;
+            write_out(&page)
+        }
         Top::Version => {
             let version = env!("CARGO_PKG_VERSION");
             let shown = std::collections::BTreeMap::from([("version", version)]);

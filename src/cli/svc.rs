@@ -752,3 +752,64 @@ pub(super) async fn jobs(paths: &Paths, cmd: JobsCmd, format: Format) -> Result<
         }
     }
 }
+
+/// One row of `om svc ls`.
+#[derive(serde::Serialize)]
+struct ServiceRow {
+    name: String,
+    global_expect: GlobalExpect,
+    /// The nodes where its instance is up.
+    up: Vec<String>,
+    /// The nodes with an instance.
+    instances: Vec<String>,
+}
+
+/// `om svc ls`: every service, its cluster-wide target and where it is up.
+pub(super) async fn list(paths: &Paths, format: Format) -> Result<()> {
+    let all = options::ServiceFilter::default();
+    let t = Duration::from_secs(10);
+    let monitors: std::collections::BTreeMap<String, options::ServiceMonitor> =
+        call_as(paths, Action::GetServiceMonitor, &all, t).await?;
+    let rows: Vec<ServiceRow> = monitors
+        .into_iter()
+        .map(|(name, m)| ServiceRow {
+            name,
+            global_expect: m.global_expect,
+            up: m
+                .instances
+                .iter()
+                .filter(|(_, i)| i.avail == raft::state::Avail::Up)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            instances: m.instances.into_keys().collect(),
+        })
+        .collect();
+    print(format, &rows, |rows| {
+        use std::fmt::Write;
+        let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
+        let mut out = format!(
+            "{:<w$}  {:<14} {:<24} instances\n",
+            "service", "global_expect", "up on"
+        );
+        for r in rows {
+            let up = if r.up.is_empty() {
+                "-".to_string()
+            } else {
+                r.up.join(",")
+            };
+            let _ = writeln!(
+                out,
+                "{:<w$}  {:<14} {:<24} {}",
+                r.name,
+                r.global_expect.to_string(),
+                up,
+                r.instances.join(",")
+            );
+        }
+        if rows.is_empty() {
+            out.push_str("(no services)\n");
+        }
+        out
+    });
+    Ok(())
+}
