@@ -370,6 +370,24 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{out}"
     );
 
+    // `--watch` redraws until interrupted.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(r)
+        .args(["node", "daemon", "status", "--watch", "--interval", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let shown = watch.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.matches("quorum ok").count() >= 2, "{shown}");
+    assert!(
+        shown.contains("\x1b[H\x1b[2J") && shown.contains("behind leader"),
+        "{shown}"
+    );
+
     // Success is 0 and its JSON is the reply, not an error.
     let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
     assert_eq!(code, 0, "{err}");

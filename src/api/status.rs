@@ -138,6 +138,9 @@ pub struct RaftView {
     pub listener_metrics: MetricsSnapshot,
     /// Its daemon threads, by id.
     pub threads: BTreeMap<String, ThreadStatus>,
+    /// Its om version (empty from a node older than this field).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// A copy of the counters, serializable for status output.
@@ -368,6 +371,7 @@ mod tests {
                     rpc_misdelivered: 0,
                     listener_metrics: metrics,
                     threads: BTreeMap::new(),
+                    version: "0.1.0".into(),
                 },
             },
         }

@@ -246,8 +246,16 @@ pub enum DaemonCmd {
     Shutdown,
     /// Stop then start the daemon.
     Restart,
-    /// Show the cluster data.
-    Status,
+    /// Show the cluster data: threads, nodes (role, how far each trails the leader,
+    /// version), services; `(stale, AGE)` marks what a down node last reported.
+    Status {
+        /// Redraw every INTERVAL seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between redraws with --watch.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
     /// Join the cluster that node N belongs to.
     Join {
         /// The cluster's secret; `-` reads it from stdin. Prefer --secret-file or the
@@ -748,10 +756,20 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             stop_and_wait(paths, Action::DaemonStop).await?;
             start_background(paths).await
         }
-        DaemonCmd::Status => {
-            let data = call_typed(paths, &crate::api::options::DaemonStatus::default(), t).await?;
-            print(format, &data, render::status_table);
-            Ok(())
+        DaemonCmd::Status { watch, interval } => {
+            let req = options::DaemonStatus::default();
+            loop {
+                let data = call_typed(paths, &req, t).await?;
+                if watch && format == Format::Table {
+                    // Home and clear, then the table: a redraw in place.
+                    print!("\x1b[H\x1b[2J");
+                }
+                print(format, &data, render::status_table);
+                if !watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(interval)).await;
+            }
         }
         DaemonCmd::Join {
             secret,

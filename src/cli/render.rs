@@ -154,6 +154,21 @@ fn nodes_block(out: &mut String, st: &ClusterStatus, col: usize) {
     row(out, "term", &raft(|r| Some(r.term)));
     row(out, "last log", &raft(|r| r.last_log_index));
     row(out, "last applied", &raft(|r| r.last_applied));
+    let head = st
+        .cluster
+        .leader
+        .as_ref()
+        .and_then(|l| st.nodes.get(l))
+        .and_then(|v| v.raft.as_ref())
+        .and_then(|r| r.last_log_index);
+    row(out, "behind leader", &|v| {
+        let applied = v.raft.as_ref().and_then(|r| r.last_applied);
+        opt(head.zip(applied).map(|(h, a)| h.saturating_sub(a)))
+    });
+    row(out, "version", &|v| {
+        let version = v.raft.as_ref().map(|r| r.version.as_str());
+        version.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
+    });
     row(out, "monitor status", &|v| {
         opt(v.monitor.as_ref().map(|m| m.status))
     });
@@ -303,6 +318,52 @@ mod tests {
             t.contains("quorum LOST: 1/3 voters up, 2 needed; leader none"),
             "{t}"
         );
+    }
+
+    fn raft(last_log: u64, applied: u64) -> RaftView {
+        RaftView {
+            raft_id: "1".into(),
+            term: 3,
+            last_log_index: Some(last_log),
+            last_applied: Some(applied),
+            snapshot: None,
+            purged: None,
+            applied_state: crate::api::status::AppliedState {
+                index: Some(applied),
+                digest: String::new(),
+            },
+            leader_id: Some(1),
+            uptime_s: 1,
+            listener: "127.0.0.1:1".into(),
+            listener_problem: None,
+            rpc_refused: 0,
+            rpc_misdelivered: 0,
+            listener_metrics: Default::default(),
+            threads: Default::default(),
+            version: "0.1.0".into(),
+        }
+    }
+
+    /// Each member's distance to the leader's log, and its version; `-` for one that
+    /// did not answer.
+    #[test]
+    fn members_show_how_far_they_trail_the_leader() {
+        let mut st = after_failover();
+        st.nodes.get_mut("n1").unwrap().raft = Some(raft(30, 30));
+        st.nodes.get_mut("n3").unwrap().raft = Some(raft(28, 25));
+        let t = status_table_at(&st, 1_000_000);
+        let cells = |title: &str| -> Vec<String> {
+            let line = t
+                .lines()
+                .find(|l| l.trim_start().starts_with(title))
+                .unwrap();
+            line[title.len() + 1..]
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(cells("behind leader"), ["0", "-", "5"], "{t}");
+        assert_eq!(cells("version"), ["0.1.0", "-", "0.1.0"], "{t}");
     }
 
     #[test]

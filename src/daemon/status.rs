@@ -49,6 +49,7 @@ impl Daemon {
             rpc_misdelivered: self.rpc_counters.misdelivered.load(Ordering::Relaxed),
             listener_metrics: self.listener.metrics().snapshot(),
             threads: self.threads.status(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let view = NodeView {
             role: m.state.into(),
