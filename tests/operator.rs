@@ -388,6 +388,49 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{shown}"
     );
 
+    // node get, and a target's outcome, as JSON.
+    let (code, out, err) = om(
+        r,
+        &[
+            "--format",
+            "json",
+            "node",
+            "get",
+            "--param",
+            "listener.port",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = json_error(&out);
+    assert_eq!(
+        got,
+        json!({"param": "listener.port", "value": port.to_string(), "default": false})
+    );
+    let (_, out, _) = om(
+        r,
+        &[
+            "--format",
+            "json",
+            "node",
+            "get",
+            "--param",
+            "node.down_timeout",
+        ],
+    );
+    assert_eq!(json_error(&out)["default"], true, "{out}");
+    let (code, out, err) = om(r, &["--format", "json", "web", "stop", "--timeout", "20s"]);
+    assert_eq!(code, 0, "{err}");
+    let stopped = json_error(&out);
+    assert_eq!(
+        (&stopped["global_expect"], &stopped["reached"]),
+        (&json!("stopped"), &json!(true)),
+        "{stopped}"
+    );
+    assert!(stopped["index"].as_u64() > Some(0), "{stopped}");
+    let (code, out, err) = om(r, &["--format", "json", "web", "thaw", "--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_error(&out)["reached"], false, "{out}");
+
     // Success is 0 and its JSON is the reply, not an error.
     let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
     assert_eq!(code, 0, "{err}");

@@ -557,7 +557,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => nodeconf::set(&paths, &param, None).await,
         Top::Node {
             cmd: NodeCmd::Get { param },
-        } => nodeconf::get(&paths, &param),
+        } => nodeconf::get(&paths, &param, format),
         Top::Node {
             cmd: NodeCmd::Print { what },
         } => nodeconf::config_word(&what).and_then(|()| nodeconf::print(&paths)),
@@ -795,6 +795,12 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             .await
             .map_err(|e| CliError::new(format!("{e}: see the daemon log")))?;
             eprintln!("{me} is a member of cluster {}", data.cluster);
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            }
             Ok(())
         }
         DaemonCmd::Leave { node, force } => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::CliError;
 use super::Exit;
+use super::Format;
 use crate::api::Action;
 use crate::api::Call;
 use crate::config;
@@ -92,29 +93,48 @@ async fn check_listener_addr(paths: &Paths, new: &NodeConfig) -> Result<()> {
     }
 }
 
+/// `om node get`'s answer.
+#[derive(serde::Serialize)]
+struct ParamShown {
+    param: String,
+    value: String,
+    /// Whether node.conf leaves it unset (the value is the default).
+    default: bool,
+}
+
 /// Prints a parameter's value, or its default when unset.
-pub(super) fn get(paths: &Paths, param: &str) -> Result<()> {
+pub(super) fn get(paths: &Paths, param: &str, format: Format) -> Result<()> {
     let (section, key) = split(param)?;
     let p = config::PARAMS
         .iter()
         .find(|p| p.key == param)
-        .ok_or_else(|| CliError::new(config::validate(param, "").unwrap_err().to_string()))?;
+        .ok_or_else(|| {
+            let unknown = config::validate(param, "").unwrap_err().to_string();
+            CliError::of(Exit::Usage, unknown)
+        })?;
     let doc = load(paths)?;
+    let shown = |value: String, default: bool| {
+        let data = ParamShown {
+            param: param.to_string(),
+            value,
+            default,
+        };
+        super::print(format, &data, |d| format!("{}\n", d.value));
+        Ok(())
+    };
     if doc.get("cluster", "secret_file").is_some() && param.starts_with("cluster.secret") {
         // The secrets are in that file: print what the daemon uses.
         let cfg = config::NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
-        match param {
-            "cluster.secret" => println!("{}", cfg.secret),
-            "cluster.secrets_accepted" => println!("{}", cfg.secrets_accepted.join(" ")),
-            _ => println!("{}", doc.get(section, key).unwrap_or_default()),
-        }
-        return Ok(());
+        return match param {
+            "cluster.secret" => shown(cfg.secret, false),
+            "cluster.secrets_accepted" => shown(cfg.secrets_accepted.join(" "), false),
+            _ => shown(doc.get(section, key).unwrap_or_default().to_string(), false),
+        };
     }
     match doc.get(section, key) {
-        Some(v) => println!("{v}"),
-        None => println!("{}", p.default),
+        Some(v) => shown(v.to_string(), false),
+        None => shown(p.default.to_string(), true),
     }
-    Ok(())
 }
 
 /// Checks the object word of `om node print|edit config`.

@@ -18,6 +18,7 @@ use super::call_as;
 use super::call_typed;
 use super::print;
 use super::CliError;
+use super::Exit;
 use super::Format;
 use super::Result;
 use crate::api::options;
@@ -272,19 +273,19 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             print(format, &data, |_| status_table(svc, detail));
             Ok(())
         }
-        SvcCmd::Delete(w) => set_global(&paths, svc, GlobalExpect::Deleted, &w).await,
+        SvcCmd::Delete(w) => set_global(&paths, svc, GlobalExpect::Deleted, &w, format).await,
         SvcCmd::Start(a) if a.local => local_action(&paths, svc, "start", format).await,
         SvcCmd::Stop(a) if a.local => local_action(&paths, svc, "stop", format).await,
         SvcCmd::Freeze(a) if a.local => local_action(&paths, svc, "freeze", format).await,
         SvcCmd::Thaw(a) if a.local => local_action(&paths, svc, "thaw", format).await,
-        SvcCmd::Start(a) => set_global(&paths, svc, GlobalExpect::Started, &a.wait).await,
-        SvcCmd::Stop(a) => set_global(&paths, svc, GlobalExpect::Stopped, &a.wait).await,
-        SvcCmd::Freeze(a) => set_global(&paths, svc, GlobalExpect::Frozen, &a.wait).await,
-        SvcCmd::Thaw(a) => set_global(&paths, svc, GlobalExpect::Thawed, &a.wait).await,
+        SvcCmd::Start(a) => set_global(&paths, svc, GlobalExpect::Started, &a.wait, format).await,
+        SvcCmd::Stop(a) => set_global(&paths, svc, GlobalExpect::Stopped, &a.wait, format).await,
+        SvcCmd::Freeze(a) => set_global(&paths, svc, GlobalExpect::Frozen, &a.wait, format).await,
+        SvcCmd::Thaw(a) => set_global(&paths, svc, GlobalExpect::Thawed, &a.wait, format).await,
         SvcCmd::Switch { to, wait } => {
-            set_global(&paths, svc, GlobalExpect::PlacedAt(to), &wait).await
+            set_global(&paths, svc, GlobalExpect::PlacedAt(to), &wait, format).await
         }
-        SvcCmd::Giveback(w) => set_global(&paths, svc, GlobalExpect::Placed, &w).await,
+        SvcCmd::Giveback(w) => set_global(&paths, svc, GlobalExpect::Placed, &w, format).await,
         SvcCmd::Abort => {
             call_typed(&paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
             eprintln!("{svc}: pending global_expect aborted");
@@ -397,8 +398,29 @@ fn version(c: &raft::node::Committed) -> String {
         .map_or_else(|| "-".into(), |v| v.to_string())
 }
 
+/// What `om <svc> start|stop|switch|...` prints with `--format json`.
+#[derive(serde::Serialize)]
+struct TargetSet {
+    svcname: String,
+    global_expect: GlobalExpect,
+    /// The log index it was committed at.
+    index: u64,
+    /// Whether it was reached (false with --no-wait: not waited for).
+    reached: bool,
+    /// Seconds from the commit to the answer.
+    seconds: f64,
+    /// Where the service is up once reached.
+    up: Vec<String>,
+}
+
 /// Sets `global_expect` and follows the service until it is reached or fails.
-async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs) -> Result<()> {
+async fn set_global(
+    paths: &Paths,
+    svc: &str,
+    target: GlobalExpect,
+    w: &WaitArgs,
+    format: Format,
+) -> Result<()> {
     let timeout = parse_timeout(&w.timeout)?;
     let req = global_expect(svc, target.clone());
     let data = call_typed(paths, &req, Duration::from_secs(15)).await?;
@@ -406,10 +428,26 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
         "{svc}: global_expect {target} (committed at index {})",
         data.index
     );
-    if w.no_wait {
-        return Ok(());
-    }
     let started = Instant::now();
+    // The JSON answer: what was committed, and whether it was reached (not waited for
+    // with --no-wait).
+    let done = |reached: bool, up: Vec<String>| {
+        if format == Format::Json {
+            let out = TargetSet {
+                svcname: svc.to_string(),
+                global_expect: target.clone(),
+                index: data.index,
+                reached,
+                seconds: started.elapsed().as_secs_f64(),
+                up,
+            };
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Ok(())
+    };
+    if w.no_wait {
+        return done(false, Vec::new());
+    }
     let mut shown: std::collections::BTreeMap<String, String> = Default::default();
     let mut last_reason = String::new();
     let mut seen_target = false;
@@ -424,7 +462,7 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
                 let Some(st) = st.detail else {
                     if target == GlobalExpect::Deleted {
                         eprintln!("{svc}: deleted in {:.1}s", started.elapsed().as_secs_f64());
-                        return Ok(());
+                        return done(true, Vec::new());
                     }
                     return Err(CliError::new(format!("service {svc} was deleted")));
                 };
@@ -463,7 +501,7 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
                             "{svc}: {target} reached in {:.1}s{where_}",
                             started.elapsed().as_secs_f64()
                         );
-                        return Ok(());
+                        return done(true, st.up.clone());
                     }
                     ProgressState::Failed => {
                         return Err(CliError::new(format!(
@@ -493,9 +531,12 @@ async fn set_global(paths: &Paths, svc: &str, target: GlobalExpect, w: &WaitArgs
             Err(e) => eprintln!("  (status: {e})"),
         }
         if started.elapsed() > timeout {
-            return Err(CliError::new(format!(
-                "{svc}: {target} not reached after {timeout:?}; it stays the target (`om {svc} abort` to give up)"
-            )));
+            return Err(CliError::of(
+                Exit::Unavailable,
+                format!(
+                    "{svc}: {target} not reached after {timeout:?}; it stays the target (`om {svc} abort` to give up)"
+                ),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
