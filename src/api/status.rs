@@ -122,8 +122,8 @@ pub struct RaftView {
     pub purged: Option<u64>,
     /// Its applied index and digest.
     pub applied_state: AppliedState,
-    /// The Raft id of the leader it follows.
-    pub leader_id: Option<u64>,
+    /// The Raft id of the leader it follows, in decimal (as `raft_id`).
+    pub leader_id: Option<String>,
     /// Seconds since its daemon started.
     pub uptime_s: u64,
     /// The `host:port` it listens on.
@@ -363,7 +363,7 @@ mod tests {
                         index: Some(9),
                         digest: "ab".into(),
                     },
-                    leader_id: Some(1),
+                    leader_id: Some("1".into()),
                     uptime_s: 3,
                     listener: "0.0.0.0:1214".into(),
                     listener_problem: None,
@@ -387,6 +387,8 @@ mod tests {
         assert_eq!(v["self"]["last_applied"], 9);
         assert!(v["self"]["snapshot"].is_null() && v["self"].get("snapshot").is_some());
         assert_eq!(v["self"]["raft_id"], "18446744073709551615");
+        // Ids are strings: jq reads numbers as doubles and rounds 64-bit ones.
+        assert_eq!(v["self"]["leader_id"], "1");
         assert_eq!(serde_json::from_value::<OwnView>(v).unwrap(), own());
     }
 

@@ -332,7 +332,7 @@ mod tests {
                 index: Some(applied),
                 digest: String::new(),
             },
-            leader_id: Some(1),
+            leader_id: Some("1".into()),
             uptime_s: 1,
             listener: "127.0.0.1:1".into(),
             listener_problem: None,

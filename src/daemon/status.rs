@@ -41,7 +41,7 @@ impl Daemon {
             snapshot: m.snapshot.map(|l| l.index),
             purged: m.purged.map(|l| l.index),
             applied_state: AppliedState { index, digest },
-            leader_id: m.current_leader,
+            leader_id: m.current_leader.map(|id| id.to_string()),
             uptime_s: self.uptime().as_secs(),
             listener: format!("{}:{}", cfg.listener_addr, cfg.listener_port),
             listener_problem: self.addr_problem(),
