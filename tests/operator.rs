@@ -302,6 +302,9 @@ async fn failures_have_their_exit_code_and_a_json_form() {
     );
     assert!(e["error"].as_str().unwrap().contains("not running"), "{e}");
 
+    let (code, _, err) = om(r, &["node", "daemon", "health"]);
+    assert_eq!(code, 3, "{err}");
+
     // A bad value for node.conf, refused before anything is written: 2.
     let (code, out, _) = om(
         r,
@@ -386,6 +389,38 @@ async fn failures_have_their_exit_code_and_a_json_form() {
     assert!(
         shown.contains("\x1b[H\x1b[2J") && shown.contains("behind leader"),
         "{shown}"
+    );
+
+    // health: 0 when every check passes; 4 with the failing check named, one JSON doc.
+    let (code, out, err) = om(r, &["node", "daemon", "health"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok   quorum") && !out.contains("FAIL"),
+        "{out}"
+    );
+    let (code, _, err) = om(r, &["node", "daemon", "stop", "--thread-id", "scheduler"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "health"]);
+    assert_eq!(code, 4, "{out}{err}");
+    let h = json_error(&out);
+    assert_eq!(h["healthy"], false, "{h}");
+    let threads = &h["checks"][0];
+    assert_eq!(
+        (&threads["check"], &threads["ok"]),
+        (&json!("threads"), &json!(false)),
+        "{h}"
+    );
+    assert!(
+        threads["detail"].as_str().unwrap().contains("scheduler"),
+        "{h}"
+    );
+    let (code, _, err) = om(r, &["node", "daemon", "start", "--thread-id", "scheduler"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = om(r, &["--format", "json", "node", "daemon", "health"]);
+    assert_eq!(
+        (code, &json_error(&out)["healthy"]),
+        (0, &json!(true)),
+        "{out}"
     );
 
     // node get, and a target's outcome, as JSON.

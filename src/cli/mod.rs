@@ -246,6 +246,9 @@ pub enum DaemonCmd {
     Shutdown,
     /// Stop then start the daemon.
     Restart,
+    /// Check this node: daemon answering, threads running, a leader, a quorum, its
+    /// listener; exit 0 when healthy, 4 (unavailable) when not, 3 when not running.
+    Health,
     /// Show the cluster data: threads, nodes (role, how far each trails the leader,
     /// version), services; `(stale, AGE)` marks what a down node last reported.
     Status {
@@ -420,9 +423,103 @@ fn write_out(bytes: &[u8]) -> Result<()> {
         .map_err(|e| CliError::new(format!("stdout: {e}")))
 }
 
+/// One check of `om node daemon health`.
+#[derive(serde::Serialize)]
+struct Check {
+    check: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// `om node daemon health`: the checks, then exit 0 or 4.
+async fn health(paths: &Paths, format: Format) -> Result<()> {
+    let st = call_typed(
+        paths,
+        &options::DaemonStatus::default(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let me = st.nodes.get(&st.node);
+    let stopped: Vec<&String> = st
+        .threads
+        .iter()
+        .filter(|(_, t)| t.state != crate::api::status::ThreadState::Running)
+        .map(|(id, _)| id)
+        .collect();
+    let quorum = render::quorum_line(&st);
+    let listener = me
+        .and_then(|m| m.raft.as_ref())
+        .and_then(|r| r.listener_problem.clone());
+    let checks = [
+        Check {
+            check: "threads",
+            ok: stopped.is_empty(),
+            detail: if stopped.is_empty() {
+                "all running".into()
+            } else {
+                format!(
+                    "not running: {}",
+                    stopped
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        },
+        Check {
+            check: "member",
+            ok: st.cluster.nodes.contains(&st.node),
+            detail: format!("{} in cluster {}", st.node, st.cluster.name),
+        },
+        Check {
+            check: "leader",
+            ok: st.cluster.leader.is_some(),
+            detail: st.cluster.leader.clone().unwrap_or_else(|| "none".into()),
+        },
+        Check {
+            check: "quorum",
+            ok: quorum.starts_with("quorum ok"),
+            detail: quorum,
+        },
+        Check {
+            check: "listener",
+            ok: listener.is_none(),
+            detail: listener.unwrap_or_else(|| "bound".into()),
+        },
+    ];
+    let healthy = checks.iter().all(|c| c.ok);
+    #[derive(serde::Serialize)]
+    struct Health<'a> {
+        healthy: bool,
+        checks: &'a [Check],
+    }
+    let report = Health {
+        healthy,
+        checks: &checks,
+    };
+    print(format, &report, |h| {
+        let mut out = String::new();
+        for c in h.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            out.push_str(&format!("{mark} {:<9} {}\n", c.check, c.detail));
+        }
+        out
+    });
+    if healthy {
+        Ok(())
+    } else {
+        // Already reported, on stdout: only the exit code is left to give.
+        Err(CliError::of(Exit::Unavailable, ""))
+    }
+}
+
 /// The one error policy: a failure is a line on stderr, or with `--format json` a JSON
 /// object on stdout where the caller's parser reads: `{"error", "exit", "code"}`.
 fn report(format: Format, e: &CliError) {
+    if e.message.is_empty() {
+        return;
+    }
     match format {
         Format::Table => eprintln!("om: {e}"),
         Format::Json => {
@@ -756,6 +853,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             stop_and_wait(paths, Action::DaemonStop).await?;
             start_background(paths).await
         }
+        DaemonCmd::Health => health(paths, format).await,
         DaemonCmd::Status { watch, interval } => {
             let req = options::DaemonStatus::default();
             loop {

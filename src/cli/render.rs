@@ -41,7 +41,7 @@ fn age(ms: u64) -> String {
 }
 
 /// The quorum line: how many voters answered, of how many, and the majority needed.
-fn quorum(st: &ClusterStatus) -> String {
+pub(super) fn quorum_line(st: &ClusterStatus) -> String {
     let voters: Vec<&MemberView> = st
         .nodes
         .values()
@@ -232,7 +232,7 @@ fn status_table_at(st: &ClusterStatus, now_ms: u64) -> String {
         st.cluster.term,
         st.node
     );
-    let _ = writeln!(out, "{}", quorum(st));
+    let _ = writeln!(out, "{}", quorum_line(st));
     out.push('\n');
     threads_block(&mut out, st);
     nodes_block(&mut out, st, col);
