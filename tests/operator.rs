@@ -423,6 +423,14 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{out}"
     );
 
+    // drain and undrain are standby and welcome.
+    let (code, out, err) = om(r, &["--format", "json", "node", "drain", "--wait", "20"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_error(&out)["state"], "standby", "{out}");
+    let (code, out, err) = om(r, &["--format", "json", "node", "undrain"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json_error(&out)["state"], "idle", "{out}");
+
     // node get, and a target's outcome, as JSON.
     let (code, out, err) = om(
         r,

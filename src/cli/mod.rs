@@ -165,14 +165,17 @@ pub enum NodeCmd {
     Freeze,
     /// Thaw this node.
     Thaw,
-    /// Release this node (the agent API's agent_standby): stop its instances, move failover
-    /// services elsewhere, stay a member; waits until its instances are down.
+    /// Release this node (the agent API's agent_standby; om3's and Nomad's `drain`): stop
+    /// its instances, move failover services elsewhere, stay a member; waits until its
+    /// instances are down.
+    #[command(visible_alias = "drain")]
     Standby {
         /// How long to wait for the instances to stop (seconds).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
         wait: u64,
     },
-    /// Back to normal duty after `standby` (agent_welcome).
+    /// Back to normal duty after `standby` (agent_welcome; `undrain`).
+    #[command(visible_alias = "undrain")]
     Welcome,
     /// Asynchronous service actions (`om <svc> run ACTION --async`).
     Jobs {
