@@ -506,3 +506,86 @@ fn completions_and_the_man_page_know_the_commands() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(".TH om 1") && out.contains("node"), "{out}");
 }
+
+/// Under systemd (`Type=notify`): READY=1 once the listener is bound, WATCHDOG=1 at half
+/// the watchdog period, STOPPING=1 on the way out; and the unit `install` writes.
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let port = free_port().unwrap();
+    let dir = root(port);
+    let r = dir.path();
+    let _bg = Background(r);
+    let sock_path = r.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_om"))
+        .arg("--root")
+        .arg(r)
+        .args(["node", "daemon", "run"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    let t0 = Instant::now();
+    while heard
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
+        let n = sock.recv(&mut buf).expect("a notification within 15 s");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        assert!(t0.elapsed() < Duration::from_secs(20), "{heard:?}");
+    }
+    assert!(heard[0].contains("READY=1"), "READY first: {heard:?}");
+    // Ready means served: the control socket answers.
+    let (code, _, err) = om(r, &["node", "daemon", "health"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = om(r, &["node", "daemon", "stop"]);
+    assert_eq!(code, 0, "{err}");
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    daemon.wait().unwrap();
+
+    let (code, unit, err) = om(r, &["node", "daemon", "install", "--print"]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "LimitNOFILE=",
+        "node daemon run",
+    ] {
+        assert!(unit.contains(line), "{line} missing:\n{unit}");
+    }
+    assert!(unit.contains(&format!("--root {}", r.display())), "{unit}");
+    let units = r.join("units");
+    std::fs::create_dir(&units).unwrap();
+    let (code, _, err) = om(
+        r,
+        &[
+            "node",
+            "daemon",
+            "install",
+            "--unit-dir",
+            units.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(units.join("om.service")).unwrap(),
+        unit
+    );
+    assert!(err.contains("systemctl daemon-reload"), "{err}");
+}

@@ -249,6 +249,16 @@ pub enum DaemonCmd {
     Shutdown,
     /// Stop then start the daemon.
     Restart,
+    /// Write the systemd unit that runs this node's daemon (Type=notify, watchdog,
+    /// LimitNOFILE), then print the systemctl commands that enable it.
+    Install {
+        /// Where to write `om.service`.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// Print the unit instead of writing it.
+        #[arg(long)]
+        print: bool,
+    },
     /// Check this node: daemon answering, threads running, a leader, a quorum, its
     /// listener; exit 0 when healthy, 4 (unavailable) when not, 3 when not running.
     Health,
@@ -424,6 +434,24 @@ fn write_out(bytes: &[u8]) -> Result<()> {
     std::io::stdout()
         .write_all(bytes)
         .map_err(|e| CliError::new(format!("stdout: {e}")))
+}
+
+/// `om node daemon install`: the unit for this root and this binary.
+fn install(paths: &Paths, unit_dir: &std::path::Path, print_only: bool) -> Result<()> {
+    let bin = std::env::current_exe().map_err(|e| CliError::new(format!("this binary: {e}")))?;
+    let root = std::path::absolute(&paths.root)
+        .map_err(|e| CliError::new(format!("{}: {e}", paths.root.display())))?;
+    let unit = crate::daemon::systemd::unit(&bin, &root);
+    if print_only {
+        return write_out(unit.as_bytes());
+    }
+    let path = unit_dir.join("om.service");
+    std::fs::write(&path, unit).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "wrote {}; now: systemctl daemon-reload && systemctl enable --now om",
+        path.display()
+    );
+    Ok(())
 }
 
 /// One check of `om node daemon health`.
@@ -857,6 +885,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             start_background(paths).await
         }
         DaemonCmd::Health => health(paths, format).await,
+        DaemonCmd::Install { unit_dir, print } => install(paths, &unit_dir, print),
         DaemonCmd::Status { watch, interval } => {
             let req = options::DaemonStatus::default();
             loop {

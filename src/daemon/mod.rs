@@ -15,6 +15,7 @@ pub mod raftnet;
 pub mod rotation;
 mod standby;
 pub mod status;
+pub mod systemd;
 pub mod threads;
 pub mod watcher;
 pub mod work;
@@ -722,6 +723,7 @@ impl Daemon {
             listener = ?*self.bound.lock().unwrap(),
             "daemon running"
         );
+        systemd::ready();
         let host = self.host();
         self.threads.spawn(
             "monitor",
@@ -746,6 +748,7 @@ impl Daemon {
             }
         };
         tracing::info!(?kind, "daemon stopping");
+        systemd::stopping();
         if kind == StopKind::Shutdown {
             crate::monitor::stop_local_instances(&self.host()).await;
         }
