@@ -276,7 +276,7 @@ async fn a_joiner_blacklisted_by_wrong_secrets_is_told_how_to_clear_it() {
 }
 
 /// Each kind of failure has its exit code (docs/OPERATIONS.md, "Exit codes"), and with
-/// `--format json` the error is a JSON object on stdout.
+/// `--format json` the error is a JSON object on stderr (stdout stays empty).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_have_their_exit_code_and_a_json_form() {
     let port = free_port().unwrap();
@@ -294,8 +294,8 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{err}"
     );
     let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "status"]);
-    assert_eq!(code, 3, "{out}{err}");
-    let e = json_error(&out);
+    assert_eq!((code, out.as_str()), (3, ""), "{err}");
+    let e = json_error(&err);
     assert_eq!(
         (e["exit"].as_str(), e["code"].as_i64()),
         (Some("not_running"), Some(3))
@@ -306,7 +306,7 @@ async fn failures_have_their_exit_code_and_a_json_form() {
     assert_eq!(code, 3, "{err}");
 
     // A bad value for node.conf, refused before anything is written: 2.
-    let (code, out, _) = om(
+    let (code, out, err) = om(
         r,
         &[
             "--format",
@@ -319,8 +319,8 @@ async fn failures_have_their_exit_code_and_a_json_form() {
             "0",
         ],
     );
-    assert_eq!(code, 2, "{out}");
-    assert_eq!(json_error(&out)["exit"], "usage");
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(json_error(&err)["exit"], "usage");
 
     let bg = Background(r);
     let (code, _, err) = om(r, &["node", "daemon", "start"]);
@@ -338,21 +338,21 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "--config",
         cfg.to_str().unwrap(),
     ];
-    let (code, out, _) = om(r, &args);
-    assert_eq!(code, 2, "{out}");
-    let e = json_error(&out);
+    let (code, _, err) = om(r, &args);
+    assert_eq!(code, 2, "{err}");
+    let e = json_error(&err);
     assert_eq!(e["exit"], "usage", "{e}");
     assert!(e["error"].as_str().unwrap().contains("sideways"), "{e}");
 
     // A request that fails: 1, also in JSON.
-    let (code, out, _) = om(r, &["--format", "json", "webshop", "status"]);
-    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = om(r, &["--format", "json", "webshop", "status"]);
+    assert_eq!(code, 1, "{err}");
     assert!(
-        json_error(&out)["error"]
+        json_error(&err)["error"]
             .as_str()
             .unwrap()
             .contains("webshop"),
-        "{out}"
+        "{err}"
     );
 
     // `om svc ls`: every service, in both formats.

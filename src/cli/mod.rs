@@ -347,7 +347,7 @@ impl Exit {
 }
 
 /// A CLI failure: printed as `om: <message>` (with `--format json`, as
-/// `{"error", "exit", "code"}` on stdout), and exits with its [`Exit`] code.
+/// `{"error", "exit", "code"}`) on stderr, and exits with its [`Exit`] code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct CliError {
@@ -546,7 +546,7 @@ async fn health(paths: &Paths, format: Format) -> Result<()> {
 }
 
 /// The one error policy: a failure is a line on stderr, or with `--format json` a JSON
-/// object on stdout where the caller's parser reads: `{"error", "exit", "code"}`.
+/// object there, `{"error", "exit", "code"}`; stdout holds only replies.
 fn report(format: Format, e: &CliError) {
     if e.message.is_empty() {
         return;
@@ -559,7 +559,7 @@ fn report(format: Format, e: &CliError) {
                 "exit": e.exit,
                 "code": e.exit.code(),
             });
-            println!("{doc}");
+            eprintln!("{doc}");
         }
     }
 }
