@@ -589,3 +589,82 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     );
     assert!(err.contains("systemctl daemon-reload"), "{err}");
 }
+
+/// GETs `path` from `addr` over HTTP/1.0; the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// `metrics.addr` serves Prometheus' text format, /livez and /readyz; it is off by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_over_http() {
+    let port = free_port().unwrap();
+    let dir = root(port);
+    let r = dir.path();
+    let metrics_port = free_port().unwrap();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let (code, _, err) = om(
+        r,
+        &["node", "set", "--param", "metrics.addr", "--value", "nope"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expected ip:port"), "{err}");
+    let (code, _, err) = om(
+        r,
+        &["node", "set", "--param", "metrics.addr", "--value", &addr],
+    );
+    assert_eq!(code, 0, "{err}");
+    let _bg = Background(r);
+    let (code, _, err) = om(r, &["node", "daemon", "start"]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = r.join("web.conf");
+    std::fs::write(&cfg, "[DEFAULT]\nnodes = *\n").unwrap();
+    let (code, _, err) = om(r, &["web", "create", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok\n".into()));
+    assert_eq!(http_get(&addr, "/readyz"), (200, "ok\n".into()));
+    let (code, body) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    for want in [
+        "# TYPE om_raft_term gauge",
+        "om_raft_is_leader 1",
+        "om_raft_leader_known 1",
+        "# TYPE om_listener_frames_total counter",
+        "om_listener_open_connections ",
+        "om_thread_running{thread=\"raft\"} 1",
+        "om_node_monitor{node=\"op1\",status=\"idle\"} 1",
+        "om_instance{service=\"web\",node=\"op1\",avail=",
+    ] {
+        assert!(body.contains(want), "{want:?} missing:\n{body}");
+    }
+    // Every sample line is `name{labels} value` with a number.
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    let (code, _, err) = om(r, &["node", "daemon", "stop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still served after stop"
+    );
+}

@@ -183,6 +183,11 @@ pub const PARAMS: &[Param] = &[
         help: "a connection without any frame for this long is closed",
     },
     Param {
+        key: "metrics.addr",
+        default: "",
+        help: "host:port serving /metrics (Prometheus), /livez and /readyz over HTTP; empty: off (read at start)",
+    },
+    Param {
         key: "cluster.name",
         default: "",
         help: "cluster name (set by bootstrap or join)",
@@ -242,6 +247,8 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// `listener.blacklist_ttl`.
     pub blacklist_ttl: Duration,
+    /// `metrics.addr`: where the HTTP metrics and health endpoints listen (`None`: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `cluster.name` (empty before bootstrap or join).
     pub cluster_name: String,
     /// The cluster secret: `cluster.secret`, or the first line of `cluster.secret_file`
@@ -405,6 +412,7 @@ impl NodeConfig {
             frame_timeout: duration(&get("listener.frame_timeout")).expect("validated"),
             idle_timeout: duration(&get("listener.idle_timeout")).expect("validated"),
             blacklist_ttl: duration(&get("listener.blacklist_ttl")).expect("validated"),
+            metrics_addr: get("metrics.addr").parse().ok(),
             cluster_name: get("cluster.name"),
             secret,
             secret_file: secret_file(doc),
@@ -533,6 +541,11 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             Ok(_) => Ok(()),
             Err(why) => bad(&why),
         },
+        "metrics.addr"
+            if !value.is_empty() && value.parse::<std::net::SocketAddr>().is_err() =>
+        {
+            bad("expected ip:port, such as 127.0.0.1:9464 (empty: off)")
+        }
         "listener.addr" if value.parse::<IpAddr>().is_err() => bad("expected an IP address"),
         "listener.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => {
             bad("expected a port in 1..=65535")

@@ -10,6 +10,7 @@ mod consent;
 pub mod control;
 pub mod events;
 mod host;
+mod metrics;
 pub mod peers;
 pub mod raftnet;
 pub mod rotation;
@@ -716,6 +717,16 @@ impl Daemon {
             "raft",
             Arc::new(move |stop| Box::pin(d.clone().pump_events(stop))),
         );
+        let _metrics =
+            match self.config().metrics_addr {
+                Some(addr) => Some(metrics::MetricsServer::start(&self, addr).map_err(
+                    |reason| DaemonError::Listen {
+                        addr: addr.to_string(),
+                        reason,
+                    },
+                )?),
+                None => None,
+            };
         // Only now: an operator reading the log must not see "running" before a failed bind.
         tracing::info!(
             node = %self.name(),

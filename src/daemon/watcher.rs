@@ -75,7 +75,7 @@ pub struct ReloadReport {
 }
 
 /// Parameters that take effect only when the daemon starts.
-const RESTART_ONLY: &[&str] = &["node.name"];
+const RESTART_ONLY: &[&str] = &["node.name", "metrics.addr"];
 
 /// The `section.key` of every entry that differs between two documents (added, removed
 /// or changed), in order.
