@@ -497,8 +497,19 @@ fn started_progress(v: &View<'_>, d: &[String], failover: bool) -> Progress {
     } else {
         Vec::new()
     };
+    // An instance whose stop failed stays up until an operator clears it: the target
+    // cannot be reached by waiting.
+    let stuck: Vec<&String> = others
+        .iter()
+        .filter(|n| v.inst(n).status == MonitorStatus::StopFailed)
+        .collect();
     if not_up.is_empty() && others.is_empty() {
         Progress::Reached
+    } else if !stuck.is_empty() {
+        Progress::Failed(format!(
+            "stop failed on {}: it may still run; fix it, then `clear`",
+            join(&stuck)
+        ))
     } else if !others.is_empty() {
         Progress::Pending(format!(
             "waiting for {} to stop",
@@ -607,6 +618,29 @@ mod tests {
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
         assert_eq!(placed(&s), ["n1"]);
+    }
+
+    #[test]
+    fn a_start_blocked_by_a_failed_stop_elsewhere_fails_instead_of_waiting() {
+        let cfg = config(Topology::Failover, "ha", "n1 n2");
+        let mut s = cluster(&["n1", "n2"]);
+        let svc = s.services.get_mut("svc").unwrap();
+        let n2 = svc.instances.entry("n2".into()).or_default();
+        n2.avail = Avail::Up;
+        n2.status = MonitorStatus::StopFailed;
+        n2.local_expect = LocalExpect::Stopped;
+        svc.global_expect = GlobalExpect::Started;
+        let p = plan(&s, "svc", &cfg);
+        assert!(
+            matches!(&p.progress, Progress::Failed(r) if r.contains("stop failed on n2")),
+            "{p:?}"
+        );
+        apply_all(&mut s, &p);
+        assert!(
+            placed(&s).is_empty(),
+            "nothing starts beside n2: {:?}",
+            p.cmds
+        );
     }
 
     #[test]
