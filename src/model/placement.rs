@@ -26,6 +26,11 @@ use super::service::Orchestrate;
 use super::service::ServiceConfig;
 use super::service::Topology;
 
+/// `switch` and `giveback` (`placed`, `placed@<node>`) do not thaw instances, unlike
+/// `start`: a frozen instance refuses them up front, before anything is stopped, instead
+/// of never starting (refusals counted as the orchestrator's own).
+const PLACING: bool = true;
+
 /// How far a service is from a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
@@ -361,12 +366,12 @@ pub fn plan(state: &ClusterState, svc: &str, cfg: &ServiceConfig) -> Plan {
                 _ => v
                     .cands
                     .iter()
-                    .find(|c| v.refusal(c, false).is_none())
+                    .find(|c| v.refusal(c, PLACING).is_none())
                     .cloned(),
             };
             match to {
-                None => (None, Progress::Failed(v.why_nowhere(false))),
-                Some(to) => match v.refusal(&to, false) {
+                None => (None, Progress::Failed(v.why_nowhere(PLACING))),
+                Some(to) => match v.refusal(&to, PLACING) {
                     Some(why) => (
                         None,
                         Progress::Failed(format!("cannot place on {to}: {why}")),
@@ -377,7 +382,7 @@ pub fn plan(state: &ClusterState, svc: &str, cfg: &ServiceConfig) -> Plan {
                         } else {
                             let mut first = vec![to.clone()];
                             first.extend(v.keep());
-                            v.fill(first, false)
+                            v.fill(first, PLACING)
                         };
                         let p = started_progress(v, &d, failover);
                         (Some(d), p)
@@ -641,6 +646,25 @@ mod tests {
             "nothing starts beside n2: {:?}",
             p.cmds
         );
+    }
+
+    #[test]
+    fn a_switch_to_a_frozen_instance_fails_at_once_and_stops_nothing() {
+        let cfg = config(Topology::Failover, "ha", "n1 n2");
+        let mut s = cluster(&["n1", "n2"]);
+        let p = plan(&s, "svc", &cfg);
+        apply_all(&mut s, &p);
+        let svc = s.services.get_mut("svc").unwrap();
+        svc.instances.get_mut("n1").unwrap().avail = Avail::Up;
+        svc.instances.entry("n2".into()).or_default().frozen = true;
+        svc.global_expect = GlobalExpect::PlacedAt("n2".into());
+        let p = plan(&s, "svc", &cfg);
+        assert!(
+            matches!(&p.progress, Progress::Failed(r) if r.contains("the instance on n2 is frozen")),
+            "{p:?}"
+        );
+        apply_all(&mut s, &p);
+        assert_eq!(placed(&s), ["n1"], "n1 keeps running: {:?}", p.cmds);
     }
 
     #[test]
