@@ -322,10 +322,51 @@ async fn failures_have_their_exit_code_and_a_json_form() {
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
     assert_eq!(json_error(&err)["exit"], "usage");
 
-    let bg = Background(r);
-    let (code, _, err) = om(r, &["node", "daemon", "start"]);
+    // node set and unset, as JSON.
+    let set = [
+        "--format",
+        "json",
+        "node",
+        "set",
+        "--param",
+        "node.down_timeout",
+        "--value",
+        "3s",
+    ];
+    let (code, out, err) = om(r, &set);
     assert_eq!(code, 0, "{err}");
-    assert!(bg.pid().is_some());
+    assert_eq!(
+        json_error(&out),
+        json!({"param": "node.down_timeout", "value": "3s"})
+    );
+    let unset = [
+        "--format",
+        "json",
+        "node",
+        "unset",
+        "--param",
+        "node.down_timeout",
+    ];
+    let (code, out, err) = om(r, &unset);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_error(&out),
+        json!({"param": "node.down_timeout", "value": null})
+    );
+
+    let bg = Background(r);
+    let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "start"]);
+    assert_eq!(code, 0, "{err}");
+    let started = json_error(&out);
+    assert_eq!(
+        started["pid"].as_i64().map(|p| p as i32),
+        bg.pid(),
+        "{started}"
+    );
+    assert!(
+        started["log"].as_str().unwrap().ends_with("om.log"),
+        "{started}"
+    );
 
     // The daemon refuses the input (BAD_REQUEST): 2, its reason in the error.
     let cfg = r.join("bad.conf");
@@ -483,8 +524,9 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         "{st}"
     );
 
-    let (code, _, err) = om(r, &["node", "daemon", "stop"]);
+    let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "stop"]);
     assert_eq!(code, 0, "{err}");
+    assert_eq!(json_error(&out), json!({"stopped": "op1"}));
 }
 
 /// Completion scripts and the man page come from the same command tree as the parser.

@@ -679,10 +679,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => daemon_cmd(&paths, cmd, format).await,
         Top::Node {
             cmd: NodeCmd::Set { param, value },
-        } => nodeconf::set(&paths, &param, Some(&value)).await,
+        } => nodeconf::set(&paths, &param, Some(&value), format).await,
         Top::Node {
             cmd: NodeCmd::Unset { param },
-        } => nodeconf::set(&paths, &param, None).await,
+        } => nodeconf::set(&paths, &param, None, format).await,
         Top::Node {
             cmd: NodeCmd::Get { param },
         } => nodeconf::get(&paths, &param, format),
@@ -867,7 +867,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             print(format, &data, render::kv);
             Ok(())
         }
-        DaemonCmd::Start { thread_id: None } => start_background(paths).await,
+        DaemonCmd::Start { thread_id: None } => start_background(paths, format).await,
         DaemonCmd::Stop {
             thread_id: Some(id),
         } => {
@@ -878,11 +878,13 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             print(format, &data, render::kv);
             Ok(())
         }
-        DaemonCmd::Stop { thread_id: None } => stop_and_wait(paths, Action::DaemonStop).await,
-        DaemonCmd::Shutdown => stop_and_wait(paths, Action::DaemonShutdown).await,
+        DaemonCmd::Stop { thread_id: None } => {
+            stop_and_wait(paths, Action::DaemonStop, format).await
+        }
+        DaemonCmd::Shutdown => stop_and_wait(paths, Action::DaemonShutdown, format).await,
         DaemonCmd::Restart => {
-            stop_and_wait(paths, Action::DaemonStop).await?;
-            start_background(paths).await
+            stop_and_wait(paths, Action::DaemonStop, Format::Table).await?;
+            start_background(paths, format).await
         }
         DaemonCmd::Health => health(paths, format).await,
         DaemonCmd::Install { unit_dir, print } => install(paths, &unit_dir, print),
@@ -976,7 +978,7 @@ async fn answers(paths: &Paths) -> bool {
         .is_ok()
 }
 
-async fn start_background(paths: &Paths) -> Result<()> {
+async fn start_background(paths: &Paths, format: Format) -> Result<()> {
     if answers(paths).await {
         return Err(CliError::new("the daemon is already running"));
     }
@@ -1007,6 +1009,18 @@ async fn start_background(paths: &Paths) -> Result<()> {
     loop {
         if answers(paths).await {
             eprintln!(" running; log: {}", log.display());
+            #[derive(serde::Serialize)]
+            struct Running {
+                pid: u32,
+                log: std::path::PathBuf,
+            }
+            json_only(
+                format,
+                &Running {
+                    pid: child.id(),
+                    log,
+                },
+            );
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -1072,9 +1086,10 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-async fn stop_and_wait(paths: &Paths, action: Action) -> Result<()> {
+async fn stop_and_wait(paths: &Paths, action: Action, format: Format) -> Result<()> {
     let whole = options::ThreadRef::default();
-    let _: options::Stopping = call_as(paths, action, &whole, Duration::from_secs(10)).await?;
+    let stopping: options::Stopping =
+        call_as(paths, action, &whole, Duration::from_secs(10)).await?;
     eprint!("stopping the daemon ");
     let deadline = Instant::now() + Duration::from_secs(30);
     while paths.control_socket().exists() {
@@ -1086,7 +1101,16 @@ async fn stop_and_wait(paths: &Paths, action: Action) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!(" stopped");
+    let stopped = std::collections::BTreeMap::from([("stopped", stopping.stopping)]);
+    json_only(format, &stopped);
     Ok(())
+}
+
+/// Prints `data` with `--format json`; the table form of the command is its stderr lines.
+fn json_only<T: serde::Serialize>(format: Format, data: &T) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+    }
 }
 
 async fn events(paths: &Paths, args: EventsArgs, format: Format) -> Result<()> {

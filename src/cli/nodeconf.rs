@@ -30,7 +30,12 @@ fn load(paths: &Paths) -> Result<IniDoc> {
 }
 
 /// Sets (`Some`) or unsets (`None`) a parameter; the file is untouched if the result is invalid.
-pub(super) async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Result<()> {
+pub(super) async fn set(
+    paths: &Paths,
+    param: &str,
+    value: Option<&str>,
+    format: Format,
+) -> Result<()> {
     let (section, key) = split(param)?;
     let mut doc = load(paths)?;
     match value {
@@ -55,7 +60,25 @@ pub(super) async fn set(paths: &Paths, param: &str, value: Option<&str>) -> Resu
     }
     let new = NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
     check_listener_addr(paths, &new).await?;
-    config::save(&paths.node_conf(), &doc).map_err(|e| CliError::new(e.to_string()))
+    config::save(&paths.node_conf(), &doc).map_err(|e| CliError::new(e.to_string()))?;
+    if format == Format::Json {
+        // Never the secret itself: its length, as the errors show it.
+        let shown = value.map(|v| match param {
+            "cluster.secret" | "cluster.secrets_accepted" => format!("<{} characters>", v.len()),
+            _ => v.to_string(),
+        });
+        #[derive(serde::Serialize)]
+        struct ParamSet<'a> {
+            param: &'a str,
+            value: Option<String>,
+        }
+        let out = ParamSet {
+            param,
+            value: shown,
+        };
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// Asks the running daemon whether `new`'s listener address is free in its cluster (no
