@@ -462,6 +462,46 @@ struct Check {
     detail: String,
 }
 
+/// The checks of `om node daemon health` on the status `st` of this node.
+fn health_checks(st: &crate::api::status::ClusterStatus) -> Vec<Check> {
+    let stopped: Vec<&str> = st
+        .threads
+        .iter()
+        .filter(|(_, t)| t.state != crate::api::status::ThreadState::Running)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let quorum = render::quorum_line(st);
+    let me = st.nodes.get(&st.node).and_then(|m| m.raft.as_ref());
+    let listener = me.and_then(|r| r.listener_problem.clone());
+    let check = |check, ok, detail: String| Check { check, ok, detail };
+    vec![
+        check(
+            "threads",
+            stopped.is_empty(),
+            match stopped.is_empty() {
+                true => "all running".into(),
+                false => format!("not running: {}", stopped.join(", ")),
+            },
+        ),
+        check(
+            "member",
+            st.cluster.nodes.contains(&st.node),
+            format!("{} in cluster {}", st.node, st.cluster.name),
+        ),
+        check(
+            "leader",
+            st.cluster.leader.is_some(),
+            st.cluster.leader.clone().unwrap_or_else(|| "none".into()),
+        ),
+        check("quorum", quorum.starts_with("quorum ok"), quorum),
+        check(
+            "listener",
+            listener.is_none(),
+            listener.unwrap_or_else(|| "bound".into()),
+        ),
+    ]
+}
+
 /// `om node daemon health`: the checks, then exit 0 or 4.
 async fn health(paths: &Paths, format: Format) -> Result<()> {
     let st = call_typed(
@@ -470,55 +510,7 @@ async fn health(paths: &Paths, format: Format) -> Result<()> {
         Duration::from_secs(10),
     )
     .await?;
-    let me = st.nodes.get(&st.node);
-    let stopped: Vec<&String> = st
-        .threads
-        .iter()
-        .filter(|(_, t)| t.state != crate::api::status::ThreadState::Running)
-        .map(|(id, _)| id)
-        .collect();
-    let quorum = render::quorum_line(&st);
-    let listener = me
-        .and_then(|m| m.raft.as_ref())
-        .and_then(|r| r.listener_problem.clone());
-    let checks = [
-        Check {
-            check: "threads",
-            ok: stopped.is_empty(),
-            detail: if stopped.is_empty() {
-                "all running".into()
-            } else {
-                format!(
-                    "not running: {}",
-                    stopped
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            },
-        },
-        Check {
-            check: "member",
-            ok: st.cluster.nodes.contains(&st.node),
-            detail: format!("{} in cluster {}", st.node, st.cluster.name),
-        },
-        Check {
-            check: "leader",
-            ok: st.cluster.leader.is_some(),
-            detail: st.cluster.leader.clone().unwrap_or_else(|| "none".into()),
-        },
-        Check {
-            check: "quorum",
-            ok: quorum.starts_with("quorum ok"),
-            detail: quorum,
-        },
-        Check {
-            check: "listener",
-            ok: listener.is_none(),
-            detail: listener.unwrap_or_else(|| "bound".into()),
-        },
-    ];
+    let checks = health_checks(&st);
     let healthy = checks.iter().all(|c| c.ok);
     #[derive(serde::Serialize)]
     struct Health<'a> {
