@@ -546,12 +546,18 @@ fn report(format: Format, e: &CliError) {
     match format {
         Format::Table => eprintln!("om: {e}"),
         Format::Json => {
-            let doc = serde_json::json!({
-                "error": e.message,
-                "exit": e.exit,
-                "code": e.exit.code(),
-            });
-            eprintln!("{doc}");
+            #[derive(serde::Serialize)]
+            struct Failure<'a> {
+                error: &'a str,
+                exit: Exit,
+                code: i32,
+            }
+            let doc = Failure {
+                error: &e.message,
+                exit: e.exit,
+                code: e.exit.code(),
+            };
+            eprintln!("{}", serde_json::to_string(&doc).unwrap_or_default());
         }
     }
 }
