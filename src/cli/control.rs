@@ -269,12 +269,8 @@ async fn ping(
         }
         answers.push(p);
     }
-    if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answers).unwrap_or_default()
-        );
-    }
+    // The table form was printed reply by reply.
+    print(format, &answers, |_| String::new());
     if answers.iter().all(|p| matches!(p, PingReply::Failed(_))) {
         return Err(CliError::new(format!("no reply from {target}")));
     }

@@ -925,12 +925,8 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             .await
             .map_err(|e| CliError::new(format!("{e}: see the daemon log")))?;
             eprintln!("{me} is a member of cluster {}", data.cluster);
-            if format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            }
+            // The progress lines above were the table form.
+            print(format, &data, |_| String::new());
             Ok(())
         }
         DaemonCmd::Leave { node, force } => {
@@ -1012,13 +1008,11 @@ async fn start_background(paths: &Paths, format: Format) -> Result<()> {
                 pid: u32,
                 log: std::path::PathBuf,
             }
-            json_only(
-                format,
-                &Running {
-                    pid: child.id(),
-                    log,
-                },
-            );
+            let running = Running {
+                pid: child.id(),
+                log,
+            };
+            print(format, &running, |_| String::new());
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -1100,15 +1094,8 @@ async fn stop_and_wait(paths: &Paths, action: Action, format: Format) -> Result<
     }
     eprintln!(" stopped");
     let stopped = std::collections::BTreeMap::from([("stopped", stopping.stopping)]);
-    json_only(format, &stopped);
+    print(format, &stopped, |_| String::new());
     Ok(())
-}
-
-/// Prints `data` with `--format json`; the table form of the command is its stderr lines.
-fn json_only<T: serde::Serialize>(format: Format, data: &T) {
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
-    }
 }
 
 async fn events(paths: &Paths, args: EventsArgs, format: Format) -> Result<()> {

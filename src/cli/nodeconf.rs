@@ -61,23 +61,16 @@ pub(super) async fn set(
     let new = NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
     check_listener_addr(paths, &new).await?;
     config::save(&paths.node_conf(), &doc).map_err(|e| CliError::new(e.to_string()))?;
-    if format == Format::Json {
-        // Never the secret itself: its length, as the errors show it.
-        let shown = value.map(|v| match param {
-            "cluster.secret" | "cluster.secrets_accepted" => format!("<{} characters>", v.len()),
-            _ => v.to_string(),
-        });
-        #[derive(serde::Serialize)]
-        struct ParamSet<'a> {
-            param: &'a str,
-            value: Option<String>,
-        }
-        let out = ParamSet {
-            param,
-            value: shown,
-        };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    #[derive(serde::Serialize)]
+    struct ParamSet<'a> {
+        param: &'a str,
+        value: Option<String>,
     }
+    let out = ParamSet {
+        param,
+        value: value.map(|v| config::shown_value(param, v)),
+    };
+    super::print(format, &out, |_| String::new());
     Ok(())
 }
 

@@ -432,17 +432,16 @@ async fn set_global(
     // The JSON answer: what was committed, and whether it was reached (not waited for
     // with --no-wait).
     let done = |reached: bool, up: Vec<String>| {
-        if format == Format::Json {
-            let out = TargetSet {
-                svcname: svc.to_string(),
-                global_expect: target.clone(),
-                index: data.index,
-                reached,
-                seconds: started.elapsed().as_secs_f64(),
-                up,
-            };
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        }
+        let out = TargetSet {
+            svcname: svc.to_string(),
+            global_expect: target.clone(),
+            index: data.index,
+            reached,
+            seconds: started.elapsed().as_secs_f64(),
+            up,
+        };
+        // The progress lines on stderr were the table form.
+        print(format, &out, |_| String::new());
         Ok(())
     };
     if w.no_wait {

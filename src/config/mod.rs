@@ -214,6 +214,16 @@ pub const PARAMS: &[Param] = &[
     },
 ];
 
+/// `value` of parameter `key` as errors and outputs show it: a secret as its length only,
+/// since what is printed or logged may be read by others.
+pub fn shown_value(key: &str, value: &str) -> String {
+    if matches!(key, "cluster.secret" | "cluster.secrets_accepted") {
+        format!("<{} characters>", value.len())
+    } else {
+        value.to_string()
+    }
+}
+
 /// The typed view of node.conf that the daemon runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -488,15 +498,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         });
     }
     let bad = |reason: &str| {
-        // Errors are printed and logged: a secret never appears in them.
-        let shown = if matches!(key, "cluster.secret" | "cluster.secrets_accepted") {
-            format!("<{} characters>", value.len())
-        } else {
-            value.to_string()
-        };
         Err(ConfigError::BadValue {
             key: key.to_string(),
-            value: shown,
+            value: shown_value(key, value),
             reason: reason.to_string(),
         })
     };
