@@ -146,9 +146,8 @@ impl Daemon {
             } else {
                 let ask = OwnStatus::ASK;
                 match self
-                    .ask_member(&m, Action::DaemonStatus, &ask, Duration::from_secs(2))
+                    .ask_member::<OwnView>(&m, Action::DaemonStatus, &ask, Duration::from_secs(2))
                     .await
-                    .and_then(|v| api::decode_reply::<OwnView>(Action::DaemonStatus, v))
                 {
                     Ok(v) => (v.view.raft.last_applied, None),
                     Err(e) => (last.0, Some(e.message)),

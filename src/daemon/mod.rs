@@ -940,17 +940,18 @@ impl Daemon {
         })
     }
 
-    /// Sends `action` with `options` to member `node` and returns the data of its answer;
-    /// its error answers keep their status, prefixed with the node.
-    pub async fn ask_member<O: serde::Serialize>(
+    /// Sends `action` with `options` to member `node` and decodes its answer as `T`, the
+    /// action's reply type; its error answers keep their status, prefixed with the node.
+    pub async fn ask_member<T: serde::de::DeserializeOwned>(
         &self,
         node: &str,
         action: crate::api::Action,
-        options: &O,
+        options: &impl serde::Serialize,
         timeout: Duration,
-    ) -> Result<Doc, ActionError> {
+    ) -> Result<T, ActionError> {
         let options = crate::api::reply(options)?;
-        self.ask_member_doc(node, action, options, timeout).await
+        let data = self.ask_member_doc(node, action, options, timeout).await?;
+        crate::api::decode_reply(action, data)
     }
 
     /// [`Daemon::ask_member`] with options already encoded.

@@ -34,15 +34,10 @@ impl Daemon {
                 node: None,
                 timeout_ms: o.timeout_ms,
             };
-            let data = self
-                .ask_member(
-                    other,
-                    Action::AgentStandby,
-                    &fwd,
-                    wait + Duration::from_secs(5),
-                )
-                .await?;
-            return crate::api::decode_reply(Action::AgentStandby, data);
+            let wait = wait + Duration::from_secs(5);
+            return self
+                .ask_member(other, Action::AgentStandby, &fwd, wait)
+                .await;
         }
         self.set_duty(NodeStatus::Standby).await?;
         let deadline = Instant::now() + wait;
@@ -78,15 +73,10 @@ impl Daemon {
         o: options::AgentWelcome,
     ) -> Result<options::AgentState, ActionError> {
         if let Some(other) = o.node.as_ref().filter(|n| **n != self.name()) {
-            let data = self
-                .ask_member(
-                    other,
-                    Action::AgentWelcome,
-                    &options::AgentWelcome::default(),
-                    Duration::from_secs(15),
-                )
-                .await?;
-            return crate::api::decode_reply(Action::AgentWelcome, data);
+            let back = options::AgentWelcome::default();
+            return self
+                .ask_member(other, Action::AgentWelcome, &back, Duration::from_secs(15))
+                .await;
         }
         if self.duty_state()?.state == NodeStatus::Standby.to_string() {
             self.set_duty(NodeStatus::Idle).await?;

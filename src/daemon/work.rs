@@ -19,7 +19,6 @@ use crate::api;
 use crate::api::options;
 use crate::api::Action;
 use crate::api::ApiError;
-use crate::api::ApiRequest;
 use crate::api::Status;
 use crate::daemon::Daemon;
 use crate::work::core::State;
@@ -50,18 +49,6 @@ impl From<WorkError> for ApiError {
         };
         ApiError::new(status, e.to_string())
     }
-}
-
-/// Sends a typed request to member `node` and decodes the answer.
-async fn call<R: ApiRequest>(
-    daemon: &Daemon,
-    node: &str,
-    action: Action,
-    req: &R,
-    timeout: Duration,
-) -> Result<R::Reply> {
-    let data = daemon.ask_member(node, action, req, timeout).await?;
-    api::decode_reply(action, data)
 }
 
 /// Checks a submission against this node's work types; the command it will run.
@@ -161,14 +148,14 @@ pub async fn submit(daemon: &Arc<Daemon>, ask: Ask, payload: Vec<u8>) -> Result<
         payload: b64().encode(&payload),
         submitter: me,
     };
-    let st = call(
-        daemon,
-        &ask.node,
-        Action::WorkSubmit,
-        &req,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let st = daemon
+        .ask_member::<options::WorkUnitStatus>(
+            &ask.node,
+            Action::WorkSubmit,
+            &req,
+            Duration::from_secs(30),
+        )
+        .await?;
     let rec = UnitRecord {
         id: ask.id,
         worktype: ask.worktype,
@@ -222,7 +209,14 @@ pub async fn list(
         let d = daemon.clone();
         async move {
             let req = options::WorkStatus { unitids };
-            let r = call(&d, &node, Action::WorkStatus, &req, PEER_TIMEOUT).await;
+            let r = d
+                .ask_member::<BTreeMap<String, options::WorkUnitStatus>>(
+                    &node,
+                    Action::WorkStatus,
+                    &req,
+                    PEER_TIMEOUT,
+                )
+                .await;
             (node, r)
         }
     });
@@ -287,7 +281,9 @@ pub async fn cancel(daemon: &Arc<Daemon>, id: &str) -> Result<UnitStatus> {
         return Ok(daemon.work.status(&rec));
     }
     let req = options::WorkUnit { unitid: id.into() };
-    let st = call(daemon, &rec.node, Action::WorkCancel, &req, PEER_TIMEOUT).await?;
+    let st = daemon
+        .ask_member::<options::WorkUnitStatus>(&rec.node, Action::WorkCancel, &req, PEER_TIMEOUT)
+        .await?;
     daemon.work.update_remote(id, &st);
     Ok(st)
 }
@@ -298,9 +294,14 @@ pub async fn release(daemon: &Arc<Daemon>, id: &str, force: bool) -> Result<()> 
     let rec = known(daemon, id)?;
     if rec.remote {
         let req = options::WorkUnit { unitid: id.into() };
-        let r =
-            call::<options::WorkUnit>(daemon, &rec.node, Action::WorkRelease, &req, PEER_TIMEOUT)
-                .await;
+        let r = daemon
+            .ask_member::<options::WorkUnitStatus>(
+                &rec.node,
+                Action::WorkRelease,
+                &req,
+                PEER_TIMEOUT,
+            )
+            .await;
         match r {
             Ok(_) => {}
             Err(e) if e.message.contains("unknown unitid") => {}
@@ -343,7 +344,14 @@ pub async fn check_runs_on(daemon: &Daemon, node: &str, id: &str) -> Result<()> 
     let req = options::WorkStatus {
         unitids: vec![id.to_string()],
     };
-    let units = call(daemon, node, Action::WorkStatus, &req, PEER_TIMEOUT).await?;
+    let units = daemon
+        .ask_member::<BTreeMap<String, options::WorkUnitStatus>>(
+            node,
+            Action::WorkStatus,
+            &req,
+            PEER_TIMEOUT,
+        )
+        .await?;
     if units.contains_key(id) {
         return Ok(());
     }
@@ -399,14 +407,9 @@ async fn remote_chunk(
         startpos,
         wait_ms: Some(5000),
     };
-    let chunk = call(
-        daemon,
-        node,
-        Action::WorkResults,
-        &req,
-        Duration::from_secs(15),
-    )
-    .await?;
+    let chunk = daemon
+        .ask_member::<options::WorkChunk>(node, Action::WorkResults, &req, Duration::from_secs(15))
+        .await?;
     let bytes = b64()
         .decode(chunk.data.as_bytes())
         .map_err(|e| ApiError::new(Status::Error, format!("{node}: bad chunk: {e}")))?;

@@ -193,11 +193,10 @@ async fn ping_call(
         target: target.map(str::to_string),
     };
     let t0 = Instant::now();
-    let data = daemon
+    let pong = daemon
         .ask_member(node, Action::ControlPing, &req, timeout)
         .await?;
-    let took = t0.elapsed();
-    Ok((crate::api::decode_reply(Action::ControlPing, data)?, took))
+    Ok((pong, t0.elapsed()))
 }
 
 /// `control_ping` with a target, on the relaying node: a direct round trip to it.
