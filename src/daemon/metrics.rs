@@ -50,7 +50,7 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        // Each call wakes one thread waiting for a request, which then ends.
         for _ in 0..WORKERS {
             self.server.unblock();
         }

@@ -65,11 +65,9 @@ impl Daemon {
     /// Everyone in the Raft membership (learners joining) or in the replicated node list,
     /// with their address and membership, by name.
     fn everyone(
-        node: &raft::Node,
+        membership: &openraft::Membership<raft::NodeId, raft::Member>,
         state: &raft::state::ClusterState,
     ) -> Vec<(String, String, Membership)> {
-        let m = node.metrics();
-        let membership = m.membership_config.membership();
         let mut names: Vec<(String, String, Membership)> = membership
             .nodes()
             .map(|(id, mb)| {
@@ -139,7 +137,7 @@ impl Daemon {
             .current_leader
             .and_then(|id| membership.get_node(&id).map(|mb| mb.name.clone()));
         let state = node.read(|s| s.clone());
-        let names = Self::everyone(&node, &state);
+        let names = Self::everyone(&membership, &state);
         let addrs = names
             .iter()
             .map(|(n, a, _)| (n.clone(), a.clone()))
