@@ -49,6 +49,19 @@ async fn hello_and_get_nodes() {
         );
     }
 
+    // Members check in with `hello` on each session they open (Zeek's
+    // notify_agent_hello): n1 heard n2, and hears it again once n2 restarted.
+    let before = check_ins(&c.nodes[0], "n2", 1).await;
+    assert_eq!(before["api_version"], 1, "{before}");
+    let n = before["count"].as_u64().unwrap();
+    c.nodes[1].kill();
+    let bin = c.bin.clone();
+    c.nodes[1].start(&bin).unwrap();
+    c.nodes[1].wait_ready(T).await.unwrap();
+    let after = check_ins(&c.nodes[0], "n2", n + 1).await;
+    assert!(after["ago_ms"].as_u64().unwrap() < 30_000, "{after}");
+    check_ins(&c.nodes[1], "n1", 1).await;
+
     // A dead node: its own result fails, the request does not.
     c.nodes[1].kill();
     let nodes = c.nodes[0]
@@ -63,6 +76,31 @@ async fn hello_and_get_nodes() {
         list[1]["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{nodes}"
     );
+}
+
+/// Waits until `node` has heard at least `count` check-ins of `member`; returns the last.
+async fn check_ins(
+    node: &om::cli::local::LocalNode,
+    member: &str,
+    count: u64,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = node
+            .call("daemon_status", json!({"local": true}), T)
+            .await
+            .unwrap();
+        let seen = st["self"]["check_ins"][member].clone();
+        if seen["count"].as_u64().is_some_and(|n| n >= count) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} heard {member} check in fewer than {count} times: {st}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 const SVC: &str = "[DEFAULT]\nnodes = n1 n2\norchestrate = no\n\n[app#1]\nstart = true\nstop = true\ncheck = true\n";

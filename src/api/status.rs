@@ -141,6 +141,22 @@ pub struct RaftView {
     /// Its om version (empty from a node older than this field).
     #[serde(default)]
     pub version: String,
+    /// The members that checked in with it (`hello` on each session they opened), by name
+    /// (empty from a node older than this field).
+    #[serde(default)]
+    pub check_ins: BTreeMap<String, CheckIn>,
+}
+
+/// The last `hello` a member sent a node: sent on each session it opens, so `count` is how
+/// many times it connected since the node's daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckIn {
+    /// The API version it checked in with.
+    pub api_version: u32,
+    /// How long ago, in ms.
+    pub ago_ms: u64,
+    /// Its check-ins since this daemon started.
+    pub count: u64,
 }
 
 /// A copy of the counters, serializable for status output.
@@ -372,6 +388,7 @@ mod tests {
                     listener_metrics: metrics,
                     threads: BTreeMap::new(),
                     version: "0.1.0".into(),
+                    check_ins: BTreeMap::new(),
                 },
             },
         }

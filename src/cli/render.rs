@@ -340,6 +340,7 @@ mod tests {
             rpc_misdelivered: 0,
             listener_metrics: Default::default(),
             threads: Default::default(),
+            check_ins: Default::default(),
             version: "0.1.0".into(),
         }
     }

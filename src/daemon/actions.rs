@@ -327,7 +327,18 @@ impl Daemon {
             | Action::JobList
             | Action::JobShow
             | Action::JobCancel => crate::services::handle(&self.host(), action, o).await,
-            Action::Hello => api::reply(&self.hello(api::parse(action, o)?)?),
+            Action::Hello => {
+                let reply = self.hello(api::parse(action, o)?)?;
+                if let Origin::Peer {
+                    sender,
+                    member: true,
+                    ..
+                } = origin
+                {
+                    self.check_ins.record(sender, reply.api_version);
+                }
+                api::reply(&reply)
+            }
             Action::GetNodes => {
                 let opts: options::GetNodes = api::parse(action, o)?;
                 let t = Duration::from_millis(opts.timeout_ms.unwrap_or(1000).clamp(1, 30_000));

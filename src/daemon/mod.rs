@@ -128,6 +128,8 @@ pub struct Daemon {
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Recent applied events.
     pub events: EventLog,
+    /// The members' `hello` check-ins, by sender (see [`status::CheckIns`]).
+    check_ins: status::CheckIns,
     stop: watch::Sender<Option<StopKind>>,
     /// The listener's state (blacklist, counters, keyring), kept across rebinds.
     pub listener: Listener,
@@ -265,6 +267,7 @@ impl Daemon {
             threads: Supervisor::new(),
             membership_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: EventLog::default(),
+            check_ins: Default::default(),
             stop: watch::channel(None).0,
             proposal_ids: ProposalIds::new(),
             started: Instant::now(),

@@ -7,6 +7,8 @@ use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::api::options::Hello;
+use crate::api::options::API_VERSIONS;
 use crate::api::ApiRequest;
 use crate::wire::Client;
 use crate::wire::ClientOptions;
@@ -30,6 +32,17 @@ pub enum PeerError {
         status: i32,
         message: String,
     },
+}
+
+/// The `hello` a member sends on each session it opens to a peer (Zeek's
+/// `notify_agent_hello`): the peer learns that this node (re)connected and which API
+/// version it speaks, and refuses a version it does not.
+fn check_in() -> Doc {
+    let newest = API_VERSIONS.last().copied();
+    Doc::pack(&Hello {
+        api_version: newest,
+    })
+    .expect("a hello always packs")
 }
 
 /// The connections to the other nodes.
@@ -76,6 +89,7 @@ impl Peers {
             .or_insert_with(|| {
                 ClientOptions::new(addr, self.keyring(), self.me())
                     .receiver(receiver)
+                    .greeting(Hello::ACTION.as_str(), check_in())
                     .build()
             })
             .clone()

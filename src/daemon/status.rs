@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use super::actions::ActionError;
 use super::Daemon;
 use crate::api::options;
 use crate::api::status::AppliedState;
+use crate::api::status::CheckIn;
 use crate::api::status::ClusterStatus;
 use crate::api::status::ClusterView;
 use crate::api::status::MemberView;
@@ -21,6 +23,42 @@ use crate::api::status::OwnView;
 use crate::api::status::RaftView;
 use crate::api::status::Role;
 use crate::api::status::ServiceSummary;
+
+/// The members' `hello` check-ins heard by this daemon, by sender: a member sends one on
+/// every session it opens to this node, so a new one means it (re)connected. Bounded by the
+/// membership (only members' check-ins are recorded) and forgotten on restart.
+#[derive(Default)]
+pub(super) struct CheckIns(std::sync::Mutex<BTreeMap<String, (Instant, u32, u64)>>);
+
+impl CheckIns {
+    /// Records a check-in of `sender` in `api_version`.
+    pub(super) fn record(&self, sender: &str, api_version: u32) {
+        let mut g = self.0.lock().unwrap();
+        let count = g.get(sender).map_or(0, |c| c.2) + 1;
+        g.insert(sender.to_string(), (Instant::now(), api_version, count));
+        drop(g);
+        tracing::info!(
+            member = sender,
+            api_version,
+            sessions = count,
+            "member checked in"
+        );
+    }
+
+    fn view(&self) -> BTreeMap<String, CheckIn> {
+        let g = self.0.lock().unwrap();
+        g.iter()
+            .map(|(name, (at, api_version, count))| {
+                let check_in = CheckIn {
+                    api_version: *api_version,
+                    ago_ms: at.elapsed().as_millis() as u64,
+                    count: *count,
+                };
+                (name.clone(), check_in)
+            })
+            .collect()
+    }
+}
 
 /// How long a peer has to answer its part of a status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -50,6 +88,7 @@ impl Daemon {
             listener_metrics: self.listener.metrics().snapshot(),
             threads: self.threads.status(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            check_ins: self.check_ins.view(),
         };
         let view = NodeView {
             role: m.state.into(),

@@ -121,6 +121,7 @@ pub struct ClientOptions {
     idle_reconnect: Duration,
     stall_timeout: Duration,
     receiver: String,
+    greeting: Option<(String, Doc)>,
 }
 
 /// Default of [`ClientOptions::idle_reconnect`].
@@ -143,6 +144,7 @@ impl ClientOptions {
             idle_reconnect: DEFAULT_IDLE_RECONNECT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             receiver: String::new(),
+            greeting: None,
         }
     }
 
@@ -187,6 +189,14 @@ impl ClientOptions {
     /// it). Default: whichever node listens at the address.
     pub fn receiver(mut self, nodename: impl Into<String>) -> Self {
         self.receiver = nodename.into();
+        self
+    }
+
+    /// A request sent on every new session as soon as it opens (a member's `hello`
+    /// check-in, which tells the node it reconnected). Its answer is not waited for: an
+    /// error status is logged as a warning, naming the action and the node.
+    pub fn greeting(mut self, action: impl Into<String>, options: impl Into<Doc>) -> Self {
+        self.greeting = Some((action.into(), options.into()));
         self
     }
 
@@ -472,6 +482,14 @@ impl Client {
             source,
         })?;
         *self.inner.conn.lock().expect("conn lock") = Some(conn.clone());
+        if let Some((action, options)) = &opts.greeting {
+            let reqid = self.inner.next_reqid.fetch_add(1, Ordering::Relaxed);
+            let msg = Message::request(ReqId::Int(reqid), Request::new(action, options.clone()));
+            if let Ok(plain) = msg.encode() {
+                let (addr, action) = (opts.addr.clone(), action.clone());
+                tokio::spawn(greet(conn.clone(), reqid, plain, addr, action));
+            }
+        }
         Ok(conn)
     }
 
@@ -481,6 +499,35 @@ impl Client {
         let idle = self.inner.opts.idle_reconnect;
         let g = self.inner.conn.lock().expect("conn lock");
         g.as_ref().filter(|c| c.shared.reusable(idle)).cloned()
+    }
+}
+
+/// Sends the greeting first on the session just opened and logs a refusal. It goes on
+/// `conn` itself, not through [`Client::request`], which could open yet another session.
+async fn greet(conn: Arc<Conn>, reqid: u64, plain: Vec<u8>, addr: String, action: String) {
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut p = conn.shared.pending.lock().expect("pending lock");
+        if p.closed.is_some() {
+            return;
+        }
+        p.waiters.insert(reqid, tx);
+    }
+    if conn.tx.send(Outgoing::Message(plain)).await.is_err() {
+        return;
+    }
+    conn.shared.touch();
+    match rx.await {
+        Ok(Ok(resp)) if !resp.is_ok() => tracing::warn!(
+            %addr,
+            %action,
+            status = resp.status,
+            error = resp.error.as_deref().unwrap_or(""),
+            "the node refused this session's greeting"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(reason)) => tracing::debug!(%addr, %action, %reason, "greeting not answered"),
+        Err(_) => {}
     }
 }
 
