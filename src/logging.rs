@@ -104,6 +104,37 @@ pub fn set_level(level: LogLevel) {
     }
 }
 
+/// Largest `om.log` a background start appends to; a larger one is rotated first.
+pub const ROTATE_AT: u64 = 16 << 20;
+/// Rotated logs kept (`om.log.1` is the newest).
+pub const KEEP_ROTATED: u32 = 3;
+
+/// Rotates `log` when it holds more than `max` bytes: `log.N` becomes `log.N+1` (the
+/// oldest past `keep` is deleted) and `log` becomes `log.1`, so the next writer starts a
+/// new file. Called before each background start: the daemon writes its log through its
+/// inherited stderr, which a rename under it would not follow. A missing `log` is fine.
+pub fn rotate(log: &std::path::Path, max: u64, keep: u32) -> std::io::Result<bool> {
+    let Ok(meta) = std::fs::metadata(log) else {
+        return Ok(false);
+    };
+    if meta.len() <= max || keep == 0 {
+        return Ok(false);
+    }
+    let nth = |n: u32| {
+        let mut name = log.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        std::path::PathBuf::from(name)
+    };
+    let _ = std::fs::remove_file(nth(keep));
+    for n in (1..keep).rev() {
+        if nth(n).exists() {
+            std::fs::rename(nth(n), nth(n + 1))?;
+        }
+    }
+    std::fs::rename(log, nth(1))?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +148,24 @@ mod tests {
             let e = bad.parse::<LogLevel>().unwrap_err();
             assert!(e.contains("error, warn, info, debug, trace"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_large_log_is_rotated_keeping_the_newest_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("om.log");
+        let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).ok();
+        assert!(!rotate(&log, 4, 2).unwrap(), "no log yet: nothing to do");
+        for run in ["first run\n", "second\n", "third!\n"] {
+            std::fs::write(&log, run).unwrap();
+            assert!(rotate(&log, 4, 2).unwrap(), "{run} is over the limit");
+        }
+        assert_eq!(read("om.log"), None, "the next start writes a new file");
+        assert_eq!(read("om.log.1").as_deref(), Some("third!\n"));
+        assert_eq!(read("om.log.2").as_deref(), Some("second\n"));
+        assert_eq!(read("om.log.3"), None, "only two are kept");
+        std::fs::write(&log, "tiny").unwrap();
+        assert!(!rotate(&log, 4, 2).unwrap(), "at the limit: kept as it is");
+        assert_eq!(read("om.log").as_deref(), Some("tiny"));
     }
 }

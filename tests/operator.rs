@@ -354,9 +354,19 @@ async fn failures_have_their_exit_code_and_a_json_form() {
         json!({"param": "node.down_timeout", "value": null})
     );
 
+    // An om.log past 16 MiB is rotated by the start, which then writes a new one.
+    let log = r.join("var/log/om.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, vec![b'x'; (16 << 20) + 1]).unwrap();
     let bg = Background(r);
     let (code, out, err) = om(r, &["--format", "json", "node", "daemon", "start"]);
     assert_eq!(code, 0, "{err}");
+    let rotated = std::fs::metadata(r.join("var/log/om.log.1")).unwrap().len();
+    assert_eq!(rotated, (16 << 20) + 1, "the old log is om.log.1");
+    assert!(
+        std::fs::metadata(&log).unwrap().len() < 1 << 20,
+        "a new om.log"
+    );
     let started = json_error(&out);
     assert_eq!(
         started["pid"].as_i64().map(|p| p as i32),

@@ -979,6 +979,12 @@ async fn start_background(paths: &Paths, format: Format) -> Result<()> {
     let log = paths.log_file();
     std::fs::create_dir_all(log.parent().expect("log has a parent"))
         .map_err(|e| CliError::new(e.to_string()))?;
+    crate::logging::rotate(
+        &log,
+        crate::logging::ROTATE_AT,
+        crate::logging::KEEP_ROTATED,
+    )
+    .map_err(|e| CliError::new(format!("rotating {}: {e}", log.display())))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
