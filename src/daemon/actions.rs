@@ -44,6 +44,20 @@ pub enum Origin {
     },
 }
 
+impl Origin {
+    /// The sender's name when it is a cluster member.
+    fn member(&self) -> Option<&str> {
+        match self {
+            Origin::Peer {
+                sender,
+                member: true,
+                ..
+            } => Some(sender),
+            _ => None,
+        }
+    }
+}
+
 /// A failed action: the API's error.
 pub use crate::api::ApiError as ActionError;
 
@@ -52,12 +66,7 @@ type Result<T> = std::result::Result<T, ActionError>;
 impl Daemon {
     /// Serves one request.
     pub async fn handle(self: &Arc<Self>, origin: Origin, req: Request) -> Response {
-        if let Origin::Peer {
-            sender,
-            member: true,
-            ..
-        } = &origin
-        {
+        if let Some(sender) = origin.member() {
             self.peers.saw(sender);
         }
         match self.dispatch(&origin, req).await {
@@ -329,12 +338,7 @@ impl Daemon {
             | Action::JobCancel => crate::services::handle(&self.host(), action, o).await,
             Action::Hello => {
                 let reply = self.hello(api::parse(action, o)?)?;
-                if let Origin::Peer {
-                    sender,
-                    member: true,
-                    ..
-                } = origin
-                {
+                if let Some(sender) = origin.member() {
                     self.check_ins.record(sender, reply.api_version);
                 }
                 api::reply(&reply)

@@ -241,6 +241,17 @@ struct Conn {
     shared: Arc<ConnShared>,
 }
 
+impl Conn {
+    /// Queues an encoded request for sending; `false` once the writer stopped.
+    async fn send(&self, plain: Vec<u8>) -> bool {
+        if self.tx.send(Outgoing::Message(plain)).await.is_err() {
+            return false;
+        }
+        self.shared.touch();
+        true
+    }
+}
+
 type Waiter = oneshot::Sender<Result<Response, String>>;
 
 #[derive(Debug)]
@@ -285,6 +296,18 @@ impl ConnShared {
         }
         let p = self.pending.lock().expect("pending lock");
         !p.waiters.is_empty()
+    }
+
+    /// Registers a waiter for the answer to `reqid`; the reason the connection closed if
+    /// it did.
+    fn wait_for(&self, reqid: u64) -> Result<oneshot::Receiver<Result<Response, String>>, String> {
+        let (tx, rx) = oneshot::channel();
+        let mut p = self.pending.lock().expect("pending lock");
+        if let Some(reason) = &p.closed {
+            return Err(reason.clone());
+        }
+        p.waiters.insert(reqid, tx);
+        Ok(rx)
     }
 
     /// Marks the connection broken and fails every waiting request with `reason`.
@@ -396,27 +419,19 @@ impl Client {
         let (conn, rx) = loop {
             attempts += 1;
             let conn = self.connection_for(action).await?;
-            let (tx, rx) = oneshot::channel();
-            {
-                let mut p = conn.shared.pending.lock().expect("pending lock");
-                if let Some(reason) = &p.closed {
-                    if attempts < 2 {
-                        continue;
-                    }
-                    return Err(closed(reason.clone()));
-                }
-                p.waiters.insert(reqid, tx);
+            match conn.shared.wait_for(reqid) {
+                Ok(rx) => break (conn, rx),
+                Err(_) if attempts < 2 => continue,
+                Err(reason) => return Err(closed(reason)),
             }
-            break (conn, rx);
         };
         let guard = WaiterGuard {
             shared: &conn.shared,
             reqid,
         };
-        if conn.tx.send(Outgoing::Message(plain)).await.is_err() {
+        if !conn.send(plain).await {
             return Err(closed("writer stopped".into()));
         }
-        conn.shared.touch();
         let answer = rx.await;
         if answer.is_ok() {
             // Whoever answered already removed the waiter: skip the guard's lock.
@@ -505,18 +520,12 @@ impl Client {
 /// Sends the greeting first on the session just opened and logs a refusal. It goes on
 /// `conn` itself, not through [`Client::request`], which could open yet another session.
 async fn greet(conn: Arc<Conn>, reqid: u64, plain: Vec<u8>, addr: String, action: String) {
-    let (tx, rx) = oneshot::channel();
-    {
-        let mut p = conn.shared.pending.lock().expect("pending lock");
-        if p.closed.is_some() {
-            return;
-        }
-        p.waiters.insert(reqid, tx);
-    }
-    if conn.tx.send(Outgoing::Message(plain)).await.is_err() {
+    let Ok(rx) = conn.shared.wait_for(reqid) else {
+        return;
+    };
+    if !conn.send(plain).await {
         return;
     }
-    conn.shared.touch();
     match rx.await {
         Ok(Ok(resp)) if !resp.is_ok() => tracing::warn!(
             %addr,
