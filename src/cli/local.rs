@@ -185,11 +185,34 @@ pub struct LocalCluster {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1, never handed out twice by this process.
+///
+/// Ports come from below the kernel's ephemeral range, from an offset derived from the
+/// process id, so neither another test of the same run nor a daemon's outgoing connection
+/// gets one of them. A port handed out twice would let a test's leader, still sending to
+/// a member it killed, reach another test's node of the same name on the reused port and
+/// get itself blacklisted there under the name that cluster's own leader uses.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = HIGH - LOW;
+    let start = (std::process::id() * 97) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if n >= span {
+            break;
+        }
+        let port = (LOW + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port left in {LOW}..{HIGH} for this process"),
+    ))
 }
 
 /// Creates a node root's `etc/` as the daemon would: 0700, since node.conf holds the secret.
