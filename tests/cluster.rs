@@ -293,3 +293,85 @@ async fn taken_names_and_concurrent_membership_changes_are_refused_clearly() {
     expect.sort();
     assert_eq!(members(&status(&c, 0).await), expect);
 }
+
+/// A config of `kib` KiB that set_service_config accepts.
+fn big_config(kib: usize) -> String {
+    format!("[DEFAULT]\nnodes = *\n# {}\n", "x".repeat(kib << 10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_catches_followers_up_on_large_entries_and_oversized_commands_are_refused() {
+    let mut c = cluster(3);
+    c.start_all().await.unwrap();
+    c.join_all(&mut quiet).await.unwrap();
+    // 24 configs near the 1 MiB limit: a new leader's first probe of a follower carries
+    // half the log (12 MiB in one append) unless appends are cut to a byte budget, and
+    // that append cannot be answered within openraft's deadline (one heartbeat).
+    let leader = c.leader().await.unwrap();
+    let via = c.nodes.iter().position(|n| n.name == leader).unwrap();
+    for i in 0..24 {
+        let svc = format!("big{i}");
+        let config = big_config(900);
+        let r = c.nodes[via]
+            .call(
+                "set_service_config",
+                json!({"svcname": svc, "config": config}),
+                T,
+            )
+            .await;
+        r.unwrap_or_else(|e| panic!("{svc}: {e}"));
+    }
+    c.node(&leader).unwrap().kill();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != via).collect();
+    let mut new_write = None;
+    for _ in 0..100 {
+        let r = c.nodes[survivors[0]]
+            .call(
+                "set_service_config",
+                json!({"svcname": "after", "config": AFTER}),
+                Duration::from_secs(3),
+            )
+            .await;
+        if let Ok(r) = r {
+            new_write = Some(r["index"].as_u64().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_write = new_write.expect("the survivors commit after losing the leader");
+    // The old leader restarts and is caught up by the new one, large entries and all.
+    let bin = c.bin.clone();
+    c.nodes[via].start(&bin).unwrap();
+    c.nodes[via].wait_ready(T).await.unwrap();
+    for i in 0..3 {
+        wait_applied(&c, i, new_write).await;
+    }
+
+    // Over the config limit: committed, then refused by the state machine.
+    let err = c.nodes[survivors[1]]
+        .call(
+            "set_service_config",
+            json!({"svcname": "huge", "config": big_config(1536)}),
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.contains("the limit is 1048576"), "{err}");
+    // Over what one log entry may hold: refused before it is proposed, as a bad request.
+    let err = c.nodes[survivors[1]]
+        .call(
+            "set_service_config",
+            json!({"svcname": "huge", "config": big_config(3 << 10)}),
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("more than a log entry may hold (2097152)"),
+        "{err}"
+    );
+    let r = c.nodes[survivors[1]]
+        .call("get_service_config", json!({"svcname": "huge"}), T)
+        .await;
+    assert!(r.is_err(), "nothing was stored: {r:?}");
+}

@@ -13,6 +13,11 @@ use crate::state::MonitorStatus;
 use crate::state::NodeExpect;
 use crate::state::NodeStatus;
 
+/// The largest command, packed, that [`crate::Node::propose`] accepts: a service config at
+/// its limit ([`crate::apply::MAX_CONFIG_LEN`]) with room to spare. Every entry must reach
+/// every follower in one append within openraft's deadline, so there is a limit.
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+
 /// A cluster change. Fields that carry time carry the proposer's wall clock, so that
 /// [`crate::apply`] stays a pure function of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use crate::apply::CommandError;
 use crate::apply::Outcome;
 use crate::command::Command;
+use crate::command::MAX_COMMAND_BYTES;
 use crate::event::EventRecord;
 use crate::machine::MachineData;
 use crate::machine::SharedMachine;
@@ -51,6 +52,16 @@ pub enum ProposeError {
     /// Raft is shutting down or failed.
     #[error("raft stopped: {0}")]
     Stopped(String),
+    /// The command is larger than one log entry may be; nothing was proposed.
+    #[error(
+        "the command is {bytes} bytes, more than a log entry may hold ({limit}); make it smaller"
+    )]
+    TooLarge {
+        /// Its size, packed.
+        bytes: usize,
+        /// [`crate::command::MAX_COMMAND_BYTES`].
+        limit: usize,
+    },
 }
 
 /// A committed, accepted command.
@@ -132,6 +143,13 @@ impl Node {
 
     /// Proposes `cmd`; returns once it is committed and applied, with the state machine's answer.
     pub async fn propose(&self, cmd: Command) -> Result<Committed, ProposeError> {
+        let bytes = crate::rpc::packed_len(&cmd);
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(ProposeError::TooLarge {
+                bytes,
+                limit: MAX_COMMAND_BYTES,
+            });
+        }
         let resp = self.raft.client_write(cmd).await.map_err(write_error)?;
         match resp.data {
             Ok(outcome) => Ok(Committed {

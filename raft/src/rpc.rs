@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use openraft::error::InstallSnapshotError;
 use openraft::error::NetworkError;
+use openraft::error::PayloadTooLarge;
 use openraft::error::RPCError;
 use openraft::error::RaftError;
 use openraft::error::RemoteError;
@@ -324,11 +325,62 @@ impl<T: Transport> AddressedNet<T> {
     }
 }
 
+/// The most entry bytes one append carries while the target keeps up (etcd's
+/// `MaxSizePerMsg`).
+///
+/// openraft times an append out after one heartbeat interval and then sends the same range
+/// again, and a new leader probes a follower with half its log at once. Without a byte
+/// limit, entries of a few hundred KiB make every probe miss its deadline (or exceed the
+/// frame limit) and the follower never catches up: the cluster cannot commit.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+
+/// The least the byte budget of an append shrinks to after appends that did not finish.
+pub const APPEND_BYTES_MIN: usize = 64 << 10;
+
 /// The RPC channel from one node to one target.
 pub struct AddressedConn<T: Transport> {
     net: AddressedNet<T>,
     target: NodeId,
     member: Member,
+    /// Entry bytes the next append may carry: halved after an append that failed or was
+    /// dropped by openraft's timeout, doubled after one that was answered.
+    append_budget: usize,
+    /// Set while an append is in flight; still set at the next append when the last one
+    /// never returned (openraft dropped it at its deadline).
+    append_unfinished: bool,
+}
+
+/// The size of `v` as MessagePack with named fields (how the daemon's wire packs it),
+/// counted without building it.
+pub fn packed_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let mut ser = rmp_serde::Serializer::new(&mut count).with_struct_map();
+    // Writing to a counter cannot fail; a value serde refuses is counted as far as it got.
+    let _ = v.serialize(&mut ser);
+    count.0
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes: at least one, so that an
+/// entry larger than the budget still travels, alone.
+fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    for (n, entry) in entries.iter().enumerate() {
+        used += packed_len(entry);
+        if used > budget {
+            return n.max(1);
+        }
+    }
+    entries.len()
 }
 
 impl<T: Transport> RaftNetworkFactory<TypeConfig> for AddressedNet<T> {
@@ -339,6 +391,8 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for AddressedNet<T> {
             net: self.clone(),
             target,
             member: node.clone(),
+            append_budget: APPEND_BYTES_MAX,
+            append_unfinished: false,
         }
     }
 }
@@ -410,7 +464,30 @@ impl<T: Transport> RaftNetwork<TypeConfig> for AddressedConn<T> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.call(Rpc::Append(rpc), option.hard_ttl()).await? {
+        // Heartbeats (no entries) say nothing about how many bytes get through in time.
+        let carries = !rpc.entries.is_empty();
+        if carries {
+            if self.append_unfinished {
+                self.append_budget = (self.append_budget / 2).max(APPEND_BYTES_MIN);
+            }
+            let fit = entries_within(&rpc.entries, self.append_budget);
+            if fit < rpc.entries.len() {
+                // openraft resends at once with at most `fit` entries (and for its next
+                // few appends); nothing was sent.
+                let hint = PayloadTooLarge::new_entries_hint(fit as u64);
+                return Err(RPCError::PayloadTooLarge(hint));
+            }
+            self.append_unfinished = true;
+        }
+        let answer = self.call(Rpc::Append(rpc), option.hard_ttl()).await;
+        if carries {
+            self.append_unfinished = answer.is_err();
+            if answer.is_ok() {
+                self.append_budget = (self.append_budget * 2).min(APPEND_BYTES_MAX);
+            }
+        }
+        debug_assert!((APPEND_BYTES_MIN..=APPEND_BYTES_MAX).contains(&self.append_budget));
+        match answer? {
             Answer::Append(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.wrong_kind()),
         }
@@ -576,6 +653,126 @@ mod tests {
         let (back, _) = round_trip(Rpc::Vote(vote.clone()));
         let Rpc::Vote(back) = back else { panic!() };
         assert_eq!(format!("{back:?}"), format!("{vote:?}"));
+    }
+
+    fn big_entry(index: u64, kib: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(crate::Command::UpdateService {
+                svc: format!("s{index}"),
+                config: "x".repeat(kib << 10),
+                expected_version: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_what_fits_its_byte_budget_and_never_nothing() {
+        let entries: Vec<_> = (1..=20).map(|i| big_entry(i, 256)).collect();
+        let one = packed_len(&entries[0]);
+        assert!(one > 256 << 10 && one < (256 << 10) + 200, "{one}");
+        assert_eq!(
+            packed_len(&entries[0]),
+            rmp_serde::to_vec_named(&entries[0]).unwrap().len()
+        );
+        assert_eq!(entries_within(&entries, APPEND_BYTES_MAX), 3);
+        assert_eq!(entries_within(&entries, 4 * one), 4);
+        assert_eq!(entries_within(&entries, 4 * one - 1), 3);
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(
+            entries_within(&[big_entry(1, 3 << 10)], APPEND_BYTES_MIN),
+            1
+        );
+        assert_eq!(entries_within(&entries[..2], APPEND_BYTES_MAX), 2);
+        assert_eq!(entries_within(&[], APPEND_BYTES_MIN), 0);
+    }
+
+    /// Answers appends after `delay` (forever when `None`), counting the entries it got.
+    #[derive(Clone)]
+    struct Slow {
+        delay: Arc<std::sync::Mutex<Option<Duration>>>,
+        sent: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Transport for Slow {
+        async fn send(
+            &self,
+            _: &Member,
+            msg: Addressed<Rpc>,
+            _: Duration,
+        ) -> Result<Reply, TransportError> {
+            let Rpc::Append(req) = msg.rpc else {
+                panic!("only appends here")
+            };
+            self.sent.lock().unwrap().push(req.entries.len());
+            let delay = *self.delay.lock().unwrap();
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+            Ok(Reply {
+                responder: msg.to,
+                answer: Ok(Answer::Append(Ok(AppendEntriesResponse::Success))),
+            })
+        }
+    }
+
+    fn append(entries: Vec<Entry<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(4, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_that_miss_their_deadline_shrink_the_next_ones_until_they_get_through() {
+        let slow = Slow {
+            delay: Arc::new(std::sync::Mutex::new(None)),
+            sent: Arc::default(),
+        };
+        let mut net = AddressedNet::new(slow.clone(), "c1", 1);
+        let mut conn = net.new_client(2, &member(2)).await;
+        let ttl = Duration::from_millis(80);
+        let option = RPCOption::new(ttl);
+        let entries: Vec<_> = (1..=20).map(|i| big_entry(i, 256)).collect();
+        // What openraft does: time the append out, or resend fewer entries on a hint.
+        let send = |n: usize| append(entries[..n].to_vec());
+        let mut hints = Vec::new();
+        let mut n = 20;
+        for _ in 0..6 {
+            let r = tokio::time::timeout(ttl, conn.append_entries(send(n), option.clone())).await;
+            match r {
+                Ok(Err(RPCError::PayloadTooLarge(h))) => {
+                    hints.push(h.entries_hint());
+                    n = h.entries_hint() as usize;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {}
+            }
+        }
+        // 1 MiB: 3 entries, dropped; 512 KiB: 1, dropped; then 1 (the floor is one entry).
+        assert_eq!(hints, [3, 1]);
+        assert_eq!(*slow.sent.lock().unwrap(), [3, 1, 1, 1]);
+        // Once they get through, the budget grows back to the maximum, step by step.
+        *slow.delay.lock().unwrap() = Some(Duration::from_millis(1));
+        let mut carried = Vec::new();
+        for _ in 0..8 {
+            match conn.append_entries(send(20), option.clone()).await {
+                Ok(AppendEntriesResponse::Success) => carried.push(20),
+                Err(RPCError::PayloadTooLarge(h)) => {
+                    let n = h.entries_hint() as usize;
+                    conn.append_entries(send(n), option.clone()).await.unwrap();
+                    carried.push(n);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(carried, [1, 1, 1, 1, 3, 3, 3, 3]);
+        // A heartbeat neither spends nor earns budget.
+        conn.append_entries(send(0), option.clone()).await.unwrap();
+        assert_eq!(conn.append_budget, APPEND_BYTES_MAX);
     }
 
     #[test]

@@ -64,6 +64,7 @@ impl From<raft::ProposeError> for ApiError {
         let status = match &e {
             P::NotLeader { .. } | P::Stopped(_) | P::MembershipBusy(_) => Status::Unavailable,
             P::Rejected(_) | P::Membership(_) => Status::Error,
+            P::TooLarge { .. } => Status::BadRequest,
         };
         ApiError::new(status, e.to_string())
     }

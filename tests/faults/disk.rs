@@ -148,7 +148,9 @@ pub(crate) async fn full_disk(bin: PathBuf) {
         .wait_ready(Duration::from_secs(60))
         .await
         .unwrap();
-    write(&c, 0, "reg0", "after").await.unwrap();
+    write(&c, 0, "reg0", "after")
+        .await
+        .unwrap_or_else(|e| panic!("write after restart: {e}\n{}", c.log_tails()));
     c.converge(Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("after restart: {e}\n{}", c.log_tails()));
