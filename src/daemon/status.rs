@@ -34,15 +34,22 @@ impl CheckIns {
     /// Records a check-in of `sender` in `api_version`.
     pub(super) fn record(&self, sender: &str, api_version: u32) {
         let mut g = self.0.lock().unwrap();
-        let count = g.get(sender).map_or(0, |c| c.2) + 1;
+        let before = g.get(sender).map(|c| (c.1, c.2));
+        let count = before.map_or(0, |(_, n)| n) + 1;
         g.insert(sender.to_string(), (Instant::now(), api_version, count));
         drop(g);
-        tracing::info!(
-            member = sender,
-            api_version,
-            sessions = count,
-            "member checked in"
-        );
+        // Every session opens with one: only news (a first one, another API version) is
+        // worth a line at the default level.
+        if before.is_none_or(|(v, _)| v != api_version) {
+            tracing::info!(member = sender, api_version, "member checked in");
+        } else {
+            tracing::debug!(
+                member = sender,
+                api_version,
+                sessions = count,
+                "member checked in"
+            );
+        }
     }
 
     fn view(&self) -> BTreeMap<String, CheckIn> {
