@@ -43,6 +43,25 @@ fn members(st: &Value) -> Vec<String> {
 }
 
 /// Waits until node `i` has applied at least `index`.
+/// Writes service `after` through survivor `via` of a leader loss, retrying while the
+/// survivors elect a leader (up to 100 tries of 3 s); returns the write's index.
+async fn write_after_leader_loss(c: &LocalCluster, via: usize) -> u64 {
+    for _ in 0..100 {
+        let r = c.nodes[via]
+            .call(
+                "set_service_config",
+                json!({"svcname": "after", "config": AFTER}),
+                Duration::from_secs(3),
+            )
+            .await;
+        if let Ok(r) = r {
+            return r["index"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the survivors do not commit after losing the leader");
+}
+
 async fn wait_applied(c: &LocalCluster, i: usize, index: u64) {
     c.nodes[i]
         .wait_applied(index, Duration::from_secs(10))
@@ -155,22 +174,7 @@ async fn leader_loss_keeps_acknowledged_writes_and_restart_catches_up() {
     let survivors: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != leader).collect();
 
     // A new leader commits new writes.
-    let mut new_write = None;
-    for _ in 0..100 {
-        if let Ok(r) = c.nodes[survivors[0]]
-            .call(
-                "set_service_config",
-                json!({"svcname": "after", "config": AFTER}),
-                Duration::from_secs(3),
-            )
-            .await
-        {
-            new_write = Some(r["index"].as_u64().unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let new_write = new_write.expect("the survivors commit after losing the leader");
+    let new_write = write_after_leader_loss(&c, survivors[0]).await;
     let st = status(&c, survivors[1]).await;
     assert_ne!(st["cluster"]["leader"], json!(leader));
     assert!(st["cluster"]["leader"].is_string());
@@ -323,22 +327,7 @@ async fn a_new_leader_catches_followers_up_on_large_entries_and_oversized_comman
     }
     c.node(&leader).unwrap().kill();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != via).collect();
-    let mut new_write = None;
-    for _ in 0..100 {
-        let r = c.nodes[survivors[0]]
-            .call(
-                "set_service_config",
-                json!({"svcname": "after", "config": AFTER}),
-                Duration::from_secs(3),
-            )
-            .await;
-        if let Ok(r) = r {
-            new_write = Some(r["index"].as_u64().unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let new_write = new_write.expect("the survivors commit after losing the leader");
+    let new_write = write_after_leader_loss(&c, survivors[0]).await;
     // The old leader restarts and is caught up by the new one, large entries and all.
     let bin = c.bin.clone();
     c.nodes[via].start(&bin).unwrap();
