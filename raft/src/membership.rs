@@ -442,6 +442,50 @@ pub fn note_announcement(node: &Node, name: &str, addr: &str) {
     }
 }
 
+/// When a member that hears from no leader announces its address again.
+///
+/// A leader holding a wrong address for a member (a typo forced past the checks, a record
+/// set while the member was away, or a repair that a newer leader's log overwrote) never
+/// reaches it, and nothing in Raft tells the member why: it only sees its elections fail.
+/// The announcement at start is then not enough, so a member that has known no leader for
+/// [`Reannounce::AFTER`] announces again, and again after each wait, doubling up to
+/// [`Reannounce::WAIT_MAX`] (an outage of the majority costs one request per wait). An
+/// announcement of the address already recorded commits nothing. Pure: the daemon's
+/// listener thread and the simulator feed it their clock and their view of the leader.
+#[derive(Debug, Clone, Default)]
+pub struct Reannounce {
+    /// Since when this member has known no leader.
+    leaderless_since: Option<tokio::time::Instant>,
+    /// When the next announcement is due, once one was made in this leaderless period.
+    next: Option<tokio::time::Instant>,
+    /// The wait after the next announcement.
+    wait: Duration,
+}
+
+impl Reannounce {
+    /// How long without a leader before the first announcement: several election timeouts,
+    /// so that an ordinary election never triggers one.
+    pub const AFTER: Duration = Duration::from_secs(3);
+    /// The longest wait between two announcements.
+    pub const WAIT_MAX: Duration = Duration::from_secs(30);
+
+    /// Whether to announce now, given whether this member knows a leader at `now`.
+    pub fn due(&mut self, now: tokio::time::Instant, leader_known: bool) -> bool {
+        if leader_known {
+            *self = Self::default();
+            return false;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        if now < self.next.unwrap_or(since + Self::AFTER) {
+            return false;
+        }
+        let wait = self.wait.max(Self::AFTER);
+        self.next = Some(now + wait);
+        self.wait = (wait * 2).min(Self::WAIT_MAX);
+        true
+    }
+}
+
 /// Address change (on the leader): records that member `name` now listens at `addr`, in
 /// Raft's membership (where RPCs go) and then in the state. Refused when another member
 /// holds `addr`.
@@ -482,5 +526,42 @@ pub async fn set_addr(node: &Node, name: &str, addr: &str) -> Result<(), Members
         // A learner that has not committed its `Join` yet is only in Raft's record.
         Ok(_) | Err(ProposeError::Rejected(CommandError::NodeNotFound { .. })) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reannounce;
+    use std::time::Duration;
+
+    /// The announcements (in seconds after the leader was lost) over `secs`, ticking each
+    /// 500 ms, with a leader known again during `back`.
+    fn announcements(secs: u64, back: std::ops::Range<u64>) -> Vec<f64> {
+        let t0 = tokio::time::Instant::now();
+        let mut r = Reannounce::default();
+        (0..secs * 2)
+            .map(|tick| Duration::from_millis(500 * tick))
+            .filter(|at| r.due(t0 + *at, back.contains(&at.as_secs())))
+            .map(|at| at.as_secs_f64())
+            .collect()
+    }
+
+    #[test]
+    fn a_leaderless_member_announces_after_three_seconds_then_backs_off_to_thirty() {
+        assert_eq!(
+            announcements(120, 0..0),
+            [3.0, 6.0, 12.0, 24.0, 48.0, 78.0, 108.0]
+        );
+    }
+
+    #[test]
+    fn a_leader_heard_from_starts_the_count_again() {
+        // Leaderless from 0, a leader during 10..20 s, leaderless again from 20 s.
+        assert_eq!(announcements(40, 10..20), [3.0, 6.0, 23.0, 26.0, 32.0]);
+    }
+
+    #[test]
+    fn a_member_that_knows_its_leader_never_announces() {
+        assert!(announcements(300, 0..300).is_empty());
     }
 }

@@ -80,6 +80,16 @@ impl LocalNode {
         let _ = std::fs::remove_file(self.paths.control_socket());
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the daemon: alive to the kernel, silent to
+    /// the cluster.
+    pub fn pause(&mut self, paused: bool) {
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid, which `wait` has not reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
     /// Starts the daemon process (again).
     pub fn start(&mut self, bin: &Path) -> std::io::Result<()> {
         self.spawn(Command::new(bin))

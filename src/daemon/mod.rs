@@ -810,6 +810,8 @@ impl Daemon {
         // node (set while it was down, or forced): tell it where this node listens now.
         let d = self.clone();
         tokio::spawn(async move { d.announce_address().await });
+        let mut watchdog = raft::membership::Reannounce::default();
+        let mut reannouncing: Option<tokio::task::JoinHandle<()>> = None;
         let result = loop {
             tokio::select! {
                 _ = stop.changed() => break Ok(()),
@@ -820,6 +822,9 @@ impl Daemon {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if handle.is_finished() {
                         break Err("the accept loop ended".to_string());
+                    }
+                    if reannouncing.as_ref().is_none_or(|h| h.is_finished()) {
+                        reannouncing = self.reannounce_if_leaderless(&mut watchdog);
                     }
                 }
             }
@@ -857,6 +862,32 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move { d.announce_address().await });
         }
+    }
+
+    /// One announcement of this node's address when it has known no leader for a while
+    /// (`raft::membership::Reannounce`): the leader may hold a wrong address for it and so
+    /// never reach it. Failures are the watchdog's to retry, later.
+    fn reannounce_if_leaderless(
+        self: &Arc<Self>,
+        watchdog: &mut raft::membership::Reannounce,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let node = self.node().ok()?;
+        let leader_known = node.metrics().current_leader.is_some();
+        if !watchdog.due(tokio::time::Instant::now(), leader_known) {
+            return None;
+        }
+        let d = self.clone();
+        Some(tokio::spawn(async move {
+            let (name, addr) = (d.name(), d.advertised_addr());
+            match d.update_member_addr(&name, &addr).await {
+                Ok(()) => {
+                    tracing::info!(%addr, "no leader heard from: announced this node's address to the cluster")
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, "no leader heard from: announcing this node's address: {e}")
+                }
+            }
+        }))
     }
 
     /// Has the leader record this node's new listener address (in the Raft membership, so
