@@ -550,54 +550,95 @@ pub async fn operator(w: Arc<World>, stop: Arc<AtomicBool>) {
 /// swapped, which one announcement alone cannot undo) makes the node move to a free port
 /// and announce that. Returns whether its record is right.
 pub async fn announce(w: &Arc<World>, idx: usize, stop: Option<&AtomicBool>) -> bool {
-    let t = step_timeout(w);
     loop {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) || w.status(idx) != Status::Up {
             return false;
         }
-        let me = w.member(idx);
-        let Some((lidx, leader)) = w.leader() else {
-            // No leader to record it: tell the members, as the daemon does (any member takes
-            // an announcement), so that candidates can reach this node.
-            for j in (0..w.cfg.nodes).filter(|j| *j != idx) {
-                if let Some(n) = w.node(j) {
-                    membership::note_announcement(&n, &me.name, &me.addr);
-                }
-            }
-            sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let recorded = leader
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&raft::node_id(&me.name))
-            .map(|m| m.addr.clone());
-        match recorded {
-            None => return false,
-            Some(a) if a == me.addr => return true,
-            Some(_) => {}
+        match announce_once(w, idx).await {
+            Some(right) => return right,
+            None => sleep(Duration::from_millis(50)).await,
         }
-        w.ev(
-            &w.names[idx],
-            format_args!("announces {} via {}", me.addr, w.names[lidx]),
-        );
-        match timeout(t, membership::set_addr(&leader, &me.name, &me.addr)).await {
-            Ok(Ok(())) => {
-                w.rec().stats.addr_repairs += 1;
+    }
+}
+
+/// One announcement of node `idx`'s address: `Some(whether its record is right)` when that
+/// is settled, `None` when it is worth trying again.
+async fn announce_once(w: &Arc<World>, idx: usize) -> Option<bool> {
+    let me = w.member(idx);
+    let Some((lidx, leader)) = w.leader() else {
+        // No leader to record it: tell the members, as the daemon does (any member takes
+        // an announcement), so that candidates can reach this node.
+        for j in (0..w.cfg.nodes).filter(|j| *j != idx) {
+            if let Some(n) = w.node(j) {
+                membership::note_announcement(&n, &me.name, &me.addr);
             }
-            Ok(Err(MembershipError::Refused(CommandError::AddrTaken { holder, .. }))) => {
-                w.ev(
-                    &w.names[idx],
-                    format_args!("address {} refused: {holder}'s record holds it", me.addr),
-                );
-                w.relisten(idx);
+        }
+        return None;
+    };
+    let recorded = leader
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&raft::node_id(&me.name))
+        .map(|m| m.addr.clone());
+    match recorded {
+        None => return Some(false),
+        Some(a) if a == me.addr => return Some(true),
+        Some(_) => {}
+    }
+    w.ev(
+        &w.names[idx],
+        format_args!("announces {} via {}", me.addr, w.names[lidx]),
+    );
+    match timeout(
+        step_timeout(w),
+        membership::set_addr(&leader, &me.name, &me.addr),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            w.rec().stats.addr_repairs += 1;
+        }
+        Ok(Err(MembershipError::Refused(CommandError::AddrTaken { holder, .. }))) => {
+            w.ev(
+                &w.names[idx],
+                format_args!("address {} refused: {holder}'s record holds it", me.addr),
+            );
+            w.relisten(idx);
+        }
+        Ok(Err(MembershipError::NotMember { .. })) => return Some(false),
+        Ok(Err(e)) => w.ev(&w.names[idx], format_args!("announce failed: {e}")),
+        Err(_) => w.ev(&w.names[idx], format_args!("announce timed out")),
+    }
+    None
+}
+
+/// The daemon's leaderless watchdog for every node (`membership::Reannounce`, ticked each
+/// 500 ms by the daemon's listener thread): a node that has known no leader for a while
+/// makes one announcement, and more later. Its state is lost with the node, as the
+/// daemon's is with its process.
+pub async fn reannounce_when_leaderless(w: Arc<World>) {
+    let mut dogs = vec![membership::Reannounce::default(); w.cfg.nodes];
+    let mut busy: Vec<Option<tokio::task::JoinHandle<()>>> =
+        (0..w.cfg.nodes).map(|_| None).collect();
+    loop {
+        sleep(Duration::from_millis(500)).await;
+        for (i, dog) in dogs.iter_mut().enumerate() {
+            let node = w.node(i).filter(|_| w.status(i) == Status::Up);
+            let Some(node) = node else {
+                *dog = membership::Reannounce::default();
+                continue;
+            };
+            if busy[i].as_ref().is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            Ok(Err(MembershipError::NotMember { .. })) => return false,
-            Ok(Err(e)) => w.ev(&w.names[idx], format_args!("announce failed: {e}")),
-            Err(_) => w.ev(&w.names[idx], format_args!("announce timed out")),
+            let leader_known = node.metrics().current_leader.is_some();
+            if dog.due(tokio::time::Instant::now(), leader_known) {
+                let w = w.clone();
+                busy[i] = Some(tokio::spawn(async move {
+                    announce_once(&w, i).await;
+                }));
+            }
         }
-        sleep(Duration::from_millis(50)).await;
     }
 }
