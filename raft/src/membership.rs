@@ -429,11 +429,13 @@ fn check_reachable(
 /// A member announced (to this node, leader or not) that it listens at `addr`: route its
 /// RPCs there now. Without this, a member whose record is wrong on every node and whose
 /// vote the others need could not be reached by any candidate, so no leader would ever be
-/// elected to record its address. Ignored for non-members and taken addresses.
+/// elected to record its address. Ignored for non-members. An address that another
+/// member's record holds is taken too: with two records swapped, each member's real address
+/// is the other's record, and refusing both announcements left no candidate able to reach
+/// either (simulator seed 19553). Routing there is safe: a receiver that is not the member
+/// meant refuses the session as misaddressed. Only the leader's `set_addr` refuses a taken
+/// address, for the record itself.
 pub fn note_announcement(node: &Node, name: &str, addr: &str) {
-    if addr_holder(node, addr, name).is_some() {
-        return;
-    }
     let Some(id) = member_id(node, name) else {
         return;
     };
