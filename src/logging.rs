@@ -1,15 +1,30 @@
 //! The daemon's log: where it goes (stderr, which is om.log in the background), its level
 //! (`node.log_level`, changed live by the watcher) and what it keeps quiet (openraft's and
-//! sled's chatter below warnings).
+//! sled's chatter below warnings) and how often one warning may repeat ([`Repeats`]: with a
+//! peer down, openraft writes five warnings every 500 ms, and the line that matters drowns).
 //!
 //! Its own module so that the daemon's watcher can change the level without reaching up
 //! into the CLI, which sets the log up once at `om node daemon run`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::time::Duration;
+use std::time::Instant;
 
+use tracing::callsite::Identifier;
+use tracing::Event;
+use tracing::Level;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::FormatEvent;
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -86,6 +101,7 @@ pub fn init(level: LogLevel) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
+        .event_format(Repeats::new(tracing_subscriber::fmt::format()))
         .with_writer(std::io::stderr);
     if tracing_subscriber::registry()
         .with(filter)
@@ -94,6 +110,104 @@ pub fn init(level: LogLevel) {
         .is_ok()
     {
         let _ = RELOAD.set(handle);
+    }
+}
+
+/// How long a warning or error, once written, holds back the next ones from the same line
+/// of code.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
+/// One warning or error line of code: when it was last written and how many of its events
+/// were held back since.
+#[derive(Debug, Clone, Copy)]
+struct Repeat {
+    written_at: Instant,
+    held: u64,
+}
+
+/// Whether an event of a line last seen as `last` is written at `now`: `Some(held)` (the
+/// number held back before it, to say so), or `None` (held back, and counted).
+fn admit(last: &mut Option<Repeat>, now: Instant, window: Duration) -> Option<u64> {
+    match last {
+        Some(r) if now.duration_since(r.written_at) < window => {
+            r.held += 1;
+            None
+        }
+        _ => {
+            let held = last.map_or(0, |r| r.held);
+            *last = Some(Repeat {
+                written_at: now,
+                held: 0,
+            });
+            Some(held)
+        }
+    }
+}
+
+/// An event format that writes each warning or error line of code at most once per
+/// [`REPEAT_WINDOW`]; the next one written after a hold says how many were not. Keyed by
+/// the call site, not the text, which differs in counters and request ids from one repeat
+/// to the next; a bounded map, as call sites are static. Info and below are not limited:
+/// they are what the daemon does, and `debug` is asked for to see everything.
+pub struct Repeats<F> {
+    inner: F,
+    window: Duration,
+    seen: Mutex<HashMap<Identifier, Repeat>>,
+}
+
+impl<F> Repeats<F> {
+    /// Limits the warnings and errors that `inner` writes.
+    pub fn new(inner: F) -> Repeats<F> {
+        Repeats::within(inner, REPEAT_WINDOW)
+    }
+
+    fn within(inner: F, window: Duration) -> Repeats<F> {
+        Repeats {
+            inner,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for Repeats<F>
+where
+    F: FormatEvent<S, N>,
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if *meta.level() <= Level::WARN {
+            let held = {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut last = seen.get(&meta.callsite()).copied();
+                let admitted = admit(&mut last, Instant::now(), self.window);
+                seen.insert(meta.callsite(), last.expect("admit records the event"));
+                admitted
+            };
+            match held {
+                // Nothing written: the fmt layer writes an empty line buffer, i.e. nothing.
+                None => return Ok(()),
+                Some(0) => {}
+                Some(n) => {
+                    tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+                    writeln!(
+                        writer,
+                        " {:>5} {}: {n} more like the next line were not written (at most one each {:?})",
+                        meta.level(),
+                        meta.target(),
+                        self.window
+                    )?;
+                }
+            }
+        }
+        self.inner.format_event(ctx, writer, event)
     }
 }
 
@@ -148,6 +262,77 @@ mod tests {
             let e = bad.parse::<LogLevel>().unwrap_err();
             assert!(e.contains("error, warn, info, debug, trace"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_repeated_line_is_written_once_per_window_and_the_next_one_says_how_many_were_held() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(30);
+        let mut last = None;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(admit(&mut last, at(0), w), Some(0), "the first is written");
+        for tick in 1..60 {
+            assert_eq!(admit(&mut last, at(tick * 500), w), None, "held at {tick}");
+        }
+        assert_eq!(
+            admit(&mut last, at(30_000), w),
+            Some(59),
+            "59 held before it"
+        );
+        assert_eq!(admit(&mut last, at(30_500), w), None);
+        assert_eq!(admit(&mut last, at(90_000), w), Some(1));
+    }
+
+    /// Warnings from one call site (`events` of them, then, after the window, one more),
+    /// written through [`Repeats`] into a buffer.
+    fn written(events: usize, window: Duration) -> String {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(Repeats::within(tracing_subscriber::fmt::format(), window))
+            .with_writer(move || Sink(sink.clone()));
+        let sub = tracing_subscriber::registry().with(layer);
+        // One call site for every warning.
+        let warn = |i: usize| tracing::warn!(peer = "n3", "cannot reach the peer, attempt {i}");
+        tracing::subscriber::with_default(sub, || {
+            for i in 0..events {
+                warn(i);
+                tracing::info!("the daemon does its work {i}");
+            }
+            std::thread::sleep(window + Duration::from_millis(100));
+            warn(events);
+        });
+        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        out
+    }
+
+    struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_burst_of_one_warning_is_written_once_and_info_lines_all() {
+        let out = written(100, Duration::from_secs(1));
+        let warns: Vec<&str> = out.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warns.len(), 3, "{out}");
+        assert!(
+            warns[0].contains("attempt 0") && warns[0].contains("peer=\"n3\""),
+            "{out}"
+        );
+        assert!(
+            warns[1].contains("om::logging::tests: 99 more like the next line were not written (at most one each 1s)"),
+            "{out}"
+        );
+        assert!(warns[2].contains("attempt 100"), "{out}");
+        assert_eq!(out.lines().filter(|l| l.contains("INFO")).count(), 100);
     }
 
     #[test]
