@@ -45,14 +45,23 @@ restart_delay = 200ms
 
 /// A cluster of `n` daemons with `node.down_timeout = 2s`, formed by join.
 async fn cluster(n: usize) -> LocalCluster {
+    cluster_with(n, |_| "").await
+}
+
+/// [`cluster`], with `extra(i)` added to node i's `[node]` section.
+async fn cluster_with(n: usize, extra: impl Fn(usize) -> &'static str) -> LocalCluster {
     let mut c =
         LocalCluster::prepare(env!("CARGO_BIN_EXE_om").into(), n, None).expect("prepare cluster");
-    for node in &c.nodes {
+    for (i, node) in c.nodes.iter().enumerate() {
         let conf = node.paths.node_conf();
         let text = std::fs::read_to_string(&conf).unwrap();
         let text = text.replacen(
             "[node]\n",
-            &format!("[node]\ndown_timeout = {}ms\n", DOWN.as_millis()),
+            &format!(
+                "[node]\ndown_timeout = {}ms\n{}",
+                DOWN.as_millis(),
+                extra(i)
+            ),
             1,
         );
         std::fs::write(&conf, text).unwrap();
@@ -741,4 +750,86 @@ async fn dequeue_actions_runs_the_pending_checks_now() {
         || app_pid(n1, "lazy").is_some_and(|p| p != first && alive(p)),
     )
     .await;
+}
+
+/// Two service nodes and a witness (`node.role = witness`, OpenSVC's arbitrator): the
+/// witness votes but runs nothing, even listed first or asked by `switch --to`; when the
+/// service's node dies, the other service node takes the service over, the witness's vote
+/// making the majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_service_nodes_and_a_witness_survive_the_loss_of_either_service_node() {
+    let mut c = cluster_with(3, |i| if i == 2 { "role = witness\n" } else { "" }).await;
+    let _apps = Apps(c.nodes.iter().map(|n| pid_file(n, "web")).collect());
+    until_daemon_status(&c.nodes[0], "n3 is recorded as a witness", |st| {
+        st["nodes"]["n3"]["node_role"] == "witness" && st["nodes"]["n1"]["node_role"] == "normal"
+    })
+    .await;
+    let (text, _) = om_ok(&c.nodes[0], &["node", "daemon", "status"]).await;
+    assert!(
+        text.contains("node role") && text.contains("witness"),
+        "{text}"
+    );
+
+    let config = WEB.replace("nodes = n1 n2 n3", "nodes = n3 n1 n2");
+    let i = start_on_one(&c, "web", &config).await;
+    assert_eq!(
+        c.nodes[i].name, "n1",
+        "the first listed node that is no witness"
+    );
+    let (code, _, err) = om(&c.nodes[1], &["web", "switch", "--to", "n3"]).await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("node \"n3\" is a witness"), "{err}");
+    assert_eq!(running_on(&c, "web"), ["n1"]);
+
+    let app = app_pid(&c.nodes[0], "web").unwrap();
+    c.nodes[0].kill();
+    kill(app, "-KILL");
+    let deadline = Instant::now() + DOWN + Duration::from_secs(15);
+    while running_on(&c, "web") != ["n2"] {
+        if Instant::now() > deadline {
+            let st = c.nodes[1].call("daemon_status", json!({}), T).await;
+            let web = status(&c.nodes[1], "web").await;
+            panic!(
+                "web did not fail over to n2: {web}\n{st:?}\n{}",
+                c.log_tails()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running_on(&c, "web"), ["n2"], "never on the witness");
+
+    // The role is live: set back to normal in n3's node.conf, it is recorded by itself.
+    om_ok(
+        &c.nodes[2],
+        &["node", "set", "--param", "node.role", "--value", "normal"],
+    )
+    .await;
+    until_daemon_status(&c.nodes[1], "n3 is recorded as a normal node again", |st| {
+        st["nodes"]["n3"]["node_role"] == "normal"
+    })
+    .await;
+    let (code, _, err) = om(
+        &c.nodes[2],
+        &["node", "set", "--param", "node.role", "--value", "arbiter"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("allowed values are normal, witness"), "{err}");
+}
+
+/// Polls `daemon_status` on `node` until `ok` holds.
+async fn until_daemon_status(node: &LocalNode, what: &str, ok: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + T;
+    loop {
+        let st = node
+            .call("daemon_status", json!({}), T)
+            .await
+            .unwrap_or_default();
+        if ok(&st) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {T:?}: {st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

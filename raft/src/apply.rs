@@ -17,6 +17,7 @@ use crate::state::Instance;
 use crate::state::MonitorStatus;
 use crate::state::NodeMonitor;
 use crate::state::NodeRecord;
+use crate::state::NodeRole;
 use crate::state::Service;
 use crate::types::node_id;
 use crate::types::NodeId;
@@ -57,6 +58,8 @@ pub enum CommandError {
     NodeNotFound { node: String },
     #[error("node {node:?} is already a cluster member")]
     NodeExists { node: String },
+    #[error("node {node:?} is a witness (node.role = witness) and runs no service instance: pick a service node")]
+    Witness { node: String },
     #[error("node name {node:?} belonged to a member that left; a node rejoins under a new name (its Raft id is a hash of the name, and its log was wiped)")]
     NameDeparted { node: String },
     #[error(
@@ -187,7 +190,7 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             check_addr(addr)?;
             addr_free(s, node, addr)
         }
-        Command::SetNodeMonitor { node, .. } => member(s, node),
+        Command::SetNodeMonitor { node, .. } | Command::SetNodeRole { node, .. } => member(s, node),
         Command::SetServiceMonitor {
             svc,
             node,
@@ -205,6 +208,9 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             }
             if let Some(GlobalExpect::PlacedAt(n)) = global_expect {
                 member(s, n)?;
+                if s.nodes.get(n).is_some_and(|r| r.role == NodeRole::Witness) {
+                    return Err(CommandError::Witness { node: n.clone() });
+                }
             }
             Ok(())
         }
@@ -341,6 +347,10 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 &mut rec.addr,
                 addr.clone(),
             );
+        }
+        Command::SetNodeRole { node, role } => {
+            let rec = s.nodes.get_mut(node).expect("validated");
+            set(ev, &node_subject(node), Field::Role, &mut rec.role, *role);
         }
         Command::SetNodeMonitor {
             node,
@@ -530,6 +540,7 @@ fn add_node(
             addr: addr.to_string(),
             joined_at_ms: at_ms,
             id,
+            role: NodeRole::Normal,
         },
     );
     s.node_monitors

@@ -11,6 +11,7 @@ use crate::state::GlobalExpect;
 use crate::state::LocalExpect;
 use crate::state::MonitorStatus;
 use crate::state::NodeExpect;
+use crate::state::NodeRole;
 use crate::state::NodeStatus;
 
 /// The largest command, packed, that [`crate::Node::propose`] accepts: a service config at
@@ -72,6 +73,13 @@ pub enum Command {
         local_expect: Option<NodeExpect>,
         /// Whether the node orchestrates nothing.
         frozen: Option<bool>,
+    },
+    /// Records a member's role (proposed by the member, from its `node.role`).
+    SetNodeRole {
+        /// The member.
+        node: String,
+        /// Its role.
+        role: NodeRole,
     },
     /// Sets fields of a service monitor: `global_expect` on the service, the others on the
     /// instance of `node` (required when one of them is set); `None` leaves a field as it is.
@@ -233,6 +241,7 @@ impl Command {
             Command::Leave { .. } => "leave",
             Command::SetNodeAddr { .. } => "set_node_addr",
             Command::SetNodeMonitor { .. } => "set_node_monitor",
+            Command::SetNodeRole { .. } => "set_node_role",
             Command::SetServiceMonitor { .. } => "set_service_monitor",
             Command::Clear { .. } => "clear",
             Command::CreateService { .. } => "create_service",

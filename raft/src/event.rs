@@ -116,6 +116,8 @@ pub enum Field {
     Restarts,
     /// The secret in use (`secrets.used`).
     Used,
+    /// A member's role (`normal`, `witness`).
+    Role,
     /// An accepted secret (`secrets.accepted.<key id>`).
     Accepted(String),
     /// A cluster parameter (`params.<section.key>`).
@@ -125,7 +127,7 @@ pub enum Field {
 }
 
 impl Field {
-    const NAMED: [(Field, &'static str); 10] = [
+    const NAMED: [(Field, &'static str); 11] = [
         (Field::Name, "name"),
         (Field::Addr, "addr"),
         (Field::Status, "status"),
@@ -136,6 +138,7 @@ impl Field {
         (Field::Avail, "avail"),
         (Field::Restarts, "restarts"),
         (Field::Used, "used"),
+        (Field::Role, "role"),
     ];
 
     /// The field spelled `text` in a change of `subject`.
@@ -230,6 +233,13 @@ impl fmt::Display for FieldValue {
             FieldValue::GlobalExpect(v) => write!(f, "{v}"),
             FieldValue::Avail(v) => write!(f, "{v}"),
         }
+    }
+}
+
+/// A role travels as its spelling: events name no type for it (older readers see text).
+impl From<crate::state::NodeRole> for FieldValue {
+    fn from(v: crate::state::NodeRole) -> FieldValue {
+        FieldValue::Text(v.as_str().to_string())
     }
 }
 

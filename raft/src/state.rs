@@ -234,6 +234,26 @@ impl<'de> Deserialize<'de> for GlobalExpect {
     }
 }
 
+value_set!(
+    /// What a member is for (`node.role` in its node.conf, recorded by the member itself).
+    NodeRole, "node role" {
+        /// Runs service instances and votes.
+        #[default]
+        Normal => "normal",
+        /// Keeps the log and votes, runs no service instance: the third vote that lets two
+        /// service nodes survive the loss of either (OpenSVC's arbitrator).
+        Witness => "witness",
+    }
+);
+
+impl NodeRole {
+    /// Whether this is the default role (left out of the record's encoding, so that the
+    /// state of a cluster without witnesses encodes as before).
+    pub fn is_normal(&self) -> bool {
+        *self == NodeRole::Normal
+    }
+}
+
 /// One cluster member as the state machine knows it (`cluster.nodes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -243,6 +263,9 @@ pub struct NodeRecord {
     pub joined_at_ms: u64,
     /// The Raft id of the store it joined with (one per store incarnation).
     pub id: u64,
+    /// What it is for; placement puts no instance on a witness.
+    #[serde(default, skip_serializing_if = "NodeRole::is_normal")]
+    pub role: NodeRole,
 }
 
 /// A node's monitor: what it is doing and what it is asked to be.

@@ -278,6 +278,9 @@ pub struct MemberView {
     pub membership: Membership,
     /// Whether it is in the replicated `cluster.nodes`.
     pub in_cluster_nodes: bool,
+    /// What it is for (`node.role` as its member record holds it; `normal` when absent).
+    #[serde(default)]
+    pub node_role: raft::state::NodeRole,
     /// Its node monitor, from the replicated state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<NodeMonitor>,
@@ -420,6 +423,7 @@ mod tests {
             error: None,
             membership: Membership::Voter,
             in_cluster_nodes: true,
+            node_role: raft::state::NodeRole::Witness,
             monitor: None,
             last_seen_ms: Some(12),
             raft: Some(own().view.raft),

@@ -169,6 +169,7 @@ fn nodes_block(out: &mut String, st: &ClusterStatus, col: usize) {
         let version = v.raft.as_ref().map(|r| r.version.as_str());
         version.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
     });
+    row(out, "node role", &|v| v.node_role.to_string());
     row(out, "monitor status", &|v| {
         opt(v.monitor.as_ref().map(|m| m.status))
     });

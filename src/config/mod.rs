@@ -128,6 +128,11 @@ pub const PARAMS: &[Param] = &[
         help: "stop|none: what a node cut off from the majority does to its failover instances",
     },
     Param {
+        key: "node.role",
+        default: "normal",
+        help: "normal|witness: a witness votes and keeps the log but runs no service instance",
+    },
+    Param {
         key: "node.log_level",
         default: "info",
         help: "error|warn|info|debug|trace",
@@ -235,6 +240,8 @@ pub struct NodeConfig {
     pub join_timeout: Duration,
     /// `node.split_action` is `stop`.
     pub split_stop: bool,
+    /// `node.role`.
+    pub role: raft::state::NodeRole,
     /// `node.log_level`.
     pub log_level: crate::logging::LogLevel,
     /// `listener.addr`.
@@ -409,6 +416,7 @@ impl NodeConfig {
             down_timeout: duration(&get("node.down_timeout")).expect("validated"),
             join_timeout: duration(&get("node.join_timeout")).expect("validated"),
             split_stop: get("node.split_action") == "stop",
+            role: get("node.role").parse().expect("validated"),
             log_level: get("node.log_level").parse().expect("validated"),
             listener_addr: get("listener.addr").parse().expect("validated"),
             listener_port: get("listener.port").parse().expect("validated"),
@@ -540,6 +548,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         }
         "node.split_action" if !matches!(value, "stop" | "none") => {
             bad("allowed values are stop, none")
+        }
+        "node.role" if value.parse::<raft::state::NodeRole>().is_err() => {
+            bad("allowed values are normal, witness")
         }
         "node.log_level" => match value.parse::<crate::logging::LogLevel>() {
             Ok(_) => Ok(()),

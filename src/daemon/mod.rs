@@ -750,6 +750,7 @@ impl Daemon {
         );
         let d = self.clone();
         tokio::spawn(async move { d.leave_maintenance().await });
+        tokio::spawn(self.clone().keep_role_recorded());
 
         let mut stop = self.stop.subscribe();
         let kind = loop {

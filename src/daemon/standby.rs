@@ -4,6 +4,9 @@
 //! `agent_welcome` puts it back to `idle`, and its instances start again where they are
 //! still placed. Standby outlives a daemon restart; a node marked down while in standby
 //! comes back `idle`.
+//!
+//! A witness (`node.role = witness`) stands by for good: the node records its role in its
+//! member record, which placement and the monitor read as they read standby.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,6 +85,41 @@ impl Daemon {
             self.set_duty(NodeStatus::Idle).await?;
         }
         self.duty_state()
+    }
+
+    /// Keeps this node's `node.role` recorded in its member record: checked every 2 s, so
+    /// that the start, a join and a live node.conf change are all covered by one loop.
+    pub(super) async fn keep_role_recorded(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            let want = self.config().role;
+            let recorded = self.node().ok().and_then(|n| {
+                let me = self.name();
+                n.read(|s| s.nodes.get(&me).map(|r| r.role))
+            });
+            if recorded.is_some_and(|r| r != want) {
+                let cmd = Command::SetNodeRole {
+                    node: self.name(),
+                    role: want,
+                };
+                match self.propose(cmd).await {
+                    Ok(_) => {
+                        failures = 0;
+                        tracing::info!(role = %want, "node role recorded by the cluster");
+                        for rt in self.services.instances() {
+                            rt.wake.notify_one();
+                        }
+                    }
+                    // Usually no quorum yet: said once, then at debug.
+                    Err(e) if failures == 0 => {
+                        failures += 1;
+                        tracing::warn!(role = %want, "cannot record the node role yet: {e}");
+                    }
+                    Err(e) => tracing::debug!(role = %want, "cannot record the node role yet: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
 
     async fn set_duty(self: &Arc<Self>, status: NodeStatus) -> Result<(), ActionError> {

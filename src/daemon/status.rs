@@ -207,6 +207,7 @@ impl Daemon {
                 error,
                 membership,
                 in_cluster_nodes: state.nodes.contains_key(&name),
+                node_role: state.nodes.get(&name).map(|r| r.role).unwrap_or_default(),
                 monitor: state.node_monitors.get(&name).cloned(),
                 last_seen_ms: self.peers.last_seen(&name).map(|d| d.as_millis() as u64),
                 raft,

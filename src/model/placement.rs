@@ -18,6 +18,7 @@ use raft::state::GlobalExpect;
 use raft::state::Instance;
 use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
+use raft::state::NodeRole;
 use raft::state::NodeStatus;
 use raft::ClusterState;
 use raft::Command;
@@ -150,6 +151,14 @@ impl<'a> View<'a> {
     /// Why `n` cannot take a new instance, or `None` if it can. `auto`: an orchestrator
     /// decision (a frozen instance refuses it); otherwise an operator request.
     fn refusal(&self, n: &str, auto: bool) -> Option<String> {
+        if self
+            .state
+            .nodes
+            .get(n)
+            .is_some_and(|r| r.role == NodeRole::Witness)
+        {
+            return Some(format!("{n} is a witness: it runs no service instance"));
+        }
         if !self.cands.iter().any(|c| c == n) {
             return Some(format!("{n} is not one of the service's nodes"));
         }
@@ -275,6 +284,15 @@ fn clear_global(svc: &str) -> Command {
     }
 }
 
+/// The members that may run service instances: all but witnesses (`node.role`).
+pub fn service_members(state: &ClusterState) -> impl Iterator<Item = &String> {
+    state
+        .nodes
+        .iter()
+        .filter(|(_, r)| r.role != NodeRole::Witness)
+        .map(|(n, _)| n)
+}
+
 /// The commands that move `svc` towards its target, and its progress.
 ///
 /// `svc` must exist in `state`; `cfg` is its parsed config.
@@ -283,7 +301,7 @@ pub fn plan(state: &ClusterState, svc: &str, cfg: &ServiceConfig) -> Plan {
         state,
         svc,
         cfg,
-        cands: cfg.candidates(state.nodes.keys()),
+        cands: cfg.candidates(service_members(state)),
         default_instance: Instance::default(),
     };
     let v = &view;
@@ -565,6 +583,7 @@ mod tests {
                     addr: "h:1".into(),
                     joined_at_ms: 0,
                     id: raft::node_id(n),
+                    role: NodeRole::Normal,
                 },
             );
             s.node_monitors
@@ -838,7 +857,7 @@ mod tests {
                     state: &state,
                     svc: "svc",
                     cfg: &cfg,
-                    cands: cfg.candidates(state.nodes.keys()),
+                    cands: cfg.candidates(service_members(&state)),
                     default_instance: Instance::default(),
                 };
                 for other in state.nodes.keys().filter(|o| *o != n) {

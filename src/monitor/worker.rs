@@ -66,7 +66,11 @@ impl Snap {
             ge: v.global_expect.clone(),
             inst: v.instances.get(me).cloned(),
             node_frozen: monitor.is_some_and(|m| m.frozen),
-            node_standby: monitor.is_some_and(|m| m.status == raft::state::NodeStatus::Standby),
+            // A witness (`node.role`) is standing by for good: it runs no instance.
+            node_standby: monitor.is_some_and(|m| m.status == raft::state::NodeStatus::Standby)
+                || s.nodes
+                    .get(me)
+                    .is_some_and(|r| r.role == raft::state::NodeRole::Witness),
         })
     }
 }

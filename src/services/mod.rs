@@ -525,7 +525,7 @@ fn service_status(
         },
     };
     let mut nodes: Vec<String> = match &cfg {
-        Ok(c) => c.candidates(state.nodes.keys()),
+        Ok(c) => c.candidates(crate::model::placement::service_members(&state)),
         Err(_) => Vec::new(),
     };
     for n in service.instances.keys() {
