@@ -1,7 +1,7 @@
 //! The daemon's log: where it goes (stderr, which is om.log in the background), its level
 //! (`node.log_level`, changed live by the watcher) and what it keeps quiet (openraft's and
-//! sled's chatter below warnings) and how often one warning may repeat ([`Repeats`]: with a
-//! peer down, openraft writes five warnings every 500 ms, and the line that matters drowns).
+//! sled's chatter below warnings) and how often their warnings may repeat ([`Repeats`]:
+//! with a peer down, openraft writes five every 500 ms, and the line that matters drowns).
 //!
 //! Its own module so that the daemon's watcher can change the level without reaching up
 //! into the CLI, which sets the log up once at `om node daemon run`.
@@ -144,11 +144,13 @@ fn admit(last: &mut Option<Repeat>, now: Instant, window: Duration) -> Option<u6
     }
 }
 
-/// An event format that writes each warning or error line of code at most once per
-/// [`REPEAT_WINDOW`]; the next one written after a hold says how many were not. Keyed by
-/// the call site, not the text, which differs in counters and request ids from one repeat
-/// to the next; a bounded map, as call sites are static. Info and below are not limited:
-/// they are what the daemon does, and `debug` is asked for to see everything.
+/// An event format that writes each warning or error line of a dependency's code
+/// (openraft, sled: not om's own crates) at most once per [`REPEAT_WINDOW`]; the next one
+/// written after a hold says how many were not. Keyed by the call site, not the text, which
+/// differs in counters and request ids from one repeat to the next; a bounded map, as call
+/// sites are static. om's own lines are not limited: one line of its code says different
+/// things (`node n4 is down`, then `node n5 is down`, one service's error, then
+/// another's), and each says it once per change. Info and below are not limited either.
 pub struct Repeats<F> {
     inner: F,
     window: Duration,
@@ -183,7 +185,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        if *meta.level() <= Level::WARN {
+        if *meta.level() <= Level::WARN && !ours(meta.target()) {
             let held = {
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                 let mut last = seen.get(&meta.callsite()).copied();
@@ -209,6 +211,12 @@ where
         }
         self.inner.format_event(ctx, writer, event)
     }
+}
+
+/// Whether `target` (a module path) is in one of om's own crates.
+fn ours(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    matches!(krate, "om" | "raft" | "storage")
 }
 
 /// Changes the level of a log set up by [`init`] (node.log_level changed in node.conf).
@@ -293,12 +301,13 @@ mod tests {
             .event_format(Repeats::within(tracing_subscriber::fmt::format(), window))
             .with_writer(move || Sink(sink.clone()));
         let sub = tracing_subscriber::registry().with(layer);
-        // One call site for every warning.
-        let warn = |i: usize| tracing::warn!(peer = "n3", "cannot reach the peer, attempt {i}");
+        // One call site for every warning, as a dependency's.
+        let warn = |i: usize| tracing::warn!(target: "openraft::replication", peer = "n3", "cannot reach the peer, attempt {i}");
         tracing::subscriber::with_default(sub, || {
             for i in 0..events {
                 warn(i);
                 tracing::info!("the daemon does its work {i}");
+                tracing::warn!("node n{i} is down");
             }
             std::thread::sleep(window + Duration::from_millis(100));
             warn(events);
@@ -319,16 +328,24 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_of_one_warning_is_written_once_and_info_lines_all() {
+    fn a_burst_of_a_dependency_warning_is_written_once_and_oms_own_lines_all() {
         let out = written(100, Duration::from_secs(1));
-        let warns: Vec<&str> = out.lines().filter(|l| l.contains("WARN")).collect();
+        let warns: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("WARN openraft"))
+            .collect();
         assert_eq!(warns.len(), 3, "{out}");
+        let own = out
+            .lines()
+            .filter(|l| l.contains("WARN om::logging"))
+            .count();
+        assert_eq!(own, 100, "om's own warnings are all written: {out}");
         assert!(
             warns[0].contains("attempt 0") && warns[0].contains("peer=\"n3\""),
             "{out}"
         );
         assert!(
-            warns[1].contains("om::logging::tests: 99 more like the next line were not written (at most one each 1s)"),
+            warns[1].contains("openraft::replication: 99 more like the next line were not written (at most one each 1s)"),
             "{out}"
         );
         assert!(warns[2].contains("attempt 100"), "{out}");

@@ -274,3 +274,37 @@ async fn a_node_that_left_comes_back_under_its_name_as_a_new_raft_member() {
         .await
         .expect("a write through the rejoined node");
 }
+
+/// A leader whose own record is overwritten (a frame signed as n1 tells n1 that it
+/// listens at a dead port) always knows a leader (itself), so only its view of its own
+/// record shows it: it announces its real address again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_own_record_is_wrong_announces_its_address_again() {
+    let c = three().await;
+    let leader = c.leader().await.expect("a leader");
+    let i = c.nodes.iter().position(|n| n.name == leader).unwrap();
+    let real = c.nodes[i].addr();
+    let dead = format!("127.0.0.1:{}", om::cli::local::free_port().unwrap());
+    let (cluster, secret) = secret(&c);
+    let forger = ClientOptions::new(real.clone(), Keyring::new(cluster, secret), &leader).build();
+    let r = forger
+        .request("join", json!({"node": leader, "addr": dead}), T)
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    // The log line is the watchdog's, once the cluster recorded the real address again.
+    eventually(
+        "the leader announces its address again",
+        Duration::from_secs(20),
+        || async {
+            c.nodes[i]
+                .log_tail()
+                .contains("record was stale: announced its address")
+        },
+    )
+    .await;
+    // A follower's write reaches the leader at its record (forwarded proposals go there).
+    freeze(&c, (i + 1) % 3, true, T)
+        .await
+        .expect("a follower's write commits through the leader's repaired record");
+}

@@ -444,7 +444,8 @@ pub fn note_announcement(node: &Node, name: &str, addr: &str) {
     }
 }
 
-/// When a member that hears from no leader announces its address again.
+/// When a member announces its address again: when it hears from no leader, or its own
+/// view of the membership records another address for it (fed in as not fine).
 ///
 /// A leader holding a wrong address for a member (a typo forced past the checks, a record
 /// set while the member was away, or a repair that a newer leader's log overwrote) never
@@ -471,9 +472,10 @@ impl Reannounce {
     /// The longest wait between two announcements.
     pub const WAIT_MAX: Duration = Duration::from_secs(30);
 
-    /// Whether to announce now, given whether this member knows a leader at `now`.
-    pub fn due(&mut self, now: tokio::time::Instant, leader_known: bool) -> bool {
-        if leader_known {
+    /// Whether to announce now, given whether all is fine at `now` (this member knows a
+    /// leader, and its record is its address).
+    pub fn due(&mut self, now: tokio::time::Instant, fine: bool) -> bool {
+        if fine {
             *self = Self::default();
             return false;
         }

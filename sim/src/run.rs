@@ -213,7 +213,7 @@ async fn scenario(w: &Arc<World>) -> Result<(), String> {
         workers.push(tokio::spawn(workload::operator(w.clone(), stop.clone())));
     }
     let injector = tokio::spawn(faults::inject(w.clone(), base, faults::schedule(&w.cfg)));
-    let watchdog = tokio::spawn(workload::reannounce_when_leaderless(w.clone()));
+    let watchdog = tokio::spawn(workload::reannounce_when_stale(w.clone()));
     sleep(Duration::from_millis(w.cfg.fault_ms)).await;
 
     // Heal phase: no new faults, a calm network, everyone restarted.

@@ -613,11 +613,11 @@ async fn announce_once(w: &Arc<World>, idx: usize) -> Option<bool> {
     None
 }
 
-/// The daemon's leaderless watchdog for every node (`membership::Reannounce`, ticked each
-/// 500 ms by the daemon's listener thread): a node that has known no leader for a while
-/// makes one announcement, and more later. Its state is lost with the node, as the
+/// The daemon's re-announcement watchdog for every node (`membership::Reannounce`, ticked
+/// each 500 ms by the daemon's listener thread): a node that has known no leader for a
+/// while, or whose own record is not its address, makes one announcement, and more later. Its state is lost with the node, as the
 /// daemon's is with its process.
-pub async fn reannounce_when_leaderless(w: Arc<World>) {
+pub async fn reannounce_when_stale(w: Arc<World>) {
     let mut dogs = vec![membership::Reannounce::default(); w.cfg.nodes];
     let mut busy: Vec<Option<tokio::task::JoinHandle<()>>> =
         (0..w.cfg.nodes).map(|_| None).collect();
@@ -632,8 +632,11 @@ pub async fn reannounce_when_leaderless(w: Arc<World>) {
             if busy[i].as_ref().is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            let leader_known = node.metrics().current_leader.is_some();
-            if dog.due(tokio::time::Instant::now(), leader_known) {
+            // As the daemon's: a leader known, and this node's own record its address.
+            let recorded = membership::recorded_addr(&node, w.id(i));
+            let fine = node.metrics().current_leader.is_some()
+                && recorded.is_none_or(|a| a == w.member(i).addr);
+            if dog.due(tokio::time::Instant::now(), fine) {
                 let w = w.clone();
                 busy[i] = Some(tokio::spawn(async move {
                     announce_once(&w, i).await;

@@ -687,7 +687,7 @@ impl Daemon {
         if already && member && sender == joiner {
             // A member asking to join again is telling us its listener moved.
             membership::note_announcement(&node, &joiner, &addr);
-            self.update_member_addr(&joiner, &addr).await?;
+            self.relay_member_addr(&joiner, &addr).await?;
             return api::reply(&options::AddrRecorded { node: joiner, addr });
         }
         if let Some(leader) = self.leader_elsewhere(&node)? {

@@ -825,7 +825,7 @@ impl Daemon {
                         break Err("the accept loop ended".to_string());
                     }
                     if reannouncing.as_ref().is_none_or(|h| h.is_finished()) {
-                        reannouncing = self.reannounce_if_leaderless(&mut watchdog);
+                        reannouncing = self.reannounce_if_stale(&mut watchdog);
                     }
                 }
             }
@@ -865,28 +865,34 @@ impl Daemon {
         }
     }
 
-    /// One announcement of this node's address when it has known no leader for a while
-    /// (`raft::membership::Reannounce`): the leader may hold a wrong address for it and so
-    /// never reach it. Failures are the watchdog's to retry, later.
-    fn reannounce_if_leaderless(
+    /// One announcement of this node's address when for a while it has known no leader
+    /// (the leader may hold a wrong address for it and so never reach it), or its own view
+    /// records another address for it (a leader's record overwritten: a leader always knows
+    /// itself). `raft::membership::Reannounce` decides when; a refusal is shown by status.
+    fn reannounce_if_stale(
         self: &Arc<Self>,
         watchdog: &mut raft::membership::Reannounce,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let node = self.node().ok()?;
-        let leader_known = node.metrics().current_leader.is_some();
-        if !watchdog.due(tokio::time::Instant::now(), leader_known) {
+        let addr = self.advertised_addr();
+        let recorded = raft::membership::recorded_addr(&node, self.raft_id());
+        let fine =
+            node.metrics().current_leader.is_some() && recorded.as_ref().is_none_or(|a| *a == addr);
+        if !watchdog.due(tokio::time::Instant::now(), fine) {
             return None;
         }
         let d = self.clone();
         Some(tokio::spawn(async move {
-            let (name, addr) = (d.name(), d.advertised_addr());
-            match d.update_member_addr(&name, &addr).await {
+            match d.update_member_addr(&d.name(), &addr).await {
                 Ok(()) => {
-                    tracing::info!(%addr, "no leader heard from: announced this node's address to the cluster")
+                    tracing::info!(%addr, "no leader reached this node, or its record was stale: announced its address to the cluster");
+                    d.set_addr_problem(None);
                 }
-                Err(e) => {
-                    tracing::debug!(%addr, "no leader heard from: announcing this node's address: {e}")
+                Err(e) if e.is(Status::BadRequest) => {
+                    tracing::error!(%addr, "the cluster refused this node's address: {e}");
+                    d.set_addr_problem(Some(format!("the cluster refused {addr}: {e}")));
                 }
+                Err(e) => tracing::debug!(%addr, "announcing this node's address: {e}"),
             }
         }))
     }
@@ -1024,38 +1030,70 @@ impl Daemon {
 
     /// Records `addr` as member `name`'s listener address: on the leader directly, else by
     /// a `join` from the member itself, which the leader treats as an address update.
-    /// Refused when another member holds `addr`.
+    /// Refused when another member holds `addr`. For this node's own announcements.
     pub async fn update_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
         let node = self.node()?;
-        let options = crate::api::reply(&crate::api::options::Admit {
-            node: name.to_string(),
-            addr: Some(addr.to_string()),
-            port: None,
-            id: None,
-        })?;
         match self.leader_elsewhere(&node) {
-            Ok(None) => raft::membership::set_addr(&node, name, addr)
-                .await
-                .map_err(actions::membership_error),
-            Ok(Some(leader)) => self
-                .ask_leader(&leader, "join", options, Duration::from_secs(10))
-                .await
-                .map(drop),
+            Ok(leader) => self.record_member_addr(&node, leader, name, addr).await,
             // A node the leader cannot reach (its recorded address is wrong) never hears of
             // a leader: any member forwards the announcement to its own.
-            Err(no_leader) => self.ask_any_member(&node, options).await.map_err(|e| {
-                ActionError::new(Status::Unavailable, format!("{no_leader}; {}", e.message))
-            }),
+            Err(no_leader) => {
+                let options = announcement(name, addr)?;
+                self.ask_any_member(&node, options).await.map_err(|e| {
+                    ActionError::new(Status::Unavailable, format!("{no_leader}; {}", e.message))
+                })
+            }
+        }
+    }
+
+    /// A member's announcement received from it: recorded through the leader, never
+    /// passed on to other members (the member asks them itself; passed on, an announcement
+    /// reaching a node through a record that holds that node's own address would loop).
+    pub async fn relay_member_addr(&self, name: &str, addr: &str) -> Result<(), ActionError> {
+        let node = self.node()?;
+        let leader = self.leader_elsewhere(&node).map_err(|e| {
+            let noted = format!(
+                "{}; noted: this node sends {name}'s RPCs to {addr}",
+                e.message
+            );
+            ActionError::new(Status::Unavailable, noted)
+        })?;
+        self.record_member_addr(&node, leader, name, addr).await
+    }
+
+    /// `set_addr` on this node when it leads (`leader` is `None`), else a `join` naming the
+    /// member sent to `leader`.
+    async fn record_member_addr(
+        &self,
+        node: &Node,
+        leader: Option<Member>,
+        name: &str,
+        addr: &str,
+    ) -> Result<(), ActionError> {
+        match leader {
+            None => raft::membership::set_addr(node, name, addr)
+                .await
+                .map_err(actions::membership_error),
+            Some(leader) => self
+                .ask_leader(
+                    &leader,
+                    "join",
+                    announcement(name, addr)?,
+                    Duration::from_secs(10),
+                )
+                .await
+                .map(drop),
         }
     }
 
     /// Sends an address announcement (`join` naming this node) to each other member in
     /// turn until one takes it.
     async fn ask_any_member(&self, node: &Node, options: Doc) -> Result<(), ActionError> {
-        let me = self.name();
+        let (me, my_addr) = (self.name(), self.advertised_addr());
         let mut last = ActionError::new(Status::Unavailable, "no other member to ask");
         for (_, member) in node.metrics().membership_config.nodes() {
-            if member.name == me {
+            // A record holding this node's own address (swapped records) leads back here.
+            if member.name == me || member.addr == my_addr {
                 continue;
             }
             match self
@@ -1265,4 +1303,14 @@ async fn open_store(dir: &std::path::Path) -> std::io::Result<storage::DiskBacke
 pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `join` options by which a member announces its listener address.
+fn announcement(name: &str, addr: &str) -> Result<Doc, ActionError> {
+    crate::api::reply(&crate::api::options::Admit {
+        node: name.to_string(),
+        addr: Some(addr.to_string()),
+        port: None,
+        id: None,
+    })
 }

@@ -249,7 +249,14 @@ impl<'a> View<'a> {
     fn why_nowhere(&self, auto: bool) -> String {
         let mut s = String::from("no node can run it:");
         if self.cands.is_empty() {
-            s.push_str(" none of its nodes is a cluster member");
+            // Its listed members may all be witnesses (`node.role`): say so.
+            let listed = self.cfg.candidates(self.state.nodes.keys());
+            match listed.is_empty() {
+                true => s.push_str(" none of its nodes is a cluster member"),
+                false => {
+                    let _ = write!(s, " {} only: a witness runs no service", listed.join(", "));
+                }
+            }
         }
         for c in &self.cands {
             let r = self
@@ -642,6 +649,49 @@ mod tests {
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
         assert_eq!(placed(&s), ["n1"]);
+    }
+
+    #[test]
+    fn a_witness_is_never_placed_counted_or_switched_to() {
+        let mut s = cluster(&["n1", "n2", "w"]);
+        s.nodes.get_mut("w").unwrap().role = NodeRole::Witness;
+        // Listed first, and `*` for a flex service: neither places it on the witness, and
+        // the flex target counts the service nodes only.
+        let cfg = config(Topology::Failover, "ha", "w n2 n1");
+        let p = plan(&s, "svc", &cfg);
+        apply_all(&mut s, &p);
+        assert_eq!(placed(&s), ["n2"]);
+        let flex = config(Topology::Flex, "ha", "*");
+        let mut f = s.clone();
+        f.services.get_mut("svc").unwrap().instances.clear();
+        let p = plan(&f, "svc", &flex);
+        apply_all(&mut f, &p);
+        assert_eq!(placed(&f), ["n1", "n2"]);
+        // placed@w is refused before it is committed.
+        let to_w = Command::SetServiceMonitor {
+            svc: "svc".into(),
+            node: None,
+            status: None,
+            local_expect: None,
+            global_expect: Some(GlobalExpect::PlacedAt("w".into())),
+            reset_retries: false,
+        };
+        let (r, _) = raft::apply(&mut s, &to_w);
+        assert!(
+            matches!(r, Err(raft::CommandError::Witness { ref node }) if node == "w"),
+            "{r:?}"
+        );
+        // A service that lists only the witness says why it runs nowhere.
+        let mut fresh = cluster(&["n1", "w"]);
+        fresh.nodes.get_mut("w").unwrap().role = NodeRole::Witness;
+        fresh.services.get_mut("svc").unwrap().global_expect = GlobalExpect::Started;
+        let only_w = config(Topology::Failover, "ha", "w");
+        let p = plan(&fresh, "svc", &only_w);
+        assert!(
+            matches!(&p.progress, Progress::Failed(r) if r.contains("w only: a witness runs no service")),
+            "{:?}",
+            p.progress
+        );
     }
 
     #[test]

@@ -142,9 +142,11 @@ pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
         return Next::Sleep(Duration::from_secs(1));
     };
     let (me, svc) = (cx.me.clone(), rt.svc.clone());
-    let Some(snap) = node.read(|s| Snap::read(s, &svc, &me)) else {
+    let Some(mut snap) = node.read(|s| Snap::read(s, &svc, &me)) else {
         return Next::Exit;
     };
+    // A witness by its own node.conf already, before its record says so (just joined).
+    snap.node_standby |= cx.host.config().role == raft::state::NodeRole::Witness;
     let mut mem = rt.mem.lock().await;
     let Some(cfg) = rt.config(cx, &mut mem, snap.version, &snap.config) else {
         return Next::Sleep(Duration::from_secs(5));
