@@ -89,9 +89,10 @@ fn read_instance(cx: &Ctx, svc: &str) -> Option<Instance> {
 /// again after `agent_welcome` if its `local_expect` still says started.
 async fn release(cx: &Ctx, rt: &InstanceRt, mem: &mut Mem, cfg: &ServiceConfig) {
     if decide::maybe_running(mem.avail, &mem.res) {
-        cx.local
-            .logs
-            .info(&rt.svc, "this node is in standby: stopping the instance");
+        cx.local.logs.info(
+            &rt.svc,
+            "this node is in standby or a witness (node.role): stopping the instance",
+        );
         rt.stop(cx, mem, cfg, None, None).await;
         rt.check(cx, mem, cfg, None).await;
     }
