@@ -208,7 +208,7 @@ fn validate(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
             }
             if let Some(GlobalExpect::PlacedAt(n)) = global_expect {
                 member(s, n)?;
-                if s.nodes.get(n).is_some_and(|r| r.role == NodeRole::Witness) {
+                if s.is_witness(n) {
                     return Err(CommandError::Witness { node: n.clone() });
                 }
             }

@@ -457,9 +457,9 @@ pub fn note_announcement(node: &Node, name: &str, addr: &str) {
 /// listener thread and the simulator feed it their clock and their view of the leader.
 #[derive(Debug, Clone, Default)]
 pub struct Reannounce {
-    /// Since when this member has known no leader.
-    leaderless_since: Option<tokio::time::Instant>,
-    /// When the next announcement is due, once one was made in this leaderless period.
+    /// Since when this member has not been fine (no leader known, or its record stale).
+    unsettled_since: Option<tokio::time::Instant>,
+    /// When the next announcement is due, once one was made in this unsettled period.
     next: Option<tokio::time::Instant>,
     /// The wait after the next announcement.
     wait: Duration,
@@ -479,7 +479,7 @@ impl Reannounce {
             *self = Self::default();
             return false;
         }
-        let since = *self.leaderless_since.get_or_insert(now);
+        let since = *self.unsettled_since.get_or_insert(now);
         if now < self.next.unwrap_or(since + Self::AFTER) {
             return false;
         }
@@ -488,6 +488,12 @@ impl Reannounce {
         self.wait = (wait * 2).min(Self::WAIT_MAX);
         true
     }
+}
+
+/// What [`Reannounce::due`] is fed by the daemon and the simulator alike: whether member `id`
+/// (this node, listening at `addr`) knows a leader and its own view records `addr` for it.
+pub fn announcement_settled(node: &Node, id: NodeId, addr: &str) -> bool {
+    node.metrics().current_leader.is_some() && recorded_addr(node, id).is_none_or(|a| a == addr)
 }
 
 /// Address change (on the leader): records that member `name` now listens at `addr`, in

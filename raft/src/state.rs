@@ -356,6 +356,13 @@ pub enum JoinPolicy {
 }
 
 impl ClusterState {
+    /// Whether member `node` is a witness (`node.role`): it runs no service instance.
+    pub fn is_witness(&self, node: &str) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|r| r.role == NodeRole::Witness)
+    }
+
     /// `cluster.join`: who may join.
     pub fn join_policy(&self) -> JoinPolicy {
         match self.params.get("cluster.join").map(String::as_str) {

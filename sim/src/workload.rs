@@ -615,8 +615,8 @@ async fn announce_once(w: &Arc<World>, idx: usize) -> Option<bool> {
 
 /// The daemon's re-announcement watchdog for every node (`membership::Reannounce`, ticked
 /// each 500 ms by the daemon's listener thread): a node that has known no leader for a
-/// while, or whose own record is not its address, makes one announcement, and more later. Its state is lost with the node, as the
-/// daemon's is with its process.
+/// while, or whose own record is not its address, makes one announcement, and more later.
+/// Its state is lost with the node, as the daemon's is with its process.
 pub async fn reannounce_when_stale(w: Arc<World>) {
     let mut dogs = vec![membership::Reannounce::default(); w.cfg.nodes];
     let mut busy: Vec<Option<tokio::task::JoinHandle<()>>> =
@@ -632,10 +632,7 @@ pub async fn reannounce_when_stale(w: Arc<World>) {
             if busy[i].as_ref().is_some_and(|h| !h.is_finished()) {
                 continue;
             }
-            // As the daemon's: a leader known, and this node's own record its address.
-            let recorded = membership::recorded_addr(&node, w.id(i));
-            let fine = node.metrics().current_leader.is_some()
-                && recorded.is_none_or(|a| a == w.member(i).addr);
+            let fine = membership::announcement_settled(&node, w.id(i), &w.member(i).addr);
             if dog.due(tokio::time::Instant::now(), fine) {
                 let w = w.clone();
                 busy[i] = Some(tokio::spawn(async move {

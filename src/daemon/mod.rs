@@ -875,9 +875,7 @@ impl Daemon {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let node = self.node().ok()?;
         let addr = self.advertised_addr();
-        let recorded = raft::membership::recorded_addr(&node, self.raft_id());
-        let fine =
-            node.metrics().current_leader.is_some() && recorded.as_ref().is_none_or(|a| *a == addr);
+        let fine = raft::membership::announcement_settled(&node, self.raft_id(), &addr);
         if !watchdog.due(tokio::time::Instant::now(), fine) {
             return None;
         }

@@ -90,29 +90,29 @@ impl Daemon {
     /// Keeps this node's `node.role` recorded in its member record: checked every 2 s, so
     /// that the start, a join and a live node.conf change are all covered by one loop.
     pub(super) async fn keep_role_recorded(self: Arc<Self>) {
-        let mut failures = 0u32;
+        let mut warned = false;
         loop {
-            let want = self.config().role;
-            let recorded = self.node().ok().and_then(|n| {
-                let me = self.name();
-                n.read(|s| s.nodes.get(&me).map(|r| r.role))
-            });
+            let (me, want) = (self.name(), self.config().role);
+            let recorded = self
+                .node()
+                .ok()
+                .and_then(|n| n.read(|s| s.nodes.get(&me).map(|r| r.role)));
             if recorded.is_some_and(|r| r != want) {
                 let cmd = Command::SetNodeRole {
-                    node: self.name(),
+                    node: me,
                     role: want,
                 };
                 match self.propose(cmd).await {
                     Ok(_) => {
-                        failures = 0;
+                        warned = false;
                         tracing::info!(role = %want, "node role recorded by the cluster");
                         for rt in self.services.instances() {
                             rt.wake.notify_one();
                         }
                     }
                     // Usually no quorum yet: said once, then at debug.
-                    Err(e) if failures == 0 => {
-                        failures += 1;
+                    Err(e) if !warned => {
+                        warned = true;
                         tracing::warn!(role = %want, "cannot record the node role yet: {e}");
                     }
                     Err(e) => tracing::debug!(role = %want, "cannot record the node role yet: {e}"),

@@ -18,7 +18,6 @@ use raft::state::GlobalExpect;
 use raft::state::Instance;
 use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
-use raft::state::NodeRole;
 use raft::state::NodeStatus;
 use raft::ClusterState;
 use raft::Command;
@@ -151,12 +150,7 @@ impl<'a> View<'a> {
     /// Why `n` cannot take a new instance, or `None` if it can. `auto`: an orchestrator
     /// decision (a frozen instance refuses it); otherwise an operator request.
     fn refusal(&self, n: &str, auto: bool) -> Option<String> {
-        if self
-            .state
-            .nodes
-            .get(n)
-            .is_some_and(|r| r.role == NodeRole::Witness)
-        {
+        if self.state.is_witness(n) {
             return Some(format!("{n} is a witness: it runs no service instance"));
         }
         if !self.cands.iter().any(|c| c == n) {
@@ -251,11 +245,10 @@ impl<'a> View<'a> {
         if self.cands.is_empty() {
             // Its listed members may all be witnesses (`node.role`): say so.
             let listed = self.cfg.candidates(self.state.nodes.keys());
-            match listed.is_empty() {
-                true => s.push_str(" none of its nodes is a cluster member"),
-                false => {
-                    let _ = write!(s, " {} only: a witness runs no service", listed.join(", "));
-                }
+            if listed.is_empty() {
+                s.push_str(" none of its nodes is a cluster member");
+            } else {
+                let _ = write!(s, " {} only: a witness runs no service", listed.join(", "));
             }
         }
         for c in &self.cands {
@@ -293,11 +286,7 @@ fn clear_global(svc: &str) -> Command {
 
 /// The members that may run service instances: all but witnesses (`node.role`).
 pub fn service_members(state: &ClusterState) -> impl Iterator<Item = &String> {
-    state
-        .nodes
-        .iter()
-        .filter(|(_, r)| r.role != NodeRole::Witness)
-        .map(|(n, _)| n)
+    state.nodes.keys().filter(|n| !state.is_witness(n))
 }
 
 /// The commands that move `svc` towards its target, and its progress.
@@ -564,6 +553,7 @@ mod tests {
     use raft::state::Service;
 
     use super::*;
+    use raft::state::NodeRole;
 
     const NODES: &[&str] = &["n1", "n2", "n3", "n4"];
 

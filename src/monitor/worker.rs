@@ -68,9 +68,7 @@ impl Snap {
             node_frozen: monitor.is_some_and(|m| m.frozen),
             // A witness (`node.role`) is standing by for good: it runs no instance.
             node_standby: monitor.is_some_and(|m| m.status == raft::state::NodeStatus::Standby)
-                || s.nodes
-                    .get(me)
-                    .is_some_and(|r| r.role == raft::state::NodeRole::Witness),
+                || s.is_witness(me),
         })
     }
 }
