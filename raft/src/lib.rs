@@ -6,6 +6,7 @@
 //! it through openraft's traits, so both run the same state machine code.
 
 pub mod apply;
+pub mod backup;
 pub mod command;
 pub mod event;
 pub mod machine;

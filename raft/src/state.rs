@@ -389,43 +389,44 @@ impl ClusterState {
 
     /// Panics if a structural invariant does not hold; called after every apply in debug builds.
     pub fn check_invariants(&self) {
-        assert_eq!(
-            self.nodes.keys().collect::<Vec<_>>(),
-            self.node_monitors.keys().collect::<Vec<_>>(),
-            "every member has exactly one node monitor"
-        );
-        if self.is_bootstrapped() {
-            assert!(
-                !self.nodes.is_empty(),
-                "a bootstrapped cluster has a member"
-            );
+        if let Some(broken) = self.broken_invariant() {
+            panic!("cluster state invariant broken: {broken}");
+        }
+    }
+
+    /// The first structural invariant that does not hold, if any: what [`Self::check_invariants`]
+    /// asserts, and what a state read from outside (a backup file) is checked against.
+    pub fn broken_invariant(&self) -> Option<String> {
+        if !self.nodes.keys().eq(self.node_monitors.keys()) {
+            return Some("the members and the node monitors are not the same nodes".into());
+        }
+        if self.is_bootstrapped() && self.nodes.is_empty() {
+            return Some("a bootstrapped cluster without a member".into());
         }
         for (svc, s) in &self.services {
-            for node in s.instances.keys() {
-                assert!(
-                    self.nodes.contains_key(node),
-                    "instance {svc}@{node} is on a member"
-                );
+            if let Some(node) = s.instances.keys().find(|n| !self.nodes.contains_key(*n)) {
+                return Some(format!("instance {svc}@{node} is on no member"));
             }
             if let GlobalExpect::PlacedAt(n) = &s.global_expect {
-                assert!(
-                    self.nodes.contains_key(n),
-                    "{svc} placed@{n} names a member"
-                );
+                if !self.nodes.contains_key(n) {
+                    return Some(format!("{svc} is placed@{n}, which is no member"));
+                }
             }
         }
         if let Some(used) = &self.secrets.used {
-            assert!(
-                self.secrets.accepted.contains_key(used),
-                "the secret in use is accepted"
-            );
+            if !self.secrets.accepted.contains_key(used) {
+                return Some("the secret in use is not accepted".into());
+            }
         }
-        for fp in &self.secrets.removed {
-            assert!(
-                !self.secrets.accepted.contains_key(fp),
-                "a removed secret is not accepted"
-            );
+        if let Some(fp) = self
+            .secrets
+            .removed
+            .iter()
+            .find(|fp| self.secrets.accepted.contains_key(*fp))
+        {
+            return Some(format!("removed secret {fp} is still accepted"));
         }
+        None
     }
 }
 

@@ -38,6 +38,7 @@ pub use backend::Backend;
 pub use backend::MetaKey;
 pub use backend::Op;
 pub use log_store::LogStore;
+pub use machine_store::seed;
 pub use machine_store::MachineStore;
 pub use mem::MemBackend;
 pub use mem::MemFaults;

@@ -124,6 +124,38 @@ impl<B: Backend> MachineStore<B> {
     }
 }
 
+/// Makes an empty store hold `data` as its snapshot, synced: the first state of a cluster
+/// restored from a backup (`raft::backup`). openraft, started on the store, takes the
+/// snapshot's last log id as purged and its membership as the config, as on a follower
+/// that installed a snapshot. A store with a vote, entries or a snapshot is refused.
+pub async fn seed<B: Backend>(backend: &B, data: &MachineData) -> std::io::Result<()> {
+    let used = [MetaKey::Vote, MetaKey::Snapshot, MetaKey::LastPurged]
+        .into_iter()
+        .map(|k| backend.meta(k))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    if used.iter().any(Option::is_some) || backend.last_entry()?.is_some() {
+        return Err(std::io::Error::other(
+            "the store is not empty: only a new store is seeded with a backup",
+        ));
+    }
+    let snapshot_id = match data.last_applied {
+        Some(l) => format!("restored-{}-{}", l.leader_id, l.index),
+        None => "restored-none".to_string(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: data.last_applied,
+        last_membership: data.membership.clone(),
+        snapshot_id,
+    };
+    let snap = StoredSnapshot {
+        meta,
+        data: data.to_bytes(),
+    };
+    let bytes = rmp_serde::to_vec(&snap).map_err(std::io::Error::other)?;
+    backend.write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
+    backend.sync().await
+}
+
 fn read_stored<B: Backend>(backend: &B) -> std::io::Result<Option<StoredSnapshot>> {
     match backend.meta(MetaKey::Snapshot)? {
         None => Ok(None),

@@ -302,3 +302,64 @@ async fn sled_node_recovers_its_state_after_restart() {
     propose(&[&n1], Command::DeleteService { svc: "web".into() }).await;
     n1.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_seeded_into_an_empty_store_founds_a_new_cluster() {
+    let router = Router::default();
+    let n1 = start(&router, "n1", MemBackend::new()).await;
+    n1.initialize(member("n1")).await.unwrap();
+    let boot = Command::Bootstrap {
+        id: None,
+        cluster: "c1".into(),
+        node: "n1".into(),
+        addr: "n1:1214".into(),
+        at_ms: 0,
+    };
+    propose(&[&n1], boot).await;
+    let web = Command::CreateService {
+        svc: "web".into(),
+        config: "x".into(),
+    };
+    let backed_up = propose(&[&n1], web).await;
+    let file = raft::backup::encode(&n1.read_machine(|d| d.clone()), "n1", 0);
+    n1.shutdown().await;
+    router.nodes.lock().unwrap().clear();
+
+    let (_, data) = raft::backup::decode(&file).unwrap();
+    let to = raft::backup::NewCluster {
+        cluster: "c2",
+        node: "r1",
+        id: node_id("r1"),
+        addr: "r1:1214",
+        at_ms: 1,
+    };
+    let (data, done) = raft::backup::restore(data, &to).unwrap();
+    assert_eq!(done.removed, ["n1"]);
+    let backend = MemBackend::new();
+    storage::seed(&backend, &data).await.unwrap();
+    let again = storage::seed(&backend, &data).await;
+    assert!(
+        again.is_err(),
+        "a store that holds a snapshot is not seeded again"
+    );
+    let r1 = start(&router, "r1", backend).await;
+    assert!(r1.is_initialized().await);
+    // It elects itself and commits after the backup's last entry.
+    let param = Command::SetClusterParam {
+        key: "test.k".into(),
+        value: Some("v".into()),
+    };
+    let idx = propose(&[&r1], param).await;
+    assert!(idx > backed_up, "{idx} follows the backup's {backed_up}");
+    assert_eq!(r1.read(|s| s.services["web"].version), 1);
+    // A new member catches up from the seeded snapshot (the log before it is purged).
+    let r2 = start(&router, "r2", MemBackend::new()).await;
+    r1.add_learner(node_id("r2"), member("r2")).await.unwrap();
+    wait_applied(&r2, idx).await;
+    assert_eq!(
+        r2.read(|s| (s.name.clone(), s.services.len())),
+        ("c2".into(), 1)
+    );
+    r1.shutdown().await;
+    r2.shutdown().await;
+}
