@@ -107,8 +107,9 @@ pub enum BackupError {
     State(String),
 }
 
-/// A backup of `data`, the applied state of `node`, taken at `taken_at_ms`.
-pub fn encode(data: &MachineData, node: &str, taken_at_ms: u64) -> Vec<u8> {
+/// A backup of `data`, the applied state of `node`, taken at `taken_at_ms`: the file's bytes
+/// and its header.
+pub fn encode(data: &MachineData, node: &str, taken_at_ms: u64) -> (Header, Vec<u8>) {
     let body = data.to_bytes();
     let last = data.last_applied.unwrap_or_default();
     let header = Header {
@@ -128,7 +129,7 @@ pub fn encode(data: &MachineData, node: &str, taken_at_ms: u64) -> Vec<u8> {
     let mut out = serde_json::to_vec(&header).expect("a header always serializes");
     out.push(b'\n');
     out.extend_from_slice(&body);
-    out
+    (header, out)
 }
 
 /// The header and the state of a backup, each checked: format, version, length, checksum,
@@ -347,9 +348,10 @@ mod tests {
     #[test]
     fn a_backup_decodes_to_the_state_it_was_made_of() {
         let data = backup_of_three();
-        let file = encode(&data, "n1", 99);
+        let (written, file) = encode(&data, "n1", 99);
         let (header, back) = decode(&file).unwrap();
         assert_eq!(back, data);
+        assert_eq!(header, written);
         assert_eq!(
             (header.term, header.index, header.node.as_str()),
             (7, 40, "n1")
@@ -360,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_damaged_or_cut_backup_is_refused() {
-        let file = encode(&backup_of_three(), "n1", 99);
+        let (_, file) = encode(&backup_of_three(), "n1", 99);
         let body_at = file.iter().position(|b| *b == b'\n').unwrap() + 1;
         let mut flipped = file.clone();
         flipped[body_at + 10] ^= 0x40;
@@ -388,9 +390,9 @@ mod tests {
     fn a_backup_whose_checksum_matches_but_whose_state_is_broken_is_refused() {
         let mut data = backup_of_three();
         data.cluster.node_monitors.remove("n2");
-        let e = decode(&encode(&data, "n1", 1)).unwrap_err();
+        let e = decode(&encode(&data, "n1", 1).1).unwrap_err();
         assert!(matches!(e, BackupError::State(_)), "{e}");
-        let mut header_lies = encode(&backup_of_three(), "n1", 1);
+        let (_, mut header_lies) = encode(&backup_of_three(), "n1", 1);
         let at = header_lies
             .windows(8)
             .position(|w| w == b"\"digest\"")

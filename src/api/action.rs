@@ -134,6 +134,11 @@ actions! {
     ClusterSecretRemove => "cluster_secret_remove", Control;
     /// The rotation plan and, per node, the fingerprints it uses and accepts.
     ClusterSecretList => "cluster_secret_list", Any;
+    /// Writes this node's applied state to a backup file on its host (control socket).
+    ClusterSnapshotSave => "cluster_snapshot_save", Control;
+    /// Makes this node the only member of a new cluster holding a backup's state (control
+    /// socket).
+    ClusterSnapshotRestore => "cluster_snapshot_restore", Control;
     /// Sets or removes a cluster parameter (`cluster.join`, ...), through Raft.
     ClusterSet => "cluster_set", Any;
     /// Lets a node join a cluster whose `cluster.join` is `approve`.

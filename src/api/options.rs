@@ -1104,6 +1104,66 @@ pub struct SecretsReport {
     pub converged: bool,
 }
 
+/// `cluster_snapshot_save` (control socket): write this node's applied state to `path`, a
+/// file on the daemon's host (written 0600, then renamed into place and synced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSave {
+    /// An absolute path.
+    pub path: String,
+}
+
+impl ApiRequest for SnapshotSave {
+    const ACTION: Action = Action::ClusterSnapshotSave;
+    type Reply = SnapshotSaved;
+}
+
+/// The answer to [`SnapshotSave`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSaved {
+    /// Where the backup is.
+    pub path: String,
+    /// The leader this node followed when it saved; `None`: it knew none, and entries the
+    /// cluster committed after its last applied one are not in the backup.
+    pub leader: Option<String>,
+    /// The backup's header (what `om cluster snapshot status` shows).
+    pub header: raft::backup::Header,
+}
+
+/// `cluster_snapshot_restore` (control socket): make this node the only member of a new
+/// cluster whose state is the backup at `path` (docs/OPERATIONS.md, "Backup and recovery").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRestore {
+    /// An absolute path on the daemon's host.
+    pub path: String,
+    /// Replace a state that has other members or services (they are lost from this node).
+    #[serde(default, deserialize_with = "flag")]
+    pub force: bool,
+}
+
+impl ApiRequest for SnapshotRestore {
+    const ACTION: Action = Action::ClusterSnapshotRestore;
+    type Reply = SnapshotRestored;
+}
+
+/// The answer to [`SnapshotRestore`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRestored {
+    /// The new cluster (this node's `cluster.name`).
+    pub cluster: String,
+    /// The backup's cluster name, when it was another.
+    pub renamed_from: Option<String>,
+    /// Its only member: this node.
+    pub node: String,
+    /// This node's new store's Raft id (decimal).
+    pub raft_id: String,
+    /// The backup's last applied log index; the new cluster's log goes on after it.
+    pub index: u64,
+    /// The services restored.
+    pub services: Vec<String>,
+    /// The backup's other members: no longer members, each comes back with `join`.
+    pub removed: Vec<String>,
+}
+
 /// `cluster_set`: sets (`value`) or removes (no `value`) a cluster parameter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSet {

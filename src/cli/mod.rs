@@ -1,6 +1,7 @@
 //! The command line: parses arguments, talks to the local daemon over the control socket,
 //! prints tables or JSON, and turns every error into one clear message.
 
+mod backup;
 mod bench;
 mod configuration;
 mod consent;
@@ -222,6 +223,12 @@ pub enum ClusterCmd {
         /// The subcommand.
         #[command(subcommand)]
         cmd: configuration::ConfigCmd,
+    },
+    /// Backups of the cluster state, and rebuilding after losing a majority.
+    Snapshot {
+        /// The subcommand.
+        #[command(subcommand)]
+        cmd: backup::SnapshotCmd,
     },
     /// Cluster parameters and join approvals.
     #[command(flatten)]
@@ -663,6 +670,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Cluster {
             cmd: ClusterCmd::Secret { cmd },
         } => rotation::run(&paths, cmd, format).await,
+        Top::Cluster {
+            cmd: ClusterCmd::Snapshot { cmd },
+        } => backup::run(&paths, cmd, format).await,
         Top::Cluster {
             cmd: ClusterCmd::Param(cmd),
         } => consent::run(&paths, cmd, format).await,

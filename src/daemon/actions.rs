@@ -184,6 +184,12 @@ impl Daemon {
                 let opts: options::SecretList = api::parse(action, o)?;
                 api::reply(&self.secret_list(opts.local).await?)
             }
+            Action::ClusterSnapshotSave => {
+                api::reply(&self.snapshot_save(api::parse(action, o)?).await?)
+            }
+            Action::ClusterSnapshotRestore => {
+                api::reply(&self.snapshot_restore(api::parse(action, o)?).await?)
+            }
             Action::ClusterSet => api::reply(&self.cluster_set(api::parse(action, o)?).await?),
             Action::GetConfiguration => {
                 let _: options::GetConfiguration = api::parse(action, o)?;
@@ -642,7 +648,7 @@ impl Daemon {
         // toward blacklisting the leader here while Raft starts.
         self.refresh_members();
         self.set_keyring(cfg.keyring());
-        self.start_raft()
+        self.start_raft(None)
             .await
             .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         self.refresh_members();
@@ -739,7 +745,7 @@ impl Daemon {
         self.evict(&me, force).await?;
         self.wipe_raft().await?;
         self.edit_config(|doc| doc.set("cluster", "nodes", &me))?;
-        self.start_raft()
+        self.start_raft(None)
             .await
             .map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         self.refresh_members();

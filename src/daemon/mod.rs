@@ -5,6 +5,7 @@
 //! and stopping cleanly. Request handling lives in [`actions`].
 
 pub mod actions;
+mod backup;
 mod configuration;
 mod consent;
 pub mod control;
@@ -222,7 +223,9 @@ impl Daemon {
             // A node that was never in a cluster starts as a cluster of its own, the way a
             // fresh OpenSVC node does; `join` replaces this identity.
             doc.set("node", "name", &cfg.name);
-            doc.set("cluster", "name", "default");
+            if cfg.cluster_name.is_empty() {
+                doc.set("cluster", "name", "default");
+            }
             config::place_secrets(&mut doc, &random_secret(), &[])?;
             doc.set("cluster", "nodes", &cfg.name);
             config::save(&paths.node_conf(), &doc)?;
@@ -272,7 +275,7 @@ impl Daemon {
             proposal_ids: ProposalIds::new(),
             started: Instant::now(),
         });
-        daemon.start_raft().await?;
+        daemon.start_raft(None).await?;
         Ok(daemon)
     }
 
@@ -336,7 +339,8 @@ impl Daemon {
     }
 
     /// Opens the store and starts Raft; bootstraps a one-node cluster if this node is alone.
-    async fn start_raft(&self) -> Result<(), DaemonError> {
+    /// `seed`: the state a new store starts from (a restored backup, `raft::backup`).
+    async fn start_raft(&self, seed: Option<raft::MachineData>) -> Result<(), DaemonError> {
         let cfg = self.config();
         let dir = self.paths.raft_dir();
         let store_err = |reason: String| DaemonError::Store {
@@ -352,6 +356,11 @@ impl Daemon {
         let backend = open_store(&dir)
             .await
             .map_err(|e| store_err(e.to_string()))?;
+        if let Some(data) = seed {
+            storage::seed(&backend, &data)
+                .await
+                .map_err(|e| store_err(e.to_string()))?;
+        }
         let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
         let book = Arc::new(raft::rpc::AddressBook::default());
         let net = raftnet::raft_net(
@@ -671,7 +680,7 @@ impl Daemon {
         if let Ok(node) = self.node() {
             node.shutdown().await;
         }
-        self.start_raft().await
+        self.start_raft(None).await
     }
 
     /// Runs until stopped: the listener, the control socket and the background threads.

@@ -20,6 +20,7 @@ use openraft::SnapshotMeta;
 use openraft::StorageError;
 use openraft::StorageIOError;
 use openraft::StoredMembership;
+use openraft::Vote;
 use raft::MachineData;
 use raft::Member;
 use raft::NodeId;
@@ -125,10 +126,20 @@ impl<B: Backend> MachineStore<B> {
 }
 
 /// Makes an empty store hold `data` as its snapshot, synced: the first state of a cluster
-/// restored from a backup (`raft::backup`). openraft, started on the store, takes the
-/// snapshot's last log id as purged and its membership as the config, as on a follower
-/// that installed a snapshot. A store with a vote, entries or a snapshot is refused.
+/// restored from a backup (`raft::backup`), whose membership has one voter. openraft,
+/// started on the store, takes the snapshot's last log id as purged and its membership as
+/// the config, as on a follower that installed a snapshot. The store also holds that
+/// voter's vote for itself in the term of the snapshot's last entry: openraft requires a
+/// vote at least as high as the last log id's leader, and its election then runs in the
+/// next term (with no vote, a term-1 log would be met by a term-1 vote of a lower id).
+/// A store with a vote, entries or a snapshot is refused.
 pub async fn seed<B: Backend>(backend: &B, data: &MachineData) -> std::io::Result<()> {
+    let voters: Vec<NodeId> = data.membership.membership().voter_ids().collect();
+    let [voter] = voters[..] else {
+        return Err(std::io::Error::other(format!(
+            "a seeded store has one voter, this membership has {voters:?}"
+        )));
+    };
     let used = [MetaKey::Vote, MetaKey::Snapshot, MetaKey::LastPurged]
         .into_iter()
         .map(|k| backend.meta(k))
@@ -151,8 +162,13 @@ pub async fn seed<B: Backend>(backend: &B, data: &MachineData) -> std::io::Resul
         meta,
         data: data.to_bytes(),
     };
+    let term = data.last_applied.map_or(0, |l| l.leader_id.term);
+    let vote = rmp_serde::to_vec(&Vote::new(term, voter)).map_err(std::io::Error::other)?;
     let bytes = rmp_serde::to_vec(&snap).map_err(std::io::Error::other)?;
-    backend.write(vec![Op::PutMeta(MetaKey::Snapshot, bytes)])?;
+    backend.write(vec![
+        Op::PutMeta(MetaKey::Snapshot, bytes),
+        Op::PutMeta(MetaKey::Vote, vote),
+    ])?;
     backend.sync().await
 }
 

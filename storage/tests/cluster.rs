@@ -112,8 +112,12 @@ fn config() -> openraft::Config {
 }
 
 async fn start(router: &Router, name: &str, backend: impl storage::Backend) -> Node {
+    start_as(router, node_id(name), backend).await
+}
+
+async fn start_as(router: &Router, id: NodeId, backend: impl storage::Backend) -> Node {
     let (log, sm, machine) = storage::open(backend).unwrap();
-    let node = Node::start(node_id(name), config(), router.clone(), log, sm, machine)
+    let node = Node::start(id, config(), router.clone(), log, sm, machine)
         .await
         .unwrap();
     router
@@ -303,8 +307,17 @@ async fn sled_node_recovers_its_state_after_restart() {
     n1.shutdown().await;
 }
 
+/// Both orders of the new id against the old leader's matter: openraft orders votes of one
+/// term by node id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_seeded_into_an_empty_store_founds_a_new_cluster() {
+    let old_leader = node_id("n1");
+    for id in [old_leader - 1, old_leader + 1] {
+        seeded_store_leads_and_serves_its_snapshot(id).await;
+    }
+}
+
+async fn seeded_store_leads_and_serves_its_snapshot(id: NodeId) {
     let router = Router::default();
     let n1 = start(&router, "n1", MemBackend::new()).await;
     n1.initialize(member("n1")).await.unwrap();
@@ -321,7 +334,7 @@ async fn a_backup_seeded_into_an_empty_store_founds_a_new_cluster() {
         config: "x".into(),
     };
     let backed_up = propose(&[&n1], web).await;
-    let file = raft::backup::encode(&n1.read_machine(|d| d.clone()), "n1", 0);
+    let (_, file) = raft::backup::encode(&n1.read_machine(|d| d.clone()), "n1", 0);
     n1.shutdown().await;
     router.nodes.lock().unwrap().clear();
 
@@ -329,7 +342,7 @@ async fn a_backup_seeded_into_an_empty_store_founds_a_new_cluster() {
     let to = raft::backup::NewCluster {
         cluster: "c2",
         node: "r1",
-        id: node_id("r1"),
+        id,
         addr: "r1:1214",
         at_ms: 1,
     };
@@ -342,7 +355,7 @@ async fn a_backup_seeded_into_an_empty_store_founds_a_new_cluster() {
         again.is_err(),
         "a store that holds a snapshot is not seeded again"
     );
-    let r1 = start(&router, "r1", backend).await;
+    let r1 = start_as(&router, id, backend).await;
     assert!(r1.is_initialized().await);
     // It elects itself and commits after the backup's last entry.
     let param = Command::SetClusterParam {
