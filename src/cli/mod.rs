@@ -326,6 +326,12 @@ pub enum BlacklistCmd {
     Clear,
 }
 
+/// The `om <svc> ...` commands, which `om` parses after the service name (so they are not
+/// in [`Cli`]'s tree): for tests that walk every command.
+pub fn service_command() -> clap::Command {
+    svc::command()
+}
+
 /// What kind of failure ended a command: its exit code (docs/OPERATIONS.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -443,21 +449,45 @@ fn write_out(bytes: &[u8]) -> Result<()> {
         .map_err(|e| CliError::new(format!("stdout: {e}")))
 }
 
+/// What `om node daemon install` did (its `--format json` answer).
+#[derive(serde::Serialize)]
+struct Installed {
+    /// Where the unit was written; `None` with `--print`.
+    path: Option<String>,
+    /// The unit's text.
+    unit: String,
+    /// What to run next.
+    next: &'static str,
+}
+
 /// `om node daemon install`: the unit for this root and this binary.
-fn install(paths: &Paths, unit_dir: &std::path::Path, print_only: bool) -> Result<()> {
+fn install(
+    paths: &Paths,
+    unit_dir: &std::path::Path,
+    print_only: bool,
+    format: Format,
+) -> Result<()> {
     let bin = std::env::current_exe().map_err(|e| CliError::new(format!("this binary: {e}")))?;
     let root = std::path::absolute(&paths.root)
         .map_err(|e| CliError::new(format!("{}: {e}", paths.root.display())))?;
     let unit = crate::daemon::systemd::unit(&bin, &root);
-    if print_only {
-        return write_out(unit.as_bytes());
+    let next = "systemctl daemon-reload && systemctl enable --now om";
+    let mut done = Installed {
+        path: None,
+        unit,
+        next,
+    };
+    if !print_only {
+        let path = unit_dir.join("om.service");
+        std::fs::write(&path, &done.unit)
+            .map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+        done.path = Some(path.display().to_string());
     }
-    let path = unit_dir.join("om.service");
-    std::fs::write(&path, unit).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
-    eprintln!(
-        "wrote {}; now: systemctl daemon-reload && systemctl enable --now om",
-        path.display()
-    );
+    match (format, &done.path) {
+        (Format::Json, _) => print(format, &done, |_| String::new()),
+        (Format::Table, None) => write_out(done.unit.as_bytes())?,
+        (Format::Table, Some(path)) => eprintln!("wrote {path}; now: {next}"),
+    }
     Ok(())
 }
 
@@ -696,23 +726,23 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => nodeconf::get(&paths, &param, format),
         Top::Node {
             cmd: NodeCmd::Print { what },
-        } => nodeconf::config_word(&what).and_then(|()| nodeconf::print(&paths)),
+        } => nodeconf::config_word(&what).and_then(|()| nodeconf::print(&paths, format)),
         Top::Node {
             cmd: NodeCmd::Edit { what },
         } => {
             nodeconf::config_word(&what)?;
-            nodeconf::edit(&paths).await
+            nodeconf::edit(&paths, format).await
         }
         Top::Node {
             cmd: NodeCmd::Dequeue { what },
-        } => nodeconf::dequeue(&paths, &what).await,
+        } => nodeconf::dequeue(&paths, &what, format).await,
         Top::Node {
             cmd: NodeCmd::Control(args),
         } => control::run(&paths, args, format).await,
         Top::Node {
             cmd: NodeCmd::Freeze,
-        } => svc::node_freeze(&paths, true).await,
-        Top::Node { cmd: NodeCmd::Thaw } => svc::node_freeze(&paths, false).await,
+        } => svc::node_freeze(&paths, true, format).await,
+        Top::Node { cmd: NodeCmd::Thaw } => svc::node_freeze(&paths, false, format).await,
         Top::Node {
             cmd: NodeCmd::Standby { wait },
         } => {
@@ -895,7 +925,7 @@ async fn daemon_cmd(paths: &Paths, cmd: DaemonCmd, format: Format) -> Result<()>
             start_background(paths, format).await
         }
         DaemonCmd::Health => health(paths, format).await,
-        DaemonCmd::Install { unit_dir, print } => install(paths, &unit_dir, print),
+        DaemonCmd::Install { unit_dir, print } => install(paths, &unit_dir, print, format),
         DaemonCmd::Status { watch, interval } => {
             let req = options::DaemonStatus::default();
             loop {

@@ -37,29 +37,37 @@ pub(super) async fn set(
     format: Format,
 ) -> Result<()> {
     let (section, key) = split(param)?;
-    let mut doc = load(paths)?;
-    match value {
-        Some(v) => {
-            config::validate(param, v).map_err(|e| CliError::of(Exit::Usage, e.to_string()))?;
-            doc.set(section, key, v);
-        }
-        None => {
-            config::validate(param, "").or_else(|e| match e {
-                config::ConfigError::UnknownKey { .. } => {
-                    Err(CliError::of(Exit::Usage, e.to_string()))
-                }
-                _ => Ok(()),
-            })?;
-            if !doc.unset(section, key) {
+    let edit = |doc: &mut IniDoc| -> Result<()> {
+        match value {
+            Some(v) => doc.set(section, key, v),
+            None if !doc.unset(section, key) => {
                 return Err(CliError::new(format!(
                     "{param} is not set in {}",
                     paths.node_conf().display()
-                )));
+                )))
             }
+            None => {}
         }
+        Ok(())
+    };
+    match value {
+        Some(v) => {
+            config::validate(param, v).map_err(|e| CliError::of(Exit::Usage, e.to_string()))?
+        }
+        None => config::validate(param, "").or_else(|e| match e {
+            config::ConfigError::UnknownKey { .. } => Err(CliError::of(Exit::Usage, e.to_string())),
+            _ => Ok(()),
+        })?,
     }
+    let mut doc = load(paths)?;
+    edit(&mut doc)?;
     let new = NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
+    // Asked before the lock is taken: the daemon may be waiting for it to record a member.
     check_listener_addr(paths, &new).await?;
+    let _lock = config::lock_conf(&paths.node_conf()).map_err(|e| CliError::new(e.to_string()))?;
+    let mut doc = load(paths)?;
+    edit(&mut doc)?;
+    NodeConfig::from_doc(&doc).map_err(|e| CliError::new(e.to_string()))?;
     config::save(&paths.node_conf(), &doc).map_err(|e| CliError::new(e.to_string()))?;
     #[derive(serde::Serialize)]
     struct ParamSet<'a> {
@@ -165,13 +173,32 @@ pub(super) fn config_word(what: &str) -> Result<()> {
 }
 
 /// Prints node.conf as it is on disk.
-pub(super) fn print(paths: &Paths) -> Result<()> {
-    print!("{}", load(paths)?);
+pub(super) fn print(paths: &Paths, format: Format) -> Result<()> {
+    let doc = load(paths)?;
+    if format == Format::Table {
+        print!("{doc}");
+        return Ok(());
+    }
+    // For scripts, which log what they read: secrets as their length, as `node get` shows.
+    let params: std::collections::BTreeMap<String, String> = doc
+        .entries()
+        .into_iter()
+        .map(|(section, key, value)| {
+            let param = format!("{section}.{key}");
+            let shown = config::shown_value(&param, &value);
+            (param, shown)
+        })
+        .collect();
+    let out = serde_json::json!({
+        "path": paths.node_conf().display().to_string(),
+        "params": params,
+    });
+    super::print(format, &out, |_| String::new());
     Ok(())
 }
 
 /// Edits a copy with $EDITOR (default vi) and saves it back only if it validates.
-pub(super) async fn edit(paths: &Paths) -> Result<()> {
+pub(super) async fn edit(paths: &Paths, format: Format) -> Result<()> {
     let doc = load(paths)?;
     let tmp = tempfile::Builder::new()
         .suffix(".conf")
@@ -197,11 +224,23 @@ pub(super) async fn edit(paths: &Paths) -> Result<()> {
     let cfg = NodeConfig::from_doc(&new)
         .map_err(|e| CliError::new(format!("edited node.conf refused, nothing saved: {e}")))?;
     check_listener_addr(paths, &cfg).await?;
-    config::save(&paths.node_conf(), &new).map_err(|e| CliError::new(e.to_string()))
+    let _lock = config::lock_conf(&paths.node_conf()).map_err(|e| CliError::new(e.to_string()))?;
+    if load(paths)?.to_string() != doc.to_string() {
+        let (_, kept) = tmp.keep().map_err(|e| CliError::new(e.to_string()))?;
+        return Err(CliError::new(format!(
+            "node.conf changed while you edited it (the daemon records members and secrets \
+             there): nothing saved; your version is in {}; run `om node edit config` again",
+            kept.display()
+        )));
+    }
+    config::save(&paths.node_conf(), &new).map_err(|e| CliError::new(e.to_string()))?;
+    let saved = serde_json::json!({ "saved": paths.node_conf().display().to_string() });
+    super::print(format, &saved, |_| String::new());
+    Ok(())
 }
 
 /// Sends the empty packet to the local listener: the daemon runs its queued actions.
-pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
+pub(super) async fn dequeue(paths: &Paths, what: &str, format: Format) -> Result<()> {
     if what != "actions" {
         return Err(CliError::new(format!(
             "om node dequeue {what:?}: the only thing to dequeue is `actions`"
@@ -230,6 +269,11 @@ pub(super) async fn dequeue(paths: &Paths, what: &str) -> Result<()> {
         )
         .await
         .map_err(|e| CliError::new(format!("{addr} did not answer hello: {e}")))?;
-    eprintln!("dequeue requested from {addr}");
+    match format {
+        Format::Json => super::print(format, &serde_json::json!({ "dequeued": addr }), |_| {
+            String::new()
+        }),
+        Format::Table => eprintln!("dequeue requested from {addr}"),
+    }
     Ok(())
 }

@@ -194,6 +194,11 @@ fn parse_timeout(t: &str) -> Result<Duration> {
 }
 
 /// Runs `om <svc> args...`; `args[0]` is the service name.
+/// The `om <svc> ...` command tree (for tests that walk every command).
+pub(super) fn command() -> clap::Command {
+    <SvcCli as clap::CommandFactory>::command()
+}
+
 pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
     let Some((svc, rest)) = args.split_first() else {
         return Err(CliError::new("missing service name"));
@@ -241,7 +246,7 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
         }
         SvcCmd::Edit {
             what: EditWhat::Config,
-        } => edit_config(&paths, svc).await,
+        } => edit_config(&paths, svc, format).await,
         SvcCmd::Print {
             what: PrintWhat::Config,
         } => {
@@ -287,8 +292,11 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
         }
         SvcCmd::Giveback(w) => set_global(&paths, svc, GlobalExpect::Placed, &w, format).await,
         SvcCmd::Abort => {
-            call_typed(&paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
-            eprintln!("{svc}: pending global_expect aborted");
+            let data = call_typed(&paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
+            match format {
+                Format::Json => print(format, &data, |_| String::new()),
+                Format::Table => eprintln!("{svc}: pending global_expect aborted"),
+            }
             Ok(())
         }
         SvcCmd::Clear { node } => {
@@ -581,7 +589,7 @@ fn status_table(svc: &str, d: &options::ServiceDetail) -> String {
     out
 }
 
-async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
+async fn edit_config(paths: &Paths, svc: &str, format: Format) -> Result<()> {
     let data = call_typed(paths, &service_ref(svc), Duration::from_secs(15)).await?;
     let (original, edited) = (data.config, data.version);
     let file = tempfile::Builder::new()
@@ -609,7 +617,7 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
         let text =
             std::fs::read_to_string(file.path()).map_err(|e| CliError::new(e.to_string()))?;
         if text == original {
-            eprintln!("{svc}: no change");
+            edited_text(format, svc, false, Some(edited));
             return Ok(());
         }
         if let Err(e) = ServiceConfig::parse(&text) {
@@ -631,8 +639,22 @@ async fn edit_config(paths: &Paths, svc: &str) -> Result<()> {
             ..Default::default()
         };
         let r = call_typed(paths, &req, Duration::from_secs(15)).await?;
-        eprintln!("{svc}: config version {}", version(&r));
+        edited_text(format, svc, true, r.outcome.version);
         return Ok(());
+    }
+}
+
+/// What `om <svc> edit config` did: on stderr for people, on stdout with `--format json`.
+fn edited_text(format: Format, svc: &str, changed: bool, version: Option<u64>) {
+    let v = version.map_or_else(|| "-".to_string(), |v| v.to_string());
+    match format {
+        Format::Json => {
+            let done =
+                serde_json::json!({ "service": svc, "changed": changed, "version": version });
+            print(format, &done, |_| String::new());
+        }
+        Format::Table if changed => eprintln!("{svc}: config version {v}"),
+        Format::Table => eprintln!("{svc}: no change"),
     }
 }
 
@@ -693,7 +715,7 @@ async fn logs(
 }
 
 /// `om node freeze|thaw`: sets this node's monitor local_expect and waits until it is done.
-pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
+pub(super) async fn node_freeze(paths: &Paths, freeze: bool, format: Format) -> Result<()> {
     let want = if freeze {
         NodeExpect::Frozen
     } else {
@@ -716,7 +738,11 @@ pub(super) async fn node_freeze(paths: &Paths, freeze: bool) -> Result<()> {
         let t = Duration::from_secs(10);
         let m: NodeMonitor = call_as(paths, Action::GetNodeMonitor, &req, t).await?;
         if m.frozen == freeze && m.status == NodeStatus::Idle {
-            eprintln!("{me}: {want}");
+            let done = serde_json::json!({ "node": me, "local_expect": want, "monitor": m });
+            match format {
+                Format::Json => print(format, &done, |_| String::new()),
+                Format::Table => eprintln!("{me}: {want}"),
+            }
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(60) {

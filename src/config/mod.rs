@@ -693,6 +693,31 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Held while node.conf is read, changed and written back: the daemon (which records
+/// members, secrets and its role there) and `om node set|unset|edit` take it, so neither
+/// writes over a change the other made in between. An exclusive `flock` on node.conf's
+/// directory (the file itself is replaced by a rename on every save).
+#[derive(Debug)]
+pub struct ConfLock {
+    /// The locked directory; unlocked when dropped.
+    _dir: std::fs::File,
+}
+
+/// Waits for and takes the [`ConfLock`] of the node.conf at `path`.
+pub fn lock_conf(path: &Path) -> Result<ConfLock, ConfigError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let err = |e: std::io::Error| ConfigError::Write {
+        path: path.display().to_string(),
+        reason: format!("cannot lock {}: {e}", dir.display()),
+    };
+    let f = std::fs::File::open(dir).map_err(err)?;
+    f.lock().map_err(err)?;
+    Ok(ConfLock { _dir: f })
+}
+
 /// Writes `doc` to `path` atomically and durably: a temp file created 0600 (node.conf holds
 /// the cluster secret, which is root on every node), fsynced, renamed over `path`, then the
 /// directory fsynced so the rename survives a power cut. A directory this creates is 0700;

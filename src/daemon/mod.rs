@@ -453,8 +453,20 @@ impl Daemon {
         edit: impl FnOnce(&mut IniDoc) -> Result<(), config::ConfigError>,
     ) -> Result<NodeConfig, ActionError> {
         let _writer = self.conf_writer.lock().unwrap();
+        let path = self.paths.node_conf();
+        let _file =
+            config::lock_conf(&path).map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         let mut guard = self.config.write().unwrap();
-        let mut doc = guard.0.clone();
+        // From the file, not the running config: an `om node set` the watcher has not
+        // loaded yet is kept. A file that no longer parses (the watcher refused it) is
+        // replaced by the running config with the edit.
+        let mut doc = match NodeConfig::load(&path) {
+            Ok((doc, _)) => doc,
+            Err(e) => {
+                tracing::warn!("node.conf does not load ({e}); editing the running config");
+                guard.0.clone()
+            }
+        };
         edit(&mut doc).map_err(|e| ActionError::new(Status::Error, e.to_string()))?;
         let cfg = NodeConfig::from_doc(&doc)
             .map_err(|e| ActionError::new(Status::BadRequest, e.to_string()))?;
