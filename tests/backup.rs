@@ -143,7 +143,25 @@ async fn a_majority_lost_is_rebuilt_from_a_survivors_backup() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the snapshot is damaged"), "{err}");
     let (code, _, err) = om(n1, &["cluster", "snapshot", "status", file_arg(&damaged)]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
+    // Neither a device nor a FIFO is read (one never ends, the other blocks).
+    let args = ["cluster", "snapshot", "restore", "--force", "/dev/zero"];
+    let (code, _, err) = om(n1, &args);
+    assert!(code == 2 && err.contains("not a regular file"), "{err}");
+    // A save never writes over the node's own files, a directory or a file that is not
+    // a backup.
+    let conf = c.nodes[0].paths.node_conf();
+    let notes = c.base().join("notes.txt");
+    std::fs::write(&notes, "mine\n").unwrap();
+    for (target, why) in [
+        (conf.as_path(), "inside this node's etc/ or var/"),
+        (c.base(), "is a directory"),
+        (notes.as_path(), "is not an om snapshot"),
+    ] {
+        let (code, _, err) = om(n1, &["cluster", "snapshot", "save", file_arg(target)]);
+        assert!(code == 2 && err.contains(why), "{target:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine\n");
     assert_eq!(members(&status(n1).await), ["n1", "n2", "n3"]);
 
     // Restored: n1 alone leads a new cluster with the backup's services and commits.
@@ -156,6 +174,7 @@ async fn a_majority_lost_is_rebuilt_from_a_survivors_backup() {
     ];
     let out = om_ok(n1, &args);
     assert!(out.contains("no longer members: n2, n3"), "{out}");
+    assert!(out.contains("n1 is frozen"), "{out}");
     until(n1, "n1 leads alone", |st| {
         st["cluster"]["leader"] == json!("n1") && members(st) == ["n1"]
     })
@@ -163,6 +182,17 @@ async fn a_majority_lost_is_rebuilt_from_a_survivors_backup() {
     freeze(n1, T)
         .await
         .expect("a write commits in the new cluster");
+    let raft_id = status(n1).await["nodes"]["n1"]["raft_id"].clone();
+    // The restored store is the node's store from now on: it survives a kill -9.
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_om"));
+    c.nodes[0].kill();
+    c.nodes[0].start(&bin).unwrap();
+    let n1 = &c.nodes[0];
+    n1.wait_ready(T).await.unwrap();
+    until(n1, "n1 leads again on its restored store", |st| {
+        st["cluster"]["leader"] == json!("n1") && st["nodes"]["n1"]["raft_id"] == raft_id
+    })
+    .await;
     let web = n1
         .call("get_service_config", json!({"svcname": "web"}), T)
         .await;
@@ -172,7 +202,6 @@ async fn a_majority_lost_is_rebuilt_from_a_survivors_backup() {
     let n2_root = c.nodes[1].paths.root.clone();
     std::fs::remove_dir_all(n2_root.join("var/raft")).unwrap();
     std::fs::remove_file(n2_root.join("var/raft.id")).unwrap();
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_om"));
     c.nodes[1].start(&bin).unwrap();
     c.nodes[1].wait_ready(T).await.unwrap();
     let target = c.nodes[0].addr();
@@ -218,6 +247,8 @@ async fn a_majority_lost_is_rebuilt_from_a_survivors_backup() {
     assert_eq!(out["cluster"], json!("clone"));
     assert_eq!(out["renamed_from"], json!(cfg.cluster_name));
     assert_eq!(out["services"], json!(["web"]));
+    let answer = (out["leading"].clone(), out["secret_in_use"].clone());
+    assert_eq!(answer, (json!(true), Value::Null));
     let fresh = &c.nodes[i];
     until(fresh, "fresh leads the clone", |st| {
         st["cluster"]["leader"] == json!("fresh")

@@ -690,7 +690,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), CommandError> {
     }
 }
 
-fn check_addr(addr: &str) -> Result<(), CommandError> {
+pub(crate) fn check_addr(addr: &str) -> Result<(), CommandError> {
     let ok = addr
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));

@@ -25,6 +25,7 @@ use sha2::Digest;
 
 use crate::machine::MachineData;
 use crate::machine::Proposals;
+use crate::state::NodeExpect;
 use crate::state::NodeRecord;
 use crate::Command;
 use crate::Member;
@@ -36,8 +37,12 @@ pub const FORMAT: &str = "om-snapshot";
 /// The format version this code writes and reads.
 pub const VERSION: u32 = 1;
 
-/// The largest header line read: a header lists member names, each at most 255 bytes.
+/// The largest header line read: a header lists the members and services by name.
 const MAX_HEADER: usize = 1 << 20;
+
+/// The highest term or index a backup may hold: openraft adds to both, and a crafted file
+/// must not make it overflow once the store is replaced.
+const MAX_LOG_ID: u64 = 1 << 62;
 
 /// The first line of a backup: what it is of, and how to check its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +71,9 @@ pub struct Header {
     pub bytes: u64,
     /// The body's SHA-256, in hex.
     pub sha256: String,
+    /// The om version that wrote it.
+    #[serde(default)]
+    pub written_by: String,
 }
 
 /// Why a file is not a backup this code can use.
@@ -81,7 +89,10 @@ pub enum BackupError {
         why: String,
     },
     /// A format version this code does not read.
-    #[error("snapshot format version {found}: this om reads version {VERSION}")]
+    #[error(
+        "snapshot format version {found}: this om reads version {VERSION}; restore it with \
+         the om that wrote it (its header's written_by)"
+    )]
     Version {
         /// The version in the header.
         found: u32,
@@ -125,6 +136,7 @@ pub fn encode(data: &MachineData, node: &str, taken_at_ms: u64) -> (Header, Vec<
         digest: data.digest(),
         bytes: body.len() as u64,
         sha256: sha256_hex(&body),
+        written_by: env!("CARGO_PKG_VERSION").to_string(),
     };
     let mut out = serde_json::to_vec(&header).expect("a header always serializes");
     out.push(b'\n');
@@ -133,31 +145,69 @@ pub fn encode(data: &MachineData, node: &str, taken_at_ms: u64) -> (Header, Vec<
 }
 
 /// The header and the state of a backup, each checked: format, version, length, checksum,
-/// the state decoding, its invariants, and the header agreeing with it.
+/// the state decoding, its invariants, its names, addresses and secrets being ones `apply`
+/// accepts, and the header agreeing with it.
 pub fn decode(file: &[u8]) -> Result<(Header, MachineData), BackupError> {
     let (header, body) = split(file)?;
     let data = MachineData::from_bytes(body).map_err(|e| BackupError::State(e.to_string()))?;
-    if let Some(broken) = data.cluster.broken_invariant() {
-        return Err(BackupError::State(broken));
-    }
-    if data.last_applied.is_none() || !data.cluster.is_bootstrapped() {
-        return Err(BackupError::State(
-            "it was taken before its cluster was bootstrapped: there is nothing to restore".into(),
-        ));
-    }
-    if data.digest() != header.digest {
+    let checked = match data.cluster.broken_invariant() {
+        Some(broken) => Err(broken),
+        None => check_values(&data),
+    };
+    checked.map_err(BackupError::State)?;
+    let stated = Header {
+        written_by: header.written_by.clone(),
+        ..encode(&data, &header.node, header.taken_at_ms).0
+    };
+    if stated != header {
+        let from = match header.written_by.as_str() {
+            env!("CARGO_PKG_VERSION") => String::new(),
+            v => format!(
+                " (written by om {v:?}, this is om {})",
+                env!("CARGO_PKG_VERSION")
+            ),
+        };
         return Err(BackupError::State(format!(
-            "its digest is {}, its header says {}",
-            data.digest(),
-            header.digest
+            "its header does not describe its state{from}"
         )));
     }
     Ok((header, data))
 }
 
+/// What `apply` would have refused to write: a state from a file is checked as commands are.
+fn check_values(data: &MachineData) -> Result<(), String> {
+    let s = &data.cluster;
+    let unborn = "it was taken before its cluster was bootstrapped: there is nothing to restore";
+    let last = data.last_applied.ok_or(unborn)?;
+    if !s.is_bootstrapped() {
+        return Err(unborn.into());
+    }
+    if last.leader_id.term > MAX_LOG_ID || last.index > MAX_LOG_ID {
+        return Err(format!("its last log id {last} is beyond {MAX_LOG_ID}"));
+    }
+    let named =
+        |kind: &str, name: &str| crate::apply::check_name(kind, name).map_err(|e| e.to_string());
+    named("cluster", &s.name)?;
+    for (node, rec) in &s.nodes {
+        named("node", node)?;
+        crate::apply::check_addr(&rec.addr).map_err(|e| e.to_string())?;
+    }
+    for svc in s.services.keys() {
+        named("service", svc)?;
+    }
+    for (fp, value) in &s.secrets.accepted {
+        crate::secrets::check_secret(value.expose())
+            .map_err(|e| format!("accepted secret {fp}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The header line parsed and the body's length and checksum checked against it.
 fn split(file: &[u8]) -> Result<(Header, &[u8]), BackupError> {
     let not = |why: String| BackupError::NotABackup { why };
+    if file.is_empty() {
+        return Err(not("the file is empty".into()));
+    }
     let end = file
         .iter()
         .take(MAX_HEADER)
@@ -222,13 +272,19 @@ pub struct Restored {
     pub removed: Vec<String>,
     /// The backup's cluster name, when the new cluster has another one.
     pub renamed_from: Option<String>,
+    /// The key id of the backup's rotated secret, which the new cluster uses (and the
+    /// node installs in node.conf); `None`: the node keeps its node.conf secret.
+    pub secret_in_use: Option<String>,
 }
 
 /// `data`, a decoded backup, as the first state of the cluster `to` founds: `to.node` its
-/// only member and voter (with `to.id` and `to.addr`), the other members removed as by
-/// `leave`, join approvals and remembered proposals dropped (they belonged to the old
-/// cluster's clients). Services, their configs, targets, instances on `to.node`,
-/// parameters and the secret rotation plan are kept.
+/// only member and voter (with `to.id` and `to.addr`; the store id it had in the backup
+/// retired, as every other member's), the other members removed as by `leave`, join
+/// approvals and remembered proposals dropped (they belonged to the old cluster's
+/// clients). `to.node` is frozen (`local_expect = frozen`): a restored state starts no
+/// service until an operator thaws the node, since a clone on another site must not take
+/// the original's addresses and disks by itself. Services, their configs and targets,
+/// instances on `to.node`, parameters and the secret rotation plan are kept.
 pub fn restore(mut data: MachineData, to: &NewCluster) -> Result<(MachineData, Restored), String> {
     let s = &mut data.cluster;
     if s.departed_ids.contains(&to.id) || s.nodes.values().any(|r| r.id == to.id) {
@@ -246,10 +302,14 @@ pub fn restore(mut data: MachineData, to: &NewCluster) -> Result<(MachineData, R
             addr: to.addr.to_string(),
             joined_at_ms: kept.as_ref().map_or(to.at_ms, |r| r.joined_at_ms),
             id: to.id,
-            role: kept.map(|r| r.role).unwrap_or_default(),
+            role: kept.as_ref().map(|r| r.role).unwrap_or_default(),
         },
     );
-    s.node_monitors.entry(to.node.to_string()).or_default();
+    if let Some(old) = &kept {
+        s.departed_ids.insert(old.id);
+    }
+    let monitor = s.node_monitors.entry(to.node.to_string()).or_default();
+    monitor.local_expect = NodeExpect::Frozen;
     s.departed.remove(to.node);
     let removed: Vec<String> = s.nodes.keys().filter(|n| *n != to.node).cloned().collect();
     for node in &removed {
@@ -267,13 +327,13 @@ pub fn restore(mut data: MachineData, to: &NewCluster) -> Result<(MachineData, R
     if let Some(broken) = data.cluster.broken_invariant() {
         return Err(format!("the restored state breaks an invariant: {broken}"));
     }
-    Ok((
-        data,
-        Restored {
-            removed,
-            renamed_from,
-        },
-    ))
+    let rotated = data.cluster.secrets.materialize().is_some();
+    let done = Restored {
+        removed,
+        renamed_from,
+        secret_in_use: data.cluster.secrets.used.clone().filter(|_| rotated),
+    };
+    Ok((data, done))
 }
 
 #[cfg(test)]
@@ -402,6 +462,38 @@ mod tests {
         assert!(matches!(decode(&header_lies), Err(BackupError::State(_))));
     }
 
+    /// A file whose checksum is right (anyone can compute one) but whose content `apply`
+    /// would never have written.
+    #[test]
+    fn a_crafted_backup_is_refused() {
+        let forged = |edit: fn(&mut MachineData)| {
+            let mut data = backup_of_three();
+            edit(&mut data);
+            decode(&encode(&data, "n1", 1).1).unwrap_err().to_string()
+        };
+        let e =
+            forged(|d| d.last_applied = Some(LogId::new(CommittedLeaderId::new(u64::MAX, 11), 40)));
+        assert!(e.contains("beyond"), "{e}");
+        let e = forged(|d| {
+            let rec = d.cluster.nodes.remove("n2").unwrap();
+            let monitor = d.cluster.node_monitors.remove("n2").unwrap();
+            d.cluster.nodes.insert("n 2\n".into(), rec);
+            d.cluster.node_monitors.insert("n 2\n".into(), monitor);
+        });
+        assert!(e.contains("node"), "{e}");
+        let e = forged(|d| d.cluster.nodes.get_mut("n3").unwrap().addr = "nowhere".into());
+        assert!(e.contains("nowhere"), "{e}");
+        let (_, mut lying) = encode(&backup_of_three(), "n1", 1);
+        let at = lying
+            .windows(10)
+            .position(|w| w == b"\"index\":40")
+            .unwrap();
+        lying[at + 9] = b'1';
+        let e = decode(&lying).unwrap_err().to_string();
+        assert!(e.contains("header does not describe"), "{e}");
+        assert!(decode(b"").unwrap_err().to_string().contains("empty"));
+    }
+
     #[test]
     fn restoring_founds_a_cluster_of_the_restoring_node_alone() {
         let to = NewCluster {
@@ -431,8 +523,14 @@ mod tests {
         let voters: Vec<_> = data.membership.membership().voter_ids().collect();
         assert_eq!(voters, [21]);
         assert_eq!(data.membership.log_id(), &data.last_applied);
-        // The old stores never join again; the names come back on new stores.
-        assert!(departed(s, "n2", 12) && departed(s, "n3", 13));
+        // The old stores never join again (the restoring node's own old one neither); the
+        // names come back on new stores.
+        assert!(departed(s, "n1", 11) && departed(s, "n2", 12) && departed(s, "n3", 13));
+        assert_eq!(
+            s.node_monitors["n1"].local_expect,
+            NodeExpect::Frozen,
+            "until thawed"
+        );
         assert!(!departed(s, "n2", 32));
         let mut s = data.cluster.clone();
         let rejoin = Command::Join {

@@ -1162,6 +1162,14 @@ pub struct SnapshotRestored {
     pub services: Vec<String>,
     /// The backup's other members: no longer members, each comes back with `join`.
     pub removed: Vec<String>,
+    /// The key id of the backup's rotated secret, which this node now uses (written into
+    /// its node.conf); `None`: it keeps its own `cluster.secret`.
+    pub secret_in_use: Option<String>,
+    /// Whether this node led its new cluster when it answered (it elects itself at once
+    /// unless something is wrong: see its log).
+    pub leading: bool,
+    /// The node the backup was taken on.
+    pub taken_on: String,
 }
 
 /// `cluster_set`: sets (`value`) or removes (no `value`) a cluster parameter.

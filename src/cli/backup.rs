@@ -59,11 +59,12 @@ pub(super) async fn run(paths: &Paths, cmd: SnapshotCmd, format: Format) -> Resu
             print(format, &saved, saved_text);
         }
         SnapshotCmd::Status { file } => {
-            let bytes = std::fs::read(&file).map_err(|e| {
+            let bytes = crate::daemon::backup::read_backup_file(&file).map_err(|e| {
                 CliError::of(Exit::Usage, format!("cannot read {}: {e}", file.display()))
             })?;
+            // The exit code `restore` gives the same file.
             let (header, _) = raft::backup::decode(&bytes)
-                .map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
+                .map_err(|e| CliError::of(Exit::Usage, format!("{}: {e}", file.display())))?;
             print(format, &header, header_table);
         }
         SnapshotCmd::Restore { file, force } => {
@@ -146,15 +147,37 @@ fn restored_text(r: &SnapshotRestored) -> String {
         list(&r.services)
     );
     if let Some(old) = &r.renamed_from {
-        out += &format!("the backup was of cluster {old}\n");
+        out += &format!(
+            "the backup (taken on {}) was of cluster {old}\n",
+            r.taken_on
+        );
+    }
+    match &r.secret_in_use {
+        Some(key) => {
+            out +=
+                &format!("secret: the backup's rotated secret {key} is in use, now in node.conf\n")
+        }
+        None => out += "secret: node.conf's cluster.secret, unchanged\n",
+    }
+    out += &format!(
+        "{} is frozen: it starts no service until `om node thaw`\n",
+        r.node
+    );
+    if !r.leading {
+        out += &format!(
+            "warning: {} does not lead yet; see `om node daemon status` and its log\n",
+            r.node
+        );
     }
     if !r.removed.is_empty() {
         out += &format!(
-            "no longer members: {}. Each must not start on its old store (it would go on \
-             as the old cluster); on each, with its daemon stopped:\n  \
+            "no longer members: {}. None may start on its old store (with another, it \
+             would go on as the old cluster); on each, with its daemon stopped:\n  \
              rm -r ROOT/var/raft ROOT/var/raft.id; om node daemon start; \
-             om node daemon join --node {} --secret-file FILE\n",
+             om node daemon join --node {} --secret-file SECRET_FILE\n\
+             (SECRET_FILE holds the secret {} uses: its cluster.secret)\n",
             r.removed.join(", "),
+            r.node,
             r.node
         );
     }

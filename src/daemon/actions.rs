@@ -628,6 +628,8 @@ impl Daemon {
         let options::ClusterSection { name, nodes } = admitted.cluster;
         let listener = admitted.listener;
         tracing::info!(cluster = %name, via = %target, "join accepted; resetting local raft state");
+        // Not while a restore or a leave replaces the store too.
+        let _guard = self.membership_guard()?;
         self.wipe_raft().await?;
         super::write_store_id(&self.paths, id).map_err(|e| {
             ActionError::new(Status::Error, format!("cannot record the new raft id: {e}"))
@@ -743,6 +745,8 @@ impl Daemon {
             )));
         }
         self.evict(&me, force).await?;
+        // Not while a restore or a join replaces the store too.
+        let _guard = self.membership_guard()?;
         self.wipe_raft().await?;
         self.edit_config(|doc| doc.set("cluster", "nodes", &me))?;
         self.start_raft(None)

@@ -5,7 +5,7 @@
 //! and stopping cleanly. Request handling lives in [`actions`].
 
 pub mod actions;
-mod backup;
+pub(crate) mod backup;
 mod configuration;
 mod consent;
 pub mod control;

@@ -129,10 +129,10 @@ impl<B: Backend> MachineStore<B> {
 /// restored from a backup (`raft::backup`), whose membership has one voter. openraft,
 /// started on the store, takes the snapshot's last log id as purged and its membership as
 /// the config, as on a follower that installed a snapshot. The store also holds that
-/// voter's vote for itself in the term of the snapshot's last entry: openraft requires a
-/// vote at least as high as the last log id's leader, and its election then runs in the
-/// next term (with no vote, a term-1 log would be met by a term-1 vote of a lower id).
-/// A store with a vote, entries or a snapshot is refused.
+/// voter's vote for itself in the term of the snapshot's last entry, so that its first
+/// election runs in the next term: with no vote it would run in term 1, and a committed
+/// vote in the term of the last log id but from a lower node id is below that log id's
+/// leader, which openraft asserts never happens. A store with any record is refused.
 pub async fn seed<B: Backend>(backend: &B, data: &MachineData) -> std::io::Result<()> {
     let voters: Vec<NodeId> = data.membership.membership().voter_ids().collect();
     let [voter] = voters[..] else {
@@ -140,10 +140,15 @@ pub async fn seed<B: Backend>(backend: &B, data: &MachineData) -> std::io::Resul
             "a seeded store has one voter, this membership has {voters:?}"
         )));
     };
-    let used = [MetaKey::Vote, MetaKey::Snapshot, MetaKey::LastPurged]
-        .into_iter()
-        .map(|k| backend.meta(k))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let used = [
+        MetaKey::Vote,
+        MetaKey::Committed,
+        MetaKey::Snapshot,
+        MetaKey::LastPurged,
+    ]
+    .into_iter()
+    .map(|k| backend.meta(k))
+    .collect::<std::io::Result<Vec<_>>>()?;
     if used.iter().any(Option::is_some) || backend.last_entry()?.is_some() {
         return Err(std::io::Error::other(
             "the store is not empty: only a new store is seeded with a backup",
