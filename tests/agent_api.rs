@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use om::cli::local::LocalCluster;
 use serde_json::json;
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -277,6 +278,14 @@ async fn events_are_filtered_and_followed_through_a_restart() {
         .unwrap_err();
     assert!(e.contains("kind"), "{e}");
     let (epoch, next) = (ev["epoch"].clone(), ev["next"].clone());
+    let everything = n1.call("events", json!({}), T).await.unwrap();
+    let all_before: Vec<Value> = everything["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["seq"].as_u64() <= next.as_u64())
+        .cloned()
+        .collect();
 
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_om"))
         .arg("--root")
@@ -291,11 +300,29 @@ async fn events_are_filtered_and_followed_through_a_restart() {
     c.nodes[0].start(&bin).unwrap();
     c.nodes[0].wait_ready(T).await.unwrap();
     let n1 = &c.nodes[0];
+    // The numbering survives the restart: rebuilt from the log, the events up to `next`
+    // are the same ones, and a reader goes on after them.
     let ev = n1
         .call("events", json!({"since": next, "epoch": epoch}), T)
         .await
         .unwrap();
-    assert_eq!(ev["reset"], true, "{ev}");
+    assert_eq!(
+        (ev["reset"].clone(), ev["epoch"].clone()),
+        (json!(false), epoch),
+        "{ev}"
+    );
+    let rebuilt = n1.call("events", json!({}), T).await.unwrap();
+    let before: Vec<&Value> = rebuilt["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["seq"].as_u64() <= next.as_u64())
+        .collect();
+    assert_eq!(
+        before.iter().map(|e| &e["event"]).collect::<Vec<_>>(),
+        all_before.iter().map(|e| &e["event"]).collect::<Vec<_>>(),
+        "the same events under the same numbers"
+    );
     n1.call(
         "set_service_config",
         json!({"svcname": "db", "config": SVC}),

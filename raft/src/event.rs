@@ -418,6 +418,10 @@ pub struct EventRecord {
     pub index: u64,
     /// What happened.
     pub event: Event,
+    /// The whole state was replaced by a snapshot at `index`: the events of the entries it
+    /// covers were never produced here (readers of a numbered history have a gap).
+    #[serde(skip)]
+    pub replaced: bool,
 }
 
 #[cfg(test)]

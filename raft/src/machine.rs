@@ -254,6 +254,7 @@ impl SharedMachine {
                 records.extend(events.into_iter().map(|event| EventRecord {
                     index: entry.log_id.index,
                     event,
+                    replaced: false,
                 }));
             }
             data.last_applied.map_or(0, |l| l.index)
@@ -274,6 +275,7 @@ impl SharedMachine {
         let _ = self.events.send(EventRecord {
             index: last,
             event: Event::Log { message: msg },
+            replaced: true,
         });
         self.applied.send_replace(last);
     }

@@ -682,17 +682,18 @@ pub struct EventsReply {
     pub next: u64,
     /// The last sequence number given out.
     pub last: u64,
-    /// This daemon run's id (send it back with `since`).
+    /// The store's numbering (its Raft id; send it back with `since`).
     pub epoch: String,
-    /// The `epoch` asked about is over (the daemon restarted): this answer starts again
-    /// from the oldest event kept, and events in between may be missing.
+    /// Events after `since` are missing (another store, or older than what the node can
+    /// rebuild or keeps): this answer starts again from the oldest event kept.
     pub reset: bool,
 }
 
 /// An applied event with its local sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumberedEvent {
-    /// Local sequence number, increasing by one per event within an epoch.
+    /// The event's number: its entry's log index and its place among that entry's events
+    /// (`index << 16 | n`), the same in every run of the daemon on one store.
     pub seq: u64,
     /// The event and the log index that produced it.
     #[serde(flatten)]

@@ -1172,7 +1172,10 @@ async fn events(paths: &Paths, args: EventsArgs, format: Format) -> Result<()> {
         };
         waiting = false;
         if reply.reset {
-            eprintln!("the daemon restarted: its events start again (some may be missing)");
+            eprintln!(
+                "some events are missing (a new store, or older than the node keeps): \
+                 starting again from the oldest kept"
+            );
         }
         for e in &reply.events {
             match format {

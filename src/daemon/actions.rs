@@ -357,7 +357,9 @@ impl Daemon {
             Action::Events => {
                 let opts: options::Events = api::parse(action, o)?;
                 let epoch = self.events.epoch();
-                let reset = opts.epoch.as_deref().is_some_and(|e| e != epoch);
+                let reset = self
+                    .events
+                    .missed(opts.epoch.as_deref(), opts.since.unwrap_or(0));
                 let since = if reset { 0 } else { opts.since.unwrap_or(0) };
                 let wait = Duration::from_millis(opts.wait_ms.unwrap_or(0).min(60_000));
                 let filter = super::events::Filter {

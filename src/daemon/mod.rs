@@ -129,6 +129,8 @@ pub struct Daemon {
     membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Recent applied events.
     pub events: EventLog,
+    /// The event subscription `start_raft` took before Raft started, for the pump.
+    pending_events: Mutex<Option<tokio::sync::broadcast::Receiver<raft::EventRecord>>>,
     /// The members' `hello` check-ins, by sender (see [`status::CheckIns`]).
     check_ins: status::CheckIns,
     stop: watch::Sender<Option<StopKind>>,
@@ -270,6 +272,7 @@ impl Daemon {
             threads: Supervisor::new(),
             membership_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: EventLog::default(),
+            pending_events: Mutex::new(None),
             check_ins: Default::default(),
             stop: watch::channel(None).0,
             proposal_ids: ProposalIds::new(),
@@ -361,7 +364,14 @@ impl Daemon {
                 .await
                 .map_err(|e| store_err(e.to_string()))?;
         }
-        let (log, sm, machine) = storage::open(backend).map_err(|e| store_err(e.to_string()))?;
+        let (mut log, sm, machine) =
+            storage::open(backend).map_err(|e| store_err(e.to_string()))?;
+        // Before Raft starts: it applies the committed log again as it starts, and the
+        // pump must see every event after the history.
+        *self.pending_events.lock().unwrap() = Some(machine.subscribe());
+        self.rebuild_events(id, &mut log, &machine)
+            .await
+            .map_err(|e| store_err(format!("cannot read the log for its events: {e}")))?;
         let book = Arc::new(raft::rpc::AddressBook::default());
         let net = raftnet::raft_net(
             self.peers.clone(),
@@ -386,6 +396,28 @@ impl Daemon {
         if alone {
             self.bootstrap_state(&node, &cfg).await?;
         }
+        Ok(())
+    }
+
+    /// Numbers the events of the committed entries after the store's snapshot again, as
+    /// the run before this one did (docs/PROTOCOL.md, `events`).
+    async fn rebuild_events(
+        &self,
+        id: NodeId,
+        log: &mut storage::LogStore<storage::DiskBackend>,
+        machine: &raft::SharedMachine,
+    ) -> Result<(), openraft::StorageError<NodeId>> {
+        use openraft::storage::RaftLogStorage;
+        use openraft::RaftLogReader;
+        let base = machine.read(|d| d.clone());
+        let from = base.last_applied.map_or(0, |l| l.index);
+        let committed = log.read_committed().await?.map_or(0, |l| l.index);
+        let entries = match committed > from {
+            true => log.try_get_log_entries(from + 1..=committed).await?,
+            false => Vec::new(),
+        };
+        let history = events::history(base, &entries);
+        self.events.reopen(&id.to_string(), from, history);
         Ok(())
     }
 
@@ -643,11 +675,16 @@ impl Daemon {
                     _ = stop.changed() => return Ok(()),
                 }
             };
-            let mut rx = node.subscribe();
+            let stashed = self.pending_events.lock().unwrap().take();
+            let mut rx = stashed.unwrap_or_else(|| node.subscribe());
+            let mut lagged = false;
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Ok(rec) => {
+                            if std::mem::take(&mut lagged) {
+                                self.events.lost_before(&rec);
+                            }
                             let touches = |of: fn(&raft::Subject) -> bool| match &rec.event {
                                 raft::Event::Change { subject, .. } => of(subject),
                                 raft::Event::Log { .. } => true,
@@ -667,6 +704,7 @@ impl Daemon {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!("event pump lagged by {n} events");
+                            lagged = true;
                             self.refresh_members();
                             self.sync_conf_nodes();
                             self.sync_secrets();
