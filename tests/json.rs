@@ -1,5 +1,6 @@
-//! `--format json` on every command: each leaf of the command tree (`om ...` and
-//! `om <svc> ...`, walked from clap, so a new command fails here until it is listed) runs
+//! `--format json` on every command: each leaf of the command tree (`om <svc> ...` is in
+//! it as `om service <svc> ...`; walked from clap, so a new command fails here until it is
+//! listed) runs
 //! against two real daemons, and its output parses as JSON: stdout on success, the error
 //! object `{"error", "exit", "code"}` on stderr on failure, with the documented exit code.
 //! Commands that stream print one document per line. The few commands whose output is by
@@ -49,13 +50,10 @@ fn leaves(c: &clap::Command, path: &mut Vec<String>, out: &mut BTreeSet<String>)
     }
 }
 
-/// Every command: `om`'s tree, and `om <svc>`'s as `<svc> ...`.
+/// Every command of the tree (`om <svc> X` is `service X` there).
 fn every_command() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     leaves(&om::cli::Cli::command(), &mut Vec::new(), &mut out);
-    let mut svc = BTreeSet::new();
-    leaves(&om::cli::service_command(), &mut Vec::new(), &mut svc);
-    out.extend(svc.into_iter().map(|l| format!("<svc> {l}")));
     out
 }
 
@@ -244,27 +242,27 @@ async fn every_command_speaks_json() {
     step("node welcome", &r2, &["node", "welcome"], 0);
 
     step(
-        "<svc> create",
+        "service create",
         &r1,
         &["web", "create", "--config", &svc_conf],
         0,
     );
     step("svc ls", &r1, &["svc", "ls"], 0);
-    step("<svc> print config", &r1, &["web", "print", "config"], 0);
-    step("<svc> print status", &r1, &["web", "print", "status"], 0);
-    step("<svc> status", &r1, &["web", "status"], 0);
-    step("<svc> edit config", &r1, &["web", "edit", "config"], 0);
-    step("<svc> start", &r1, &["web", "start"], 0);
-    step("<svc> switch", &r1, &["web", "switch", "--to", "n2"], 0);
-    step("<svc> giveback", &r1, &["web", "giveback"], 0);
-    step("<svc> freeze", &r1, &["web", "freeze"], 0);
-    step("<svc> thaw", &r1, &["web", "thaw"], 0);
-    step("<svc> stop", &r1, &["web", "stop"], 0);
-    step("<svc> abort", &r1, &["web", "abort"], 0);
-    step("<svc> clear", &r1, &["web", "clear"], 0);
-    step("<svc> logs", &r1, &["web", "logs"], 0);
-    step("<svc> run", &r1, &["web", "run", "status"], 0);
-    let job = step("<svc> run", &r1, &["web", "run", "status", "--async"], 0);
+    step("service print config", &r1, &["web", "print", "config"], 0);
+    step("service print status", &r1, &["web", "print", "status"], 0);
+    step("service status", &r1, &["web", "status"], 0);
+    step("service edit config", &r1, &["web", "edit", "config"], 0);
+    step("service start", &r1, &["web", "start"], 0);
+    step("service switch", &r1, &["web", "switch", "--to", "n2"], 0);
+    step("service giveback", &r1, &["web", "giveback"], 0);
+    step("service freeze", &r1, &["web", "freeze"], 0);
+    step("service thaw", &r1, &["web", "thaw"], 0);
+    step("service stop", &r1, &["web", "stop"], 0);
+    step("service abort", &r1, &["web", "abort"], 0);
+    step("service clear", &r1, &["web", "clear"], 0);
+    step("service logs", &r1, &["web", "logs"], 0);
+    step("service run", &r1, &["web", "run", "status"], 0);
+    let job = step("service run", &r1, &["web", "run", "status", "--async"], 0);
     let job = job["job_id"].as_str().expect("a job id").to_string();
     step("node jobs list", &r1, &["node", "jobs", "list"], 0);
     step("node jobs show", &r1, &["node", "jobs", "show", &job], 0);
@@ -274,7 +272,7 @@ async fn every_command_speaks_json() {
         &["node", "jobs", "cancel", "no-such-job"],
         2,
     );
-    step("<svc> delete", &r1, &["web", "delete"], 0);
+    step("service delete", &r1, &["web", "delete"], 0);
 
     step(
         "cluster set",

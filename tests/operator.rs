@@ -550,13 +550,23 @@ fn completions_and_the_man_page_know_the_commands() {
             out.contains("daemon") && out.contains("secret"),
             "{shell}: {out}"
         );
+        // `om <svc> ...` is in the same tree: its commands complete too.
+        assert!(out.contains("giveback"), "{shell}: {out}");
     }
+    // And help sees them, for `om <svc>` as for `om service <svc>`.
+    let (code, out, err) = om(dir.path(), &["web", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("giveback") && out.contains("switch"), "{out}");
+    let (code, _, err) = om(dir.path(), &["web", "frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("frobnicate"), "{err}");
     let (code, _, err) = om(dir.path(), &["completion", "tcsh"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("possible values"), "{err}");
     let (code, out, err) = om(dir.path(), &["man"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(".TH om 1") && out.contains("node"), "{out}");
+    assert!(out.contains("service"), "{out}");
 }
 
 /// Under systemd (`Type=notify`): READY=1 once the listener is bound, WATCHDOG=1 at half

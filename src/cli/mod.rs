@@ -36,7 +36,7 @@ use crate::wire::Doc;
     name = "om",
     version,
     about = "Cluster agent daemon and its command line",
-    after_help = "Services: om <svc> create|start|stop|freeze|thaw|switch|giveback|abort|clear|run|logs|status|print config|edit config|delete"
+    after_help = "Services: om <svc> create|start|stop|freeze|thaw|switch|giveback|abort|clear|run|logs|status|print config|edit config|delete\n(`om <svc> ...` is `om service <svc> ...`; a service named like a command is reached that way)"
 )]
 pub struct Cli {
     /// Root directory for etc/ and var/ (default: $OSVC_ROOT, else /).
@@ -101,9 +101,16 @@ pub enum Top {
         #[command(subcommand)]
         cmd: ServicesCmd,
     },
-    /// `om <svc> ...`: service commands (`om <svc> --help`).
-    #[command(external_subcommand)]
-    Svc(Vec<String>),
+    /// `om <svc> CMD`, written here in full: the commands on one service
+    /// (`om <svc> --help`). `om` reads a first word that is no command as a service name.
+    Service {
+        /// The service.
+        #[arg(value_name = "SVC")]
+        svc: String,
+        /// What to do with it.
+        #[command(subcommand)]
+        cmd: svc::SvcCmd,
+    },
 }
 
 /// `om svc ...`
@@ -326,12 +333,6 @@ pub enum BlacklistCmd {
     Clear,
 }
 
-/// The `om <svc> ...` commands, which `om` parses after the service name (so they are not
-/// in [`Cli`]'s tree): for tests that walk every command.
-pub fn service_command() -> clap::Command {
-    svc::command()
-}
-
 /// What kind of failure ended a command: its exit code (docs/OPERATIONS.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -414,9 +415,55 @@ type Result<T> = std::result::Result<T, CliError>;
 /// Exit code of a command line that names no command (clap's code for usage errors).
 const USAGE_EXIT: i32 = 2;
 
+/// `om [--root R] [--format F] WORD ...` where WORD is no command becomes
+/// `om ... service WORD ...`, as om3 reads `om <path> <action>`: the service commands are
+/// in the one command tree that help, completions and the man page see. Returns the words,
+/// and WORD when it was read as a service name.
+fn service_shorthand(
+    mut args: Vec<std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Option<String>) {
+    use clap::CommandFactory;
+    let mut i = 1;
+    while let Some(a) = args.get(i).map(|a| a.to_string_lossy()) {
+        match a.as_ref() {
+            "--root" | "--format" => i += 2,
+            a if a.starts_with("--root=") || a.starts_with("--format=") => i += 1,
+            _ => break,
+        }
+    }
+    // Not UTF-8: no command either, and clap says so.
+    let Some(word) = args.get(i).and_then(|w| w.to_str()).map(str::to_string) else {
+        return (args, None);
+    };
+    let top = Cli::command();
+    if word.starts_with('-') || word == "help" || top.find_subcommand(&word).is_some() {
+        return (args, None);
+    }
+    args.insert(i, "service".into());
+    (args, Some(word))
+}
+
 /// Parses the command line and runs it; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let (args, shorthand) = service_shorthand(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let asked_help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            // `om status`: a mistyped command read as a service name with no command.
+            let hint = shorthand
+                .as_deref()
+                .filter(|_| !asked_help)
+                .and_then(command_suggestion);
+            if let Some(hint) = hint {
+                let word = shorthand.unwrap_or_default();
+                eprintln!("om: unknown command {word}; did you mean {hint}?");
+                return USAGE_EXIT;
+            }
+            e.exit()
+        }
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("OM_WORKER_THREADS")
         .ok()
@@ -425,8 +472,10 @@ pub fn main() -> i32 {
         builder.worker_threads(n);
     }
     let rt = builder.enable_all().build().expect("tokio runtime");
-    if let Top::Svc(args) = &cli.cmd {
-        if let Some(hint) = rt.block_on(mistyped_command(&Paths::new(&cli.root), args)) {
+    if let Top::Service { svc, cmd } = &cli.cmd {
+        let creates = matches!(cmd, svc::SvcCmd::Create { .. });
+        let paths = Paths::new(&cli.root);
+        if let Some(hint) = rt.block_on(mistyped_command(&paths, svc, creates)) {
             eprintln!("om: {hint}");
             return USAGE_EXIT;
         }
@@ -647,10 +696,9 @@ pub fn command_suggestion(word: &str) -> Option<String> {
 
 /// `Some(message)` when `om WORD ...` names no service and WORD looks like a mistyped
 /// command: running it as a service command would only say the service does not exist.
-async fn mistyped_command(paths: &Paths, args: &[String]) -> Option<String> {
-    let word = args.first()?;
+async fn mistyped_command(paths: &Paths, word: &str, creates: bool) -> Option<String> {
     // Creating is how a service with such a name comes to exist.
-    if args.get(1).is_some_and(|a| a == "create") {
+    if creates {
         return None;
     }
     let suggestion = command_suggestion(word)?;
@@ -765,7 +813,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Top::Node {
             cmd: NodeCmd::Jobs { cmd },
         } => svc::jobs(&paths, cmd, format).await,
-        Top::Svc(args) => svc::run(&cli.root, format, args).await,
+        Top::Service { svc, cmd } => svc::run(&paths, format, &svc, cmd).await,
     }
 }
 

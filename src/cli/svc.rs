@@ -11,7 +11,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use clap::Args;
-use clap::Parser;
 use clap::Subcommand;
 
 use super::call_as;
@@ -33,21 +32,9 @@ use raft::state::NodeMonitor;
 use raft::state::NodeStatus;
 
 /// `om <svc> ...`
-#[derive(Debug, Parser)]
-#[command(name = "om <svc>", no_binary_name = true)]
-struct SvcCli {
-    /// Root directory (overrides the one given before the service name).
-    #[arg(long, global = true)]
-    root: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, global = true, value_enum)]
-    format: Option<Format>,
-    #[command(subcommand)]
-    cmd: SvcCmd,
-}
-
+/// `om <svc> ...` (`om service <svc> ...`): what to do with the service.
 #[derive(Debug, Subcommand)]
-enum SvcCmd {
+pub enum SvcCmd {
     /// Create the service from an INI config file (`-` reads stdin).
     Create {
         #[arg(long)]
@@ -128,22 +115,25 @@ enum SvcCmd {
     },
 }
 
+/// What `edit` edits.
 #[derive(Debug, Subcommand)]
-enum EditWhat {
+pub enum EditWhat {
     /// The config, in $EDITOR.
     Config,
 }
 
+/// What `print` prints.
 #[derive(Debug, Subcommand)]
-enum PrintWhat {
+pub enum PrintWhat {
     /// The config text (its version goes to stderr).
     Config,
     /// Instances, monitors and progress.
     Status,
 }
 
+/// How a cluster-wide action is followed.
 #[derive(Debug, Args)]
-struct WaitArgs {
+pub struct WaitArgs {
     /// Return once the request is committed, without following it.
     #[arg(long)]
     no_wait: bool,
@@ -152,8 +142,9 @@ struct WaitArgs {
     timeout: String,
 }
 
+/// Where an action runs, and how it is followed.
 #[derive(Debug, Args)]
-struct ActArgs {
+pub struct ActArgs {
     /// Only on this node.
     #[arg(long)]
     local: bool,
@@ -193,34 +184,12 @@ fn parse_timeout(t: &str) -> Result<Duration> {
         })
 }
 
-/// Runs `om <svc> args...`; `args[0]` is the service name.
-/// The `om <svc> ...` command tree (for tests that walk every command).
-pub(super) fn command() -> clap::Command {
-    <SvcCli as clap::CommandFactory>::command()
-}
-
-pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String>) -> Result<()> {
-    let Some((svc, rest)) = args.split_first() else {
-        return Err(CliError::new("missing service name"));
-    };
+/// Runs `om <svc> CMD` (parsed as `om service <svc> CMD`).
+pub(super) async fn run(paths: &Paths, format: Format, svc: &str, cmd: SvcCmd) -> Result<()> {
     raft::apply::check_name("service", svc)
         .map_err(|e| CliError::new(format!("{e} (or an unknown command: see `om --help`)")))?;
-    let cli = match SvcCli::try_parse_from(rest) {
-        Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return Ok(());
-            }
-            return Err(CliError::new(e.to_string().trim_end().to_string()));
-        }
-    };
-    let paths = Paths::new(cli.root.clone().unwrap_or_else(|| root.to_path_buf()));
-    let format = cli.format.unwrap_or(format);
-    let svc = svc.as_str();
     let t = Duration::from_secs(15);
-    match cli.cmd {
+    match cmd {
         SvcCmd::Create { config } => {
             let text = if config.as_os_str() == "-" {
                 let mut s = String::new();
@@ -238,7 +207,7 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 create: true,
                 ..Default::default()
             };
-            let data = call_typed(&paths, &req, t).await?;
+            let data = call_typed(paths, &req, t).await?;
             print(format, &data, |d| {
                 format!("{svc} created (config version {})\n", version(d))
             });
@@ -246,11 +215,11 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
         }
         SvcCmd::Edit {
             what: EditWhat::Config,
-        } => edit_config(&paths, svc, format).await,
+        } => edit_config(paths, svc, format).await,
         SvcCmd::Print {
             what: PrintWhat::Config,
         } => {
-            let data = call_typed(&paths, &service_ref(svc), t).await?;
+            let data = call_typed(paths, &service_ref(svc), t).await?;
             match format {
                 Format::Json => println!(
                     "{}",
@@ -271,28 +240,28 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 svcname: svc.to_string(),
                 target: None,
             };
-            let data = call_typed(&paths, &req, t).await?;
+            let data = call_typed(paths, &req, t).await?;
             let Some(detail) = &data.detail else {
                 return Err(CliError::new(format!("service {svc} does not exist")));
             };
             print(format, &data, |_| status_table(svc, detail));
             Ok(())
         }
-        SvcCmd::Delete(w) => set_global(&paths, svc, GlobalExpect::Deleted, &w, format).await,
-        SvcCmd::Start(a) if a.local => local_action(&paths, svc, "start", format).await,
-        SvcCmd::Stop(a) if a.local => local_action(&paths, svc, "stop", format).await,
-        SvcCmd::Freeze(a) if a.local => local_action(&paths, svc, "freeze", format).await,
-        SvcCmd::Thaw(a) if a.local => local_action(&paths, svc, "thaw", format).await,
-        SvcCmd::Start(a) => set_global(&paths, svc, GlobalExpect::Started, &a.wait, format).await,
-        SvcCmd::Stop(a) => set_global(&paths, svc, GlobalExpect::Stopped, &a.wait, format).await,
-        SvcCmd::Freeze(a) => set_global(&paths, svc, GlobalExpect::Frozen, &a.wait, format).await,
-        SvcCmd::Thaw(a) => set_global(&paths, svc, GlobalExpect::Thawed, &a.wait, format).await,
+        SvcCmd::Delete(w) => set_global(paths, svc, GlobalExpect::Deleted, &w, format).await,
+        SvcCmd::Start(a) if a.local => local_action(paths, svc, "start", format).await,
+        SvcCmd::Stop(a) if a.local => local_action(paths, svc, "stop", format).await,
+        SvcCmd::Freeze(a) if a.local => local_action(paths, svc, "freeze", format).await,
+        SvcCmd::Thaw(a) if a.local => local_action(paths, svc, "thaw", format).await,
+        SvcCmd::Start(a) => set_global(paths, svc, GlobalExpect::Started, &a.wait, format).await,
+        SvcCmd::Stop(a) => set_global(paths, svc, GlobalExpect::Stopped, &a.wait, format).await,
+        SvcCmd::Freeze(a) => set_global(paths, svc, GlobalExpect::Frozen, &a.wait, format).await,
+        SvcCmd::Thaw(a) => set_global(paths, svc, GlobalExpect::Thawed, &a.wait, format).await,
         SvcCmd::Switch { to, wait } => {
-            set_global(&paths, svc, GlobalExpect::PlacedAt(to), &wait, format).await
+            set_global(paths, svc, GlobalExpect::PlacedAt(to), &wait, format).await
         }
-        SvcCmd::Giveback(w) => set_global(&paths, svc, GlobalExpect::Placed, &w, format).await,
+        SvcCmd::Giveback(w) => set_global(paths, svc, GlobalExpect::Placed, &w, format).await,
         SvcCmd::Abort => {
-            let data = call_typed(&paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
+            let data = call_typed(paths, &global_expect(svc, GlobalExpect::Aborted), t).await?;
             match format {
                 Format::Json => print(format, &data, |_| String::new()),
                 Format::Table => eprintln!("{svc}: pending global_expect aborted"),
@@ -304,7 +273,7 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
                 svcname: svc.to_string(),
                 node,
             };
-            let data = call_typed(&paths, &req, t).await?;
+            let data = call_typed(paths, &req, t).await?;
             print(format, &data, |d| {
                 format!("{svc}: cleared ({} field(s) changed)\n", d.outcome.changed)
             });
@@ -336,20 +305,20 @@ pub(super) async fn run(root: &std::path::Path, format: Format, args: Vec<String
             let opts = &opts;
             let (action, t) = (Action::ServiceAction, Duration::from_secs(3600));
             if async_ {
-                let d: options::ActionSubmitted = call_as(&paths, action, opts, t).await?;
+                let d: options::ActionSubmitted = call_as(paths, action, opts, t).await?;
                 print(format, &d, |d| {
                     let (id, node) = (&d.job_id, &d.node);
                     format!("job {id} submitted on {node}; follow it with `om node jobs show {id} --node {node}`\n")
                 });
                 return Ok(());
             }
-            finish_action(format, &call_as(&paths, action, opts, t).await?)
+            finish_action(format, &call_as(paths, action, opts, t).await?)
         }
         SvcCmd::Logs {
             follow,
             backlog,
             node,
-        } => logs(&paths, svc, follow, backlog, node, format).await,
+        } => logs(paths, svc, follow, backlog, node, format).await,
     }
 }
 
