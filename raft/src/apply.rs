@@ -14,6 +14,7 @@ use crate::event::Subject;
 use crate::state::ClusterState;
 use crate::state::GlobalExpect;
 use crate::state::Instance;
+use crate::state::LocalExpect;
 use crate::state::MonitorStatus;
 use crate::state::NodeMonitor;
 use crate::state::NodeRecord;
@@ -390,6 +391,9 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
                 let inst = instance(service, svc, n, ev);
                 let ip = instance_subject(svc, n);
                 set_opt(ev, &ip, Field::Status, &mut inst.status, *status);
+                let starts = inst.local_expect != LocalExpect::Started
+                    && *local_expect == Some(LocalExpect::Started);
+                inst.started_gen += u64::from(starts);
                 set_opt(
                     ev,
                     &ip,
@@ -492,9 +496,13 @@ fn mutate(s: &mut ClusterState, cmd: &Command, ev: &mut Vec<Event>) -> Option<u6
             frozen,
             restarts,
             at_ms,
+            started_gen,
         } => {
             let service = s.services.get_mut(svc).expect("validated");
             let inst = instance(service, svc, node, ev);
+            if let Some(seen) = started_gen {
+                inst.reported_gen = Some(inst.reported_gen.map_or(*seen, |g| g.max(*seen)));
+            }
             let ip = instance_subject(svc, node);
             set(ev, &ip, Field::Avail, &mut inst.avail, *avail);
             set_opt(ev, &ip, Field::Status, &mut inst.status, *status);

@@ -148,6 +148,10 @@ pub enum Command {
         restarts: BTreeMap<String, u32>,
         /// When the node checked.
         at_ms: u64,
+        /// The instance's `started_gen` the node had read when it decided what it
+        /// reports (absent from older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_gen: Option<u64>,
     },
     /// Rotation, step 1: every node accepts `secret` too (and still uses its secret).
     AddSecret {

@@ -294,6 +294,22 @@ pub struct Instance {
     pub restarts: BTreeMap<String, u32>,
     /// Reporter's wall clock (ms) at the last report.
     pub updated_at_ms: u64,
+    /// Counts the orders to start: bumped each time `local_expect` becomes `started`.
+    #[serde(default)]
+    pub started_gen: u64,
+    /// The `started_gen` its node had read when it last reported; `None`: never said (no
+    /// report yet, or a node of an older version, whose instances are then waited for
+    /// until the node is down or upgraded). Below `started_gen`, the node may be starting
+    /// the instance without having said so yet, whatever its last report says.
+    #[serde(default)]
+    pub reported_gen: Option<u64>,
+}
+
+impl Instance {
+    /// Told to start since its node last reported: it may be starting now, unseen.
+    pub fn start_unreported(&self) -> bool {
+        self.reported_gen.unwrap_or(0) < self.started_gen
+    }
 }
 
 /// A service: its config text, and its instances per node.

@@ -378,6 +378,7 @@ fn other_command(w: &World, r: &mut Rng, at: usize) -> Command {
                 restarts,
                 // The proposer's skewed wall clock.
                 at_ms: w.wall_ms(at),
+                started_gen: opt(r).then(|| r.below(4)),
             }
         }
     }

@@ -9,8 +9,8 @@ use raft::state::Instance;
 use raft::state::LocalExpect;
 use raft::state::MonitorStatus;
 
-/// Any instance: any status, expectation, availability and frozen flag, and restart counts
-/// of 0..3 for some of the resources `rids`.
+/// Any instance: any status, expectation, availability and frozen flag, restart counts
+/// of 0..3 for some of the resources `rids`, and orders to start reported on or not.
 pub(crate) fn instance(rids: &'static [&'static str]) -> impl Strategy<Value = Instance> {
     let restarts = if rids.is_empty() {
         Just(BTreeMap::new()).boxed()
@@ -23,16 +23,23 @@ pub(crate) fn instance(rids: &'static [&'static str]) -> impl Strategy<Value = I
         prop::sample::select(Avail::ALL),
         any::<bool>(),
         restarts,
+        (0u64..3, prop::option::of(0u64..3)),
     )
-        .prop_map(|(status, local_expect, avail, frozen, restarts)| Instance {
-            status,
-            local_expect,
-            avail,
-            frozen,
-            restarts: restarts
-                .into_iter()
-                .map(|(r, n): (&str, u32)| (r.to_string(), n))
-                .collect(),
-            updated_at_ms: 0,
-        })
+        .prop_map(
+            |(status, local_expect, avail, frozen, restarts, (started_gen, reported_gen))| {
+                Instance {
+                    status,
+                    local_expect,
+                    avail,
+                    frozen,
+                    restarts: restarts
+                        .into_iter()
+                        .map(|(r, n): (&str, u32)| (r.to_string(), n))
+                        .collect(),
+                    updated_at_ms: 0,
+                    started_gen,
+                    reported_gen,
+                }
+            },
+        )
 }

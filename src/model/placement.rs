@@ -134,10 +134,13 @@ impl<'a> View<'a> {
 
     /// Running or acting, whatever its `local_expect`: what still blocks a failover start
     /// once the instance has been told to stop.
+    /// Told to start and not heard from since counts as starting: its node may be between
+    /// the leader's confirmation and its report (the fault suite's anomaly 2).
     fn busy_or_up(&self, n: &str) -> bool {
         let i = self.inst(n);
         !self.down(n)
             && (matches!(i.avail, Avail::Up | Avail::Warn)
+                || i.start_unreported()
                 || matches!(
                     i.status,
                     MonitorStatus::Starting
@@ -604,6 +607,19 @@ mod tests {
         }
     }
 
+    /// What node `n`'s monitor reports (`edit`), answering every order to start so far.
+    fn reported(s: &mut ClusterState, n: &str, edit: impl FnOnce(&mut Instance)) {
+        let i = s
+            .services
+            .get_mut("svc")
+            .unwrap()
+            .instances
+            .get_mut(n)
+            .unwrap();
+        edit(i);
+        i.reported_gen = Some(i.started_gen);
+    }
+
     fn placed(state: &ClusterState) -> Vec<String> {
         state
             .services
@@ -732,13 +748,7 @@ mod tests {
         let mut s = cluster(&["n1", "n2"]);
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
-        s.services
-            .get_mut("svc")
-            .unwrap()
-            .instances
-            .get_mut("n1")
-            .unwrap()
-            .avail = Avail::Up;
+        reported(&mut s, "n1", |i| i.avail = Avail::Up);
         s.services.get_mut("svc").unwrap().global_expect = GlobalExpect::PlacedAt("n2".into());
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
@@ -747,27 +757,44 @@ mod tests {
             matches!(p.progress, Progress::Pending(ref r) if r.contains("n1")),
             "{p:?}"
         );
-        s.services
-            .get_mut("svc")
-            .unwrap()
-            .instances
-            .get_mut("n1")
-            .unwrap()
-            .avail = Avail::Down;
+        reported(&mut s, "n1", |i| i.avail = Avail::Down);
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
         assert_eq!(placed(&s), ["n2"]);
-        s.services
-            .get_mut("svc")
-            .unwrap()
-            .instances
-            .get_mut("n2")
-            .unwrap()
-            .avail = Avail::Up;
+        reported(&mut s, "n2", |i| i.avail = Avail::Up);
         let p = plan(&s, "svc", &cfg);
         assert_eq!(p.progress, Progress::Reached);
         apply_all(&mut s, &p);
         assert_eq!(s.services["svc"].global_expect, GlobalExpect::None);
+    }
+
+    /// The fault suite's anomaly 2: `placed@n3` then `placed@n2` before n3 said anything.
+    /// n3 may be between the leader's confirmation and its `starting` report; its last
+    /// report (stopped, from before the order) does not count.
+    #[test]
+    fn a_start_order_not_reported_on_blocks_a_failover_start_elsewhere() {
+        let cfg = config(Topology::Failover, "no", "n1 n2 n3");
+        let mut s = cluster(&["n1", "n2", "n3"]);
+        let to = |s: &mut ClusterState, n: &str| {
+            s.services.get_mut("svc").unwrap().global_expect = GlobalExpect::PlacedAt(n.into());
+        };
+        to(&mut s, "n3");
+        let p = plan(&s, "svc", &cfg);
+        apply_all(&mut s, &p);
+        assert_eq!(placed(&s), ["n3"]);
+        to(&mut s, "n2");
+        for _ in 0..3 {
+            let p = plan(&s, "svc", &cfg);
+            apply_all(&mut s, &p);
+            assert!(
+                placed(&s).is_empty(),
+                "n3 told to stop, n2 waits for n3's word"
+            );
+        }
+        reported(&mut s, "n3", |i| i.avail = Avail::Down);
+        let p = plan(&s, "svc", &cfg);
+        apply_all(&mut s, &p);
+        assert_eq!(placed(&s), ["n2"]);
     }
 
     #[test]
@@ -779,23 +806,11 @@ mod tests {
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
         assert_eq!(placed(&s), ["n2"], "frozen n1 is skipped");
-        s.services
-            .get_mut("svc")
-            .unwrap()
-            .instances
-            .get_mut("n2")
-            .unwrap()
-            .status = MonitorStatus::StartFailed;
+        reported(&mut s, "n2", |i| i.status = MonitorStatus::StartFailed);
         let p = plan(&s, "svc", &cfg);
         apply_all(&mut s, &p);
         assert_eq!(placed(&s), ["n3"]);
-        s.services
-            .get_mut("svc")
-            .unwrap()
-            .instances
-            .get_mut("n3")
-            .unwrap()
-            .status = MonitorStatus::StartFailed;
+        reported(&mut s, "n3", |i| i.status = MonitorStatus::StartFailed);
         let p = plan(&s, "svc", &cfg);
         assert!(
             matches!(p.progress, Progress::Failed(ref r) if r.contains("node n1 is frozen") && r.contains("n3: start failed")),
@@ -938,6 +953,11 @@ mod tests {
         Kill(usize),
         /// Node i comes back.
         Revive(usize),
+        /// Node i's monitor reads its instance (and the leader confirms it): what it will
+        /// act on at its next `Act`, however the state changes meanwhile.
+        Look(usize),
+        /// Node i's monitor acts on what it read at its last `Look`, then reports.
+        Act(usize),
         /// Node i's instance fails: start failed.
         Fail(usize),
         /// The operator clears failures.
@@ -952,6 +972,8 @@ mod tests {
             6 => (0usize..3).prop_map(Step::Monitor),
             1 => (0usize..3).prop_map(Step::Kill),
             1 => (0usize..3).prop_map(Step::Revive),
+            3 => (0usize..3).prop_map(Step::Look),
+            3 => (0usize..3).prop_map(Step::Act),
             1 => (0usize..3).prop_map(Step::Fail),
             1 => Just(Step::Clear),
             1 => arb_global().prop_map(Step::Expect),
@@ -973,6 +995,7 @@ mod tests {
             let mut s = cluster(&names);
             let mut running = [false; 3];
             let mut alive = [true; 3];
+            let mut seen: [Option<Instance>; 3] = Default::default();
             for step in steps {
                 match step {
                     Step::Orchestrate => {
@@ -981,9 +1004,19 @@ mod tests {
                             apply_all(&mut s, &p);
                         }
                     }
-                    Step::Monitor(i) if alive[i] && s.services.contains_key("svc") => {
+                    Step::Look(i) if alive[i] && s.services.contains_key("svc") => {
+                        seen[i] = Some(s.services["svc"].instances.get(names[i]).cloned().unwrap_or_default());
+                    }
+                    Step::Look(_) => {}
+                    Step::Act(i) | Step::Monitor(i) if alive[i] && s.services.contains_key("svc") => {
                         let n = names[i];
-                        let inst = s.services["svc"].instances.get(n).cloned().unwrap_or_default();
+                        // One worker: a whole pass ends the one it was in.
+                        let looked = seen[i].take();
+                        let now = s.services["svc"].instances.get(n).cloned().unwrap_or_default();
+                        let inst = match step {
+                            Step::Act(_) => match looked { Some(v) => v, None => continue },
+                            _ => now,
+                        };
                         let failed = matches!(inst.status, MonitorStatus::StartFailed | MonitorStatus::StopFailed);
                         // The most eager monitor: starts whatever it is told to, at once.
                         match inst.local_expect {
@@ -1005,12 +1038,14 @@ mod tests {
                             frozen: Some(frozen),
                             restarts: BTreeMap::new(),
                             at_ms: 0,
+                            started_gen: Some(inst.started_gen),
                         };
                         raft::apply(&mut s, &cmd).0.unwrap();
                     }
-                    Step::Monitor(_) => {}
+                    Step::Act(_) | Step::Monitor(_) => {}
                     Step::Kill(i) => {
                         alive[i] = false;
+                        seen[i] = None;
                         running[i] = false;
                         s.node_monitors.get_mut(names[i]).unwrap().status = NodeStatus::Down;
                     }
@@ -1019,6 +1054,7 @@ mod tests {
                         s.node_monitors.get_mut(names[i]).unwrap().status = NodeStatus::Idle;
                     }
                     Step::Fail(i) if alive[i] && running[i] && s.services.contains_key("svc") => {
+                        seen[i] = None;
                         // The monitor stops what it could not keep up and reports start failed.
                         running[i] = false;
                         let cmd = Command::ReportInstance {
@@ -1029,6 +1065,7 @@ mod tests {
                             frozen: None,
                             restarts: BTreeMap::new(),
                             at_ms: 0,
+                            started_gen: None,
                         };
                         raft::apply(&mut s, &cmd).0.unwrap();
                     }

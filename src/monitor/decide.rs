@@ -24,9 +24,13 @@ pub(crate) fn maybe_running(avail: Avail, res: &BTreeMap<String, Avail>) -> bool
 
 /// Whether the worker is done: the service no longer lists this node and the instance is
 /// gone from the state, or is not meant to start and was checked not running.
+/// Not before it has reported on the last order to start: the leader waits for that.
 pub(crate) fn leaves(listed: bool, inst: Option<&Instance>, avail: Avail, checked: bool) -> bool {
     let maybe_up = matches!(avail, Avail::Up | Avail::Warn);
-    !listed && inst.is_none_or(|i| i.local_expect != LocalExpect::Started && !maybe_up && checked)
+    let done = |i: &Instance| {
+        i.local_expect != LocalExpect::Started && !maybe_up && checked && !i.start_unreported()
+    };
+    !listed && inst.is_none_or(done)
 }
 
 /// What the worker remembers of the instance's failure flags and restart counts.
@@ -162,6 +166,8 @@ pub(crate) struct Found {
     pub(crate) frozen: Option<bool>,
     /// The restart counts, when the pass restarted a resource.
     pub(crate) restarts: Option<BTreeMap<String, u32>>,
+    /// The instance's `started_gen` the pass read.
+    pub(crate) started_gen: u64,
 }
 
 /// The report that brings `now` (the instance in the state at the end of the pass; `None`
@@ -181,7 +187,10 @@ pub(crate) fn report(now: Option<&Instance>, found: Found) -> Option<Report> {
     .filter(|s| *s != cur.status);
     let frozen = found.frozen.filter(|f| *f != cur.frozen);
     let restarts = found.restarts.unwrap_or_else(|| cur.restarts.clone());
+    // An order to start the state has not heard this node on yet is answered, even when
+    // nothing else changed: the leader waits for it before placing the service elsewhere.
     let same = now.is_some()
+        && cur.reported_gen.unwrap_or(0) >= found.started_gen
         && cur.avail == found.avail
         && status.is_none()
         && frozen.is_none()
@@ -292,9 +301,10 @@ mod tests {
             restarted in prop::option::of(
                 prop::collection::btree_map(prop::sample::select(vec!["a", "b"]), 0u32..3, 0..=2)
             ),
+            started_gen in 0u64..3,
         ) {
             let restarts = restarted.map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
-            let found = Found { avail, status, frozen, restarts };
+            let found = Found { avail, status, frozen, restarts, started_gen };
             let got = report(now.as_ref(), found.clone());
             let cur = now.clone().unwrap_or_default();
             if let Some(r) = &got {
@@ -308,6 +318,7 @@ mod tests {
                 MonitorStatus::Starting | MonitorStatus::Stopping | MonitorStatus::Restarting
             );
             let differs = now.is_none()
+                || cur.reported_gen.unwrap_or(0) < started_gen
                 || cur.avail != avail
                 || status.is_some_and(|s| s != cur.status)
                 || (status.is_none() && transient)

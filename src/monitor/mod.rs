@@ -103,10 +103,11 @@ pub async fn stop_local_instances(host: &Arc<dyn Host>) {
             s.services
                 .get(&svc)
                 .and_then(|v| v.instances.get(&cx.me))
-                .map(|i| i.restarts.clone())
+                .map(|i| (i.restarts.clone(), i.started_gen))
                 .unwrap_or_default()
         });
-        let r = services::instance::report(&cx, &svc, avail, None, None, restarts);
+        let (restarts, seen) = restarts;
+        let r = services::instance::report(&cx, &svc, avail, None, None, restarts, Some(seen));
         if tokio::time::timeout(Duration::from_secs(3), r)
             .await
             .is_err()

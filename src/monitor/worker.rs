@@ -190,6 +190,7 @@ pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
     }
     let mut pass = Pass {
         status: None,
+        seen_gen: inst.started_gen,
         restarts: inst.restarts.clone(),
         restarted: false,
         next: Duration::from_secs(1),
@@ -213,6 +214,8 @@ pub async fn step(cx: &Ctx, rt: &InstanceRt) -> Next {
 /// again.
 struct Pass {
     status: Option<MonitorStatus>,
+    /// The instance's `started_gen` when the pass read it: what its reports answer for.
+    seen_gen: u64,
     restarts: BTreeMap<String, u32>,
     restarted: bool,
     next: Duration,
@@ -277,7 +280,9 @@ async fn keep_started(
     };
     cx.local.logs.info(svc, why);
     let starting = Some(MonitorStatus::Starting);
-    let _ = report(cx, svc, mem.avail, starting, None, inst.restarts.clone()).await;
+    let counts = inst.restarts.clone();
+    let seen = Some(inst.started_gen);
+    let _ = report(cx, svc, mem.avail, starting, None, counts, seen).await;
     rt.start(cx, mem, cfg, Some(&down), None).await;
     mem.started_once = true;
     mem.split_stopped = false;
@@ -324,7 +329,8 @@ async fn restart_down(
                 pass.restarted = true;
                 let restarting = Some(MonitorStatus::Restarting);
                 let counts = pass.restarts.clone();
-                let _ = report(cx, svc, mem.avail, restarting, None, counts).await;
+                let seen = Some(pass.seen_gen);
+                let _ = report(cx, svc, mem.avail, restarting, None, counts, seen).await;
                 rt.start(cx, mem, cfg, Some(std::slice::from_ref(rid)), None)
                     .await;
                 mem.restart_at.remove(rid);
@@ -354,7 +360,8 @@ async fn keep_stopped(
     let keep_failed = inst.status == MonitorStatus::StartFailed;
     if !keep_failed {
         let stopping = Some(MonitorStatus::Stopping);
-        let _ = report(cx, svc, mem.avail, stopping, None, inst.restarts.clone()).await;
+        let (counts, seen) = (inst.restarts.clone(), Some(inst.started_gen));
+        let _ = report(cx, svc, mem.avail, stopping, None, counts, seen).await;
     }
     rt.stop(cx, mem, cfg, None, None).await;
     rt.check(cx, mem, cfg, None).await;
@@ -382,9 +389,11 @@ async fn finish(cx: &Ctx, svc: &str, mem: &Mem, want_frozen: Option<bool>, pass:
         status: pass.status,
         frozen: want_frozen,
         restarts: pass.restarted.then_some(pass.restarts),
+        started_gen: pass.seen_gen,
     };
     if let Some(r) = decide::report(read_instance(cx, svc).as_ref(), found) {
-        if let Err(e) = report(cx, svc, mem.avail, r.status, r.frozen, r.restarts).await {
+        let seen = Some(pass.seen_gen);
+        if let Err(e) = report(cx, svc, mem.avail, r.status, r.frozen, r.restarts, seen).await {
             tracing::warn!(svc = %svc, "cannot report the instance state: {e}");
             next = next.min(Duration::from_millis(500));
         }

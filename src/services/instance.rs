@@ -351,6 +351,9 @@ impl InstanceRt {
 }
 
 /// Commits a report of this node's instance of `svc` and waits until it is applied here.
+/// `seen`: the instance's `started_gen` in the state the monitor decided on (the leader
+/// counts an order to start no report covered as a start in progress); `None` for an
+/// operator's action, which answers for no order.
 pub async fn report(
     cx: &Ctx,
     svc: &str,
@@ -358,6 +361,7 @@ pub async fn report(
     status: Option<MonitorStatus>,
     frozen: Option<bool>,
     restarts: BTreeMap<String, u32>,
+    seen: Option<u64>,
 ) -> Result<(), ActionError> {
     commit(
         &cx.host,
@@ -369,6 +373,7 @@ pub async fn report(
             frozen,
             restarts,
             at_ms: crate::clock::now_ms(),
+            started_gen: seen,
         },
     )
     .await

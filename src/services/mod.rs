@@ -325,6 +325,7 @@ pub async fn run_action(
             verdict.status,
             verdict.frozen,
             now.restarts.clone(),
+            None,
         );
         if let Err(e) = reported.await {
             tr.note(format!("could not report the instance state: {e}"));
@@ -346,7 +347,7 @@ async fn commit_before(
     match b {
         action::Before::Freeze => {
             let restarts = inst.restarts.clone();
-            instance::report(cx, svc, inst.avail, None, Some(true), restarts).await
+            instance::report(cx, svc, inst.avail, None, Some(true), restarts, None).await
         }
         action::Before::Expect(expect) => {
             let cmd = Command::SetServiceMonitor {
