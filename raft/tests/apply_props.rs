@@ -140,19 +140,23 @@ fn command() -> impl Strategy<Value = Command> {
             opt(prop::sample::select(MonitorStatus::ALL)),
             opt(any::<bool>()),
             prop::collection::btree_map("app#[0-2]", 0u32..5, 0..3),
-            any::<u64>()
+            any::<u64>(),
+            opt(0u64..4),
         )
-            .prop_map(|(svc, node, avail, status, frozen, restarts, at_ms)| {
-                Command::ReportInstance {
-                    svc,
-                    node,
-                    avail,
-                    status,
-                    frozen,
-                    restarts,
-                    at_ms,
+            .prop_map(
+                |(svc, node, avail, status, frozen, restarts, at_ms, started_gen)| {
+                    Command::ReportInstance {
+                        svc,
+                        node,
+                        avail,
+                        status,
+                        frozen,
+                        restarts,
+                        at_ms,
+                        started_gen,
+                    }
                 }
-            }),
+            ),
     ]
 }
 
